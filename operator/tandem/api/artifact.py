@@ -1,0 +1,72 @@
+"""The model artifact: what a training run produces and what a server loads.
+
+The trainer writes it twice: as `metadata.json` beside `model.onnx` at the output URI, and as JSON in the
+container's termination message, which is how the operator learns of it without storage credentials or extra
+RBAC. The operator copies it into TrainingJob status; the server checks the sha256 before it serves.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field
+
+from tandem.api.base import ApiModel
+
+TERMINATION_MESSAGE_LIMIT = 4096
+"""Kubernetes truncates termination messages at 4096 bytes; the artifact JSON must fit."""
+
+
+class TensorDatatype(StrEnum):
+    """Open Inference Protocol (KServe V2) tensor datatypes."""
+
+    BOOL = "BOOL"
+    UINT8 = "UINT8"
+    UINT16 = "UINT16"
+    UINT32 = "UINT32"
+    UINT64 = "UINT64"
+    INT8 = "INT8"
+    INT16 = "INT16"
+    INT32 = "INT32"
+    INT64 = "INT64"
+    FP16 = "FP16"
+    FP32 = "FP32"
+    FP64 = "FP64"
+    BF16 = "BF16"
+    BYTES = "BYTES"
+
+
+class TensorSpec(ApiModel):
+    """One model input or output: V2 name, datatype and shape (-1 marks a dynamic dimension)."""
+
+    name: str = Field(min_length=1)
+    """Tensor name as the ONNX graph declares it."""
+    datatype: TensorDatatype
+    """Open Inference Protocol datatype."""
+    shape: list[int]
+    """Dimensions; -1 for a dynamic one such as the batch dimension."""
+
+
+class ModelArtifact(ApiModel):
+    """A trained, exported and checked model."""
+
+    uri: str = Field(min_length=1)
+    """Where model.onnx lives (file://, pvc://claim/path, s3://, gs://)."""
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    """Hex SHA-256 of model.onnx; servers refuse a file that does not match."""
+    size_bytes: int = Field(ge=0)
+    """Size of model.onnx in bytes."""
+    format: str = "onnx"
+    """Serialisation format of the model file."""
+    opset: int | None = Field(default=None, ge=1)
+    """ONNX default-domain opset the model was exported with."""
+    inputs: list[TensorSpec] = Field(default_factory=list)
+    """Input signature."""
+    outputs: list[TensorSpec] = Field(default_factory=list)
+    """Output signature."""
+    metrics: dict[str, float] = Field(default_factory=dict)
+    """Training and validation figures, such as accuracy and loss."""
+    parity_max_abs_diff: float | None = Field(default=None, ge=0)
+    """Largest absolute difference between torch and onnxruntime outputs on sample inputs."""
+    versions: dict[str, str] = Field(default_factory=dict)
+    """Library versions that produced the model (torch, onnx, onnxruntime)."""
