@@ -70,3 +70,12 @@ class ModelArtifact(ApiModel):
     """Largest absolute difference between torch and onnxruntime outputs on sample inputs."""
     versions: dict[str, str] = Field(default_factory=dict)
     """Library versions that produced the model (torch, onnx, onnxruntime)."""
+
+
+class TrainingFailure(ApiModel):
+    """What a failed training run writes to its termination message instead of an artifact."""
+
+    reason: str = Field(pattern=r"^[A-Z][A-Za-z]*$")
+    """CamelCase cause, such as OutputUnwritable, DatasetMissing, ParityCheckFailed or NaNLoss."""
+    error: str
+    """Human-readable explanation, naming the URI, file or figure at fault."""
