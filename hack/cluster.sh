@@ -1,0 +1,358 @@
+#!/usr/bin/env bash
+# A real local Kubernetes control plane for tests and the demo, without Docker: etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler and the kwok controller run as plain processes on 127.0.0.1,
+# with fresh certificates, free ports, and fake GPU/CPU node pools whose pods kwok simulates.
+#
+#   hack/cluster.sh up       build missing binaries, start everything, create the node pools, wait Ready
+#   hack/cluster.sh down     stop every component (by recorded pid, whole process group), check ports closed
+#   hack/cluster.sh status   show components, ports and nodes; exit 1 when the cluster is not running
+#   hack/cluster.sh env      print `export KUBECONFIG=...`
+#
+# Environment: TANDEM_CLUSTER_DIR (state dir, default <repo>/.tandem/cluster), TANDEM_GPU_NODES (2),
+# TANDEM_CPU_NODES (3), TANDEM_BIN_DIR (use these binaries instead of hack/build-tools.sh).
+# See docs/dev-cluster.md.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DIR="$(realpath -m "${TANDEM_CLUSTER_DIR:-$ROOT/.tandem/cluster}")"
+GPU_NODES="${TANDEM_GPU_NODES:-2}"
+CPU_NODES="${TANDEM_CPU_NODES:-3}"
+STAGES="$ROOT/hack/kwok/stages.yaml"
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+SERVICE_CIDR=10.0.0.0/24
+
+say() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+# --- processes -------------------------------------------------------------------------------------
+
+pid_of() { [ -f "$DIR/pids/$1.pid" ] && cat "$DIR/pids/$1.pid" || true; }
+
+# alive PID: the pid runs one of our binaries (guards against pid reuse after a reboot or long idle).
+alive() {
+  local pid="$1"
+  [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
+  tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q -- "$DIR" || return 1
+}
+
+# start NAME BINARY ARGS...: runs the component in its own session (so `down` can signal its whole
+# process group), logs to logs/NAME.log, records the pid.
+start() {
+  local name="$1"; shift
+  setsid "$@" > "$DIR/logs/$name.log" 2>&1 < /dev/null &
+  echo $! > "$DIR/pids/$name.pid"
+}
+
+stop_all() {
+  local name pid deadline
+  for name in $(printf '%s\n' "${COMPONENTS[@]}" | tac); do
+    pid="$(pid_of "$name")"
+    if alive "$pid"; then
+      kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    fi
+  done
+  deadline=$((SECONDS + 15))
+  for name in "${COMPONENTS[@]}"; do
+    pid="$(pid_of "$name")"
+    while alive "$pid" && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
+    if alive "$pid"; then
+      say "$name ($pid) ignored SIGTERM, killing"
+      kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+      while alive "$pid"; do sleep 0.1; done
+    fi
+    rm -f "$DIR/pids/$name.pid"
+  done
+}
+
+# --- ports -----------------------------------------------------------------------------------------
+
+free_ports() {
+  python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# --- certificates ----------------------------------------------------------------------------------
+
+make_pki() {
+  local p="$DIR/pki"
+  mkdir -p "$p"
+  (
+    cd "$p"
+    openssl ecparam -name prime256v1 -genkey -noout -out ca.key 2>/dev/null
+    openssl req -x509 -new -key ca.key -subj "/CN=tandem-local-ca" -days 3650 -out ca.crt \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"
+    issue apiserver "/CN=kube-apiserver" serverAuth \
+      "subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+    issue admin "/O=system:masters/CN=tandem-admin" clientAuth ""
+    openssl genrsa -out sa.key 2048 2>/dev/null
+    openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+  )
+}
+
+# issue NAME SUBJECT EKU SAN: an EC key and a certificate signed by the local CA (run inside pki/).
+issue() {
+  local name="$1" subj="$2" eku="$3" san="$4" ext
+  openssl ecparam -name prime256v1 -genkey -noout -out "$name.key" 2>/dev/null
+  openssl req -new -key "$name.key" -subj "$subj" -out "$name.csr"
+  ext="basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=$eku"
+  [ -n "$san" ] && ext="$ext
+$san"
+  openssl x509 -req -in "$name.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+    -extfile <(printf '%s\n' "$ext") -out "$name.crt" 2>/dev/null
+  rm -f "$name.csr"
+}
+
+b64() { base64 -w0 < "$1"; }
+
+write_kubeconfig() {
+  cat > "$DIR/kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: tandem
+  cluster:
+    server: https://127.0.0.1:$API_PORT
+    certificate-authority-data: $(b64 "$DIR/pki/ca.crt")
+users:
+- name: tandem-admin
+  user:
+    client-certificate-data: $(b64 "$DIR/pki/admin.crt")
+    client-key-data: $(b64 "$DIR/pki/admin.key")
+contexts:
+- name: tandem
+  context: {cluster: tandem, user: tandem-admin}
+current-context: tandem
+EOF
+  chmod 600 "$DIR/kubeconfig"
+}
+
+# --- components ------------------------------------------------------------------------------------
+
+resolve_bin() {
+  if [ -n "${TANDEM_BIN_DIR:-}" ]; then
+    BIN="$TANDEM_BIN_DIR"
+  else
+    BIN="$("$ROOT/hack/build-tools.sh" | tail -n1)"
+  fi
+  local b
+  for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok; do
+    [ -x "$BIN/$b" ] || die "missing $BIN/$b"
+  done
+}
+
+wait_for() { # wait_for WHAT TIMEOUT_S COMMAND...
+  local what="$1" timeout="$2"; shift 2
+  local deadline=$((SECONDS + timeout))
+  until "$@" > /dev/null 2>&1; do
+    [ "$SECONDS" -lt "$deadline" ] || die "$what not ready after ${timeout}s (logs: $DIR/logs)"
+    sleep 0.2
+  done
+}
+
+kc() { "$BIN/kubectl" --kubeconfig "$DIR/kubeconfig" "$@"; }
+
+start_etcd() {
+  start etcd "$BIN/etcd" --name tandem --data-dir "$DIR/etcd" \
+    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster "tandem=http://127.0.0.1:$ETCD_PEER_PORT" \
+    --unsafe-no-fsync --snapshot-count 10000 --quota-backend-bytes 2147483648 --log-level warn
+  wait_for etcd 30 curl -fsS "http://127.0.0.1:$ETCD_PORT/health"
+}
+
+start_apiserver() {
+  local p="$DIR/pki"
+  start kube-apiserver "$BIN/kube-apiserver" \
+    --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$API_PORT" \
+    --cert-dir "$p" --tls-cert-file "$p/apiserver.crt" --tls-private-key-file "$p/apiserver.key" \
+    --client-ca-file "$p/ca.crt" \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file "$p/sa.pub" --service-account-signing-key-file "$p/sa.key" \
+    --service-cluster-ip-range "$SERVICE_CIDR" \
+    --authorization-mode Node,RBAC --allow-privileged=true \
+    --endpoint-reconciler-type none --profiling=false
+  wait_for kube-apiserver 60 kc get --raw /readyz
+}
+
+start_controllers() {
+  local p="$DIR/pki" kcfg="$DIR/kubeconfig"
+  start kube-controller-manager "$BIN/kube-controller-manager" \
+    --kubeconfig "$kcfg" --authentication-kubeconfig "$kcfg" --authorization-kubeconfig "$kcfg" \
+    --bind-address 127.0.0.1 --secure-port "$KCM_PORT" --cert-dir "$DIR/kcm-certs" --leader-elect=false \
+    --root-ca-file "$p/ca.crt" --service-account-private-key-file "$p/sa.key" \
+    --cluster-signing-cert-file "$p/ca.crt" --cluster-signing-key-file "$p/ca.key" \
+    --service-cluster-ip-range "$SERVICE_CIDR" --profiling=false
+  start kube-scheduler "$BIN/kube-scheduler" \
+    --kubeconfig "$kcfg" --authentication-kubeconfig "$kcfg" --authorization-kubeconfig "$kcfg" \
+    --bind-address 127.0.0.1 --secure-port "$SCHED_PORT" --cert-dir "$DIR/sched-certs" \
+    --leader-elect=false --profiling=false
+  # kwok manages only nodes annotated kwok.x-k8s.io/node=fake (and their pods): a node run by the
+  # local executor, without that annotation, is left alone.
+  start kwok "$BIN/kwok" --kubeconfig "$kcfg" --config "$STAGES" \
+    --manage-all-nodes=false --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
+    --node-lease-duration-seconds 40 --cidr 10.244.0.0/16 --node-ip 10.255.0.1
+}
+
+node_yaml() { # node_yaml NAME POOL CPU MEMORY GPUS
+  local name="$1" pool="$2" cpu="$3" mem="$4" gpus="$5"
+  cat <<EOF
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: $name
+  annotations:
+    kwok.x-k8s.io/node: fake
+    node.alpha.kubernetes.io/ttl: "0"
+  labels:
+    kubernetes.io/arch: amd64
+    kubernetes.io/hostname: $name
+    kubernetes.io/os: linux
+    kubernetes.io/role: agent
+    node-role.kubernetes.io/agent: ""
+    type: kwok
+    tandem.dev/pool: $pool
+EOF
+  if [ "$gpus" -gt 0 ]; then
+    cat <<EOF
+    nvidia.com/gpu.present: "true"
+    nvidia.com/gpu.count: "$gpus"
+    nvidia.com/gpu.product: NVIDIA-A100-SXM4-80GB
+spec:
+  taints:
+  - key: nvidia.com/gpu
+    value: present
+    effect: NoSchedule
+EOF
+  fi
+  local res="cpu: \"$cpu\"
+    memory: $mem
+    ephemeral-storage: 500Gi
+    pods: \"110\""
+  [ "$gpus" -gt 0 ] && res="$res
+    nvidia.com/gpu: \"$gpus\""
+  cat <<EOF
+status:
+  allocatable:
+    $res
+  capacity:
+    $res
+  nodeInfo:
+    architecture: amd64
+    operatingSystem: linux
+EOF
+}
+
+create_nodes() {
+  local i
+  {
+    for ((i = 0; i < GPU_NODES; i++)); do node_yaml "tandem-gpu-$i" gpu 32 256Gi 8; done
+    for ((i = 0; i < CPU_NODES; i++)); do node_yaml "tandem-cpu-$i" cpu 16 64Gi 0; done
+  } > "$DIR/nodes.yaml"
+  kc apply -f "$DIR/nodes.yaml" > /dev/null
+}
+
+all_nodes_ready() {
+  local want=$((GPU_NODES + CPU_NODES)) ready
+  ready="$(kc get nodes -l tandem.dev/pool \
+    -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c True)"
+  [ "$ready" -eq "$want" ]
+}
+
+# --- commands --------------------------------------------------------------------------------------
+
+running() {
+  local name
+  for name in "${COMPONENTS[@]}"; do alive "$(pid_of "$name")" || return 1; done
+}
+
+cmd_up() {
+  if running; then
+    say "already running ($DIR)"
+    return 0
+  fi
+  local t0=$SECONDS
+  if [ -d "$DIR/pids" ]; then stop_all; fi
+  resolve_bin
+  # Only our own entries are removed: TANDEM_CLUSTER_DIR may point at a directory holding other things.
+  rm -rf "${DIR:?}"/{pids,logs,pki,etcd,kcm-certs,sched-certs,state.env,kubeconfig,nodes.yaml}
+  mkdir -p "$DIR/pids" "$DIR/logs"
+  UP_OK=0
+  trap 'if [ "$UP_OK" -ne 1 ]; then say "up failed; stopping what was started"; stop_all; fi' EXIT
+  read -r ETCD_PORT ETCD_PEER_PORT API_PORT KCM_PORT SCHED_PORT <<< "$(free_ports 5)"
+  printf 'BIN=%q\nETCD_PORT=%s\nETCD_PEER_PORT=%s\nAPI_PORT=%s\nKCM_PORT=%s\nSCHED_PORT=%s\n' \
+    "$BIN" "$ETCD_PORT" "$ETCD_PEER_PORT" "$API_PORT" "$KCM_PORT" "$SCHED_PORT" > "$DIR/state.env"
+  say "certificates"
+  make_pki
+  write_kubeconfig
+  say "etcd on 127.0.0.1:$ETCD_PORT"
+  start_etcd
+  say "kube-apiserver on https://127.0.0.1:$API_PORT"
+  start_apiserver
+  say "controller-manager, scheduler, kwok"
+  start_controllers
+  say "node pools: $GPU_NODES gpu, $CPU_NODES cpu"
+  create_nodes
+  wait_for "nodes" 60 all_nodes_ready
+  wait_for "default service account" 60 kc -n default get serviceaccount default
+  UP_OK=1
+  say "cluster ready in $((SECONDS - t0))s; KUBECONFIG=$DIR/kubeconfig"
+}
+
+cmd_down() {
+  if [ ! -d "$DIR/pids" ]; then
+    say "nothing to stop ($DIR)"
+    return 0
+  fi
+  local ports=""
+  # shellcheck disable=SC1091
+  [ -f "$DIR/state.env" ] && . "$DIR/state.env" \
+    && ports="$ETCD_PORT $ETCD_PEER_PORT $API_PORT $KCM_PORT $SCHED_PORT"
+  stop_all
+  local port deadline=$((SECONDS + 10))
+  for port in $ports; do
+    while port_open "$port"; do
+      [ "$SECONDS" -lt "$deadline" ] || die "port $port still open after stopping"
+      sleep 0.1
+    done
+  done
+  say "stopped ($DIR)"
+}
+
+cmd_status() {
+  [ -f "$DIR/state.env" ] || { echo "not running ($DIR)"; return 1; }
+  # shellcheck disable=SC1091
+  . "$DIR/state.env"
+  local name pid ok=0
+  for name in "${COMPONENTS[@]}"; do
+    pid="$(pid_of "$name")"
+    if alive "$pid"; then echo "$name: running (pid $pid)"; else echo "$name: stopped"; ok=1; fi
+  done
+  echo "ports: etcd=$ETCD_PORT apiserver=$API_PORT controller-manager=$KCM_PORT scheduler=$SCHED_PORT"
+  echo "kubeconfig: $DIR/kubeconfig"
+  [ "$ok" -eq 0 ] && kc get nodes -L tandem.dev/pool
+  return "$ok"
+}
+
+cmd_env() { echo "export KUBECONFIG=$DIR/kubeconfig"; }
+
+case "${1:-}" in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  env) cmd_env ;;
+  *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+esac

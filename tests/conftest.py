@@ -1,0 +1,101 @@
+"""Shared fixtures: one real local control plane per test session (hack/cluster.sh).
+
+`cluster` starts it once (or reuses the one TANDEM_KUBECONFIG points at), `kube` is an ApiClient for it,
+`namespace` gives each test its own namespace. Test folders add their own fixtures in their own conftest.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+# tests/ is on sys.path (pytest's rootdir-of-conftest insertion), so helpers import as `support.*`.
+from support.cluster import ExternalCluster, LocalCluster, build_binaries, wait_until
+
+
+def _wants_cluster(items: list[pytest.Item]) -> bool:
+    return any("cluster" in item.fixturenames for item in items)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build missing control-plane binaries before any test runs.
+
+    A cold build takes 15-30 minutes; doing it here keeps it out of the per-test timeout, and only when
+    a selected test needs the cluster.
+    """
+    if os.environ.get("TANDEM_KUBECONFIG") or os.environ.get("TANDEM_BIN_DIR"):
+        return
+    if _wants_cluster(session.items):
+        os.environ["TANDEM_BIN_DIR"] = str(build_binaries())
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster | ExternalCluster]:
+    """The session's cluster; `.kubeconfig` is its kubeconfig path, also exported as KUBECONFIG.
+
+    Started in a private state dir (so a developer's `hack/cluster.sh up` cluster is never touched) and
+    always stopped: on failure, on Ctrl-C (pytest runs session teardown) and, as a last resort, at exit.
+    """
+    external = os.environ.get("TANDEM_KUBECONFIG")
+    handle: LocalCluster | ExternalCluster
+    if external:
+        handle = ExternalCluster(Path(external))
+    else:
+        handle = LocalCluster(tmp_path_factory.mktemp("cluster"))
+    previous = os.environ.get("KUBECONFIG")
+    stopped = False
+
+    def stop() -> None:
+        nonlocal stopped
+        if isinstance(handle, LocalCluster) and not stopped:
+            stopped = True
+            handle.down()
+
+    atexit.register(stop)
+    try:
+        if isinstance(handle, LocalCluster):
+            handle.up()
+        os.environ["KUBECONFIG"] = str(handle.kubeconfig)
+        yield handle
+    finally:
+        if previous is None:
+            os.environ.pop("KUBECONFIG", None)
+        else:
+            os.environ["KUBECONFIG"] = previous
+        stop()
+        atexit.unregister(stop)
+
+
+@pytest.fixture(scope="session")
+def kube(cluster: LocalCluster | ExternalCluster) -> Iterator[k8s.ApiClient]:
+    """A kubernetes.client.ApiClient for the session's cluster."""
+    api = k8s_config.new_client_from_config(config_file=str(cluster.kubeconfig))
+    yield api
+    api.close()
+
+
+@pytest.fixture
+def namespace(kube: k8s.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace for one test, deleted afterwards.
+
+    Waits for its default ServiceAccount: the ServiceAccount admission plugin rejects pods until the
+    controller-manager has created it.
+    """
+    core = k8s.CoreV1Api(kube)
+    stem = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
+    name = f"{stem}-{uuid.uuid4().hex[:6]}"
+    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
+    wait_until(
+        lambda: core.list_namespaced_service_account(name, field_selector="metadata.name=default").items,
+        timeout=60,
+        what=f"default ServiceAccount in {name}",
+    )
+    yield name
+    core.delete_namespace(name)

@@ -1,0 +1,1 @@
+"""Helpers shared by tests: the local control plane handle and polling utilities."""

@@ -1,0 +1,172 @@
+"""Python handle on the local control plane started by hack/cluster.sh.
+
+Tests talk to a real kube-apiserver, scheduler and controller-manager (with kwok simulating the nodes),
+never to a mock; this module only starts, stops and describes such a cluster so fixtures and tests that
+need a second, private cluster (e.g. to check teardown) share one implementation with the shell script.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CLUSTER_SCRIPT = REPO_ROOT / "hack" / "cluster.sh"
+BUILD_SCRIPT = REPO_ROOT / "hack" / "build-tools.sh"
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+
+T = TypeVar("T")
+
+
+class ClusterError(RuntimeError):
+    """hack/cluster.sh failed; the message carries its output so a CI log shows why."""
+
+
+def wait_until(
+    check: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.2, what: str = "condition"
+) -> T:
+    """Poll `check` until it returns something truthy and return it.
+
+    Tests wait on observable state (a condition, a phase) instead of sleeping a fixed time, so they are
+    both fast on an idle machine and patient on a loaded 2-core one.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def port_is_open(port: int, host: str = "127.0.0.1") -> bool:
+    """True when something accepts TCP connections on host:port."""
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def pid_is_alive(pid: int) -> bool:
+    """True when the process exists and is not a zombie (a zombie holds no port and no memory)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def build_binaries() -> Path:
+    """Build (or find cached) control-plane binaries and return their directory.
+
+    Separate from `LocalCluster.up` so a cold build (15-30 min) can run before pytest's per-test timeout
+    starts counting.
+    """
+    proc = subprocess.run([str(BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True, check=False)
+    if proc.returncode != 0:
+        raise ClusterError(f"{BUILD_SCRIPT} failed with exit code {proc.returncode}")
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+@dataclass
+class LocalCluster:
+    """A cluster whose state (certificates, etcd data, pids, logs, kubeconfig) lives in `state_dir`.
+
+    Several can run at once: each `up` picks free ports.
+    """
+
+    state_dir: Path
+    gpu_nodes: int = 2
+    cpu_nodes: int = 3
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.state_dir = Path(self.state_dir).resolve()
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    def env(self) -> dict[str, str]:
+        """Environment for hack/cluster.sh (and for subprocesses that should use this cluster)."""
+        env = dict(os.environ)
+        env.update(self.extra_env)
+        env.update(
+            TANDEM_CLUSTER_DIR=str(self.state_dir),
+            TANDEM_GPU_NODES=str(self.gpu_nodes),
+            TANDEM_CPU_NODES=str(self.cpu_nodes),
+            KUBECONFIG=str(self.kubeconfig),
+        )
+        return env
+
+    def _run(self, command: str, timeout: float) -> str:
+        proc = subprocess.run(
+            [str(CLUSTER_SCRIPT), command],
+            env=self.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise ClusterError(f"hack/cluster.sh {command} failed ({proc.returncode}):\n{proc.stdout}")
+        return proc.stdout
+
+    def up(self, timeout: float = 300.0) -> str:
+        """Start the cluster (or keep the running one) and wait for all nodes Ready; returns the log."""
+        return self._run("up", timeout)
+
+    def down(self, timeout: float = 120.0) -> str:
+        """Stop every component; the script fails if a port stays open."""
+        return self._run("down", timeout)
+
+    def is_running(self) -> bool:
+        try:
+            self._run("status", 30.0)
+        except ClusterError:
+            return False
+        return True
+
+    def pids(self) -> dict[str, int]:
+        """Recorded pid of each component (read before `down`, which removes the records)."""
+        pids = {}
+        for name in COMPONENTS:
+            path = self.state_dir / "pids" / f"{name}.pid"
+            if path.exists():
+                pids[name] = int(path.read_text().strip())
+        return pids
+
+    def ports(self) -> dict[str, int]:
+        """Ports the components listen on, from state.env."""
+        state = self.state_dir / "state.env"
+        ports = {}
+        for line in state.read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key.endswith("_PORT"):
+                ports[key.removesuffix("_PORT").lower()] = int(value)
+        return ports
+
+    def __enter__(self) -> LocalCluster:
+        self.up()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+
+@dataclass
+class ExternalCluster:
+    """A cluster someone else runs (TANDEM_KUBECONFIG): used as is, never stopped by the tests."""
+
+    kubeconfig: Path
