@@ -92,6 +92,14 @@ build_helm() {
     "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 }
 
+# One build at a time: hack/cluster.sh and the pytest fixture call this script too, and a second
+# concurrent build would only compete for the same 2 cores and the same go build cache.
+exec 9> "$CACHE/build.lock"
+if ! flock -n 9; then
+  say "another build-tools.sh holds $CACHE/build.lock; waiting for it"
+  flock 9
+fi
+
 start=$(date +%s)
 build_etcd
 build_kwok

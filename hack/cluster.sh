@@ -349,10 +349,15 @@ cmd_status() {
 
 cmd_env() { echo "export KUBECONFIG=$DIR/kubeconfig"; }
 
-case "${1:-}" in
-  up) cmd_up ;;
-  down) cmd_down ;;
-  status) cmd_status ;;
-  env) cmd_env ;;
-  *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
-esac
+main() {
+  case "${1:-}" in
+    up) cmd_up ;;
+    down) cmd_down ;;
+    status) cmd_status ;;
+    env) cmd_env ;;
+    *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+  esac
+}
+
+# Sourcing the script (for debugging a single function) defines the functions without running anything.
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then main "$@"; fi
