@@ -1,0 +1,157 @@
+"""Types that several resources share: conditions, quantities, tolerations, env, pricing."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import ConfigDict, Field, WithJsonSchema
+
+from tandem.api.base import ApiModel
+
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+
+Quantity = Annotated[
+    str | int,
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "x-kubernetes-int-or-string": True,
+            "pattern": QUANTITY_PATTERN,
+        }
+    ),
+]
+"""A Kubernetes resource quantity such as 500m, 2 or 4Gi, as the API server itself validates it."""
+
+FreeForm = Annotated[
+    dict[str, Any],
+    WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
+]
+"""A Kubernetes object passed through unchanged (such as an affinity), validated by the API server later."""
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+STORAGE_URI = r"^(s3|gs|pvc|file)://.+"
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(ApiModel):
+    """A metav1.Condition: the observed state of one aspect, as `kubectl wait` and Argo CD read it."""
+
+    type: str = Field(min_length=1, max_length=316)
+    """Aspect this condition describes, in CamelCase (Ready, ModelResolved, ...)."""
+    status: ConditionStatus
+    """True, False or Unknown."""
+    reason: str = Field(min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    """CamelCase cause of the last transition, for machines."""
+    message: str = Field(default="", max_length=32768)
+    """Explanation of the last transition, for people."""
+    last_transition_time: datetime
+    """When status last changed."""
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The .metadata.generation the condition was set against."""
+
+
+CONDITIONS_SCHEMA_EXTRA: dict[str, Any] = {
+    "x-kubernetes-list-type": "map",
+    "x-kubernetes-list-map-keys": ["type"],
+}
+
+
+class TolerationOperator(StrEnum):
+    EXISTS = "Exists"
+    EQUAL = "Equal"
+
+
+class TaintEffect(StrEnum):
+    NO_SCHEDULE = "NoSchedule"
+    PREFER_NO_SCHEDULE = "PreferNoSchedule"
+    NO_EXECUTE = "NoExecute"
+
+
+class Toleration(ApiModel):
+    """A core/v1 Toleration, copied onto the pods placed on a pool."""
+
+    key: str | None = None
+    """Taint key to tolerate; empty with operator Exists tolerates every taint."""
+    operator: TolerationOperator = TolerationOperator.EQUAL
+    """Exists or Equal."""
+    value: str | None = None
+    """Taint value, with operator Equal."""
+    effect: TaintEffect | None = None
+    """Taint effect to match; empty matches all effects."""
+    toleration_seconds: int | None = None
+    """How long a NoExecute taint is tolerated."""
+
+
+class SecretKeyRef(ApiModel):
+    """A key of a Secret in the resource's namespace: how storage credentials reach a workload."""
+
+    name: str = Field(pattern=DNS_SUBDOMAIN)
+    """Secret name."""
+    key: str = Field(min_length=1)
+    """Key within the Secret."""
+    optional: bool | None = None
+    """Whether the pod may start without it."""
+
+
+class ConfigMapKeyRef(ApiModel):
+    """A key of a ConfigMap in the resource's namespace."""
+
+    name: str = Field(pattern=DNS_SUBDOMAIN)
+    """ConfigMap name."""
+    key: str = Field(min_length=1)
+    """Key within the ConfigMap."""
+    optional: bool | None = None
+    """Whether the pod may start without it."""
+
+
+class EnvVarSource(ApiModel):
+    """Where an environment variable's value comes from, by reference only, so no secret is copied."""
+
+    secret_key_ref: SecretKeyRef | None = None
+    """A key of a Secret."""
+    config_map_key_ref: ConfigMapKeyRef | None = None
+    """A key of a ConfigMap."""
+
+
+ENV_RULES: list[dict[str, str]] = [
+    {
+        "rule": "!(has(self.value) && has(self.valueFrom))",
+        "message": "env: set either value or valueFrom, not both",
+    }
+]
+
+
+class EnvVar(ApiModel):
+    """An environment variable for the workload's containers."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": ENV_RULES})
+
+    name: str = Field(min_length=1, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+    """Variable name."""
+    value: str | None = None
+    """Literal value."""
+    value_from: EnvVarSource | None = None
+    """Value from a Secret or ConfigMap key instead of a literal."""
+
+
+class Usage(ApiModel):
+    """Resources used so far and what they cost, from the pool's prices and power figures."""
+
+    gpu_seconds: float = Field(default=0, ge=0)
+    """Accelerator-seconds requested by running pods."""
+    core_seconds: float = Field(default=0, ge=0)
+    """CPU core-seconds requested by running pods."""
+    estimated_cost: float = Field(default=0, ge=0)
+    """Estimated cost in the pool's price currency."""
+    energy_wh: float = Field(default=0, ge=0)
+    """Estimated energy in watt-hours."""

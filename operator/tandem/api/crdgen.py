@@ -1,0 +1,182 @@
+"""Structural CRD schemas from the pydantic models, written to manifests/ and the chart.
+
+The API server accepts only structural schemas: no $ref, every node typed, no `additionalProperties` beside
+`properties`, nullability spelled by omission. pydantic's JSON Schema is close; this module closes the gap,
+so the models stay the single source of truth and `tandem crds --check` catches drift.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from tandem.api.resources import CATEGORY, GROUP, RESOURCES, VERSION, Resource
+
+Schema = dict[str, Any]
+
+CRD_DIRS = (Path("manifests/crds"), Path("charts/tandem/crds"))
+"""Where generated CRDs live, relative to the repository root."""
+
+
+def _inline(node: Any, defs: dict[str, Schema]) -> Any:
+    if isinstance(node, list):
+        return [_inline(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        target = copy.deepcopy(defs[node["$ref"].rsplit("/", 1)[-1]])
+        siblings = {key: value for key, value in node.items() if key != "$ref"}
+        return _inline({**target, **siblings}, defs)
+    return {key: _inline(value, defs) for key, value in node.items()}
+
+
+def _drop_null_branches(node: Any) -> Any:
+    """`X | None` becomes X: an absent field is how Kubernetes spells null."""
+    if isinstance(node, list):
+        return [_drop_null_branches(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _drop_null_branches(value) for key, value in node.items()}
+    branches = node.get("anyOf")
+    if branches is not None and not node.get("x-kubernetes-int-or-string"):
+        kept = [branch for branch in branches if branch.get("type") != "null"]
+        if len(kept) == 1:
+            del node["anyOf"]
+            node = {**kept[0], **node}
+        else:
+            node["anyOf"] = kept
+    if node.get("default", 0) is None:
+        del node["default"]
+    return node
+
+
+def _structural(node: Any) -> Any:
+    """Remove what structural schemas forbid or do not need: titles, additionalProperties: false."""
+    if isinstance(node, list):
+        return [_structural(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    result: Schema = {}
+    for key, value in node.items():
+        if key == "title":
+            continue
+        if key == "additionalProperties" and value is False:
+            continue
+        if key == "properties":
+            result[key] = {name: _structural(prop) for name, prop in value.items()}
+        else:
+            result[key] = _structural(value)
+    if "properties" in result:
+        result.setdefault("type", "object")
+    return result
+
+
+def openapi_schema(model: type[Any]) -> Schema:
+    """The structural OpenAPI v3 schema of one pydantic model."""
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    defs = raw.pop("$defs", {})
+    schema: Schema = _structural(_drop_null_branches(_inline(raw, defs)))
+    return schema
+
+
+def crd(resource: Resource) -> Schema:
+    """The CustomResourceDefinition of one resource."""
+    spec = openapi_schema(resource.spec)
+    if resource.spec_rules:
+        spec["x-kubernetes-validations"] = resource.spec_rules
+    status = openapi_schema(resource.status)
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": resource.crd_name,
+            "labels": {"app.kubernetes.io/name": "tandem", "app.kubernetes.io/part-of": "tandem"},
+        },
+        "spec": {
+            "group": GROUP,
+            "names": {
+                "kind": resource.kind,
+                "listKind": f"{resource.kind}List",
+                "plural": resource.plural,
+                "singular": resource.singular,
+                "shortNames": list(resource.short_names),
+                "categories": [CATEGORY],
+            },
+            "scope": "Namespaced" if resource.namespaced else "Cluster",
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": resource.printer_columns,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": resource.description,
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec,
+                                "status": status,
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def render(resource: Resource) -> str:
+    header = "# Generated by `tandem crds --write` from tandem.api; do not edit by hand.\n"
+    return header + yaml.safe_dump(crd(resource), sort_keys=False, width=120)
+
+
+def generated_files(root: Path) -> dict[Path, str]:
+    """Every generated CRD file under the repository root, with its expected content."""
+    return {
+        root / folder / f"{resource.crd_name}.yaml": render(resource)
+        for folder in CRD_DIRS
+        for resource in RESOURCES
+    }
+
+
+def drift(root: Path) -> list[Path]:
+    """Generated files whose content differs from a fresh run, or that are missing."""
+    return [
+        path
+        for path, content in generated_files(root).items()
+        if not path.exists() or path.read_text() != content
+    ]
+
+
+@click.command("crds")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
+              help="Repository root.")
+@click.option("--check", is_flag=True, help="Fail if the committed CRDs differ from the models.")
+@click.option("--stdout", "to_stdout", is_flag=True, help="Print the CRDs instead of writing them.")
+def crds_command(root: Path, check: bool, to_stdout: bool) -> None:
+    """Generate the CRDs from the API models (manifests/crds and charts/tandem/crds)."""
+    if to_stdout:
+        click.echo("---\n".join(render(resource) for resource in RESOURCES), nl=False)
+        return
+    if check:
+        stale = drift(root)
+        if stale:
+            for path in stale:
+                click.echo(f"stale: {path} (run `tandem crds`)", err=True)
+            sys.exit(1)
+        click.echo("CRDs match the models")
+        return
+    for path, content in generated_files(root).items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+        click.echo(f"wrote {path}")

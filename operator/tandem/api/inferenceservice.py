@@ -1,0 +1,232 @@
+"""InferenceService: an ONNX model served over Open Inference Protocol V2, on CPUs unless told otherwise."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import ConfigDict, Field
+
+from tandem.api.base import ApiModel
+from tandem.api.common import (
+    CONDITIONS_SCHEMA_EXTRA,
+    DNS_SUBDOMAIN,
+    STORAGE_URI,
+    Condition,
+    EnvVar,
+    Quantity,
+    Usage,
+)
+
+
+class TrainingJobRef(ApiModel):
+    """A TrainingJob in the same namespace whose newest model is served."""
+
+    name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253)
+    """TrainingJob name."""
+
+
+MODEL_SOURCE_RULES: list[dict[str, str]] = [
+    {
+        "rule": "has(self.uri) != has(self.fromTrainingJob)",
+        "message": "spec.model needs exactly one of uri or fromTrainingJob",
+    },
+    {
+        "rule": "!has(self.sha256) || has(self.uri)",
+        "message": "spec.model.sha256 goes with spec.model.uri",
+        "fieldPath": ".sha256",
+    },
+]
+
+
+class ModelSource(ApiModel):
+    """Where the model comes from: a fixed URI, or whatever a TrainingJob last produced."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": MODEL_SOURCE_RULES})
+
+    uri: str | None = Field(default=None, pattern=STORAGE_URI, max_length=2048)
+    """URI of an ONNX file."""
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    """Expected SHA-256 of the file at uri; the server refuses a file that differs."""
+    from_training_job: TrainingJobRef | None = None
+    """Serve the newest model of this TrainingJob and roll out each new one."""
+
+
+
+
+class Placement(StrEnum):
+    """Where to serve: CPU pool, GPU pool, or measured and decided by cost within the SLO."""
+
+    CPU = "cpu"
+    GPU = "gpu"
+    AUTO = "auto"
+
+
+class Replicas(ApiModel):
+    """Replica bounds for the autoscaler."""
+
+    min: int = Field(default=1, ge=1, le=1000)
+    """Fewest replicas."""
+    max: int = Field(default=1, ge=1, le=1000)
+    """Most replicas."""
+
+
+class Autoscaling(ApiModel):
+    """HorizontalPodAutoscaler target, used when replicas.max > replicas.min."""
+
+    target_cpu_utilization: int = Field(default=70, ge=1, le=100)
+    """Average CPU utilisation, percent of the request, that the autoscaler aims at."""
+
+
+class ServingResources(ApiModel):
+    """What each replica requests; limits equal requests, and the server sizes its threads to the CPU limit."""
+
+    cpu: Quantity = "2"
+    """CPU per replica."""
+    memory: Quantity = "1Gi"
+    """Memory per replica."""
+    gpus: int = Field(default=0, ge=0, le=8)
+    """Accelerators per replica, only on a GPU pool."""
+
+
+class Runtime(ApiModel):
+    """Server runtime settings."""
+
+    threads: int | None = Field(default=None, ge=1, le=256)
+    """onnxruntime intra-op threads; empty matches the CPU limit."""
+    max_batch_size: int = Field(default=1, ge=1, le=1024)
+    """Dynamic batching: largest batch formed from concurrent requests; 1 turns batching off."""
+    max_batch_delay_ms: float = Field(default=0, ge=0, le=1000)
+    """Dynamic batching: longest wait for a batch to fill."""
+
+
+class Slo(ApiModel):
+    """Service level objective, used by placement: auto."""
+
+    p99_latency_ms: float = Field(gt=0)
+    """99th percentile latency bound per request, in milliseconds."""
+    target_requests_per_second: float = Field(gt=0)
+    """Load the service must sustain."""
+
+
+class InferenceServiceSpec(ApiModel):
+    """A served model: source, placement, scale and runtime."""
+
+    model: ModelSource
+    """Model source."""
+    placement: Placement = Placement.CPU
+    """cpu, gpu or auto."""
+    pool: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253)
+    """Explicit ComputePool, overriding placement."""
+    image: str | None = Field(default=None, min_length=1)
+    """Container image; empty uses the operator's server image."""
+    replicas: Replicas = Field(default_factory=Replicas)
+    """Replica bounds."""
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling)
+    """Autoscaler target."""
+    resources: ServingResources = Field(default_factory=ServingResources)
+    """Requests per replica."""
+    runtime: Runtime = Field(default_factory=Runtime)
+    """Server runtime settings."""
+    slo: Slo | None = None
+    """Latency and throughput objective; required for placement: auto."""
+    env: list[EnvVar] = Field(default_factory=list, max_length=64)
+    """Extra environment for the server; credentials by Secret reference only."""
+
+
+INFERENCE_SERVICE_RULES: list[dict[str, str]] = [
+    {
+        "rule": "self.replicas.max >= self.replicas.min",
+        "message": "spec.replicas.max must be at least spec.replicas.min",
+        "fieldPath": ".replicas.max",
+    },
+    {
+        "rule": "self.placement != 'auto' || has(self.slo)",
+        "message": "spec.slo is required when spec.placement is auto",
+        "fieldPath": ".slo",
+    },
+    {
+        "rule": "self.resources.gpus == 0 || self.placement == 'gpu' || has(self.pool)",
+        "message": "spec.resources.gpus needs placement gpu or an explicit pool",
+        "fieldPath": ".resources.gpus",
+    },
+]
+
+
+class ServicePhase(StrEnum):
+    PENDING = "Pending"
+    DEPLOYING = "Deploying"
+    READY = "Ready"
+    FAILED = "Failed"
+
+
+class ServedModel(ApiModel):
+    """The model the Deployment serves now."""
+
+    uri: str
+    """Model URI."""
+    sha256: str | None = None
+    """Model SHA-256, when known."""
+    version: str | None = None
+    """Version: the TrainingJob generation that produced it, or the first 12 characters of the sha256."""
+    training_job: str | None = None
+    """TrainingJob the model came from."""
+
+
+class PoolEstimate(ApiModel):
+    """Measured figures and the cost of serving the SLO on one candidate pool."""
+
+    pool: str
+    """ComputePool."""
+    measured: bool = False
+    """Whether the figures were measured on that pool's hardware."""
+    p99_latency_ms: float | None = None
+    """Measured 99th percentile latency per request, one replica."""
+    throughput_per_replica: float | None = None
+    """Measured sustainable requests per second, one replica."""
+    replicas: int | None = None
+    """Replicas needed for the SLO's target load."""
+    cost_per_hour: float | None = None
+    """Hourly cost of those replicas."""
+    meets_slo: bool = False
+    """Whether the pool meets the SLO."""
+    note: str | None = None
+    """Why figures are missing or the SLO cannot be met."""
+
+
+class PlacementStatus(ApiModel):
+    """Where the service runs and why."""
+
+    pool: str
+    """Chosen ComputePool."""
+    reason: str
+    """Why this pool: the rule or the numbers that decided."""
+    cost_per_hour: float | None = None
+    """Hourly cost at the current replica count."""
+    candidates: list[PoolEstimate] = Field(default_factory=list)
+    """Every pool considered by placement: auto, with its figures."""
+
+
+class InferenceServiceStatus(ApiModel):
+    """What the operator observed of the service."""
+
+    phase: ServicePhase | None = None
+    """Summary of the conditions: Pending, Deploying, Ready or Failed."""
+    conditions: Annotated[list[Condition], Field(json_schema_extra=CONDITIONS_SCHEMA_EXTRA)] = Field(
+        default_factory=list
+    )
+    """ModelResolved, PlacementDecided, Ready."""
+    url: str | None = None
+    """In-cluster base URL of the V2 endpoint."""
+    model: ServedModel | None = None
+    """The model being served."""
+    placement: PlacementStatus | None = None
+    """Placement decision."""
+    replicas: int = 0
+    """Replicas of the current Deployment."""
+    ready_replicas: int = 0
+    """Replicas that pass their readiness probe."""
+    usage: Usage = Field(default_factory=Usage)
+    """Resources used and their estimated cost."""
+    observed_generation: int | None = None
+    """The .metadata.generation this status describes."""

@@ -1,0 +1,160 @@
+"""TrainingJob: PyTorch training on a pool (GPU by default) that ends in a checked ONNX model."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field
+
+from tandem.api.artifact import ModelArtifact
+from tandem.api.base import ApiModel
+from tandem.api.common import (
+    CONDITIONS_SCHEMA_EXTRA,
+    DNS_SUBDOMAIN,
+    STORAGE_URI,
+    Condition,
+    EnvVar,
+    Quantity,
+    Usage,
+)
+
+
+class WorkerResources(ApiModel):
+    """What each worker pod requests; limits equal requests so a worker gets what it asked for."""
+
+    gpus: int = Field(default=1, ge=0, le=16)
+    """Accelerators per worker, of the pool's kind; 0 runs on CPU only."""
+    cpu: Quantity = "2"
+    """CPU per worker."""
+    memory: Quantity = "4Gi"
+    """Memory per worker."""
+
+
+class ExportFormat(StrEnum):
+    ONNX = "onnx"
+
+
+class ModelExport(ApiModel):
+    """How the trained model is exported and checked."""
+
+    format: ExportFormat = ExportFormat.ONNX
+    """Export format."""
+    opset: int | None = Field(default=None, ge=7, le=30)
+    """ONNX opset; empty lets the exporter choose."""
+    sample_input_shape: list[Annotated[int, Field(ge=1)]] | None = Field(default=None, min_length=1, max_length=8)
+    """Shape of one sample input without the batch dimension, for tracing and the parity check."""
+
+
+class ModelOutput(ApiModel):
+    """Where the model goes and in what form."""
+
+    output: str = Field(pattern=STORAGE_URI, max_length=2048)
+    """Folder URI for model.onnx and metadata.json: s3://, gs://, pvc://claim/path or file://."""
+    export: ModelExport = Field(default_factory=ModelExport)
+    """Export settings."""
+
+
+class Checkpointing(ApiModel):
+    """Periodic checkpoints, so a retried worker resumes instead of starting over."""
+
+    uri: str | None = Field(default=None, pattern=STORAGE_URI, max_length=2048)
+    """Folder URI for checkpoints."""
+    resume: bool = True
+    """Resume from the newest checkpoint when one exists."""
+
+
+class TrainingJobSpec(ApiModel):
+    """A training run: what to run, on how many workers, and where the model goes."""
+
+    pool: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253)
+    """ComputePool to run on; empty picks the pool whose role is training."""
+    image: str | None = Field(default=None, min_length=1)
+    """Container image; empty uses the operator's trainer image."""
+    command: list[str] | None = None
+    """Entrypoint; empty runs `tandem train digits`, the built-in example."""
+    args: list[str] = Field(default_factory=list)
+    """Arguments appended to the command."""
+    env: list[EnvVar] = Field(default_factory=list, max_length=64)
+    """Extra environment for every worker; credentials by Secret reference only."""
+    workers: int = Field(default=1, ge=1, le=128)
+    """Worker pods; more than one runs data-parallel under torch.distributed."""
+    resources: WorkerResources = Field(default_factory=WorkerResources)
+    """Requests per worker."""
+    model: ModelOutput
+    """Output and export of the trained model."""
+    checkpoint: Checkpointing | None = None
+    """Checkpointing and resume."""
+    backoff_limit: int = Field(default=3, ge=0, le=100)
+    """Retries before the job is marked Failed."""
+    active_deadline_seconds: int | None = Field(default=None, ge=1)
+    """Wall-clock limit for a run."""
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    """Delete the finished run's pods and Job after this many seconds; status and the model stay."""
+    suspend: bool = False
+    """Hold the run (or pause a running one) without deleting the resource."""
+    queue: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=63)
+    """Kueue LocalQueue; the run is admitted by Kueue when set."""
+
+
+TRAINING_JOB_RULES: list[dict[str, str]] = [
+    {
+        "rule": "!has(self.checkpoint) || !self.checkpoint.resume || has(self.checkpoint.uri)",
+        "message": "spec.checkpoint.uri is required when spec.checkpoint.resume is true",
+        "fieldPath": ".checkpoint.uri",
+    },
+    {
+        "rule": "!has(oldSelf.queue) || (has(self.queue) && self.queue == oldSelf.queue)",
+        "message": "spec.queue is immutable",
+        "fieldPath": ".queue",
+    },
+]
+
+
+class TrainingPhase(StrEnum):
+    PENDING = "Pending"
+    QUEUED = "Queued"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class WorkerCounts(ApiModel):
+    """Worker pods by state, from the child Job."""
+
+    active: int = 0
+    """Running or pending workers."""
+    succeeded: int = 0
+    """Workers that finished successfully."""
+    failed: int = 0
+    """Worker pod failures, retries included."""
+
+
+class TrainingJobStatus(ApiModel):
+    """What the operator observed of the current run."""
+
+    phase: TrainingPhase | None = None
+    """Summary of the conditions: Pending, Queued, Running, Succeeded or Failed."""
+    conditions: Annotated[list[Condition], Field(json_schema_extra=CONDITIONS_SCHEMA_EXTRA)] = Field(
+        default_factory=list
+    )
+    """PoolResolved, Running, Succeeded, Failed."""
+    pool: str | None = None
+    """ComputePool the current run was placed on."""
+    job_name: str | None = None
+    """Child batch/v1 Job of the current run."""
+    start_time: datetime | None = None
+    """When the current run started."""
+    completion_time: datetime | None = None
+    """When the current run finished."""
+    workers: WorkerCounts = Field(default_factory=WorkerCounts)
+    """Worker pods by state."""
+    model: ModelArtifact | None = None
+    """The newest model this TrainingJob produced; kept while a re-run trains the next one."""
+    model_generation: int | None = None
+    """The .metadata.generation whose run produced status.model."""
+    usage: Usage = Field(default_factory=Usage)
+    """Resources used and their estimated cost, over all runs."""
+    observed_generation: int | None = None
+    """The .metadata.generation this status describes."""

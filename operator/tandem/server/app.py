@@ -1,0 +1,110 @@
+"""Assembles the server (model, data plane, REST routes, HTTP listeners) and runs its lifecycle.
+
+Order matters for Kubernetes: listen first, so the liveness probe passes while a large model downloads;
+load and warm up in a worker thread; only then does /v2/health/ready answer 200. A model that cannot be
+loaded (unreadable URI, sha256 mismatch, onnxruntime refusal) is logged and the process exits 1 without
+ever becoming ready. SIGTERM: not ready, stop accepting, finish in-flight requests, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+from tandem.server.config import ServerConfig
+from tandem.server.dataplane import DataPlane
+from tandem.server.errors import ModelLoadError
+from tandem.server.http import HttpServer, Request, Response, error_response
+from tandem.server.logs import AccessLog
+from tandem.server.metrics import ServerMetrics
+from tandem.server.model import OnnxModel, SessionSettings
+from tandem.server.rest import RestApp
+
+log = logging.getLogger("tandem.server")
+
+
+class InferenceServer:
+    def __init__(self, config: ServerConfig, access_log: AccessLog | None = None) -> None:
+        self.config = config
+        self.metrics = ServerMetrics()
+        self.executor = ThreadPoolExecutor(max_workers=max(1, config.workers), thread_name_prefix="ort")
+        self.dataplane = DataPlane(self.executor, self.metrics.batch)
+        self.model = OnnxModel(
+            config.model_name,
+            config.model_uri,
+            sha256=config.model_sha256,
+            version=config.model_version,
+            session=SessionSettings(intra_op_threads=config.threads, spinning=config.spinning),
+        )
+        self.dataplane.add(self.model)
+        self.shared_metrics_port = config.metrics_port == config.http_port
+        self.rest = RestApp(self.dataplane, self.metrics, serve_metrics=self.shared_metrics_port)
+        self.access_log = access_log if access_log is not None else (AccessLog() if config.access_log else None)
+        self.http = HttpServer(
+            self.rest, max_request_bytes=config.max_request_bytes, access_log=self.access_log
+        )
+        self.http_port = config.http_port
+        self.metrics_port = config.metrics_port
+        self._stop = asyncio.Event()
+
+    def _metrics_only(self, request: Request) -> Response:
+        if request.path.rstrip("/") == "/metrics" and request.method in ("GET", "HEAD"):
+            return self.rest.metrics_response()
+        return error_response(404, f"only /metrics is served on this port, not {request.path}")
+
+    async def start(self) -> None:
+        """Listen on the HTTP (and metrics) port; the model is not loaded yet."""
+        self.http_port = await self.http.listen(self.config.host, self.config.http_port)
+        if not self.shared_metrics_port:
+            self.metrics_port = await self.http.listen(
+                self.config.host, self.config.metrics_port, self._metrics_only
+            )
+        log.info("listening", extra={"http_port": self.http_port, "metrics_port": self.metrics_port})
+
+    async def load(self) -> None:
+        """Load and warm up the model in a worker thread; ModelLoadError if it cannot be served."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.executor, self.model.load)
+        if self.config.batching:
+            self.dataplane.enable_batching(
+                self.model, self.config.max_batch_size, self.config.max_batch_delay_ms / 1000
+            )
+        self.metrics.model_ready.labels(self.model.name).set(1)
+        log.info("ready", extra={"model": self.model.name, "sha256": self.model.sha256})
+
+    def stop(self) -> None:
+        """Ask `run` to drain and return (what SIGTERM and SIGINT do)."""
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Serve until stopped; the process exit code: 0 after a clean drain, 1 if the model failed."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stop)
+        await self.start()
+        loader = asyncio.ensure_future(self.load())
+        stopper = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait([loader, stopper], return_when=asyncio.FIRST_COMPLETED)
+        if loader.done() and loader.exception() is not None:
+            error = loader.exception()
+            message = str(error) if isinstance(error, ModelLoadError) else repr(error)
+            log.error("model failed to load; not becoming ready", extra={"error": message})
+            stopper.cancel()
+            await self.shutdown()
+            return 1
+        await stopper
+        log.info("SIGTERM: draining", extra={"in_flight_connections": len(self.http.connections)})
+        await self.shutdown()
+        return 0
+
+    async def shutdown(self) -> None:
+        self.model.state = self.model.state  # readiness flips below, before the drain
+        self.rest.live = True
+        self.metrics.model_ready.labels(self.model.name).set(0)
+        drained = await self.http.drain(self.config.drain_timeout_s)
+        if self.access_log is not None:
+            self.access_log.flush()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        log.info("stopped", extra={"drained": drained})

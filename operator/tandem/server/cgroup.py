@@ -1,0 +1,73 @@
+"""How many CPUs this container may use, read from its cgroup CPU quota.
+
+onnxruntime sizes its intra-op pool from the host's core count; in a pod limited to 2 CPUs on a 64-core
+node that means 64 threads fighting for 2 CPUs of quota, and throttling. The quota is the right number.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def parse_cpu_max(text: str) -> float | None:
+    """CPUs allowed by a cgroup v2 `cpu.max` ("<quota> <period>" or "max <period>"); None if unlimited."""
+    fields = text.split()
+    if not fields or fields[0] == "max":
+        return None
+    try:
+        quota = int(fields[0])
+        period = int(fields[1]) if len(fields) > 1 else 100_000
+    except ValueError:
+        return None
+    if quota <= 0 or period <= 0:
+        return None
+    return quota / period
+
+
+def parse_cfs(quota_text: str, period_text: str) -> float | None:
+    """CPUs allowed by cgroup v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us`; None if unlimited (-1)."""
+    try:
+        quota = int(quota_text.strip())
+        period = int(period_text.strip())
+    except ValueError:
+        return None
+    if quota <= 0 or period <= 0:
+        return None
+    return quota / period
+
+
+def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> float | None:
+    """The CPU limit of the current cgroup (v2 first, then v1), or None when there is none or it is unreadable."""
+    try:
+        return parse_cpu_max((root / "cpu.max").read_text())
+    except OSError:
+        pass
+    for folder in (root / "cpu", root / "cpu,cpuacct", root):
+        try:
+            return parse_cfs(
+                (folder / "cpu.cfs_quota_us").read_text(), (folder / "cpu.cfs_period_us").read_text()
+            )
+        except OSError:
+            continue
+    return None
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on: the affinity mask, or os.cpu_count() where there is none."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_threads(root: Path = CGROUP_ROOT) -> int:
+    """Intra-op threads: the cgroup limit rounded up (a 1.5-CPU limit gets 2), capped by usable CPUs."""
+    cpus = available_cpus()
+    limit = cgroup_cpu_limit(root)
+    if limit is None:
+        return max(1, cpus)
+    return max(1, min(cpus, math.ceil(limit)))

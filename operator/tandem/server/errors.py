@@ -1,0 +1,51 @@
+"""Errors the server answers with, each carrying its HTTP status so no layer needs to know HTTP.
+
+The data plane raises these; the REST adapter turns them into `{"error": message}`. Anything else that
+escapes a handler is a bug and becomes a 500 with a generic message (and a logged traceback), never a crash.
+"""
+
+from __future__ import annotations
+
+
+class ServerError(Exception):
+    """Base class: an error with a status code and a message safe to send to the client."""
+
+    status: int = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(ServerError):
+    """The request is malformed or does not match the model signature (400)."""
+
+    status = 400
+
+
+class ModelNotFound(ServerError):
+    """No model (or version) by that name is served here (404)."""
+
+    status = 404
+
+
+class ModelNotReady(ServerError):
+    """The model exists but is still loading or shutting down (503)."""
+
+    status = 503
+
+
+class PayloadTooLarge(ServerError):
+    """The request body exceeds the configured maximum (413)."""
+
+    status = 413
+
+
+class InferenceFailed(ServerError):
+    """onnxruntime rejected inputs that passed validation (400: the input, not the server, is at fault)."""
+
+    status = 400
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be fetched, verified, opened or warmed up; the server must not become ready."""

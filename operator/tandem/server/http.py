@@ -1,0 +1,289 @@
+"""A lean HTTP/1.1 server on asyncio and httptools: keep-alive, pipelining, size limits, graceful drain.
+
+Why not a framework: at thousands of small requests per second on one core, ASGI layers (scope dicts,
+send/receive coroutines, middleware) cost more than the inference of a small model. This server parses with
+httptools (llhttp, the parser of Node.js), hands a complete `Request` to one handler, and writes its
+`Response` with a precomputed status line. The handler may answer directly (health, metadata) or return an
+awaitable (inference), in which case later pipelined requests on that connection wait their turn, and
+other connections go on being served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+
+import httptools
+
+log = logging.getLogger("tandem.server.http")
+
+_REASONS = {status.value: status.phrase for status in HTTPStatus}
+_MAX_QUEUED = 32
+"""Pipelined requests buffered per connection before the server stops reading from it."""
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    """Lower-case names; a repeated header keeps its last value."""
+    body: bytes = b""
+    received: float = field(default_factory=time.perf_counter)
+    """perf_counter when the request was complete; latency is measured from here."""
+
+
+@dataclass(slots=True)
+class Response:
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+Handler = Callable[[Request], "Response | Awaitable[Response]"]
+AccessLogger = Callable[[Request, Response, float], None]
+
+
+def error_response(status: int, message: str) -> Response:
+    """A JSON `{"error": message}` response without going through the JSON library's numpy options."""
+    import orjson
+
+    return Response(status, orjson.dumps({"error": message}))
+
+
+def _head(response: Response, keep_alive: bool) -> bytes:
+    lines = [
+        f"HTTP/1.1 {response.status} {_REASONS.get(response.status, 'Unknown')}\r\n"
+        f"content-type: {response.content_type}\r\n"
+        f"content-length: {len(response.body)}\r\n"
+    ]
+    lines.extend(f"{name}: {value}\r\n" for name, value in response.headers)
+    if not keep_alive:
+        lines.append("connection: close\r\n")
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1")
+
+
+class HttpServer:
+    """Listens on one or more sockets and serves every connection with the same handler."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        max_request_bytes: int = 64 * 1024 * 1024,
+        access_log: AccessLogger | None = None,
+    ) -> None:
+        self.handler = handler
+        self.max_request_bytes = max_request_bytes
+        self.access_log = access_log
+        self.connections: set[HttpConnection] = set()
+        self.draining = False
+        self._servers: list[asyncio.AbstractServer] = []
+        self._idle = asyncio.Event()
+
+    async def listen(self, host: str, port: int, handler: Handler | None = None) -> int:
+        """Start accepting on host:port (0 picks a free port); returns the bound port."""
+        loop = asyncio.get_running_loop()
+        chosen = handler or self.handler
+        server = await loop.create_server(
+            lambda: HttpConnection(self, chosen), host, port, reuse_address=True, backlog=1024
+        )
+        self._servers.append(server)
+        sockets = server.sockets or []
+        bound: int = sockets[0].getsockname()[1] if sockets else port
+        return bound
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop accepting, let in-flight requests finish, close idle connections; False on timeout."""
+        self.draining = True
+        for server in self._servers:
+            server.close()
+        for connection in list(self.connections):
+            connection.close_if_idle()
+        try:
+            async with asyncio.timeout(timeout):
+                while self.connections:
+                    self._idle.clear()
+                    await self._idle.wait()
+        except TimeoutError:
+            log.warning("drain timed out", extra={"open_connections": len(self.connections)})
+            for connection in list(self.connections):
+                connection.abort()
+            return False
+        return True
+
+    def _forget(self, connection: HttpConnection) -> None:
+        self.connections.discard(connection)
+        if not self.connections:
+            self._idle.set()
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection: parses requests and writes responses in order."""
+
+    def __init__(self, server: HttpServer, handler: Handler) -> None:
+        self.server = server
+        self.handler = handler
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.queue: deque[tuple[Request, bool, Response | None]] = deque()
+        self.busy = False
+        self.closing = False
+        self.paused = False
+        self.in_message = False
+        self._url = b""
+        self._headers: dict[str, str] = {}
+        self._body: list[bytes] = []
+        self._size = 0
+        self._too_large = False
+        self._keep_alive = True
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.transport = None
+        self.server._forget(self)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(400, "protocol upgrades are not supported")
+        except httptools.HttpParserError as exc:
+            self._fail(400, f"malformed HTTP request: {exc}")
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self.in_message = True
+        self._url = b""
+        self._headers = {}
+        self._body = []
+        self._size = 0
+        self._too_large = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        self._keep_alive = self.parser.should_keep_alive()
+        length = self._headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.server.max_request_bytes:
+            self._too_large = True
+        elif self._headers.get("expect", "").lower() == "100-continue" and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        if self._too_large:
+            return
+        self._size += len(body)
+        if self._size > self.server.max_request_bytes:
+            self._too_large = True
+            self._body = []
+            return
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.in_message = False
+        method = self.parser.get_method().decode("latin-1")
+        path = self._url.split(b"?", 1)[0].decode("latin-1")
+        if self._too_large:
+            canned: Response | None = error_response(
+                413, f"request body exceeds the limit of {self.server.max_request_bytes} bytes"
+            )
+            request = Request(method, path, self._headers)
+            self.queue.append((request, False, canned))
+        else:
+            body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+            self.queue.append((Request(method, path, self._headers, body), self._keep_alive, None))
+        if not self.busy:
+            self._dispatch()
+        elif len(self.queue) > _MAX_QUEUED and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    # dispatch
+
+    def _dispatch(self) -> None:
+        while self.queue and not self.closing:
+            request, keep_alive, canned = self.queue.popleft()
+            if canned is not None:
+                self._write(request, canned, keep_alive)
+                continue
+            try:
+                result = self.handler(request)
+            except Exception:
+                log.exception("handler failed", extra={"path": request.path})
+                result = error_response(500, "internal server error")
+            if isinstance(result, Response):
+                self._write(request, result, keep_alive)
+                continue
+            self.busy = True
+            asyncio.get_running_loop().create_task(self._finish(request, result, keep_alive))
+            return
+        if self.paused and self.transport is not None and not self.closing:
+            self.paused = False
+            self.transport.resume_reading()
+
+    async def _finish(self, request: Request, pending: Awaitable[Response], keep_alive: bool) -> None:
+        try:
+            response = await pending
+        except Exception:
+            log.exception("handler failed", extra={"path": request.path})
+            response = error_response(500, "internal server error")
+        self.busy = False
+        self._write(request, response, keep_alive)
+        self._dispatch()
+
+    def _write(self, request: Request, response: Response, keep_alive: bool) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        keep_alive = keep_alive and not self.server.draining
+        head = _head(response, keep_alive)
+        if len(response.body) < 16384:
+            transport.write(head + response.body)
+        else:
+            transport.writelines([head, response.body])
+        if self.server.access_log is not None:
+            self.server.access_log(request, response, time.perf_counter() - request.received)
+        if not keep_alive:
+            self.closing = True
+            transport.close()
+        elif self.server.draining and not self.queue and not self.in_message:
+            self.closing = True
+            transport.close()
+
+    def _fail(self, status: int, message: str) -> None:
+        """Answer a request that cannot be parsed and close: the stream position is lost."""
+        self.queue.clear()
+        if self.transport is not None:
+            response = error_response(status, message)
+            self.transport.write(_head(response, False) + response.body)
+            self.closing = True
+            self.transport.close()
+
+    def close_if_idle(self) -> None:
+        if not self.busy and not self.queue and not self.in_message and self.transport is not None:
+            self.closing = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()

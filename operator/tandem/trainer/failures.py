@@ -1,0 +1,140 @@
+"""The failure contract: every way a training run can fail ends as one reason, message and exit code.
+
+The operator reads the reason from the termination message (a TrainingFailure) and may act on the exit code
+without reading anything (a Job podFailurePolicy): exit 3 marks a failure that a retry cannot fix, exit 4 one
+that may pass on retry (storage), exit 1 an unexpected crash.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from tandem.api.artifact import TERMINATION_MESSAGE_LIMIT, TrainingFailure
+
+TERMINATION_PATH_ENV = "TANDEM_TERMINATION_MESSAGE_PATH"
+DEFAULT_TERMINATION_PATH = "/dev/termination-log"
+
+MESSAGE_LIMIT = TERMINATION_MESSAGE_LIMIT // 2
+"""Longest error text kept, so the failure JSON always fits the termination message."""
+
+EXIT_CRASH = 1
+EXIT_PERMANENT = 3
+EXIT_RETRYABLE = 4
+
+log = logging.getLogger(__name__)
+
+
+class TrainerError(Exception):
+    """A failure with a known cause; subclasses fix the reason and whether a retry can help."""
+
+    reason = "TrainingFailed"
+    exit_code = EXIT_PERMANENT
+
+    def failure(self) -> TrainingFailure:
+        return TrainingFailure(reason=self.reason, error=str(self)[:MESSAGE_LIMIT])
+
+
+class OutputUnwritable(TrainerError):
+    """The output or checkpoint URI cannot be reached or written (checked before training starts)."""
+
+    reason = "OutputUnwritable"
+    exit_code = EXIT_RETRYABLE
+
+
+class DatasetMissing(TrainerError):
+    """The dataset is not where the run was told to find it."""
+
+    reason = "DatasetMissing"
+
+
+class DatasetInvalid(TrainerError):
+    """The dataset exists but cannot be parsed into features and labels."""
+
+    reason = "DatasetInvalid"
+
+
+class NaNLoss(TrainerError):
+    """The loss stopped being finite; training further would only produce a useless model."""
+
+    reason = "NaNLoss"
+
+
+class ExportFailed(TrainerError):
+    """torch.onnx.export or onnx.checker rejected the model."""
+
+    reason = "ExportFailed"
+
+
+class ParityCheckFailed(TrainerError):
+    """onnxruntime's outputs differ from torch's by more than the tolerance."""
+
+    reason = "ParityCheckFailed"
+
+
+class CheckpointUnreadable(TrainerError):
+    """A checkpoint exists but cannot be loaded; resuming would silently restart from scratch otherwise."""
+
+    reason = "CheckpointUnreadable"
+
+
+class InvalidConfiguration(TrainerError):
+    """Options that cannot work together, such as a batch that does not split across the workers."""
+
+    reason = "InvalidConfiguration"
+
+
+class PeerFailed(TrainerError):
+    """Another rank failed a step that every rank waited on; this rank reports the same reason and code."""
+
+    def __init__(self, message: str, *, reason: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.exit_code = exit_code
+
+
+def termination_path() -> str:
+    return os.environ.get(TERMINATION_PATH_ENV, DEFAULT_TERMINATION_PATH)
+
+
+def write_termination_message(payload: dict[str, object]) -> None:
+    """Write JSON to the container's termination message file, which Kubernetes copies into pod status.
+
+    Kubernetes keeps only the first 4096 bytes; a longer message would be cut into invalid JSON, so the
+    caller must fit it (see publish.fit_termination_message). A missing folder (a run outside a pod) is not
+    an error worth failing a finished training run for, so it is logged and skipped.
+    """
+    text = json.dumps(payload, separators=(",", ":"), sort_keys=True)
+    if len(text.encode()) > TERMINATION_MESSAGE_LIMIT:
+        log.warning("termination message is %d bytes, over the %d limit", len(text), TERMINATION_MESSAGE_LIMIT)
+    path = termination_path()
+    try:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError as exc:
+        log.warning("could not write the termination message to %s: %s", path, exc)
+
+
+@contextmanager
+def reported_failures() -> Iterator[None]:
+    """Turn any exception into a TrainingFailure termination message, a log line and a process exit.
+
+    Wraps a whole run: known failures exit with their code; anything else is a crash (exit 1) whose
+    message still names the exception, so `kubectl describe` says more than 'Error'.
+    """
+    try:
+        yield
+    except TrainerError as exc:
+        log.error("training failed (%s): %s", exc.reason, exc)
+        write_termination_message(exc.failure().to_wire())
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        log.error("training crashed: %s", "".join(traceback.format_exception(exc)))
+        error = f"{type(exc).__name__}: {exc}"[:MESSAGE_LIMIT]
+        write_termination_message(TrainingFailure(reason="InternalError", error=error).to_wire())
+        sys.exit(EXIT_CRASH)

@@ -1,0 +1,122 @@
+"""Publishing: model.onnx and metadata.json at the output URI, then the termination message.
+
+The order matters. The model goes first and metadata.json last, so a reader that finds metadata.json finds
+the model it describes; the termination message comes after both, because it is how the operator learns
+that the artifact exists and may be served.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from importlib import metadata as importlib_metadata
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+import torch
+
+from tandem import storage
+from tandem.api.artifact import TERMINATION_MESSAGE_LIMIT, ModelArtifact
+from tandem.trainer import export
+from tandem.trainer.distributed import DistContext, run_on_main
+from tandem.trainer.failures import OutputUnwritable, write_termination_message
+
+MODEL_FILE = "model.onnx"
+METADATA_FILE = "metadata.json"
+VERSIONED_PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime", "tandem")
+
+log = logging.getLogger(__name__)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that produced (and checked) the model, for reproducing it later."""
+    versions = {}
+    for package in VERSIONED_PACKAGES:
+        try:
+            versions[package] = importlib_metadata.version(package)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def check_output_writable(*uris: str | None) -> None:
+    """Fail before training, not after it, when the model or checkpoints could not be stored."""
+    for uri in uris:
+        if not uri:
+            continue
+        try:
+            storage.check_writable(uri)
+        except storage.StorageError as exc:
+            raise OutputUnwritable(f"cannot write to {uri}: {exc}") from exc
+
+
+def fit_termination_message(artifact: ModelArtifact) -> dict[str, object]:
+    """The artifact JSON, with metrics dropped from the end until it fits Kubernetes' 4096-byte limit.
+
+    metadata.json keeps everything; the message only has to tell the operator where the model is.
+    """
+    metrics = dict(artifact.metrics)
+    while True:
+        wire = artifact.model_copy(update={"metrics": metrics}).to_wire()
+        if len(json.dumps(wire, separators=(",", ":")).encode()) <= TERMINATION_MESSAGE_LIMIT or not metrics:
+            return wire
+        metrics.popitem()
+
+
+def write_artifact(output_uri: str, proto: onnx.ModelProto, artifact_fields: dict[str, object]) -> ModelArtifact:
+    """Store the model and its metadata, then announce them in the termination message."""
+    model_bytes = proto.SerializeToString()
+    model_uri = storage.join(output_uri, MODEL_FILE)
+    artifact = ModelArtifact.model_validate(
+        {
+            "uri": model_uri,
+            "sha256": storage.sha256_hex(model_bytes),
+            "size_bytes": len(model_bytes),
+            "format": "onnx",
+            **artifact_fields,
+        }
+    )
+    try:
+        storage.write_bytes_atomic(model_uri, model_bytes)
+        storage.write_bytes_atomic(
+            storage.join(output_uri, METADATA_FILE), json.dumps(artifact.to_wire(), indent=2).encode()
+        )
+    except storage.StorageError as exc:
+        raise OutputUnwritable(f"cannot write the model to {output_uri}: {exc}") from exc
+    write_termination_message(fit_termination_message(artifact))
+    log.info("published %s (%d bytes, sha256 %s)", model_uri, len(model_bytes), artifact.sha256)
+    return artifact
+
+
+def export_and_publish(
+    ctx: DistContext,
+    model: torch.nn.Module,
+    sample: torch.Tensor,
+    parity_batches: Sequence[npt.NDArray[np.float32]],
+    output_uri: str,
+    metrics: dict[str, float],
+    *,
+    opset: int | None = None,
+    input_name: str = "input",
+    output_name: str = "output",
+    tolerance: float = export.PARITY_TOLERANCE,
+) -> ModelArtifact | None:
+    """Export, check and publish on rank 0; every rank raises if that fails. Returns the artifact on rank 0."""
+
+    def publish() -> ModelArtifact:
+        proto = export.export_onnx(model, sample, input_name=input_name, output_name=output_name, opset=opset)
+        diff = export.parity_max_abs_diff(model, proto.SerializeToString(), parity_batches, tolerance)
+        inputs, outputs = export.signature(proto)
+        fields: dict[str, object] = {
+            "opset": export.opset_of(proto),
+            "inputs": inputs,
+            "outputs": outputs,
+            "metrics": metrics,
+            "parity_max_abs_diff": diff,
+            "versions": library_versions(),
+        }
+        return write_artifact(output_uri, proto, fields)
+
+    return run_on_main(ctx, publish)
