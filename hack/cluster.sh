@@ -184,7 +184,8 @@ start_apiserver() {
     --service-cluster-ip-range "$SERVICE_CIDR" \
     --authorization-mode Node,RBAC --allow-privileged=true \
     --endpoint-reconciler-type none --profiling=false
-  wait_for kube-apiserver 60 kc get --raw /readyz
+  wait_for kube-apiserver 60 curl -fsS --cacert "$p/ca.crt" --cert "$p/admin.crt" --key "$p/admin.key" \
+    "https://127.0.0.1:$API_PORT/readyz"
 }
 
 start_controllers() {

@@ -21,14 +21,16 @@ from support.cluster import ExternalCluster, LocalCluster, build_binaries, wait_
 
 
 def _wants_cluster(items: list[pytest.Item]) -> bool:
-    return any("cluster" in item.fixturenames for item in items)
+    return any(
+        item.get_closest_marker("cluster") or "cluster" in getattr(item, "fixturenames", ()) for item in items
+    )
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Build missing control-plane binaries before any test runs.
 
     A cold build takes 15-30 minutes; doing it here keeps it out of the per-test timeout, and only when
-    a selected test needs the cluster.
+    a selected test needs a cluster (uses the `cluster` fixture or is marked `cluster`).
     """
     if os.environ.get("TANDEM_KUBECONFIG") or os.environ.get("TANDEM_BIN_DIR"):
         return
@@ -44,11 +46,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster |
     always stopped: on failure, on Ctrl-C (pytest runs session teardown) and, as a last resort, at exit.
     """
     external = os.environ.get("TANDEM_KUBECONFIG")
-    handle: LocalCluster | ExternalCluster
-    if external:
-        handle = ExternalCluster(Path(external))
-    else:
-        handle = LocalCluster(tmp_path_factory.mktemp("cluster"))
+    handle: LocalCluster | ExternalCluster = (
+        ExternalCluster(Path(external)) if external else LocalCluster(tmp_path_factory.mktemp("cluster"))
+    )
     previous = os.environ.get("KUBECONFIG")
     stopped = False
 
