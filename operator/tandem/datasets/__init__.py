@@ -49,7 +49,10 @@ def digits_uri() -> str:
 
 
 def load_digits(uri: str | None = None) -> Dataset:
-    """The digits as 64 features scaled to [0, 1] and labels 0..9, from `uri` or the shipped copy.
+    """The digits as 64 raw pixel counts (0..16, as float32) and labels 0..9, from `uri` or the shipped copy.
+
+    Features stay unscaled so a served model takes the same values a client reads off the dataset; models
+    that want scaling carry it inside (and so inside their ONNX graph).
 
     Values are not checked for being finite: a corrupt feature should surface as a NaN loss with the step
     that met it, which is what the trainer reports.
@@ -72,5 +75,5 @@ def load_digits(uri: str | None = None) -> Dataset:
     labels = table[:, -1]
     if not np.all((labels >= 0) & (labels < DIGITS_CLASSES) & (labels == np.round(labels))):
         raise DatasetError(f"digits dataset at {source} has labels outside 0..9", missing=False)
-    features = (table[:, :DIGITS_FEATURES] / DIGITS_MAX_PIXEL).astype(np.float32)
+    features = table[:, :DIGITS_FEATURES].astype(np.float32)
     return Dataset(features=features, labels=labels.astype(np.int64), source=source)

@@ -1,7 +1,7 @@
 """The built-in example: an MLP that classifies the shipped UCI handwritten digits.
 
 It is small enough to train on a CPU in seconds and real enough to show the runtime's behaviour: it reaches
-about 0.97 held-out accuracy in 20 epochs (the tests hold it to at least 0.95).
+0.96-0.97 held-out accuracy in 15 epochs (0.961 to 0.969 over seeds 0-4; the tests hold it to at least 0.95).
 
 Data-parallel training here is exactly equivalent to single-process training with the same global batch:
 the model has no dropout or batch norm, the 1440 training samples divide evenly among 1, 2, 4, 8 or 16
@@ -23,6 +23,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
 from tandem.datasets import DIGITS_CLASSES, DIGITS_FEATURES, DatasetError, load_digits
@@ -38,17 +39,44 @@ from tandem.trainer.failures import DatasetInvalid, DatasetMissing, InvalidConfi
 
 HELD_OUT = 357
 """Samples kept out of training for the reported accuracy (about 20%), leaving 1440 to train on."""
+STD_FLOOR = 0.5
+"""Added to each pixel's standard deviation (pixels range 0..16)."""
 SPLIT_SEED = 1998
 """Fixed apart from the training seed, so every run is scored on the same held-out digits."""
 
 log = logging.getLogger(__name__)
 
 
+class Standardize(nn.Module):
+    """(x - mean) / std with the training set's statistics, kept as buffers so they travel in the ONNX graph.
+
+    Standardising lifts held-out accuracy from about 0.93 to 0.96 at the same epochs; keeping it in the
+    model means clients send raw pixel counts (0..16) and never need to know the statistics.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(features))
+        self.register_buffer("std", torch.ones(features))
+
+    def fit(self, x: torch.Tensor) -> None:
+        # The floor keeps always-blank border pixels (std 0) from dividing by zero.
+        self.mean.copy_(x.mean(dim=0))
+        self.std.copy_(x.std(dim=0) + STD_FLOOR)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
 class DigitsMLP(nn.Module):
-    """64 pixels -> two ReLU layers -> 10 logits."""
+    """64 raw pixel counts -> standardise -> two ReLU layers -> 10 logits."""
 
     def __init__(self, hidden: int = 128) -> None:
         super().__init__()
+        self.standardize = Standardize(DIGITS_FEATURES)
         self.layers = nn.Sequential(
             nn.Linear(DIGITS_FEATURES, hidden),
             nn.ReLU(),
@@ -58,16 +86,16 @@ class DigitsMLP(nn.Module):
         )
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        logits: torch.Tensor = self.layers(pixels)
+        logits: torch.Tensor = self.layers(self.standardize(pixels))
         return logits
 
 
 @dataclass(frozen=True)
 class DigitsConfig:
-    epochs: int = 20
+    epochs: int = 15
     batch_size: int = 32
     """Global batch: the samples in one optimizer step summed over all workers."""
-    learning_rate: float = 2e-3
+    learning_rate: float = 1e-3
     seed: int = 0
     hidden: int = 128
     amp: bool = False
@@ -139,14 +167,16 @@ def train(ctx: DistContext, config: DigitsConfig, store: CheckpointStore | None,
         raise InvalidConfiguration(f"epochs must be at least 1, not {config.epochs}")
     split = load_split(config.data_uri)
     per_rank = config.batch_size // ctx.world_size
-    sampler = DistributedSampler(
-        range(len(split.train_y)), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=config.seed
+    sampler: DistributedSampler[Any] = DistributedSampler(
+        TensorDataset(split.train_y), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=config.seed
     )
     steps_per_epoch = math.ceil(len(sampler) / per_rank)
     total_steps = config.epochs * steps_per_epoch
 
     seed_everything(config.seed)
-    model = DigitsMLP(config.hidden).to(ctx.device)
+    model = DigitsMLP(config.hidden)
+    model.standardize.fit(split.train_x)
+    model = model.to(ctx.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     schedule = {"batch_size": config.batch_size, "steps_per_epoch": steps_per_epoch, "hidden": config.hidden}
 
@@ -207,7 +237,12 @@ def train(ctx: DistContext, config: DigitsConfig, store: CheckpointStore | None,
         accuracy, val_loss = evaluate(model, split.test_x, split.test_y, ctx.device)
         log.info(
             "epoch %d/%d step %d: train loss %.4f, held-out loss %.4f, accuracy %.4f",
-            epoch + 1, config.epochs, step, epoch_loss, val_loss, accuracy,
+            epoch + 1,
+            config.epochs,
+            step,
+            epoch_loss,
+            val_loss,
+            accuracy,
         )
     seconds = time.perf_counter() - started
     accuracy, val_loss = evaluate(model, split.test_x, split.test_y, ctx.device)

@@ -141,9 +141,7 @@ def parity_max_abs_diff(
         try:
             actual = session.run(None, {input_name: batch})[0]
         except Exception as exc:
-            raise ParityCheckFailed(
-                f"onnxruntime failed on a batch of shape {list(batch.shape)}: {exc}"
-            ) from exc
+            raise ParityCheckFailed(f"onnxruntime failed on a batch of shape {list(batch.shape)}: {exc}") from exc
         if actual.shape != expected.shape:
             raise ParityCheckFailed(
                 f"onnxruntime output shape {list(actual.shape)} differs from torch's {list(expected.shape)} "
