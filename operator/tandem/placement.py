@@ -14,17 +14,13 @@ from typing import Any
 from tandem.api.computepool import ComputePoolSpec, PoolRole
 from tandem.api.inferenceservice import InferenceServiceSpec, Placement
 from tandem.api.trainingjob import TrainingJobSpec
+from tandem.errors import Problem
 
 Pools = Mapping[str, ComputePoolSpec]
 
 
-class PlacementError(Exception):
-    """A spec that passed the schema but cannot be placed; becomes a False condition and a Warning event."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
+class PlacementError(Problem):
+    """A spec that passed the schema but cannot be placed on any pool."""
 
 
 @dataclass(frozen=True)

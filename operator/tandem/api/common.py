@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
-from pydantic import ConfigDict, Field, WithJsonSchema
+from pydantic import ConfigDict, Field, JsonValue, WithJsonSchema
 
 from tandem.api.base import ApiModel
 
@@ -134,7 +134,7 @@ ENV_RULES: list[dict[str, str]] = [
 class EnvVar(ApiModel):
     """An environment variable for the workload's containers."""
 
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": ENV_RULES})
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": cast(JsonValue, ENV_RULES)})
 
     name: str = Field(min_length=1, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
     """Variable name."""

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, cast
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, JsonValue
 
 from tandem.api.base import ApiModel
 from tandem.api.common import (
@@ -42,7 +42,7 @@ MODEL_SOURCE_RULES: list[dict[str, str]] = [
 class ModelSource(ApiModel):
     """Where the model comes from: a fixed URI, or whatever a TrainingJob last produced."""
 
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": MODEL_SOURCE_RULES})
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": cast(JsonValue, MODEL_SOURCE_RULES)})
 
     uri: str | None = Field(default=None, pattern=STORAGE_URI, max_length=2048)
     """URI of an ONNX file."""

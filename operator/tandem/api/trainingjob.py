@@ -156,5 +156,7 @@ class TrainingJobStatus(ApiModel):
     """The .metadata.generation whose run produced status.model."""
     usage: Usage = Field(default_factory=Usage)
     """Resources used and their estimated cost, over all runs."""
+    run_usage: Usage = Field(default_factory=Usage)
+    """Resources used by the current run alone."""
     observed_generation: int | None = None
     """The .metadata.generation this status describes."""

@@ -1,0 +1,66 @@
+"""Names, labels, owner references and the hardened container settings shared by every child."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from tandem.api.resources import API_VERSION
+
+MANAGED_BY = {"app.kubernetes.io/managed-by": "tandem"}
+PVC_MOUNT_ROOT = "/mnt/pvc"
+
+
+def dns_name(*parts: str, limit: int = 63) -> str:
+    """Join parts with '-' and keep within a DNS label, shortening with a stable hash when needed."""
+    name = "-".join(parts)
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[: limit - 9].rstrip('-')}-{digest}"
+
+
+def owner_reference(kind: str, name: str, uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": kind,
+        "name": name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def object_meta(
+    name: str, namespace: str, labels: dict[str, str], owner: dict[str, Any]
+) -> dict[str, Any]:
+    return {"name": name, "namespace": namespace, "labels": dict(labels), "ownerReferences": [owner]}
+
+
+def restricted_security_context() -> dict[str, Any]:
+    """The Pod Security Standards 'restricted' profile, with a read-only root filesystem."""
+    return {
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def pod_security_context() -> dict[str, Any]:
+    return {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532}
+
+
+def env_list(pairs: dict[str, str]) -> list[dict[str, Any]]:
+    return [{"name": key, "value": value} for key, value in pairs.items()]
+
+
+def pvc_volumes(claims: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Volumes and mounts for the claims that pvc:// URIs name, at the path tandem.storage resolves."""
+    unique = sorted(set(claims))
+    volumes = [
+        {"name": dns_name("pvc", claim), "persistentVolumeClaim": {"claimName": claim}} for claim in unique
+    ]
+    mounts = [{"name": dns_name("pvc", claim), "mountPath": f"{PVC_MOUNT_ROOT}/{claim}"} for claim in unique]
+    return volumes, mounts

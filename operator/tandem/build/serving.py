@@ -1,0 +1,196 @@
+"""Deployment, Service, HorizontalPodAutoscaler and PodDisruptionBudget for an InferenceService.
+
+A new model changes the pod template (model URI, sha256 and an annotation), so the Deployment rolls out;
+maxUnavailable 0 with readiness on /v2/health/ready keeps the old replicas serving until new ones are ready.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tandem.api.computepool import ComputePoolSpec
+from tandem.api.inferenceservice import InferenceServiceSpec, ServedModel
+from tandem.build.meta import (
+    MANAGED_BY,
+    PVC_MOUNT_ROOT,
+    env_list,
+    object_meta,
+    owner_reference,
+    pod_security_context,
+    pvc_volumes,
+    restricted_security_context,
+)
+from tandem.config import OperatorConfig
+from tandem.placement import PodPlacement, resource_requirements
+from tandem.storage import pvc_claim
+
+KIND = "InferenceService"
+CONTAINER = "server"
+HTTP_PORT = 8080
+METRICS_PORT = 9090
+MODEL_SHA_ANNOTATION = "tandem.dev/model-sha256"
+
+
+@dataclass(frozen=True)
+class Serving:
+    """One InferenceService with its resolved model and placement."""
+
+    name: str
+    namespace: str
+    uid: str
+    spec: InferenceServiceSpec
+    model: ServedModel
+    placement: PodPlacement
+    pool: ComputePoolSpec
+    accelerators: int
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {**MANAGED_BY, "app.kubernetes.io/name": "tandem-server", "tandem.dev/inferenceservice": self.name}
+
+    @property
+    def selector(self) -> dict[str, str]:
+        return {"tandem.dev/inferenceservice": self.name}
+
+    @property
+    def autoscaled(self) -> bool:
+        return self.spec.replicas.max > self.spec.replicas.min
+
+    def meta(self) -> dict[str, Any]:
+        owner = owner_reference(KIND, self.name, self.uid)
+        return object_meta(self.name, self.namespace, self.labels, owner)
+
+
+def service_url(name: str, namespace: str, cluster_domain: str) -> str:
+    return f"http://{name}.{namespace}.svc.{cluster_domain}/v2/models/{name}"
+
+
+def _server_env(serving: Serving) -> dict[str, str]:
+    runtime = serving.spec.runtime
+    env = {
+        "TANDEM_MODEL_NAME": serving.name,
+        "TANDEM_MODEL_URI": serving.model.uri,
+        "TANDEM_HTTP_PORT": str(HTTP_PORT),
+        "TANDEM_METRICS_PORT": str(METRICS_PORT),
+        "TANDEM_PVC_ROOT": PVC_MOUNT_ROOT,
+        "TANDEM_MAX_BATCH_SIZE": str(runtime.max_batch_size),
+        "TANDEM_MAX_BATCH_DELAY_MS": str(runtime.max_batch_delay_ms),
+    }
+    if serving.model.sha256:
+        env["TANDEM_MODEL_SHA256"] = serving.model.sha256
+    if serving.model.version:
+        env["TANDEM_MODEL_VERSION"] = serving.model.version
+    if runtime.threads is not None:
+        env["TANDEM_THREADS"] = str(runtime.threads)
+    return env
+
+
+def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": 2,
+    }
+
+
+def deployment(serving: Serving, config: OperatorConfig) -> dict[str, Any]:
+    spec = serving.spec
+    claim = pvc_claim(serving.model.uri)
+    volumes, mounts = pvc_volumes([claim] if claim else [])
+    volumes.append({"name": "tmp", "emptyDir": {}})
+    mounts.append({"name": "tmp", "mountPath": "/tmp"})
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": spec.image or config.server_image,
+        "command": ["tandem", "serve"],
+        "env": env_list(_server_env(serving)) + [variable.to_wire() for variable in spec.env],
+        "ports": [
+            {"name": "http", "containerPort": HTTP_PORT},
+            {"name": "metrics", "containerPort": METRICS_PORT},
+        ],
+        "resources": resource_requirements(
+            spec.resources.cpu, spec.resources.memory, serving.accelerators, serving.pool
+        ),
+        "readinessProbe": _probe("/v2/health/ready", 2, 3),
+        "livenessProbe": _probe("/v2/health/live", 10, 3),
+        "startupProbe": _probe("/v2/health/live", 2, 60),
+        "securityContext": restricted_security_context(),
+        "volumeMounts": mounts,
+    }
+    pod_spec = serving.placement.apply(
+        {
+            "containers": [container],
+            "volumes": volumes,
+            "securityContext": pod_security_context(),
+            "automountServiceAccountToken": False,
+            "terminationGracePeriodSeconds": 30,
+        }
+    )
+    template_meta: dict[str, Any] = {
+        "labels": {**serving.labels, "tandem.dev/pool": serving.placement.pool, **config.extra_pod_labels},
+        "annotations": {MODEL_SHA_ANNOTATION: serving.model.sha256 or ""},
+    }
+    deployment_spec: dict[str, Any] = {
+        "selector": {"matchLabels": serving.selector},
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+        "template": {"metadata": template_meta, "spec": pod_spec},
+    }
+    if not serving.autoscaled:
+        deployment_spec["replicas"] = spec.replicas.min
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": serving.meta(), "spec": deployment_spec}
+
+
+def service(serving: Serving) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": serving.meta(),
+        "spec": {
+            "selector": serving.selector,
+            "ports": [
+                {"name": "http", "port": 80, "targetPort": "http"},
+                {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics"},
+            ],
+        },
+    }
+
+
+def autoscaler(serving: Serving) -> dict[str, Any] | None:
+    """An HPA between replicas.min and replicas.max; None when they are equal."""
+    if not serving.autoscaled:
+        return None
+    spec = serving.spec
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": serving.meta(),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": serving.name},
+            "minReplicas": spec.replicas.min,
+            "maxReplicas": spec.replicas.max,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {
+                            "type": "Utilization",
+                            "averageUtilization": spec.autoscaling.target_cpu_utilization,
+                        },
+                    },
+                }
+            ],
+        },
+    }
+
+
+def disruption_budget(serving: Serving) -> dict[str, Any]:
+    """At most one replica evicted at a time, so a node drain never empties the service."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": serving.meta(),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": serving.selector}},
+    }

@@ -1,0 +1,47 @@
+"""Operator configuration from the environment (the chart sets it; `tandem operator --help` documents it)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Settings that shape every object the operator builds."""
+
+    namespaces: tuple[str, ...] = ()
+    """Namespaces to watch; empty watches the whole cluster."""
+    trainer_image: str = "ghcr.io/tandem-dev/tandem-trainer:0.1.0"
+    """Image for TrainingJob workers that name none."""
+    server_image: str = "ghcr.io/tandem-dev/tandem-server:0.1.0"
+    """Image for InferenceService replicas that name none."""
+    metrics_port: int = 8000
+    """Port of the operator's Prometheus endpoint."""
+    cluster_domain: str = "cluster.local"
+    """DNS domain of the cluster, for status.url."""
+    peering: str = "tandem"
+    """kopf peering name: of several replicas with the same name, only the highest priority acts."""
+    extra_pod_labels: dict[str, str] = field(default_factory=dict)
+    """Labels added to every workload pod (for network policies or cost allocation)."""
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> OperatorConfig:
+        env = os.environ if environ is None else environ
+        defaults = cls()
+        labels = dict(
+            pair.split("=", 1) for pair in _split(env.get("TANDEM_POD_LABELS", "")) if "=" in pair
+        )
+        return cls(
+            namespaces=_split(env.get("TANDEM_NAMESPACES", "")),
+            trainer_image=env.get("TANDEM_TRAINER_IMAGE", defaults.trainer_image),
+            server_image=env.get("TANDEM_SERVER_IMAGE", defaults.server_image),
+            metrics_port=int(env.get("TANDEM_METRICS_PORT", defaults.metrics_port)),
+            cluster_domain=env.get("TANDEM_CLUSTER_DOMAIN", defaults.cluster_domain),
+            peering=env.get("TANDEM_PEERING", defaults.peering),
+            extra_pod_labels=labels,
+        )

@@ -1,0 +1,196 @@
+"""kopf registrations: when to reconcile, nothing about how.
+
+Each handler parses no bodies and builds no objects; it hands the resource to tandem.reconcile, turns API
+errors into kopf's retry semantics (conflicts and throttling are temporary, other refusals permanent), posts
+the events the reconcile returned and records metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, cast
+
+import kopf
+from kubernetes import config as kube_config
+from kubernetes.client.exceptions import ApiException
+
+from tandem import metrics
+from tandem.api.resources import GROUP, INFERENCE_SERVICE, TRAINING_JOB, VERSION
+from tandem.config import OperatorConfig
+from tandem.kube import Kube
+from tandem.reconcile import Outcome, reconcile_pool, reconcile_serving, reconcile_training
+
+TERMINAL = ("Succeeded", "Failed")
+TRANSIENT_STATUSES = (409, 429, 500, 502, 503, 504)
+
+_state: dict[str, Any] = {}
+
+
+def kube() -> Kube:
+    kube_client: Kube = _state["kube"]
+    return kube_client
+
+
+def config() -> OperatorConfig:
+    operator_config: OperatorConfig = _state["config"]
+    return operator_config
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # Progress and diff bases live in annotations: the strict status schema would prune kopf's own fields.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.INFO
+    settings.execution.max_workers = 16
+    settings.watching.server_timeout = 300
+    settings.networking.error_backoffs = [1, 2, 5, 10]
+    try:
+        kube_config.load_incluster_config()
+    except kube_config.ConfigException:
+        kube_config.load_kube_config()
+    _state["kube"] = Kube()
+    _state["config"] = OperatorConfig.from_env()
+
+
+def _pools(pool_index: kopf.Index[str, Any]) -> dict[str, Any]:
+    return {name: next(iter(specs)) for name, specs in pool_index.items() if specs}
+
+
+def _run(kind: str, body: Mapping[str, Any], step: Callable[[], Outcome]) -> Outcome | None:
+    """Run one reconcile with metrics, events and kopf's error semantics."""
+    meta = body.get("metadata") or {}
+    try:
+        with metrics.reconciling(kind):
+            outcome = step()
+    except ApiException as exc:
+        if exc.status in TRANSIENT_STATUSES:
+            raise kopf.TemporaryError(f"API server answered {exc.status}: {exc.reason}", delay=2) from exc
+        message = f"API server refused a child object ({exc.status}): {(exc.body or exc.reason)!s:.500}"
+        kopf.event(cast(kopf.Body, body), type="Warning", reason="ApplyFailed", message=message)
+        raise kopf.PermanentError(message) from exc
+    for event in outcome.events:
+        kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason, message=event.message)
+    metrics.record_phase(kind, meta.get("namespace", ""), meta.get("name", ""), outcome.status.get("phase"))
+    before = ((body.get("status") or {}).get("usage")) or {}
+    pool = outcome.status.get("pool") or ((outcome.status.get("placement") or {}).get("pool")) or ""
+    metrics.record_usage(kind, meta.get("namespace", ""), pool, before, outcome.status.get("usage") or {})
+    return outcome
+
+
+@kopf.index(GROUP, VERSION, "computepools")
+def pool_index(name: str, spec: Mapping[str, Any], **_: Any) -> dict[str, Any]:
+    return {name: dict(spec)}
+
+
+@kopf.index(GROUP, VERSION, "inferenceservices")
+def services_by_training_job(
+    namespace: str, name: str, spec: Mapping[str, Any], status: Mapping[str, Any], **_: Any
+) -> dict[tuple[str, str], tuple[str, str | None]] | None:
+    source = (spec.get("model") or {}).get("fromTrainingJob")
+    if not source:
+        return None
+    served = (status.get("model") or {}).get("sha256")
+    return {(namespace, source["name"]): (name, served)}
+
+
+# ---- ComputePool -------------------------------------------------------------------------------------
+
+
+@kopf.on.resume(GROUP, VERSION, "computepools")
+@kopf.on.create(GROUP, VERSION, "computepools")
+@kopf.on.update(GROUP, VERSION, "computepools", field="spec")
+@kopf.timer(GROUP, VERSION, "computepools", interval=15, initial_delay=5)
+def pool_changed(body: kopf.Body, **_: Any) -> None:
+    _run("ComputePool", body, lambda: reconcile_pool(kube(), body))
+
+
+# ---- TrainingJob -------------------------------------------------------------------------------------
+
+
+def _reconcile_training(body: Mapping[str, Any], pool_index: kopf.Index[str, Any]) -> None:
+    _run("TrainingJob", body, lambda: reconcile_training(kube(), body, _pools(pool_index), config()))
+
+
+@kopf.on.resume(GROUP, VERSION, "trainingjobs")
+@kopf.on.create(GROUP, VERSION, "trainingjobs")
+@kopf.on.update(GROUP, VERSION, "trainingjobs", field="spec")
+def training_changed(body: kopf.Body, pool_index: kopf.Index[str, Any], **_: Any) -> None:
+    _reconcile_training(body, pool_index)
+
+
+@kopf.timer(
+    GROUP, VERSION, "trainingjobs", interval=20, initial_delay=20,
+    when=lambda status, **_: status.get("phase") not in TERMINAL,
+)
+def training_unfinished(body: kopf.Body, pool_index: kopf.Index[str, Any], **_: Any) -> None:
+    """Keeps usage current and retries jobs that wait for a pool."""
+    _reconcile_training(body, pool_index)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={"tandem.dev/trainingjob": kopf.PRESENT})
+def training_job_child_changed(
+    namespace: str, labels: Mapping[str, str], type: str | None, pool_index: kopf.Index[str, Any], **_: Any
+) -> None:
+    if type is None:
+        return  # the initial listing: resume handlers cover it
+    body = kube().get_custom(TRAINING_JOB, namespace, labels["tandem.dev/trainingjob"])
+    if body is not None:
+        _reconcile_training(body, pool_index)
+
+
+@kopf.on.event(GROUP, VERSION, "trainingjobs")
+def training_model_changed(
+    namespace: str,
+    name: str,
+    status: Mapping[str, Any],
+    services_by_training_job: kopf.Index[tuple[str, str], tuple[str, str | None]],
+    pool_index: kopf.Index[str, Any],
+    **_: Any,
+) -> None:
+    """Roll out the new model to every InferenceService that follows this TrainingJob."""
+    produced = (status.get("model") or {}).get("sha256")
+    if not produced:
+        return
+    for service, served in services_by_training_job.get((namespace, name), []):
+        if served != produced:
+            body = kube().get_custom(INFERENCE_SERVICE, namespace, service)
+            if body is not None:
+                _reconcile_serving(body, pool_index)
+
+
+# ---- InferenceService --------------------------------------------------------------------------------
+
+
+def _reconcile_serving(body: Mapping[str, Any], pool_index: kopf.Index[str, Any]) -> None:
+    _run("InferenceService", body, lambda: reconcile_serving(kube(), body, _pools(pool_index), config()))
+
+
+@kopf.on.resume(GROUP, VERSION, "inferenceservices")
+@kopf.on.create(GROUP, VERSION, "inferenceservices")
+@kopf.on.update(GROUP, VERSION, "inferenceservices", field="spec")
+def serving_changed(body: kopf.Body, pool_index: kopf.Index[str, Any], **_: Any) -> None:
+    _reconcile_serving(body, pool_index)
+
+
+@kopf.timer(
+    GROUP, VERSION, "inferenceservices", interval=10, initial_delay=10,
+    when=lambda status, **_: status.get("phase") != "Ready",
+)
+def serving_not_ready(body: kopf.Body, pool_index: kopf.Index[str, Any], **_: Any) -> None:
+    """Retries services that wait for a model or a pool."""
+    _reconcile_serving(body, pool_index)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={"tandem.dev/inferenceservice": kopf.PRESENT})
+def serving_child_changed(
+    namespace: str, labels: Mapping[str, str], type: str | None, pool_index: kopf.Index[str, Any], **_: Any
+) -> None:
+    if type is None:
+        return
+    body = kube().get_custom(INFERENCE_SERVICE, namespace, labels["tandem.dev/inferenceservice"])
+    if body is not None:
+        _reconcile_serving(body, pool_index)

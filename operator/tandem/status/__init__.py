@@ -1,0 +1,1 @@
+"""Pure status builders: observed children in, status and events out."""

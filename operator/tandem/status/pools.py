@@ -1,0 +1,57 @@
+"""ComputePool status from the nodes that match its selector."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from tandem.api.computepool import ComputePoolSpec, ComputePoolStatus, ResourceTotals
+from tandem.quantity import format_cpu, format_memory, parse_quantity
+from tandem.status.conditions import set_condition
+
+
+def matches(pool: ComputePoolSpec, node: dict[str, Any]) -> bool:
+    labels = (node.get("metadata") or {}).get("labels") or {}
+    return all(labels.get(key) == value for key, value in pool.node_selector.items())
+
+
+def node_ready(node: dict[str, Any]) -> bool:
+    conditions = (node.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def _totals(nodes: list[dict[str, Any]], field: str, accelerator: str) -> ResourceTotals:
+    cpu = memory = Decimal(0)
+    accelerators = 0
+    for node in nodes:
+        amounts = (node.get("status") or {}).get(field) or {}
+        cpu += parse_quantity(amounts.get("cpu", "0"))
+        memory += parse_quantity(amounts.get("memory", "0"))
+        if accelerator:
+            accelerators += int(parse_quantity(amounts.get(accelerator, "0")))
+    return ResourceTotals(cpu=format_cpu(cpu), memory=format_memory(memory), accelerators=accelerators)
+
+
+def pool_status(
+    previous: ComputePoolStatus, generation: int, pool: ComputePoolSpec, nodes: list[dict[str, Any]], now: datetime
+) -> ComputePoolStatus:
+    members = [node for node in nodes if matches(pool, node)]
+    ready = [node for node in members if node_ready(node)]
+    conditions = set_condition(
+        previous.conditions,
+        "Ready",
+        bool(ready),
+        "NodesReady" if ready else "NoReadyNodes",
+        f"{len(ready)} of {len(members)} nodes ready",
+        generation,
+        now,
+    )
+    return ComputePoolStatus(
+        nodes=len(members),
+        ready_nodes=len(ready),
+        capacity=_totals(members, "capacity", pool.accelerator),
+        allocatable=_totals(ready, "allocatable", pool.accelerator),
+        conditions=conditions,
+        observed_generation=generation,
+    )

@@ -1,0 +1,195 @@
+"""TrainingJob status from the observed child Job and its pods.
+
+The phase is a summary of conditions; the artifact comes from worker 0's termination message, which the
+trainer writes after it has exported, checked and uploaded the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from tandem.api.artifact import ModelArtifact, TrainingFailure
+from tandem.api.computepool import ComputePoolSpec
+from tandem.api.trainingjob import TrainingJobStatus, TrainingPhase, WorkerCounts
+from tandem.build.training import CONTAINER, TrainingRun
+from tandem.status import usage
+from tandem.status.conditions import Event, set_condition
+
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+
+
+@dataclass(frozen=True)
+class ObservedRun:
+    """The child Job of the current generation (None if absent) and its pods."""
+
+    job: dict[str, Any] | None
+    pods: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _job_condition(job: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == kind and condition.get("status") == "True":
+            return dict(condition)
+    return None
+
+
+def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
+    for container in (pod.get("status") or {}).get("containerStatuses") or []:
+        if container.get("name") == CONTAINER:
+            terminated = (container.get("state") or {}).get("terminated")
+            return dict(terminated) if terminated else None
+    return None
+
+
+def _index(pod: dict[str, Any]) -> str | None:
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    value = annotations.get(COMPLETION_INDEX_ANNOTATION)
+    return str(value) if value is not None else None
+
+
+def read_artifact(pods: list[dict[str, Any]]) -> ModelArtifact | None:
+    """The artifact worker 0 reported in its termination message, if it succeeded and reported one."""
+    for pod in pods:
+        if _index(pod) not in ("0", None) or (pod.get("status") or {}).get("phase") != "Succeeded":
+            continue
+        terminated = _terminated(pod)
+        message = (terminated or {}).get("message")
+        if not message:
+            continue
+        try:
+            return ModelArtifact.model_validate_json(message)
+        except ValidationError:
+            continue
+    return None
+
+
+def failure_message(pods: list[dict[str, Any]]) -> str | None:
+    """What the newest failed worker said: a TrainingFailure's error, else its raw termination message."""
+    failed = [pod for pod in pods if (pod.get("status") or {}).get("phase") == "Failed"]
+    failed.sort(key=lambda pod: str((_terminated(pod) or {}).get("finishedAt") or ""))
+    for pod in reversed(failed):
+        terminated = _terminated(pod) or {}
+        message = str(terminated.get("message") or "").strip()
+        if not message:
+            continue
+        exit_code = terminated.get("exitCode")
+        try:
+            failure = TrainingFailure.model_validate_json(message)
+            text = f"{failure.reason}: {failure.error}"
+        except ValidationError:
+            text = message[-1024:]
+        return f"worker {_index(pod) or '?'} exited with code {exit_code}: {text}"
+    return None
+
+
+def _timestamp(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def _phase(
+    job: dict[str, Any], pods: list[dict[str, Any]], artifact: ModelArtifact | None
+) -> tuple[TrainingPhase, str, str]:
+    """Phase, reason and message for an observed Job."""
+    if (failed := _job_condition(job, "Failed")) is not None:
+        detail = failure_message(pods) or failed.get("message") or "the Job failed"
+        return TrainingPhase.FAILED, str(failed.get("reason") or "JobFailed"), detail
+    if _job_condition(job, "Complete") is not None:
+        if artifact is None:
+            return (
+                TrainingPhase.FAILED,
+                "NoArtifact",
+                "training finished but worker 0 reported no model in its termination message",
+            )
+        return TrainingPhase.SUCCEEDED, "ModelPublished", f"model {artifact.uri} sha256 {artifact.sha256[:12]}"
+    if (job.get("spec") or {}).get("suspend"):
+        return TrainingPhase.QUEUED, "Suspended", "the Job is suspended (spec.suspend or waiting for Kueue)"
+    running = [pod for pod in pods if (pod.get("status") or {}).get("phase") == "Running"]
+    workers = (job.get("spec") or {}).get("parallelism") or 1
+    if running:
+        return TrainingPhase.RUNNING, "WorkersRunning", f"{len(running)} of {workers} workers running"
+    return TrainingPhase.PENDING, "WorkersPending", f"waiting for {workers} worker pods to start"
+
+
+def training_status(
+    previous: TrainingJobStatus,
+    run: TrainingRun,
+    pool_name: str,
+    pool: ComputePoolSpec | None,
+    observed: ObservedRun,
+    now: datetime,
+) -> tuple[TrainingJobStatus, list[Event]]:
+    """The new status of a placed run, and the events its changes deserve."""
+    same_run = previous.observed_generation == run.generation
+    status = previous.model_copy(deep=True) if same_run else previous.model_copy(
+        update={
+            "phase": None,
+            "start_time": None,
+            "completion_time": None,
+            "workers": WorkerCounts(),
+            "run_usage": usage.priced(0, 0, pool),
+        },
+        deep=True,
+    )
+    status.observed_generation = run.generation
+    status.pool = pool_name
+    status.job_name = run.job_name
+    generation = run.generation
+    status.conditions = set_condition(
+        status.conditions, "PoolResolved", True, "PoolFound", f"placed on ComputePool {pool_name}", generation, now
+    )
+    job = observed.job
+    events: list[Event] = []
+    if job is None:
+        if same_run and status.phase in (TrainingPhase.SUCCEEDED, TrainingPhase.FAILED):
+            return status, events  # the Job was deleted after it finished (ttlSecondsAfterFinished)
+        return status.model_copy(update={"phase": TrainingPhase.PENDING}), events
+
+    artifact = read_artifact(observed.pods)
+    phase, reason, message = _phase(job, observed.pods, artifact)
+    job_status = job.get("status") or {}
+    status.workers = WorkerCounts(
+        active=int(job_status.get("active") or 0),
+        succeeded=int(job_status.get("succeeded") or 0),
+        failed=int(job_status.get("failed") or 0),
+    )
+    status.start_time = _timestamp(job_status.get("startTime")) or status.start_time
+    if phase in (TrainingPhase.SUCCEEDED, TrainingPhase.FAILED):
+        status.completion_time = _timestamp(job_status.get("completionTime")) or status.completion_time or now
+
+    run_usage = usage.pods_usage(observed.pods, pool, now) if observed.pods else status.run_usage
+    status.usage = usage.add(usage.subtract(status.usage, status.run_usage), run_usage)
+    status.run_usage = run_usage
+
+    terminal = phase in (TrainingPhase.SUCCEEDED, TrainingPhase.FAILED)
+    status.conditions = set_condition(
+        status.conditions,
+        "Running",
+        phase == TrainingPhase.RUNNING,
+        reason if phase == TrainingPhase.RUNNING else ("Finished" if terminal else reason),
+        message,
+        generation,
+        now,
+    )
+    status.conditions = set_condition(
+        status.conditions, "Succeeded", phase == TrainingPhase.SUCCEEDED,
+        reason if phase == TrainingPhase.SUCCEEDED else "NotSucceeded", message, generation, now,
+    )
+    status.conditions = set_condition(
+        status.conditions, "Failed", phase == TrainingPhase.FAILED,
+        reason if phase == TrainingPhase.FAILED else "NotFailed",
+        message if phase == TrainingPhase.FAILED else "", generation, now,
+    )
+    if phase == TrainingPhase.SUCCEEDED and artifact is not None:
+        status.model = artifact
+        status.model_generation = generation
+    if phase != previous.phase or not same_run:
+        kind = "Warning" if phase == TrainingPhase.FAILED else "Normal"
+        events.append(Event(kind, reason, message))
+    status.phase = phase
+    return status, events
