@@ -1,0 +1,94 @@
+"""`tandem operator`: the operator process with metrics, optional leader election and kopf."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import sys
+import threading
+
+import click
+import kopf
+from kubernetes import config as kube_config
+from prometheus_client import start_http_server
+
+from tandem.config import OperatorConfig
+
+
+def _load_kube_config() -> None:
+    try:
+        kube_config.load_incluster_config()
+    except kube_config.ConfigException:
+        kube_config.load_kube_config()
+
+
+def run_kopf(namespaces: tuple[str, ...], stop: threading.Event) -> None:
+    """Run kopf until `stop` is set; the handlers register on import."""
+    import tandem.handlers  # noqa: F401
+
+    stop_flag: asyncio.Event = asyncio.Event()
+    loop = asyncio.new_event_loop()
+
+    def watch_stop() -> None:
+        stop.wait()
+        loop.call_soon_threadsafe(stop_flag.set)
+
+    threading.Thread(target=watch_stop, daemon=True).start()
+    loop.run_until_complete(
+        kopf.operator(
+            clusterwide=not namespaces,
+            namespaces=list(namespaces),
+            standalone=True,
+            stop_flag=stop_flag,
+        )
+    )
+
+
+@click.command("operator")
+@click.option("--namespace", "namespaces", multiple=True, envvar="TANDEM_NAMESPACES",
+              help="Namespace to watch (repeat, or comma-separated in TANDEM_NAMESPACES); none: all.")
+@click.option("--metrics-port", envvar="TANDEM_METRICS_PORT", type=int, default=8000, show_default=True,
+              help="Port of the Prometheus endpoint; 0 turns it off.")
+@click.option("--leader-election/--no-leader-election", envvar="TANDEM_LEADER_ELECTION", default=False,
+              show_default=True, help="Act only while holding a Lease, so several replicas can run.")
+@click.option("--lease-name", envvar="TANDEM_LEASE_NAME", default="tandem-operator", show_default=True)
+@click.option("--lease-namespace", envvar="POD_NAMESPACE", default="default", show_default=True,
+              help="Namespace of the Lease (the chart passes the operator's own).")
+@click.option("--verbose", is_flag=True, envvar="TANDEM_VERBOSE", help="Debug logging.")
+def operator_command(
+    namespaces: tuple[str, ...],
+    metrics_port: int,
+    leader_election: bool,
+    lease_name: str,
+    lease_namespace: str,
+    verbose: bool,
+) -> None:
+    """Run the Tandem operator.
+
+    Configuration from the environment: TANDEM_TRAINER_IMAGE and TANDEM_SERVER_IMAGE (default workload
+    images), TANDEM_CLUSTER_DOMAIN (for status.url), TANDEM_POD_LABELS (k=v,... added to workload pods).
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    split = tuple(part for value in namespaces for part in value.split(",") if part)
+    os.environ["TANDEM_NAMESPACES"] = ",".join(split)
+    config = OperatorConfig.from_env()
+    if metrics_port:
+        start_http_server(metrics_port)
+    _load_kube_config()
+    stop = threading.Event()
+    if leader_election:
+        from tandem.leader import LeaderElector
+
+        identity = os.environ.get("POD_NAME") or socket.gethostname()
+        elector = LeaderElector(lease_name, lease_namespace, f"{identity}-{os.getpid()}")
+        if not elector.wait_for_leadership(stop):
+            return
+        threading.Thread(target=elector.keep_renewing, args=(stop, stop), daemon=True).start()
+    run_kopf(config.namespaces, stop)
+    if leader_election and stop.is_set():
+        sys.exit(1)  # leadership lost: exit so the pod restarts and queues for the Lease again
