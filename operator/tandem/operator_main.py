@@ -24,24 +24,17 @@ def _load_kube_config() -> None:
         kube_config.load_kube_config()
 
 
-def run_kopf(namespaces: tuple[str, ...], stop: threading.Event) -> None:
+def run_kopf(namespaces: tuple[str, ...], stop: threading.Event, liveness: str | None) -> None:
     """Run kopf until `stop` is set; the handlers register on import."""
     import tandem.handlers  # noqa: F401
 
-    stop_flag: asyncio.Event = asyncio.Event()
-    loop = asyncio.new_event_loop()
-
-    def watch_stop() -> None:
-        stop.wait()
-        loop.call_soon_threadsafe(stop_flag.set)
-
-    threading.Thread(target=watch_stop, daemon=True).start()
-    loop.run_until_complete(
+    asyncio.run(
         kopf.operator(
             clusterwide=not namespaces,
             namespaces=list(namespaces),
             standalone=True,
-            stop_flag=stop_flag,
+            stop_flag=stop,
+            liveness_endpoint=liveness,
         )
     )
 
@@ -56,6 +49,8 @@ def run_kopf(namespaces: tuple[str, ...], stop: threading.Event) -> None:
 @click.option("--lease-name", envvar="TANDEM_LEASE_NAME", default="tandem-operator", show_default=True)
 @click.option("--lease-namespace", envvar="POD_NAMESPACE", default="default", show_default=True,
               help="Namespace of the Lease (the chart passes the operator's own).")
+@click.option("--health-port", envvar="TANDEM_HEALTH_PORT", type=int, default=8080, show_default=True,
+              help="Port of kopf's /healthz liveness endpoint; 0 turns it off.")
 @click.option("--verbose", is_flag=True, envvar="TANDEM_VERBOSE", help="Debug logging.")
 def operator_command(
     namespaces: tuple[str, ...],
@@ -63,6 +58,7 @@ def operator_command(
     leader_election: bool,
     lease_name: str,
     lease_namespace: str,
+    health_port: int,
     verbose: bool,
 ) -> None:
     """Run the Tandem operator.
@@ -89,6 +85,7 @@ def operator_command(
         if not elector.wait_for_leadership(stop):
             return
         threading.Thread(target=elector.keep_renewing, args=(stop, stop), daemon=True).start()
-    run_kopf(config.namespaces, stop)
+    liveness = f"http://0.0.0.0:{health_port}/healthz" if health_port else None
+    run_kopf(config.namespaces, stop, liveness)
     if leader_election and stop.is_set():
         sys.exit(1)  # leadership lost: exit so the pod restarts and queues for the Lease again
