@@ -11,15 +11,18 @@ say() { printf '[python-env %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 if [ ! -x "$venv/bin/python" ]; then
   say "creating $venv"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --upgrade pip >&2
+  "$venv/bin/pip" install -q --upgrade pip uv >&2
 fi
+[ -x "$venv/bin/uv" ] || "$venv/bin/pip" install -q uv >&2
+# uv resolves the s3fs/aiobotocore/boto3 pins in seconds where pip backtracks for many minutes.
+uv() { VIRTUAL_ENV="$venv" "$venv/bin/uv" "$@"; }
 if [ "$(cat "$venv/.tandem-key" 2>/dev/null)" != "$key" ]; then
   say "installing tandem[train,serve,dev] (first time: torch is a large download, several minutes)"
-  "$venv/bin/pip" install --progress-bar off -e "$root[train,serve,dev]" >&2
+  uv pip install --python "$venv/bin/python" -e "$root[train,serve,dev]" >&2
   echo "$key" > "$venv/.tandem-key"
 else
   # The editable install points at whichever clone installed it; point it at this one.
-  "$venv/bin/pip" install -q --no-deps -e "$root" >&2
+  uv pip install -q --python "$venv/bin/python" --no-deps -e "$root" >&2
 fi
 say "environment ready: $venv"
 echo "$venv"
