@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole check, as CI runs it: environment (cached), lint, types, CRD drift, then every test on a real
+# local control plane. Extra arguments go to pytest (e.g. `hack/test.sh tests/unit -x`).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+say() { printf '\n[test %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+say "python environment"
+venv="$(hack/python-env.sh)"
+export PATH="$venv/bin:$PATH"
+
+say "control-plane binaries (cold: builds Kubernetes from Go modules, 15-30 min; warm: seconds)"
+TANDEM_BIN_DIR="$(hack/build-tools.sh | tail -n 1)"
+export TANDEM_BIN_DIR
+
+say "ruff"
+ruff check operator tests benchmarks
+say "mypy"
+mypy
+say "CRDs match the models"
+tandem crds --check
+
+say "pytest"
+exec pytest "${@:-tests}"
