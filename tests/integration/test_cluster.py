@@ -133,11 +133,12 @@ def test_pod_with_cpu_pool_selector_lands_on_a_cpu_node(kube: k8s.ApiClient, nam
 def test_job_completes_through_the_job_controller(kube: k8s.ApiClient, namespace: str) -> None:
     _, batch, _ = _apis(kube)
     batch.create_namespaced_job(namespace, _job("ok", {"tandem.dev/fake-duration": "1s"}))
-    job = wait_until(
-        lambda: (j := batch.read_namespaced_job_status("ok", namespace)).status.succeeded and j,
-        what="Job succeeded",
+    complete = wait_until(
+        lambda: _condition(batch.read_namespaced_job_status("ok", namespace), "Complete"),
+        what="Job Complete condition",
     )
-    assert _condition(job, "Complete").status == "True"
+    assert complete.status == "True"
+    assert batch.read_namespaced_job_status("ok", namespace).status.succeeded == 1
 
 
 def test_job_pod_reports_termination_message_on_success(kube: k8s.ApiClient, namespace: str) -> None:
