@@ -144,6 +144,15 @@ class EnvVar(ApiModel):
     """Value from a Secret or ConfigMap key instead of a literal."""
 
 
+class PodMetadata(ApiModel):
+    """Labels and annotations added to the workload's pods (sidecar injection, cost allocation, policies)."""
+
+    labels: dict[str, str] = Field(default_factory=dict)
+    """Extra pod labels; Tandem's own labels win on conflict."""
+    annotations: dict[str, str] = Field(default_factory=dict)
+    """Extra pod annotations."""
+
+
 class Usage(ApiModel):
     """Resources used so far and what they cost, from the pool's prices and power figures."""
 

@@ -14,6 +14,7 @@ from tandem.api.common import (
     STORAGE_URI,
     Condition,
     EnvVar,
+    PodMetadata,
     Quantity,
     Usage,
 )
@@ -132,6 +133,8 @@ class InferenceServiceSpec(ApiModel):
     """Latency and throughput objective; required for placement: auto."""
     env: list[EnvVar] = Field(default_factory=list, max_length=64)
     """Extra environment for the server; credentials by Secret reference only."""
+    pod_metadata: PodMetadata = Field(default_factory=PodMetadata)
+    """Labels and annotations for the pods."""
 
 
 INFERENCE_SERVICE_RULES: list[dict[str, str]] = [

@@ -16,6 +16,7 @@ from tandem.api.common import (
     STORAGE_URI,
     Condition,
     EnvVar,
+    PodMetadata,
     Quantity,
     Usage,
 )
@@ -78,6 +79,8 @@ class TrainingJobSpec(ApiModel):
     """Arguments appended to the command."""
     env: list[EnvVar] = Field(default_factory=list, max_length=64)
     """Extra environment for every worker; credentials by Secret reference only."""
+    pod_metadata: PodMetadata = Field(default_factory=PodMetadata)
+    """Labels and annotations for the pods."""
     workers: int = Field(default=1, ge=1, le=128)
     """Worker pods; more than one runs data-parallel under torch.distributed."""
     resources: WorkerResources = Field(default_factory=WorkerResources)

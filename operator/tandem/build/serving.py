@@ -129,8 +129,13 @@ def deployment(serving: Serving, config: OperatorConfig) -> dict[str, Any]:
         }
     )
     template_meta: dict[str, Any] = {
-        "labels": {**serving.labels, "tandem.dev/pool": serving.placement.pool, **config.extra_pod_labels},
-        "annotations": {MODEL_SHA_ANNOTATION: serving.model.sha256 or ""},
+        "labels": {
+            **spec.pod_metadata.labels,
+            **config.extra_pod_labels,
+            **serving.labels,
+            "tandem.dev/pool": serving.placement.pool,
+        },
+        "annotations": {**spec.pod_metadata.annotations, MODEL_SHA_ANNOTATION: serving.model.sha256 or ""},
     }
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": serving.selector},

@@ -174,7 +174,10 @@ def training_job(
         "backoffLimit": spec.backoff_limit,
         "suspend": spec.suspend or spec.queue is not None,
         "template": {
-            "metadata": {"labels": {**labels, **config.extra_pod_labels}},
+            "metadata": {
+                "labels": {**spec.pod_metadata.labels, **config.extra_pod_labels, **labels},
+                "annotations": dict(spec.pod_metadata.annotations),
+            },
             "spec": placement.apply(pod_spec),
         },
     }
