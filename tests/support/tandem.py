@@ -1,0 +1,136 @@
+"""Tandem on the test cluster: CRDs from the generated manifests, the default pools, and resource helpers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+
+from support.cluster import wait_until
+from tandem.api.resources import COMPUTE_POOL, GROUP, VERSION, Resource
+
+REPO = Path(__file__).resolve().parents[2]
+
+GPU_POOL: dict[str, Any] = {
+    "nodeSelector": {"tandem.dev/pool": "gpu"},
+    "accelerator": "nvidia.com/gpu",
+    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    "role": "training",
+    "price": {"nodeHour": 0, "acceleratorHour": 2.5, "coreHour": 0.02},
+    "power": {"wattsPerAccelerator": 700, "wattsPerCore": 5},
+}
+CPU_POOL: dict[str, Any] = {
+    "nodeSelector": {"tandem.dev/pool": "cpu"},
+    "role": "serving",
+    "price": {"coreHour": 0.03},
+    "power": {"wattsPerCore": 6},
+}
+
+
+def install_crds(api: k8s.ApiClient) -> None:
+    """Create or replace the generated CRDs and wait until the API server serves them."""
+    extensions = k8s.ApiextensionsV1Api(api)
+    for path in sorted((REPO / "manifests" / "crds").glob("*.yaml")):
+        body = yaml.safe_load(path.read_text())
+        name = body["metadata"]["name"]
+        try:
+            current = extensions.read_custom_resource_definition(name)
+            body["metadata"]["resourceVersion"] = current.metadata.resource_version
+            extensions.replace_custom_resource_definition(name, body)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            extensions.create_custom_resource_definition(body)
+
+        def established(crd_name: str = name) -> bool:
+            conditions = extensions.read_custom_resource_definition(crd_name).status.conditions or []
+            return any(c.type == "Established" and c.status == "True" for c in conditions)
+
+        wait_until(established, timeout=60, what=f"CRD {name} established")
+
+
+def resource_api(api: k8s.ApiClient) -> k8s.CustomObjectsApi:
+    return k8s.CustomObjectsApi(api)
+
+
+def body(resource: Resource, name: str, spec: dict[str, Any], **metadata: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": resource.kind,
+        "metadata": {"name": name, **metadata},
+        "spec": spec,
+    }
+
+
+def create(api: k8s.ApiClient, resource: Resource, namespace: str | None, obj: dict[str, Any]) -> dict[str, Any]:
+    """Create with strict field validation, as `kubectl apply` does by default."""
+    custom = resource_api(api)
+    if resource.namespaced:
+        assert namespace is not None
+        result = custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, resource.plural, obj, field_validation="Strict"
+        )
+    else:
+        result = custom.create_cluster_custom_object(GROUP, VERSION, resource.plural, obj, field_validation="Strict")
+    created: dict[str, Any] = result
+    return created
+
+
+def get(api: k8s.ApiClient, resource: Resource, namespace: str | None, name: str) -> dict[str, Any]:
+    custom = resource_api(api)
+    if resource.namespaced:
+        found: dict[str, Any] = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, resource.plural, name)
+    else:
+        found = custom.get_cluster_custom_object(GROUP, VERSION, resource.plural, name)
+    return found
+
+
+def patch_spec(api: k8s.ApiClient, resource: Resource, namespace: str, name: str, spec: dict[str, Any]) -> None:
+    resource_api(api).patch_namespaced_custom_object(GROUP, VERSION, namespace, resource.plural, name, {"spec": spec})
+
+
+def delete(api: k8s.ApiClient, resource: Resource, namespace: str, name: str) -> None:
+    resource_api(api).delete_namespaced_custom_object(GROUP, VERSION, namespace, resource.plural, name)
+
+
+def ensure_pools(api: k8s.ApiClient) -> None:
+    """The gpu (training) and cpu (serving) pools that match hack/cluster.sh's nodes."""
+    for name, spec in (("gpu", GPU_POOL), ("cpu", CPU_POOL)):
+        try:
+            create(api, COMPUTE_POOL, None, body(COMPUTE_POOL, name, spec))
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
+
+def condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    for item in (obj.get("status") or {}).get("conditions") or []:
+        if item.get("type") == kind:
+            return dict(item)
+    return None
+
+
+def events_for(api: k8s.ApiClient, namespace: str, name: str) -> list[k8s.CoreV1Event]:
+    selector = f"involvedObject.name={name}"
+    events: list[k8s.CoreV1Event] = k8s.CoreV1Api(api).list_namespaced_event(namespace, field_selector=selector).items
+    return events
+
+
+def artifact_message(uri: str, sha256: str) -> str:
+    """A termination message as the trainer writes it, for kwok to report from a fake worker."""
+    return json.dumps(
+        {
+            "uri": uri,
+            "sha256": sha256,
+            "sizeBytes": 1234,
+            "format": "onnx",
+            "opset": 18,
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}],
+            "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}],
+            "metrics": {"accuracy": 0.97},
+        }
+    )
