@@ -6,8 +6,8 @@ Three layers, as KServe splits them, so each can be tested and swapped alone:
   ready) and its V2 signature.
 - `dataplane`: protocol-free inference: validates decoded tensors against the signature before
   onnxruntime sees them, selects outputs, runs (optionally through the dynamic `batching` queue).
-- `http` + `rest`: a lean asyncio/httptools HTTP/1.1 server and the V2 REST routes on it; `codec` turns wire
-  bytes (JSON or Triton's binary tensor extension) into tensors and back.
+- `httpserver` + `rest`: a lean asyncio/httptools HTTP/1.1 server and the V2 REST routes on it; `codec`
+  turns wire bytes (JSON or Triton's binary tensor extension) into tensors and back.
 
 Nothing here imports torch: the `serve` extra installs onnxruntime, numpy and the HTTP stack only.
 """

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from tandem.server.config import ServerConfig
 from tandem.server.dataplane import DataPlane
 from tandem.server.errors import ModelLoadError
-from tandem.server.http import HttpServer, Request, Response, error_response
+from tandem.server.httpserver import HttpServer, Request, Response, error_response
 from tandem.server.logs import AccessLog
 from tandem.server.metrics import ServerMetrics
 from tandem.server.model import OnnxModel, SessionSettings
@@ -41,7 +41,9 @@ class InferenceServer:
         self.dataplane.add(self.model)
         self.shared_metrics_port = config.metrics_port == config.http_port
         self.rest = RestApp(self.dataplane, self.metrics, serve_metrics=self.shared_metrics_port)
-        self.access_log = access_log if access_log is not None else (AccessLog() if config.access_log else None)
+        self.access_log = (
+            access_log if access_log is not None else (AccessLog() if config.access_log else None)
+        )
         self.http = HttpServer(
             self.rest, max_request_bytes=config.max_request_bytes, access_log=self.access_log
         )
@@ -100,8 +102,7 @@ class InferenceServer:
         return 0
 
     async def shutdown(self) -> None:
-        self.model.state = self.model.state  # readiness flips below, before the drain
-        self.rest.live = True
+        self.rest.draining = True
         self.metrics.model_ready.labels(self.model.name).set(0)
         drained = await self.http.drain(self.config.drain_timeout_s)
         if self.access_log is not None:

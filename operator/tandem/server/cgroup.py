@@ -41,7 +41,7 @@ def parse_cfs(quota_text: str, period_text: str) -> float | None:
 
 
 def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> float | None:
-    """The CPU limit of the current cgroup (v2 first, then v1), or None when there is none or it is unreadable."""
+    """The CPU limit of this cgroup (v2 first, then v1); None when there is none or it is unreadable."""
     try:
         return parse_cpu_max((root / "cpu.max").read_text())
     except OSError:

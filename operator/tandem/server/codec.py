@@ -14,7 +14,7 @@ import orjson
 
 from tandem.server import datatypes, tensors
 from tandem.server.errors import InvalidInput
-from tandem.server.types import InferRequest, InferResponse, RequestInput, RequestOutput
+from tandem.server.wire import InferRequest, InferResponse, RequestInput, RequestOutput
 
 _DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 

@@ -20,7 +20,7 @@ from tandem.server import tensors
 from tandem.server.batching import Batcher
 from tandem.server.errors import InvalidInput, ModelNotFound, ModelNotReady
 from tandem.server.model import PLATFORM, OnnxModel
-from tandem.server.types import InferRequest, InferResponse, RequestOutput, ResponseOutput
+from tandem.server.wire import InferRequest, InferResponse, RequestOutput, ResponseOutput
 
 
 def check_shape(name: str, shape: Sequence[int], spec: TensorSpec) -> None:
@@ -51,7 +51,11 @@ class DataPlane:
     def enable_batching(self, model: OnnxModel, max_batch_size: int, max_delay_s: float) -> None:
         """Queue requests for `model` and run them together; only if its dimension 0 is dynamic everywhere."""
         self._batchers[model.name] = Batcher(
-            model, self._executor, max_batch_size, max_delay_s, lambda rows: self.observe_batch(model.name, rows)
+            model,
+            self._executor,
+            max_batch_size,
+            max_delay_s,
+            lambda rows: self.observe_batch(model.name, rows),
         )
 
     def add(self, model: OnnxModel) -> None:
@@ -70,7 +74,9 @@ class DataPlane:
         if model is None:
             raise ModelNotFound(f"model '{name}' is not served here")
         if version is not None and model.version is not None and version != model.version:
-            raise ModelNotFound(f"model '{name}' version '{version}' is not served here (have {model.version})")
+            raise ModelNotFound(
+                f"model '{name}' version '{version}' is not served here (have {model.version})"
+            )
         return model
 
     def ready_model(self, name: str, version: str | None = None) -> OnnxModel:

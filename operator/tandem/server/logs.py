@@ -14,7 +14,7 @@ from typing import IO, Any
 
 import orjson
 
-from tandem.server.http import Request, Response
+from tandem.server.httpserver import Request, Response
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 

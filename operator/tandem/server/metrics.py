@@ -10,7 +10,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025,
+    0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -47,7 +48,10 @@ class ServerMetrics:
             registry=self.registry,
         )
         self.model_ready = Gauge(
-            "tandem_model_ready", "1 when the model is loaded and warmed up.", ["model"], registry=self.registry
+            "tandem_model_ready",
+            "1 when the model is loaded and warmed up.",
+            ["model"],
+            registry=self.registry,
         )
         self._requests: dict[tuple[str, int], Counter] = {}
         self._latency: dict[str, Histogram] = {}

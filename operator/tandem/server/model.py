@@ -115,6 +115,7 @@ class OnnxModel:
         self._session: Any = None
         self._signature: Signature | None = None
         self._bf16_inputs: frozenset[str] = frozenset()
+        self._bf16 = False
 
     @property
     def ready(self) -> bool:
@@ -154,6 +155,12 @@ class OnnxModel:
         self._session = self._open(data)
         self._signature = signature_of(self._session)
         self._bf16_inputs = frozenset(s.name for s in self._signature.inputs if s.datatype == "BF16")
+        self._bf16 = any(s.datatype == "BF16" for s in (*self._signature.inputs, *self._signature.outputs))
+        if self._bf16 and any(s.datatype == "BYTES" for s in self._signature.inputs):
+            raise ModelLoadError(
+                f"model {self.name} has bfloat16 tensors and string inputs; onnxruntime's Python API can "
+                "feed bfloat16 only as OrtValues, which cannot hold strings"
+            )
         fetched = time.perf_counter()
         try:
             self.predict(warmup_feeds(self._signature), None)
@@ -197,7 +204,7 @@ class OnnxModel:
             raise RuntimeError(f"model {self.name} is not loaded")
         names = list(outputs) if outputs is not None else [s.name for s in self.signature.outputs]
         try:
-            if self._bf16_inputs or any(self.signature.output_index[n].datatype == "BF16" for n in names):
+            if self._bf16:
                 return self._predict_ortvalues(feeds, names)
             result: list[Any] = self._session.run(names, feeds)
         except Exception as exc:
@@ -234,7 +241,7 @@ def _bf16_output(value: Any) -> np.ndarray:
     count = int(np.prod(shape)) if shape else 1
     import ctypes
 
-    buffer = (ctypes.c_uint16 * count).from_address(value.data_ptr())
+    buffer = memoryview((ctypes.c_uint16 * count).from_address(value.data_ptr())).cast("B")
     return np.frombuffer(buffer, dtype=np.uint16, count=count).copy().reshape(shape)
 
 

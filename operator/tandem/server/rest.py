@@ -1,4 +1,4 @@
-"""The Open Inference Protocol V2 REST routes, as a handler for `http.HttpServer`.
+"""The Open Inference Protocol V2 REST routes, as a handler for `httpserver.HttpServer`.
 
 Thin on purpose: route, decode the body with `codec`, call the data plane, encode. Errors the data plane
 raises carry their status; anything else is logged and answered 500 without taking the server down.
@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import time
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _package_version
 from typing import Any
 
-from importlib.metadata import PackageNotFoundError, version as _package_version
 from tandem.server import codec
 from tandem.server.dataplane import DataPlane
 from tandem.server.errors import InvalidInput, ServerError
-from tandem.server.http import Request, Response, error_response
+from tandem.server.httpserver import Request, Response, error_response
 from tandem.server.metrics import CONTENT_TYPE, ServerMetrics
 
 log = logging.getLogger("tandem.server.rest")
@@ -38,6 +39,8 @@ class RestApp:
         self.metrics = metrics
         self.serve_metrics = serve_metrics
         self.live = True
+        self.draining = False
+        """Set on SIGTERM: readiness fails so Kubernetes stops routing here; in-flight work completes."""
 
     def __call__(self, request: Request) -> Response | Any:
         parts = request.path.strip("/").split("/")
@@ -64,7 +67,7 @@ class RestApp:
             if parts[1] == "ready":
                 if self._get(request) is not None:
                     return self._get(request)
-                if self.dataplane.ready():
+                if self.dataplane.ready() and not self.draining:
                     return _OK_EMPTY
                 return error_response(503, "model not ready")
         if parts[0] == "models":

@@ -27,10 +27,7 @@ def from_json(name: str, datatype: str, shape: Sequence[int], data: Any) -> np.n
     """A numpy array of `shape` from flat or nested row-major JSON `data`."""
     if not isinstance(data, list):
         data = [data]
-    if datatype == "BYTES":
-        array = _bytes_from_json(name, data)
-    else:
-        array = _numbers_from_json(name, datatype, data)
+    array = _bytes_from_json(name, data) if datatype == "BYTES" else _numbers_from_json(name, datatype, data)
     expected = element_count(shape)
     if array.size != expected:
         raise InvalidInput(

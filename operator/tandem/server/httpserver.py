@@ -17,10 +17,11 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import Any, cast
 
 import httptools
 
-log = logging.getLogger("tandem.server.http")
+log = logging.getLogger("tandem.server.httpserver")
 
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
 _MAX_QUEUED = 32
@@ -96,7 +97,7 @@ class HttpServer:
             lambda: HttpConnection(self, chosen), host, port, reuse_address=True, backlog=1024
         )
         self._servers.append(server)
-        sockets = server.sockets or []
+        sockets: tuple[Any, ...] = tuple(server.sockets or ())
         bound: int = sockets[0].getsockname()[1] if sockets else port
         return bound
 
@@ -148,8 +149,7 @@ class HttpConnection(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -263,10 +263,7 @@ class HttpConnection(asyncio.Protocol):
             transport.writelines([head, response.body])
         if self.server.access_log is not None:
             self.server.access_log(request, response, time.perf_counter() - request.received)
-        if not keep_alive:
-            self.closing = True
-            transport.close()
-        elif self.server.draining and not self.queue and not self.in_message:
+        if not keep_alive or (self.server.draining and not self.queue and not self.in_message):
             self.closing = True
             transport.close()
 

@@ -1,0 +1,505 @@
+#!/usr/bin/env python3
+"""Inference server benchmark: Tandem's server against KServe and MLServer and the in-process limit.
+
+One run builds two ONNX models (an MLP 784-1024-1024-10 and a small CNN on 3x64x64), starts each server in
+turn wrapping an onnxruntime session with the same intra-op thread count, drives batch-1 JSON V2 infer
+requests at each concurrency with wrk, and measures onnxruntime alone in-process. Ratios come from the same
+run, because the machine is shared and absolute numbers drift. Prints a markdown table and writes it to
+benchmarks/results/serve.md.
+
+Peers live in their own virtual environments (kserve and mlserver conflict) under
+$HOME/.cache/tandem/bench-venvs, created here when missing. Needs `wrk` on PATH (apt-get install wrk).
+
+    python benchmarks/serve_bench.py                      # everything, 10 s per point
+    python benchmarks/serve_bench.py --servers tandem --duration 5 --variant "w1=--workers 1"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "serve.md"
+BENCH_VENVS = Path(os.environ.get("TANDEM_BENCH_VENVS", Path.home() / ".cache/tandem/bench-venvs"))
+PEER_PACKAGES = {
+    "kserve": ["kserve==0.21.0", "onnxruntime", "numpy"],
+    # mlserver 1.7.1 dies with uvloop >= 0.22 (SeldonIO/MLServer#2286)
+    "mlserver": ["mlserver==1.7.1", "uvloop==0.21.0", "onnxruntime", "numpy"],
+}
+
+KSERVE_MODEL = """
+import os, sys
+import numpy as np
+import onnxruntime as ort
+import kserve
+from kserve import InferOutput, InferRequest, InferResponse
+
+
+class OnnxModel(kserve.Model):
+    def __init__(self, name):
+        super().__init__(name)
+        self.load()
+
+    def load(self):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(os.environ["BENCH_THREADS"])
+        self.session = ort.InferenceSession(os.environ["BENCH_MODEL"], options, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+        self.ready = True
+        return True
+
+    async def predict(self, payload, headers=None, response_headers=None):
+        array = payload.inputs[0].as_numpy()
+        (result,) = self.session.run(None, {self.input: array})
+        output = InferOutput(name="output", shape=list(result.shape), datatype="FP32")
+        output.set_data_from_numpy(result, binary_data=False)
+        return InferResponse(model_name=self.name, infer_outputs=[output], response_id=payload.id)
+
+
+if __name__ == "__main__":
+    kserve.ModelServer(http_port=int(os.environ["BENCH_PORT"]), grpc_port=int(os.environ["BENCH_GRPC_PORT"]),
+                       enable_grpc=False, workers=1).start([OnnxModel(os.environ["BENCH_NAME"])])
+"""
+
+MLSERVER_RUNTIME = """
+import os
+import onnxruntime as ort
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.types import InferenceRequest, InferenceResponse
+
+
+class OnnxRuntime(MLModel):
+    async def load(self) -> bool:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(os.environ["BENCH_THREADS"])
+        self.session = ort.InferenceSession(os.environ["BENCH_MODEL"], options, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+        return True
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        array = NumpyCodec.decode_input(payload.inputs[0])
+        (result,) = self.session.run(None, {self.input: array})
+        return InferenceResponse(model_name=self.name, id=payload.id,
+                                 outputs=[NumpyCodec.encode_output("output", result)])
+"""
+
+WRK_SCRIPT = """
+local f = io.open("{body}", "rb")
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+@dataclass
+class Point:
+    model: str
+    server: str
+    concurrency: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# models
+
+
+def build_models(folder: Path) -> dict[str, tuple[Path, list[int]]]:
+    """model name -> (model.onnx, batch-1 input shape). torch is needed here only, never by the server."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    mlp = nn.Sequential(
+        nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10)
+    )
+    cnn = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * 8 * 8, 128), nn.ReLU(), nn.Linear(128, 10),
+    )  # fmt: skip
+    shapes = {"mlp": [1, 784], "cnn": [1, 3, 64, 64]}
+    out: dict[str, tuple[Path, list[int]]] = {}
+    for name, module in (("mlp", mlp), ("cnn", cnn)):
+        path = folder / f"{name}.onnx"
+        module.eval()
+        sample = torch.randn(*shapes[name])
+        kwargs = {
+            "input_names": ["input"],
+            "output_names": ["output"],
+            "dynamic_axes": {"input": {0: "batch"}, "output": {0: "batch"}},
+        }
+        try:
+            torch.onnx.export(module, (sample,), str(path), dynamo=False, **kwargs)
+        except (TypeError, RuntimeError):
+            torch.onnx.export(module, (sample,), str(path), **kwargs)
+        out[name] = (path, shapes[name])
+    return out
+
+
+def request_body(shape: list[int]) -> bytes:
+    import numpy as np
+
+    data = np.random.default_rng(0).standard_normal(int(np.prod(shape))).astype(np.float32)
+    document = {"inputs": [{"name": "input", "shape": shape, "datatype": "FP32", "data": data.tolist()}]}
+    return json.dumps(document).encode()
+
+
+def in_process(path: Path, shape: list[int], threads: int, seconds: float) -> Point:
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {"input": np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+    for _ in range(50):
+        session.run(None, feed)
+    times: list[float] = []
+    end = time.perf_counter() + seconds
+    while (now := time.perf_counter()) < end:
+        session.run(None, feed)
+        times.append(time.perf_counter() - now)
+    times.sort()
+    return Point(
+        path.stem, f"onnxruntime in-process ({threads} threads)", 1, len(times) / sum(times),
+        times[len(times) // 2] * 1000, times[int(len(times) * 0.99)] * 1000,
+    )  # fmt: skip
+
+
+# servers
+
+
+def ensure_venv(name: str) -> Path:
+    venv = BENCH_VENVS / name
+    python = venv / "bin" / "python"
+    marker = venv / ".bench-ready"
+    if marker.exists():
+        return python
+    log(f"creating {venv}")
+    BENCH_VENVS.mkdir(parents=True, exist_ok=True)
+    uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
+    if Path(uv).exists():
+        subprocess.run([uv, "venv", "-q", "-p", "python3", str(venv)], check=True)
+        subprocess.run([uv, "pip", "install", "-q", "-p", str(python), *PEER_PACKAGES[name]], check=True)
+    else:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *PEER_PACKAGES[name]], check=True)
+    marker.write_text("ok\n")
+    return python
+
+
+@dataclass
+class Launch:
+    command: list[str]
+    env: dict[str, str]
+    cwd: Path
+    port: int
+
+
+def tandem_launch(model: Path, name: str, threads: int, work: Path, extra: str) -> Launch:
+    port = free_port()
+    tandem = Path(sys.executable).parent / "tandem"
+    command = [str(tandem), "serve", "--model-name", name, "--model-uri", model.as_uri(), "--http-port",
+               str(port), "--metrics-port", str(port), "--threads", str(threads), *shlex.split(extra)]  # fmt: skip
+    return Launch(command, {}, work, port)
+
+
+def kserve_launch(model: Path, name: str, threads: int, work: Path) -> Launch:
+    python = ensure_venv("kserve")
+    script = work / "kserve_model.py"
+    script.write_text(KSERVE_MODEL)
+    port = free_port()
+    env = {"BENCH_MODEL": str(model), "BENCH_NAME": name, "BENCH_THREADS": str(threads),
+           "BENCH_PORT": str(port), "BENCH_GRPC_PORT": str(free_port())}  # fmt: skip
+    return Launch([str(python), str(script)], env, work, port)
+
+
+def mlserver_launch(model: Path, name: str, threads: int, work: Path) -> Launch:
+    python = ensure_venv("mlserver")
+    folder = work / "mlserver"
+    model_folder = folder / name
+    model_folder.mkdir(parents=True, exist_ok=True)
+    (model_folder / "runtime.py").write_text(MLSERVER_RUNTIME)
+    (model_folder / "model-settings.json").write_text(
+        json.dumps({"name": name, "implementation": "runtime.OnnxRuntime"})
+    )
+    port = free_port()
+    settings = {"http_port": port, "grpc_port": free_port(), "metrics_port": free_port(),
+                "parallel_workers": 0, "debug": False}  # fmt: skip
+    (folder / "settings.json").write_text(json.dumps(settings))
+    env = {"BENCH_MODEL": str(model), "BENCH_THREADS": str(threads)}
+    mlserver = python.parent / "mlserver"
+    return Launch([str(mlserver), "start", str(folder)], env, folder, port)
+
+
+@contextmanager
+def running(launch: Launch, name: str, logfile: Path) -> Iterator[str]:
+    env = {**os.environ, **launch.env}
+    with logfile.open("wb") as out:
+        process = subprocess.Popen(
+            launch.command,
+            cwd=launch.cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        base = f"http://127.0.0.1:{launch.port}"
+        try:
+            deadline = time.time() + 180
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"server exited with {process.returncode}; see {logfile}")
+                try:
+                    with urllib.request.urlopen(f"{base}/v2/models/{name}/ready", timeout=2) as reply:
+                        if reply.status == 200:
+                            break
+                except (urllib.error.URLError, OSError):
+                    pass
+                if time.time() > deadline:
+                    raise RuntimeError(f"server not ready after 180 s; see {logfile}")
+                time.sleep(0.3)
+            yield base
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+
+
+def check_answer(url: str, body: bytes) -> None:
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        document = json.loads(reply.read())
+    output = document["outputs"][0]
+    if output["shape"] != [1, 10] or len(output["data"]) != 10:
+        raise RuntimeError(f"unexpected answer from {url}: {str(document)[:300]}")
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    if not match:
+        raise ValueError(text)
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def wrk(
+    url: str, body_file: Path, connections: int, seconds: float, work: Path
+) -> tuple[float, float, float, int]:
+    script = work / "post.lua"
+    script.write_text(WRK_SCRIPT.format(body=body_file))
+    result = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "10s", "-s", str(script), url],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    text = result.stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"\s50%\s+(\S+)", text).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"\s99%\s+(\S+)", text).group(1))  # type: ignore[union-attr]
+    errors = 0
+    for pattern in (r"Non-2xx or 3xx responses:\s+(\d+)", r"Socket errors:.*?timeout (\d+)"):
+        found = re.search(pattern, text)
+        if found:
+            errors += int(found.group(1))
+    return rps, p50, p99, errors
+
+
+# report
+
+
+def table(points: list[Point], threads: int, concurrencies: list[int]) -> str:
+    lines = [
+        "| model | server | concurrency | req/s | p50 ms | p99 ms | vs KServe | vs in-process |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for model in ("mlp", "cnn"):
+        limit = next((p for p in points if p.model == model and p.server.startswith("onnxruntime")), None)
+        for concurrency in concurrencies:
+            kserve = next(
+                (
+                    p
+                    for p in points
+                    if p.model == model and p.server == "kserve" and p.concurrency == concurrency
+                ),
+                None,
+            )
+            for point in points:
+                if (
+                    point.model != model
+                    or point.concurrency != concurrency
+                    or point.server.startswith("onnx")
+                ):
+                    continue
+                vs_kserve = f"{point.rps / kserve.rps:.2f}x" if kserve and kserve.rps else "-"
+                vs_limit = f"{point.rps / limit.rps:.0%}" if limit else "-"
+                errors = f" ({point.errors} errors)" if point.errors else ""
+                lines.append(
+                    f"| {model} | {point.server}{errors} | {concurrency} | {point.rps:,.0f} | {point.p50_ms:.2f} "
+                    f"| {point.p99_ms:.2f} | {vs_kserve} | {vs_limit} |"
+                )
+        if limit:
+            lines.append(
+                f"| {model} | {limit.server} | - | {limit.rps:,.0f} | {limit.p50_ms:.2f} | {limit.p99_ms:.2f} "
+                "| - | 100% |"
+            )
+    return "\n".join(lines)
+
+
+def targets(points: list[Point], concurrency: int) -> list[str]:
+    def find(model: str, server: str) -> Point | None:
+        return next(
+            (p for p in points if p.model == model and p.server == server and p.concurrency == concurrency),
+            None,
+        )
+
+    out: list[str] = []
+    for model, want_kserve, want_limit in (("mlp", 3.0, None), ("cnn", 2.0, 0.75)):
+        tandem, kserve = find(model, "tandem"), find(model, "kserve")
+        limit = next((p for p in points if p.model == model and p.server.startswith("onnxruntime")), None)
+        if tandem and kserve:
+            ratio = tandem.rps / kserve.rps
+            verdict = "met" if ratio >= want_kserve else "NOT met"
+            out.append(
+                f"- {model}: Tandem/KServe at c={concurrency} = {ratio:.2f}x (target {want_kserve}x: {verdict})"
+            )
+        if tandem and limit and want_limit:
+            ratio = tandem.rps / limit.rps
+            verdict = "met" if ratio >= want_limit else "NOT met"
+            out.append(f"- {model}: Tandem/in-process = {ratio:.0%} (target {want_limit:.0%}: {verdict})")
+    return out
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, {platform.system()}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--servers", default="tandem,kserve,mlserver")
+    parser.add_argument("--models", default="mlp,cnn")
+    parser.add_argument("--concurrency", default="1,8")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured point")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring")
+    parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads, all servers")
+    parser.add_argument("--variant", action="append", default=[], help='extra Tandem run: "label=--flags"')
+    parser.add_argument("--tandem-args", default="", help="flags for the main Tandem run")
+    parser.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/serve.md")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk not found: apt-get install -y wrk", file=sys.stderr)
+        return 2
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    servers = args.servers.split(",")
+    variants = [("tandem", args.tandem_args)] + [tuple(v.split("=", 1)) for v in args.variant]  # type: ignore[misc]
+    points: list[Point] = []
+    with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
+        work = Path(tmp)
+        log("building models")
+        built = build_models(work)
+        for model in args.models.split(","):
+            path, shape = built[model]
+            body_file = work / f"{model}.json"
+            body_file.write_bytes(request_body(shape))
+            log(f"{model}: in-process onnxruntime, {args.threads} threads")
+            points.append(in_process(path, shape, args.threads, max(3.0, args.duration / 2)))
+            runs: list[tuple[str, Launch]] = []
+            for server in servers:
+                if server == "tandem":
+                    runs += [
+                        (
+                            label if label != "tandem" else "tandem",
+                            tandem_launch(path, model, args.threads, work, flags),
+                        )
+                        for label, flags in variants
+                    ]
+                elif server == "kserve":
+                    runs.append(("kserve", kserve_launch(path, model, args.threads, work)))
+                elif server == "mlserver":
+                    runs.append(("mlserver", mlserver_launch(path, model, args.threads, work)))
+            for label, launch in runs:
+                logfile = work / f"{label}-{model}.log"
+                try:
+                    with running(launch, model, logfile) as base:
+                        url = f"{base}/v2/models/{model}/infer"
+                        check_answer(url, body_file.read_bytes())
+                        wrk(url, body_file, max(concurrencies), args.warmup, work)
+                        for concurrency in concurrencies:
+                            rps, p50, p99, errors = wrk(url, body_file, concurrency, args.duration, work)
+                            log(
+                                f"{model} {label} c={concurrency}: {rps:,.0f} req/s p50 {p50:.2f} ms p99 {p99:.2f} ms"
+                            )
+                            points.append(Point(model, label, concurrency, rps, p50, p99, errors))
+                except Exception as exc:
+                    log(f"{model} {label} failed: {exc}")
+                    tail = logfile.read_text(errors="replace")[-2000:] if logfile.exists() else ""
+                    print(tail, file=sys.stderr)
+    report = table(points, args.threads, concurrencies)
+    verdicts = targets(points, max(concurrencies))
+    header = (
+        f"Measured {time.strftime('%Y-%m-%d %H:%M %Z')} on {machine()}; batch-1 JSON V2 requests from wrk "
+        f"(1 thread), {args.duration:g} s per point, onnxruntime with {args.threads} intra-op threads in "
+        "every server. Ratios are from this one run."
+    )
+    output = f"{header}\n\n{report}\n\n" + "\n".join(verdicts) + "\n"
+    print(output)
+    if not args.no_write:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text("# Inference server benchmark\n\n" + output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""`tandem serve`: the inference server's entry point. Every option reads its TANDEM_* variable.
+
+This module imports only click and the standard library at import time: `tandem --help` must stay fast and
+the serve image must never need torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import click
+
+from tandem.server.config import DEFAULT_MAX_REQUEST_BYTES
+
+log = logging.getLogger("tandem.server")
+
+
+def _install_loop() -> None:
+    """uvloop when installed (about twice the request rate of asyncio's default loop)."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+@click.command("serve")
+@click.option("--model-name", envvar="TANDEM_MODEL_NAME", required=True, help="V2 model name.")
+@click.option(
+    "--model-uri", envvar="TANDEM_MODEL_URI", required=True, help="file://, pvc:// or s3:// model.onnx."
+)
+@click.option(
+    "--model-sha256", envvar="TANDEM_MODEL_SHA256", default=None, help="Refuse a model that differs."
+)
+@click.option("--model-version", envvar="TANDEM_MODEL_VERSION", default=None, help="V2 model version.")
+@click.option("--host", envvar="TANDEM_HOST", default="0.0.0.0", show_default=True)
+@click.option("--http-port", envvar="TANDEM_HTTP_PORT", type=int, default=8080, show_default=True)
+@click.option(
+    "--metrics-port",
+    envvar="TANDEM_METRICS_PORT",
+    type=int,
+    default=9090,
+    show_default=True,
+    help="GET /metrics port; the HTTP port serves /metrics itself when equal.",
+)
+@click.option(
+    "--threads",
+    envvar="TANDEM_THREADS",
+    type=click.IntRange(min=1),
+    default=None,
+    help="onnxruntime intra-op threads [default: the cgroup CPU limit, rounded up].",
+)
+@click.option(
+    "--workers",
+    envvar="TANDEM_WORKERS",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="onnxruntime runs in flight at once.",
+)
+@click.option(
+    "--max-batch-size",
+    envvar="TANDEM_MAX_BATCH_SIZE",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Dynamic batching rows per run; 0 or 1 is off.",
+)
+@click.option(
+    "--max-batch-delay-ms",
+    envvar="TANDEM_MAX_BATCH_DELAY_MS",
+    type=click.FloatRange(min=0),
+    default=2.0,
+    show_default=True,
+    help="Dynamic batching: longest wait for more requests.",
+)
+@click.option(
+    "--access-log/--no-access-log",
+    envvar="TANDEM_ACCESS_LOG",
+    default=True,
+    show_default=True,
+    help="JSON access log lines on stdout.",
+)
+@click.option(
+    "--max-request-bytes",
+    envvar="TANDEM_MAX_REQUEST_BYTES",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_REQUEST_BYTES,
+    show_default=True,
+    help="Larger request bodies get 413.",
+)
+@click.option(
+    "--drain-timeout",
+    envvar="TANDEM_DRAIN_TIMEOUT_S",
+    type=click.FloatRange(min=0),
+    default=25.0,
+    show_default=True,
+    help="Seconds in-flight requests get after SIGTERM.",
+)
+@click.option("--log-level", envvar="TANDEM_LOG_LEVEL", default="INFO", show_default=True)
+def serve(
+    model_name: str,
+    model_uri: str,
+    model_sha256: str | None,
+    model_version: str | None,
+    host: str,
+    http_port: int,
+    metrics_port: int,
+    threads: int | None,
+    workers: int,
+    max_batch_size: int,
+    max_batch_delay_ms: float,
+    access_log: bool,
+    max_request_bytes: int,
+    drain_timeout: float,
+    log_level: str,
+) -> None:
+    """Serve one ONNX model over the Open Inference Protocol (KServe V2) REST API."""
+    from tandem.server.app import InferenceServer
+    from tandem.server.cgroup import default_threads
+    from tandem.server.config import ServerConfig
+    from tandem.server.logs import configure_logging
+
+    configure_logging(log_level.upper())
+    config = ServerConfig(
+        model_name=model_name,
+        model_uri=model_uri,
+        model_sha256=model_sha256 or None,
+        model_version=model_version or None,
+        host=host,
+        http_port=http_port,
+        metrics_port=metrics_port,
+        threads=threads or default_threads(),
+        workers=workers,
+        max_batch_size=max_batch_size,
+        max_batch_delay_ms=max_batch_delay_ms,
+        access_log=access_log,
+        max_request_bytes=max_request_bytes,
+        drain_timeout_s=drain_timeout,
+    )
+    log.info("starting", extra={"config": config.__dict__})
+    _install_loop()
+
+    async def main() -> int:
+        return await InferenceServer(config).run()
+
+    sys.exit(asyncio.run(main()))
