@@ -7,7 +7,11 @@ the events the reconcile returned and records metrics.
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import logging
+import os
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
@@ -16,10 +20,12 @@ from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 
 from tandem import metrics
-from tandem.api.resources import GROUP, INFERENCE_SERVICE, TRAINING_JOB, VERSION
+from tandem.api.resources import COMPUTE_POOL, GROUP, INFERENCE_SERVICE, TRAINING_JOB, VERSION, Resource
 from tandem.config import OperatorConfig
 from tandem.kube import Kube
 from tandem.reconcile import Outcome, reconcile_pool, reconcile_serving, reconcile_training
+
+log = logging.getLogger(__name__)
 
 TERMINAL = ("Succeeded", "Failed")
 TRANSIENT_STATUSES = (409, 429, 500, 502, 503, 504)
@@ -54,6 +60,64 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         kube_config.load_kube_config()
     _state["kube"] = Kube()
     _state["config"] = OperatorConfig.from_env()
+    stop = threading.Event()
+    _state["resync_stop"] = stop
+    interval = float(os.environ.get("TANDEM_RESYNC_SECONDS", "30"))
+    # A copy of kopf's context lets the resync thread post events through kopf's queue.
+    context = contextvars.copy_context()
+    threading.Thread(
+        target=context.run, args=(resync_forever, stop, interval), name="tandem-resync", daemon=True
+    ).start()
+
+
+@kopf.on.cleanup()
+def stop_resync(**_: Any) -> None:
+    stop: threading.Event | None = _state.get("resync_stop")
+    if stop is not None:
+        stop.set()
+
+
+def resync_forever(stop: threading.Event, interval: float) -> None:
+    """Periodic resync, as controller-runtime's SyncPeriod: refreshes pool status and usage of running
+    work, and retries resources that wait for a pool or a model. kopf timers would do the same per object
+    but put a finalizer on every resource, which blocks deletion whenever the operator is not running."""
+    while not stop.wait(interval):
+        try:
+            resync_once()
+        except Exception:
+            log.exception("resync failed; retrying in %.0fs", interval)
+
+
+def _watched(resource: Resource) -> list[dict[str, Any]]:
+    namespaces = config().namespaces or (None,)
+    return [item for namespace in namespaces for item in kube().list_custom(resource, namespace)]
+
+
+def _needs_resync(body: Mapping[str, Any], settled: str) -> bool:
+    status = body.get("status") or {}
+    return status.get("phase") != settled and status.get("phase") not in TERMINAL
+
+
+def resync_once() -> None:
+    pool_bodies = kube().list_custom(COMPUTE_POOL)
+    pools = {pool["metadata"]["name"]: pool.get("spec") or {} for pool in pool_bodies}
+    for pool in pool_bodies:
+        _quietly(_run, "ComputePool", pool, functools.partial(reconcile_pool, kube(), pool))
+    for job in _watched(TRAINING_JOB):
+        if _needs_resync(job, "Succeeded"):
+            _quietly(_run, "TrainingJob", job, functools.partial(reconcile_training, kube(), job, pools, config()))
+    for service in _watched(INFERENCE_SERVICE):
+        if _needs_resync(service, "Ready"):
+            step = functools.partial(reconcile_serving, kube(), service, pools, config())
+            _quietly(_run, "InferenceService", service, step)
+
+
+def _quietly(run: Callable[..., Outcome | None], *args: Any) -> None:
+    """One resource's failure must not stop the resync of the others; kopf's retry does not apply here."""
+    try:
+        run(*args)
+    except (kopf.TemporaryError, kopf.PermanentError, ApiException) as exc:
+        log.warning("resync of %s failed: %s", args[0], exc)
 
 
 def _pools(pool_index: kopf.Index[str, Any]) -> dict[str, Any]:
@@ -103,7 +167,6 @@ def services_by_training_job(
 @kopf.on.resume(GROUP, VERSION, "computepools")
 @kopf.on.create(GROUP, VERSION, "computepools")
 @kopf.on.update(GROUP, VERSION, "computepools", field="spec")
-@kopf.timer(GROUP, VERSION, "computepools", interval=15, initial_delay=5)
 def pool_changed(body: kopf.Body, **_: Any) -> None:
     _run("ComputePool", body, lambda: reconcile_pool(kube(), body))
 
@@ -119,15 +182,6 @@ def _reconcile_training(body: Mapping[str, Any], pool_index: kopf.Index[str, Any
 @kopf.on.create(GROUP, VERSION, "trainingjobs")
 @kopf.on.update(GROUP, VERSION, "trainingjobs", field="spec")
 def training_changed(body: kopf.Body, pool_index: kopf.Index[str, Any], **_: Any) -> None:
-    _reconcile_training(body, pool_index)
-
-
-@kopf.timer(
-    GROUP, VERSION, "trainingjobs", interval=20, initial_delay=20,
-    when=lambda status, **_: status.get("phase") not in TERMINAL,
-)
-def training_unfinished(body: kopf.Body, pool_index: kopf.Index[str, Any], **_: Any) -> None:
-    """Keeps usage current and retries jobs that wait for a pool."""
     _reconcile_training(body, pool_index)
 
 
@@ -173,15 +227,6 @@ def _reconcile_serving(body: Mapping[str, Any], pool_index: kopf.Index[str, Any]
 @kopf.on.create(GROUP, VERSION, "inferenceservices")
 @kopf.on.update(GROUP, VERSION, "inferenceservices", field="spec")
 def serving_changed(body: kopf.Body, pool_index: kopf.Index[str, Any], **_: Any) -> None:
-    _reconcile_serving(body, pool_index)
-
-
-@kopf.timer(
-    GROUP, VERSION, "inferenceservices", interval=10, initial_delay=10,
-    when=lambda status, **_: status.get("phase") != "Ready",
-)
-def serving_not_ready(body: kopf.Body, pool_index: kopf.Index[str, Any], **_: Any) -> None:
-    """Retries services that wait for a model or a pool."""
     _reconcile_serving(body, pool_index)
 
 

@@ -131,6 +131,16 @@ class Kube:
                 return None
             raise
 
+    def list_custom(self, resource: Resource, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Every object of a Tandem kind, in one namespace or (None) in all."""
+        scope = f"/namespaces/{namespace}" if resource.namespaced and namespace else ""
+        result = self._call("GET", f"/apis/{GROUP}/{VERSION}{scope}/{resource.plural}")
+        items: list[dict[str, Any]] = result.get("items") or []
+        for item in items:  # list items carry no kind; events and owner references need it
+            item.setdefault("apiVersion", f"{GROUP}/{VERSION}")
+            item.setdefault("kind", resource.kind)
+        return items
+
     def patch_status(
         self, resource: Resource, namespace: str | None, name: str, status: dict[str, Any]
     ) -> dict[str, Any]:

@@ -21,8 +21,9 @@ def tandem_api(cluster: LocalCluster | ExternalCluster, kube: k8s.ApiClient) -> 
 
 
 @pytest.fixture
-def operator(tandem_api: k8s.ApiClient) -> Iterator[KopfRunner]:
+def operator(tandem_api: k8s.ApiClient, monkeypatch: pytest.MonkeyPatch) -> Iterator[KopfRunner]:
     """The operator's kopf handlers running in a thread for one test, stopped (and checked) afterwards."""
+    monkeypatch.setenv("TANDEM_RESYNC_SECONDS", "3")
     with KopfRunner(
         ["run", "--all-namespaces", "--standalone", "-m", "tandem.handlers"], timeout=60
     ) as runner:
