@@ -1,0 +1,195 @@
+"""Operator throughput on the local control plane: N TrainingJobs created at once.
+
+Prints, from one run on one machine: time from TrainingJob create to child Job created (p50, p99), the
+operator's throughput, the raw API server rate for creating the same number of Jobs directly, their
+ratio, and the operator's resident memory at the end (and its peak). Not a test: numbers vary with the
+machine; ratios from the same run are what to compare.
+
+    python benchmarks/operator_bench.py --count 500            # starts and stops a private cluster
+    python benchmarks/operator_bench.py --kubeconfig ~/.kube/x # uses a running one
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes import watch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from support.tandem import body, create, ensure_pools, install_crds  # noqa: E402
+from tandem.api.resources import TRAINING_JOB  # noqa: E402
+
+CLIENTS = 16
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def start_cluster(state: Path) -> Path:
+    env = {**os.environ, "TANDEM_CLUSTER_DIR": str(state)}
+    subprocess.run([str(REPO / "hack" / "cluster.sh"), "up"], env=env, check=True)
+    return state / "kubeconfig"
+
+
+def stop_cluster(state: Path) -> None:
+    env = {**os.environ, "TANDEM_CLUSTER_DIR": str(state)}
+    subprocess.run([str(REPO / "hack" / "cluster.sh"), "down"], env=env, check=False)
+
+
+def raw_job(name: str) -> dict[str, Any]:
+    """A Job like the operator's single-worker run, created directly: the API server's own pace."""
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {
+            "completionMode": "Indexed",
+            "completions": 1,
+            "parallelism": 1,
+            "template": {
+                "metadata": {"annotations": {"tandem.dev/fake-duration": "3600s"}},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "nodeSelector": {"tandem.dev/pool": "gpu"},
+                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                    "containers": [
+                        {
+                            "name": "trainer",
+                            "image": "tandem-trainer",
+                            "resources": {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}},
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
+def create_all(count: int, make: Any) -> float:
+    started = time.perf_counter()
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        list(pool.map(make, range(count)))
+    return time.perf_counter() - started
+
+
+def memory_kib(pid: int) -> tuple[int, int]:
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
+    )
+    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+
+
+def run(api: k8s.ApiClient, kubeconfig: Path, count: int) -> dict[str, float]:
+    install_crds(api)
+    ensure_pools(api)
+    core, batch = k8s.CoreV1Api(api), k8s.BatchV1Api(api)
+    raw_ns, tj_ns = f"bench-raw-{uuid.uuid4().hex[:6]}", f"bench-tj-{uuid.uuid4().hex[:6]}"
+    for namespace in (raw_ns, tj_ns):
+        core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=namespace)))
+
+    print(f"[bench] raw API: creating {count} Jobs with {CLIENTS} clients", flush=True)
+    raw_seconds = create_all(count, lambda i: batch.create_namespaced_job(raw_ns, raw_job(f"raw-{i}")))
+    core.delete_namespace(raw_ns)
+
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "TANDEM_RESYNC_SECONDS": "60"}
+    operator = subprocess.Popen(
+        [sys.executable, "-m", "tandem", "operator", "--metrics-port", "0", "--health-port", "0"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    seen: dict[str, float] = {}
+    done = threading.Event()
+
+    def watch_jobs() -> None:
+        stream = watch.Watch()
+        for event in stream.stream(batch.list_namespaced_job, tj_ns, timeout_seconds=1800):
+            owner = (event["object"].metadata.labels or {}).get("tandem.dev/trainingjob")
+            if owner and owner not in seen:
+                seen[owner] = time.perf_counter()
+                if len(seen) == count:
+                    break
+        done.set()
+
+    try:
+        time.sleep(5)  # let the operator connect and list before the burst
+        watcher = threading.Thread(target=watch_jobs, daemon=True)
+        watcher.start()
+        created: dict[str, float] = {}
+        spec = {
+            "model": {"output": "pvc://models/bench"},
+            "podMetadata": {"annotations": {"tandem.dev/fake-duration": "3600s"}},
+        }
+
+        def make(index: int) -> None:
+            name = f"tj-{index}"
+            created[name] = time.perf_counter()
+            create(api, TRAINING_JOB, tj_ns, body(TRAINING_JOB, name, spec))
+
+        print(f"[bench] operator: creating {count} TrainingJobs with {CLIENTS} clients", flush=True)
+        burst_start = time.perf_counter()
+        create_seconds = create_all(count, make)
+        if not done.wait(timeout=1800):
+            raise TimeoutError(f"only {len(seen)} of {count} TrainingJobs got a Job")
+        total = max(seen.values()) - burst_start
+        latencies = [seen[name] - created[name] for name in created]
+        rss, peak = memory_kib(operator.pid)
+    finally:
+        operator.terminate()
+        operator.wait(timeout=60)
+        core.delete_namespace(tj_ns)
+    return {
+        "count": count,
+        "raw_create_per_s": count / raw_seconds,
+        "tj_create_per_s": count / create_seconds,
+        "operator_children_per_s": count / total,
+        "p50_s": statistics.median(latencies),
+        "p99_s": percentile(latencies, 0.99),
+        "rss_mib": rss / 1024,
+        "peak_rss_mib": peak / 1024,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=500)
+    parser.add_argument("--kubeconfig", type=Path)
+    args = parser.parse_args()
+    state = Path(tempfile.mkdtemp(prefix="tandem-bench-"))
+    kubeconfig = args.kubeconfig or start_cluster(state)
+    try:
+        api = k8s_config.new_client_from_config(config_file=str(kubeconfig))
+        result = run(api, kubeconfig, args.count)
+    finally:
+        if args.kubeconfig is None:
+            stop_cluster(state)
+    ratio = result["operator_children_per_s"] / result["raw_create_per_s"]
+    print()
+    print(f"| {result['count']:.0f} TrainingJobs at once | value |")
+    print("|---|---|")
+    print(f"| raw API server: Jobs created per second | {result['raw_create_per_s']:.1f} |")
+    print(f"| TrainingJobs created per second | {result['tj_create_per_s']:.1f} |")
+    print(f"| operator: child Jobs created per second (end to end) | {result['operator_children_per_s']:.1f} |")
+    print(f"| ratio operator / raw API | {ratio:.2f} |")
+    print(f"| create -> child Job, p50 | {result['p50_s']:.2f} s |")
+    print(f"| create -> child Job, p99 | {result['p99_s']:.2f} s |")
+    print(f"| operator memory at the end (peak) | {result['rss_mib']:.0f} MiB ({result['peak_rss_mib']:.0f} MiB) |")
+
+
+if __name__ == "__main__":
+    main()
