@@ -54,12 +54,25 @@ def _numbers_from_json(name: str, datatype: str, data: list[Any]) -> np.ndarray:
         if datatype == "BF16":
             return datatypes.fp32_to_bf16_bits(parsed.astype(np.float32))
         return parsed.astype(datatypes.NUMPY_DTYPES[datatype], copy=False)
+    if kind == "f" and datatype == "UINT64":
+        parsed = _uint64_from_json(name, data)
+        kind = "u"
     if kind not in "iu":
         raise InvalidInput(f"input '{name}': {datatype} data must be integers, got {_kind_name(kind)}")
     low, high = datatypes.INTEGER_RANGES[datatype]
     if int(parsed.min()) < low or int(parsed.max()) > high:
         raise InvalidInput(f"input '{name}': a value is outside the {datatype} range [{low}, {high}]")
     return parsed.astype(datatypes.NUMPY_DTYPES[datatype], copy=False)
+
+
+def _uint64_from_json(name: str, data: list[Any]) -> np.ndarray:
+    """numpy reads [0, 2**63] as float64 (no common integer type); keep exact integers for UINT64."""
+    values = np.asarray(data, dtype=object)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values.flat):
+        raise InvalidInput(f"input '{name}': UINT64 data must be integers, got floats")
+    if any(v < 0 or v >= 2**64 for v in values.flat):
+        raise InvalidInput(f"input '{name}': a value is outside the UINT64 range [0, {2**64 - 1}]")
+    return values.astype(np.uint64)
 
 
 def _kind_name(kind: str) -> str:

@@ -1,0 +1,53 @@
+"""Intra-op threads follow the container's CPU limit, not the node's core count."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tandem.server import cgroup
+
+
+@pytest.mark.parametrize(
+    ("text", "cpus"),
+    [("200000 100000\n", 2.0), ("150000 100000", 1.5), ("max 100000\n", None), ("50000", 0.5), ("", None)],
+)
+def test_cpu_max_v2_is_quota_over_period(text: str, cpus: float | None) -> None:
+    assert cgroup.parse_cpu_max(text) == cpus
+
+
+@pytest.mark.parametrize(
+    ("quota", "period", "cpus"), [("400000", "100000", 4.0), ("-1", "100000", None), ("x", "1", None)]
+)
+def test_cfs_quota_v1_is_quota_over_period_and_minus_one_is_unlimited(
+    quota: str, period: str, cpus: float | None
+) -> None:
+    assert cgroup.parse_cfs(quota, period) == cpus
+
+
+def test_threads_round_a_fractional_limit_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cgroup, "available_cpus", lambda: 16)
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert cgroup.default_threads(tmp_path) == 2
+
+
+def test_threads_never_exceed_usable_cpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cgroup, "available_cpus", lambda: 2)
+    (tmp_path / "cpu.max").write_text("800000 100000\n")
+    assert cgroup.default_threads(tmp_path) == 2
+
+
+def test_threads_read_cgroup_v1_when_there_is_no_v2_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cgroup, "available_cpus", lambda: 8)
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("300000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup.default_threads(tmp_path) == 3
+
+
+def test_threads_without_a_limit_use_every_usable_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cgroup, "available_cpus", lambda: 6)
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup.default_threads(tmp_path) == 6
+    assert cgroup.default_threads(tmp_path / "missing") == 6
