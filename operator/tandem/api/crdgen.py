@@ -140,13 +140,20 @@ def render(resource: Resource) -> str:
     return header + yaml.safe_dump(crd(resource), sort_keys=False, width=120)
 
 
+API_REFERENCE = Path("docs/api-reference.md")
+
+
 def generated_files(root: Path) -> dict[Path, str]:
-    """Every generated CRD file under the repository root, with its expected content."""
-    return {
+    """Every generated file (CRDs and the API reference) under the repository root, with its content."""
+    from tandem.api import docgen  # imports this module: load it only when generating
+
+    files = {
         root / folder / f"{resource.crd_name}.yaml": render(resource)
         for folder in CRD_DIRS
         for resource in RESOURCES
     }
+    files[root / API_REFERENCE] = docgen.render()
+    return files
 
 
 def drift(root: Path) -> list[Path]:
@@ -164,7 +171,7 @@ def drift(root: Path) -> list[Path]:
 @click.option("--check", is_flag=True, help="Fail if the committed CRDs differ from the models.")
 @click.option("--stdout", "to_stdout", is_flag=True, help="Print the CRDs instead of writing them.")
 def crds_command(root: Path, check: bool, to_stdout: bool) -> None:
-    """Generate the CRDs from the API models (manifests/crds and charts/tandem/crds)."""
+    """Generate the CRDs (manifests/crds, charts/tandem/crds) and docs/api-reference.md from the API models."""
     if to_stdout:
         click.echo("---\n".join(render(resource) for resource in RESOURCES), nl=False)
         return
