@@ -69,7 +69,8 @@ def section(resource: Resource) -> str:
     ]
     for part in ("spec", "status"):
         rows = _rows(root["properties"][part], part)
-        lines += [f"| `{field}` | {kind} | {default and f'`{default}`'} | {text} |" for field, kind, default, text in rows]
+        for path, kind, default, text in rows:
+            lines.append(f"| `{path}` | {kind} | {default and f'`{default}`'} | {text} |")
     rules = list(_rules(root["properties"]["spec"]))
     if rules:
         lines += ["", "Cross-field rules the API server enforces:", ""] + [f"- {rule}" for rule in rules]
