@@ -12,12 +12,16 @@ PVC_MOUNT_ROOT = "/mnt/pvc"
 
 
 def dns_name(*parts: str, limit: int = 63) -> str:
-    """Join parts with '-' and keep within a DNS label, shortening with a stable hash when needed."""
+    """Join parts with '-' and keep within a DNS label, shortening with a stable hash when needed.
+
+    Resource and claim names may be DNS subdomains; dots are not allowed in a label (pod hostnames, volume
+    and Service names), so a dotted name becomes dashed, with the hash keeping `a.b` and `a-b` apart.
+    """
     name = "-".join(parts)
-    if len(name) <= limit:
+    if len(name) <= limit and "." not in name:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{name[: limit - 9].rstrip('-')}-{digest}"
+    return f"{name.replace('.', '-')[: limit - 9].rstrip('-')}-{digest}"
 
 
 def owner_reference(kind: str, name: str, uid: str) -> dict[str, Any]:

@@ -35,6 +35,8 @@ DEFAULT_COMMAND = ["tandem", "train", "digits"]
 COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+JOB_NAME_LIMIT = 63 - len("-127")
+"""The Job controller names each pod's hostname <job>-<index> (index < 128 workers) and a hostname is a DNS label."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class TrainingRun:
 
     @property
     def job_name(self) -> str:
-        return dns_name(self.name, f"g{self.generation}")
+        return dns_name(self.name, f"g{self.generation}", limit=JOB_NAME_LIMIT)
 
     @property
     def labels(self) -> dict[str, str]:
