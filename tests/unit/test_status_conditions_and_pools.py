@@ -50,8 +50,8 @@ def test_explicit_unknown_status_is_kept(now: datetime) -> None:
     assert not is_true([condition], "Ready")
 
 
-def _node(pool: str, ready: bool = True, **allocatable: str) -> dict[str, Any]:
-    amounts = {"cpu": "4", "memory": "16Gi", **allocatable}
+def _node(pool: str, ready: bool = True, amounts: dict[str, str] | None = None) -> dict[str, Any]:
+    amounts = {"cpu": "4", "memory": "16Gi", **(amounts or {})}
     return {
         "metadata": {"labels": {"tandem.dev/pool": pool}},
         "status": {
@@ -72,9 +72,9 @@ def test_pool_counts_matching_and_ready_nodes(pools: dict[str, ComputePoolSpec],
 
 def test_pool_sums_allocatable_of_ready_nodes(pools: dict[str, ComputePoolSpec], now: datetime) -> None:
     nodes = [
-        _node("gpu", **{"nvidia.com/gpu": "8", "cpu": "3500m"}),
-        _node("gpu", **{"nvidia.com/gpu": "8", "cpu": "3500m"}),
-        _node("gpu", ready=False, **{"nvidia.com/gpu": "8"}),
+        _node("gpu", amounts={"nvidia.com/gpu": "8", "cpu": "3500m"}),
+        _node("gpu", amounts={"nvidia.com/gpu": "8", "cpu": "3500m"}),
+        _node("gpu", ready=False, amounts={"nvidia.com/gpu": "8"}),
     ]
     status = pool_status(ComputePoolStatus(), 1, pools["gpu"], nodes, now)
     assert status.allocatable.model_dump() == {"cpu": "7", "memory": "32Gi", "accelerators": 16}
@@ -82,7 +82,7 @@ def test_pool_sums_allocatable_of_ready_nodes(pools: dict[str, ComputePoolSpec],
 
 
 def test_cpu_pool_counts_no_accelerators(pools: dict[str, ComputePoolSpec], now: datetime) -> None:
-    status = pool_status(ComputePoolStatus(), 1, pools["cpu"], [_node("cpu", **{"nvidia.com/gpu": "1"})], now)
+    status = pool_status(ComputePoolStatus(), 1, pools["cpu"], [_node("cpu", amounts={"nvidia.com/gpu": "1"})], now)
     assert status.allocatable.accelerators == 0
     assert status.allocatable.cpu == "4"
 
