@@ -103,3 +103,12 @@ def onnx_logits(model_path: Path, batch: npt.NDArray[np.float32]) -> npt.NDArray
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     result: npt.NDArray[np.float32] = session.run(None, {session.get_inputs()[0].name: batch})[0]
     return result
+
+
+@pytest.fixture(scope="session")
+def reference_small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of an uninterrupted single-process SMALL_RUN model, for tests that compare against it."""
+    folder = tmp_path_factory.mktemp("reference")
+    run = run_trainer_process([*SMALL_RUN, "--output", f"file://{folder}"], folder / "termination-log")
+    assert run.returncode == 0, run.log
+    return folder

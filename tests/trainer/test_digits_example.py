@@ -13,6 +13,8 @@ from conftest import TrainerRun, held_out_digits, onnx_logits, run_trainer_proce
 
 from tandem.api.artifact import ModelArtifact
 
+pytestmark = pytest.mark.slow
+
 STATED_ACCURACY = 0.95
 
 
