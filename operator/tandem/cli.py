@@ -15,7 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "crds": ("tandem.api.crdgen", "crds_command"),
     "train": ("tandem.trainer.cli", "train"),
     "serve": ("tandem.server.cli", "serve"),
-    "profile": ("tandem.server.cli", "profile"),
+    "profile": ("tandem.profiling.cli", "profile"),
 }
 """name -> (module, attribute) of each click command; a module may not exist until its issue lands."""
 

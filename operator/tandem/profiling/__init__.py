@@ -1,0 +1,1 @@
+"""`tandem profile`: measure a model with the serving settings, for placement: auto."""
