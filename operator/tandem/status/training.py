@@ -125,7 +125,9 @@ def training_status(
     now: datetime,
 ) -> tuple[TrainingJobStatus, list[Event]]:
     """The new status of a placed run, and the events its changes deserve."""
-    same_run = previous.observed_generation == run.generation
+    # A run is its Job: observed_generation follows metadata.generation, which also moves for changes that
+    # keep the run (suspend), so comparing it with the run's generation would restart the run's accounting.
+    same_run = previous.job_name == run.job_name
     status = previous.model_copy(deep=True) if same_run else previous.model_copy(
         update={
             "phase": None,
