@@ -29,7 +29,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -145,9 +144,7 @@ def build_models(folder: Path) -> dict[str, tuple[Path, list[int]]]:
     from torch import nn
 
     torch.manual_seed(0)
-    mlp = nn.Sequential(
-        nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10)
-    )
+    mlp = nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10))
     cnn = nn.Sequential(
         nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -175,10 +172,13 @@ def build_models(folder: Path) -> dict[str, tuple[Path, list[int]]]:
 
 def request_body(shape: list[int]) -> bytes:
     import numpy as np
+    import orjson
 
+    # float32 values in their shortest round-trip form, as a numpy-aware client (orjson) writes them:
+    # about 120 KB for the CNN's 12,288 values.
     data = np.random.default_rng(0).standard_normal(int(np.prod(shape))).astype(np.float32)
-    document = {"inputs": [{"name": "input", "shape": shape, "datatype": "FP32", "data": data.tolist()}]}
-    return json.dumps(document).encode()
+    document = {"inputs": [{"name": "input", "shape": shape, "datatype": "FP32", "data": data}]}
+    return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def in_process(path: Path, shape: list[int], threads: int, seconds: float) -> Point:
@@ -326,13 +326,12 @@ def _ms(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def wrk(
-    url: str, body_file: Path, connections: int, seconds: float, work: Path
-) -> tuple[float, float, float, int]:
+def wrk(url: str, body_file: Path, connections: int, seconds: float, work: Path) -> tuple[float, float, float, int]:
     script = work / "post.lua"
     script.write_text(WRK_SCRIPT.format(body=body_file))
     result = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "10s", "-s", str(script), url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "10s",
+         "-s", str(script), url],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     text = result.stdout
@@ -359,19 +358,11 @@ def table(points: list[Point], threads: int, concurrencies: list[int]) -> str:
         limit = next((p for p in points if p.model == model and p.server.startswith("onnxruntime")), None)
         for concurrency in concurrencies:
             kserve = next(
-                (
-                    p
-                    for p in points
-                    if p.model == model and p.server == "kserve" and p.concurrency == concurrency
-                ),
+                (p for p in points if p.model == model and p.server == "kserve" and p.concurrency == concurrency),
                 None,
             )
             for point in points:
-                if (
-                    point.model != model
-                    or point.concurrency != concurrency
-                    or point.server.startswith("onnx")
-                ):
+                if point.model != model or point.concurrency != concurrency or point.server.startswith("onnx"):
                     continue
                 vs_kserve = f"{point.rps / kserve.rps:.2f}x" if kserve and kserve.rps else "-"
                 vs_limit = f"{point.rps / limit.rps:.0%}" if limit else "-"
@@ -402,14 +393,25 @@ def targets(points: list[Point], concurrency: int) -> list[str]:
         if tandem and kserve:
             ratio = tandem.rps / kserve.rps
             verdict = "met" if ratio >= want_kserve else "NOT met"
-            out.append(
-                f"- {model}: Tandem/KServe at c={concurrency} = {ratio:.2f}x (target {want_kserve}x: {verdict})"
-            )
+            out.append(f"- {model}: Tandem/KServe at c={concurrency} = {ratio:.2f}x (target {want_kserve}x: {verdict})")
         if tandem and limit and want_limit:
             ratio = tandem.rps / limit.rps
             verdict = "met" if ratio >= want_limit else "NOT met"
             out.append(f"- {model}: Tandem/in-process = {ratio:.0%} (target {want_limit:.0%}: {verdict})")
     return out
+
+
+def medians(points: list[Point]) -> list[Point]:
+    """One point per (model, server, concurrency): the median of the rounds, which shrugs off a noisy one."""
+    groups: dict[tuple[str, str, int], list[Point]] = {}
+    for point in points:
+        groups.setdefault((point.model, point.server, point.concurrency), []).append(point)
+    return [
+        Point(model, server, concurrency, statistics.median(p.rps for p in group),
+              statistics.median(p.p50_ms for p in group), statistics.median(p.p99_ms for p in group),
+              sum(p.errors for p in group))
+        for (model, server, concurrency), group in groups.items()
+    ]  # fmt: skip
 
 
 def machine() -> str:
@@ -425,9 +427,7 @@ def machine() -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--servers", default="tandem,kserve,mlserver")
     parser.add_argument("--models", default="mlp,cnn")
     parser.add_argument("--concurrency", default="1,8")
@@ -436,6 +436,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads, all servers")
     parser.add_argument("--variant", action="append", default=[], help='extra Tandem run: "label=--flags"')
     parser.add_argument("--tandem-args", default="", help="flags for the main Tandem run")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat everything; report medians")
     parser.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/serve.md")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -449,7 +450,7 @@ def main() -> int:
         work = Path(tmp)
         log("building models")
         built = build_models(work)
-        for model in args.models.split(","):
+        for model in [m for _ in range(args.rounds) for m in args.models.split(",")]:
             path, shape = built[model]
             body_file = work / f"{model}.json"
             body_file.write_bytes(request_body(shape))
@@ -478,19 +479,19 @@ def main() -> int:
                         wrk(url, body_file, max(concurrencies), args.warmup, work)
                         for concurrency in concurrencies:
                             rps, p50, p99, errors = wrk(url, body_file, concurrency, args.duration, work)
-                            log(
-                                f"{model} {label} c={concurrency}: {rps:,.0f} req/s p50 {p50:.2f} ms p99 {p99:.2f} ms"
-                            )
+                            log(f"{model} {label} c={concurrency}: {rps:,.0f} req/s p50 {p50:.2f} ms p99 {p99:.2f} ms")
                             points.append(Point(model, label, concurrency, rps, p50, p99, errors))
                 except Exception as exc:
                     log(f"{model} {label} failed: {exc}")
                     tail = logfile.read_text(errors="replace")[-2000:] if logfile.exists() else ""
                     print(tail, file=sys.stderr)
+    points = medians(points)
     report = table(points, args.threads, concurrencies)
     verdicts = targets(points, max(concurrencies))
     header = (
         f"Measured {time.strftime('%Y-%m-%d %H:%M %Z')} on {machine()}; batch-1 JSON V2 requests from wrk "
-        f"(1 thread), {args.duration:g} s per point, onnxruntime with {args.threads} intra-op threads in "
+        f"(1 thread), {args.duration:g} s per point, median of {args.rounds} round(s), "
+        f"onnxruntime with {args.threads} intra-op threads in "
         "every server. Ratios are from this one run."
     )
     output = f"{header}\n\n{report}\n\n" + "\n".join(verdicts) + "\n"

@@ -15,13 +15,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import models  # noqa: E402
+import models
 
-from tandem.server.dataplane import DataPlane  # noqa: E402
-from tandem.server.httpserver import Request, Response  # noqa: E402
-from tandem.server.metrics import ServerMetrics  # noqa: E402
-from tandem.server.model import OnnxModel  # noqa: E402
-from tandem.server.rest import RestApp  # noqa: E402
+from tandem.server.dataplane import DataPlane
+from tandem.server.httpserver import Request, Response
+from tandem.server.metrics import ServerMetrics
+from tandem.server.model import OnnxModel
+from tandem.server.rest import RestApp
 
 
 @pytest.fixture(scope="session")

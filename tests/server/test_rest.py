@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-from conftest import InProcessClient, make_client
 from models import linear_expected
 
+from conftest import InProcessClient, make_client
 from tandem.server import datatypes
 
 ROWS = np.array([[1.0, 2.0, 3.0, 4.0], [0.5, -1.0, 0.0, 2.0]], dtype=np.float32)
@@ -369,7 +369,7 @@ def test_binary_data_of_the_wrong_size_is_400(
     header = orjson.dumps(
         {"inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP32", "parameters": {"binary_data_size": size}}]}
     )
-    if fragment is None or fragment == "add up to" and not extra:
+    if fragment is None or (fragment == "add up to" and not extra):
         # without the header the body is taken as JSON and the binary tail makes it invalid
         reply = linear.post("/v2/models/linear/infer", body=header + extra)
         assert reply.status == 400

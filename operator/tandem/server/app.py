@@ -41,12 +41,8 @@ class InferenceServer:
         self.dataplane.add(self.model)
         self.shared_metrics_port = config.metrics_port == config.http_port
         self.rest = RestApp(self.dataplane, self.metrics, serve_metrics=self.shared_metrics_port)
-        self.access_log = (
-            access_log if access_log is not None else (AccessLog() if config.access_log else None)
-        )
-        self.http = HttpServer(
-            self.rest, max_request_bytes=config.max_request_bytes, access_log=self.access_log
-        )
+        self.access_log = access_log if access_log is not None else (AccessLog() if config.access_log else None)
+        self.http = HttpServer(self.rest, max_request_bytes=config.max_request_bytes, access_log=self.access_log)
         self.http_port = config.http_port
         self.metrics_port = config.metrics_port
         self._stop = asyncio.Event()
@@ -60,9 +56,7 @@ class InferenceServer:
         """Listen on the HTTP (and metrics) port; the model is not loaded yet."""
         self.http_port = await self.http.listen(self.config.host, self.config.http_port)
         if not self.shared_metrics_port:
-            self.metrics_port = await self.http.listen(
-                self.config.host, self.config.metrics_port, self._metrics_only
-            )
+            self.metrics_port = await self.http.listen(self.config.host, self.config.metrics_port, self._metrics_only)
         log.info("listening", extra={"http_port": self.http_port, "metrics_port": self.metrics_port})
 
     async def load(self) -> None:

@@ -48,9 +48,7 @@ def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> float | None:
         pass
     for folder in (root / "cpu", root / "cpu,cpuacct", root):
         try:
-            return parse_cfs(
-                (folder / "cpu.cfs_quota_us").read_text(), (folder / "cpu.cfs_period_us").read_text()
-            )
+            return parse_cfs((folder / "cpu.cfs_quota_us").read_text(), (folder / "cpu.cfs_period_us").read_text())
         except OSError:
             continue
     return None

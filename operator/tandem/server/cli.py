@@ -28,12 +28,8 @@ def _install_loop() -> None:
 
 @click.command("serve")
 @click.option("--model-name", envvar="TANDEM_MODEL_NAME", required=True, help="V2 model name.")
-@click.option(
-    "--model-uri", envvar="TANDEM_MODEL_URI", required=True, help="file://, pvc:// or s3:// model.onnx."
-)
-@click.option(
-    "--model-sha256", envvar="TANDEM_MODEL_SHA256", default=None, help="Refuse a model that differs."
-)
+@click.option("--model-uri", envvar="TANDEM_MODEL_URI", required=True, help="file://, pvc:// or s3:// model.onnx.")
+@click.option("--model-sha256", envvar="TANDEM_MODEL_SHA256", default=None, help="Refuse a model that differs.")
 @click.option("--model-version", envvar="TANDEM_MODEL_VERSION", default=None, help="V2 model version.")
 @click.option("--host", envvar="TANDEM_HOST", default="0.0.0.0", show_default=True)
 @click.option("--http-port", envvar="TANDEM_HTTP_PORT", type=int, default=8080, show_default=True)

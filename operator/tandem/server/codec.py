@@ -19,9 +19,7 @@ from tandem.server.wire import InferRequest, InferResponse, RequestInput, Reques
 _DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
-def decode_request(
-    body: bytes, header_length: int | None, model_name: str, model_version: str | None
-) -> InferRequest:
+def decode_request(body: bytes, header_length: int | None, model_name: str, model_version: str | None) -> InferRequest:
     """Parse an infer request body; `header_length` is Inference-Header-Content-Length, if sent."""
     if header_length is None:
         document = _load(body)
@@ -84,8 +82,7 @@ def _inputs(value: Any, binary: memoryview) -> list[RequestInput]:
         datatype = item.get("datatype")
         if not isinstance(datatype, str) or not datatypes.is_known(datatype):
             raise InvalidInput(
-                f"input '{name}': datatype {datatype!r} is not a V2 datatype "
-                f"({', '.join(datatypes.NUMPY_DTYPES)})"
+                f"input '{name}': datatype {datatype!r} is not a V2 datatype ({', '.join(datatypes.NUMPY_DTYPES)})"
             )
         shape = item.get("shape")
         if not isinstance(shape, list) or not all(
@@ -108,9 +105,7 @@ def _inputs(value: Any, binary: memoryview) -> list[RequestInput]:
                 raise InvalidInput(f"input '{name}': has neither 'data' nor binary_data_size")
             inputs.append(RequestInput(name, datatype, shape, data=item["data"]))
     if offset != len(binary):
-        raise InvalidInput(
-            f"binary data is {len(binary)} bytes but the inputs' binary_data_size add up to {offset}"
-        )
+        raise InvalidInput(f"binary data is {len(binary)} bytes but the inputs' binary_data_size add up to {offset}")
     return inputs
 
 

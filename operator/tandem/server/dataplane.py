@@ -26,9 +26,7 @@ from tandem.server.wire import InferRequest, InferResponse, RequestOutput, Respo
 def check_shape(name: str, shape: Sequence[int], spec: TensorSpec) -> None:
     """`shape` must have the signature's rank and match every fixed dimension."""
     if len(shape) != len(spec.shape):
-        raise InvalidInput(
-            f"input '{name}': shape {list(shape)} has rank {len(shape)}, model expects {spec.shape}"
-        )
+        raise InvalidInput(f"input '{name}': shape {list(shape)} has rank {len(shape)}, model expects {spec.shape}")
     for given, declared in zip(shape, spec.shape, strict=True):
         if declared >= 0 and given != declared:
             raise InvalidInput(f"input '{name}': shape {list(shape)} does not match model shape {spec.shape}")
@@ -74,9 +72,7 @@ class DataPlane:
         if model is None:
             raise ModelNotFound(f"model '{name}' is not served here")
         if version is not None and model.version is not None and version != model.version:
-            raise ModelNotFound(
-                f"model '{name}' version '{version}' is not served here (have {model.version})"
-            )
+            raise ModelNotFound(f"model '{name}' version '{version}' is not served here (have {model.version})")
         return model
 
     def ready_model(self, name: str, version: str | None = None) -> OnnxModel:
@@ -105,15 +101,13 @@ class DataPlane:
             spec = index.get(item.name)
             if spec is None:
                 raise InvalidInput(
-                    f"input '{item.name}' is not an input of model '{model.name}' "
-                    f"(inputs: {', '.join(index)})"
+                    f"input '{item.name}' is not an input of model '{model.name}' (inputs: {', '.join(index)})"
                 )
             if item.name in feeds:
                 raise InvalidInput(f"input '{item.name}' appears more than once")
             if item.datatype != spec.datatype:
                 raise InvalidInput(
-                    f"input '{item.name}': datatype {item.datatype} does not match model datatype "
-                    f"{spec.datatype.value}"
+                    f"input '{item.name}': datatype {item.datatype} does not match model datatype {spec.datatype.value}"
                 )
             check_shape(item.name, item.shape, spec)
             if item.raw is not None:
@@ -134,8 +128,7 @@ class DataPlane:
         for output in request.outputs:
             if output.name not in index:
                 raise InvalidInput(
-                    f"output '{output.name}' is not an output of model '{model.name}' "
-                    f"(outputs: {', '.join(index)})"
+                    f"output '{output.name}' is not an output of model '{model.name}' (outputs: {', '.join(index)})"
                 )
             if output.name in seen:
                 raise InvalidInput(f"output '{output.name}' is requested more than once")

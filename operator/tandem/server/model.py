@@ -187,9 +187,7 @@ class OnnxModel:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.add_session_config_entry(
-            "session.intra_op.allow_spinning", "1" if self.settings.spinning else "0"
-        )
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.settings.spinning else "0")
         try:
             return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         except Exception as exc:

@@ -130,9 +130,7 @@ class RestApp:
             return error_response(500, "internal server error")
         if json_length is None:
             return Response(200, body)
-        return Response(
-            200, body, "application/octet-stream", [("inference-header-content-length", str(json_length))]
-        )
+        return Response(200, body, "application/octet-stream", [("inference-header-content-length", str(json_length))])
 
 
 class _NotFound(ServerError):

@@ -1,0 +1,73 @@
+"""Running `tandem serve` for real: a subprocess on a free loopback port, as the operator runs it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start(
+    model: Path, *, name: str = "linear", env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    environment = {
+        **os.environ,
+        "TANDEM_MODEL_NAME": name,
+        "TANDEM_MODEL_URI": model.as_uri(),
+        "TANDEM_HTTP_PORT": str(port),
+        "TANDEM_METRICS_PORT": str(free_port()),
+        "TANDEM_HOST": "127.0.0.1",
+        "TANDEM_THREADS": "1",
+        **(env or {}),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from tandem.cli import main; main()", "serve"],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    return process, port
+
+
+def wait_ready(process: subprocess.Popen[bytes], port: int, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"server exited {process.returncode}: {process.stderr.read() if process.stderr else ''!r}"
+            )
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1) as reply:
+                if reply.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)
+    raise TimeoutError("server not ready")
+
+
+@contextmanager
+def serving(model: Path, **kwargs: object) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    process, port = start(model, **kwargs)  # type: ignore[arg-type]
+    try:
+        wait_ready(process, port)
+        yield process, port
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=30)
