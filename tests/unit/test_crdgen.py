@@ -214,7 +214,7 @@ def test_openapi_schema_of_a_model_has_no_definitions_left() -> None:
 def test_generated_files_are_the_crds_as_yaml_in_both_folders() -> None:
     files = generated_files(REPO_ROOT)
     folders = {path.relative_to(REPO_ROOT).parent for path in files}
-    assert folders == {Path("manifests/crds"), Path("charts/tandem/crds")}
+    assert {Path("manifests/crds"), Path("charts/tandem/crds")} <= folders
     content = files[REPO_ROOT / "manifests/crds/trainingjobs.tandem.dev.yaml"]
     assert yaml.load(content, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) == crd(TRAINING_JOB)
 
