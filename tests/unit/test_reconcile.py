@@ -1,0 +1,344 @@
+"""reconcile.py against a hand-made fake of `Kube` that records every call; the real API server is in integration."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from tandem.api.resources import TRAINING_JOB, Resource
+from tandem.config import OperatorConfig
+from tandem.kube import Kube
+from tandem.reconcile import Outcome, reconcile_pool, reconcile_serving, reconcile_training
+
+Key = tuple[str, str, str, str]
+
+
+class FakeKube(Kube):
+    """Objects in memory, keyed by (apiVersion, kind, namespace, name); `calls` lists every write and read."""
+
+    def __init__(self) -> None:
+        self.objects: dict[Key, dict[str, Any]] = {}
+        self.custom: dict[tuple[str, str | None, str], dict[str, Any]] = {}
+        self.node_list: list[dict[str, Any]] = []
+        self.calls: list[tuple[str, ...]] = []
+
+    def writes(self, verb: str, kind: str | None = None) -> list[tuple[str, ...]]:
+        return [call for call in self.calls if call[0] == verb and (kind is None or call[1] == kind)]
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        meta = obj["metadata"]
+        key = (obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+        self.calls.append(("apply", obj["kind"], meta["name"]))
+        stored = copy.deepcopy(obj)
+        if key in self.objects:
+            stored["status"] = self.objects[key].get("status", {})
+        self.objects[key] = stored
+        return copy.deepcopy(stored)
+
+    def merge_patch(
+        self, api_version: str, kind: str, namespace: str, name: str, patch: dict[str, Any]
+    ) -> dict[str, Any]:
+        self.calls.append(("merge_patch", kind, name))
+        stored = self.objects[(api_version, kind, namespace, name)]
+        for section, fields in patch.items():
+            stored.setdefault(section, {}).update(fields)
+        return copy.deepcopy(stored)
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        stored = self.objects.get((api_version, kind, namespace, name))
+        return copy.deepcopy(stored) if stored is not None else None
+
+    def list_objects(
+        self, api_version: str, kind: str, namespace: str, selector: dict[str, str]
+    ) -> list[dict[str, Any]]:
+        return [
+            copy.deepcopy(obj)
+            for (version, object_kind, object_namespace, _), obj in self.objects.items()
+            if (version, object_kind, object_namespace) == (api_version, kind, namespace)
+            and selector.items() <= (obj["metadata"].get("labels") or {}).items()
+        ]
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        self.calls.append(("delete", kind, name))
+        self.objects.pop((api_version, kind, namespace, name), None)
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return copy.deepcopy(self.node_list)
+
+    def get_custom(self, resource: Resource, namespace: str | None, name: str) -> dict[str, Any] | None:
+        body = self.custom.get((resource.kind, namespace, name))
+        return copy.deepcopy(body) if body is not None else None
+
+    def patch_status(
+        self, resource: Resource, namespace: str | None, name: str, status: dict[str, Any]
+    ) -> dict[str, Any]:
+        self.calls.append(("patch_status", resource.kind, name))
+        return {"status": status}
+
+    def set_status(self, api_version: str, kind: str, name: str, status: dict[str, Any]) -> None:
+        """What a controller would write: the status the next read or apply returns."""
+        self.objects[(api_version, kind, "ml", name)]["status"] = status
+
+    def add_pod(self, job: str, phase: str, message: str | None = None, seconds: int | None = None) -> None:
+        """Worker 0 of `job`; with `seconds`, it ran that long and finished."""
+        terminated: dict[str, Any] = {"exitCode": 0, "message": message}
+        if seconds is not None:
+            terminated["finishedAt"] = f"2024-01-01T00:{seconds // 60:02d}:{seconds % 60:02d}Z"
+        state = {"terminated": terminated} if message or seconds is not None else {}
+        pod_status: dict[str, Any] = {"phase": phase, "containerStatuses": [{"name": "trainer", "state": state}]}
+        if seconds is not None:
+            pod_status["startTime"] = "2024-01-01T00:00:00Z"
+        self.objects[("v1", "Pod", "ml", f"{job}-0-abcde")] = {
+            "metadata": {
+                "name": f"{job}-0-abcde",
+                "labels": {"job-name": job},
+                "annotations": {"batch.kubernetes.io/job-completion-index": "0"},
+            },
+            "spec": {"containers": [{"name": "trainer", "resources": {"requests": {"cpu": "2"}}}]},
+            "status": pod_status,
+        }
+
+
+def _body(kind: str, spec: dict[str, Any], generation: int = 1, name: str = "digits") -> dict[str, Any]:
+    return {
+        "apiVersion": "tandem.dev/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": name, "namespace": "ml", "uid": f"uid-{name}", "generation": generation},
+        "spec": spec,
+    }
+
+
+def _condition(outcome: Outcome, kind: str) -> dict[str, Any]:
+    conditions: list[dict[str, Any]] = outcome.status["conditions"]
+    return next(condition for condition in conditions if condition["type"] == kind)
+
+
+class TrainingLoop:
+    """A TrainingJob body whose status is what the last reconcile wrote, as the API server would keep it."""
+
+    def __init__(self, kube: FakeKube, spec: dict[str, Any], pools: Mapping[str, Any], config: OperatorConfig):
+        self.kube, self.pools, self.config = kube, pools, config
+        self.body = _body("TrainingJob", spec)
+
+    def reconcile(self) -> Outcome:
+        outcome = reconcile_training(self.kube, self.body, self.pools, self.config)
+        self.body["status"] = outcome.status
+        return outcome
+
+    def change_spec(self, **fields: Any) -> None:
+        self.body["spec"] = {**self.body["spec"], **fields}
+        self.body["metadata"]["generation"] += 1
+
+
+@pytest.fixture
+def kube() -> FakeKube:
+    return FakeKube()
+
+
+@pytest.fixture
+def loop(
+    kube: FakeKube,
+    training_spec_body: dict[str, Any],
+    pool_bodies: dict[str, dict[str, Any]],
+    config: OperatorConfig,
+) -> TrainingLoop:
+    return TrainingLoop(kube, training_spec_body, pool_bodies, config)
+
+
+def test_training_job_creates_exactly_one_job(kube: FakeKube, loop: TrainingLoop) -> None:
+    outcome = loop.reconcile()
+    assert kube.writes("apply") == [("apply", "Job", "digits-g1")]
+    assert outcome.status["jobName"] == "digits-g1"
+    assert outcome.status["phase"] == "Pending"
+    assert [event.reason for event in outcome.events].count("Created") == 1
+
+
+def test_reconciling_twice_creates_nothing_new(kube: FakeKube, loop: TrainingLoop) -> None:
+    loop.reconcile()
+    second = loop.reconcile()
+    assert kube.writes("apply") == [("apply", "Job", "digits-g1")]
+    assert kube.writes("patch_status") == [("patch_status", "TrainingJob", "digits")]
+    assert second.events == []
+
+
+def test_several_workers_also_create_the_headless_service(kube: FakeKube, loop: TrainingLoop) -> None:
+    loop.change_spec(workers=2)
+    loop.reconcile()
+    loop.reconcile()
+    assert sorted(kube.writes("apply")) == [("apply", "Job", "digits-g2"), ("apply", "Service", "digits-g2")]
+
+
+def test_spec_change_replaces_the_run_with_a_new_generation(kube: FakeKube, loop: TrainingLoop) -> None:
+    loop.reconcile()
+    loop.change_spec(args=["--epochs", "5"])
+    outcome = loop.reconcile()
+    assert ("delete", "Job", "digits-g1") in kube.writes("delete")
+    assert kube.writes("apply") == [("apply", "Job", "digits-g1"), ("apply", "Job", "digits-g2")]
+    assert ("batch/v1", "Job", "ml", "digits-g1") not in kube.objects
+    assert outcome.status["jobName"] == "digits-g2"
+    assert "RunReplaced" in [event.reason for event in outcome.events]
+
+
+def test_existing_job_is_adopted_after_a_crash_before_status_was_written(kube: FakeKube, loop: TrainingLoop) -> None:
+    loop.reconcile()
+    del loop.body["status"]
+    outcome = loop.reconcile()
+    assert kube.writes("apply") == [("apply", "Job", "digits-g1")]
+    assert outcome.status["jobName"] == "digits-g1"
+
+
+def test_suspend_toggle_patches_the_job_without_a_new_run(kube: FakeKube, loop: TrainingLoop) -> None:
+    loop.reconcile()
+    loop.change_spec(suspend=True)
+    outcome = loop.reconcile()
+    assert kube.writes("merge_patch") == [("merge_patch", "Job", "digits-g1")]
+    assert kube.writes("apply") == [("apply", "Job", "digits-g1")]
+    assert kube.writes("delete") == []
+    assert kube.objects[("batch/v1", "Job", "ml", "digits-g1")]["spec"]["suspend"] is True
+    assert outcome.status["phase"] == "Queued"
+    assert outcome.status["observedGeneration"] == 2
+
+
+def test_usage_is_not_counted_again_after_a_suspend_toggle(kube: FakeKube, loop: TrainingLoop) -> None:
+    loop.reconcile()
+    kube.add_pod("digits-g1", "Succeeded", seconds=600)
+    loop.reconcile()
+    assert loop.body["status"]["usage"]["coreSeconds"] == 1200
+    loop.change_spec(suspend=True)
+    loop.reconcile()
+    loop.reconcile()
+    assert loop.body["status"]["usage"]["coreSeconds"] == 1200
+
+
+def test_successful_run_reports_its_model(kube: FakeKube, loop: TrainingLoop) -> None:
+    loop.reconcile()
+    kube.set_status("batch/v1", "Job", "digits-g1", {"conditions": [{"type": "Complete", "status": "True"}]})
+    artifact = '{"uri": "s3://models/digits/v1", "sha256": "' + "e" * 64 + '", "sizeBytes": 1}'
+    kube.add_pod("digits-g1", "Succeeded", message=artifact)
+    outcome = loop.reconcile()
+    assert outcome.status["phase"] == "Succeeded"
+    assert outcome.status["model"]["uri"] == "s3://models/digits/v1"
+
+
+def test_ttl_deleted_job_is_not_recreated(kube: FakeKube, loop: TrainingLoop) -> None:
+    loop.reconcile()
+    kube.set_status("batch/v1", "Job", "digits-g1", {"conditions": [{"type": "Complete", "status": "True"}]})
+    kube.add_pod("digits-g1", "Succeeded", message='{"uri": "s3://m/v1", "sha256": "' + "e" * 64 + '", "sizeBytes": 1}')
+    loop.reconcile()
+    kube.objects.clear()
+    outcome = loop.reconcile()
+    assert kube.writes("apply") == [("apply", "Job", "digits-g1")]
+    assert outcome.status["phase"] == "Succeeded"
+
+
+def test_unknown_pool_is_a_false_condition_and_a_warning(kube: FakeKube, loop: TrainingLoop) -> None:
+    loop.change_spec(pool="tpu")
+    outcome = loop.reconcile()
+    condition = _condition(outcome, "PoolResolved")
+    assert (condition["status"], condition["reason"]) == ("False", "PoolNotFound")
+    assert [(event.type, event.reason) for event in outcome.events] == [("Warning", "PoolNotFound")]
+    assert kube.writes("apply") == []
+
+
+def test_repeated_problem_writes_no_status_and_no_event_again(kube: FakeKube, loop: TrainingLoop) -> None:
+    loop.change_spec(pool="tpu")
+    loop.reconcile()
+    again = loop.reconcile()
+    assert again.events == []
+    assert len(kube.writes("patch_status")) == 1
+
+
+def test_spec_the_models_refuse_is_an_invalid_spec_condition(kube: FakeKube, loop: TrainingLoop) -> None:
+    loop.change_spec(workers=0)
+    outcome = loop.reconcile()
+    condition = _condition(outcome, "PoolResolved")
+    assert condition["reason"] == "InvalidSpec"
+    assert "spec.workers" in condition["message"]
+
+
+@pytest.fixture
+def serving_body(serving_spec_body: dict[str, Any]) -> dict[str, Any]:
+    return _body("InferenceService", serving_spec_body)
+
+
+def test_inference_service_applies_deployment_service_and_budget(
+    kube: FakeKube, serving_body: dict[str, Any], pool_bodies: dict[str, Any], config: OperatorConfig
+) -> None:
+    outcome = reconcile_serving(kube, serving_body, pool_bodies, config)
+    assert sorted(kube.writes("apply")) == [
+        ("apply", "Deployment", "digits"),
+        ("apply", "PodDisruptionBudget", "digits"),
+        ("apply", "Service", "digits"),
+    ]
+    assert outcome.status["url"] == "http://digits.ml.svc.cluster.local/v2/models/digits"
+    assert outcome.status["placement"]["pool"] == "cpu"
+    assert outcome.status["phase"] == "Deploying"
+    assert kube.writes("patch_status") == [("patch_status", "InferenceService", "digits")]
+
+
+def test_autoscaled_inference_service_also_gets_an_autoscaler(
+    kube: FakeKube, serving_body: dict[str, Any], pool_bodies: dict[str, Any], config: OperatorConfig
+) -> None:
+    serving_body["spec"]["replicas"] = {"min": 1, "max": 3}
+    reconcile_serving(kube, serving_body, pool_bodies, config)
+    assert ("apply", "HorizontalPodAutoscaler", "digits") in kube.writes("apply")
+
+
+def test_inference_service_is_ready_once_the_rollout_completes(
+    kube: FakeKube, serving_body: dict[str, Any], pool_bodies: dict[str, Any], config: OperatorConfig
+) -> None:
+    reconcile_serving(kube, serving_body, pool_bodies, config)
+    kube.set_status(
+        "apps/v1",
+        "Deployment",
+        "digits",
+        {"replicas": 1, "readyReplicas": 1, "updatedReplicas": 1, "availableReplicas": 1},
+    )
+    outcome = reconcile_serving(kube, serving_body, pool_bodies, config)
+    assert outcome.status["phase"] == "Ready"
+    assert _condition(outcome, "Ready")["status"] == "True"
+
+
+def test_missing_training_job_is_model_resolved_false(
+    kube: FakeKube, pool_bodies: dict[str, Any], config: OperatorConfig
+) -> None:
+    body = _body("InferenceService", {"model": {"fromTrainingJob": {"name": "absent"}}})
+    outcome = reconcile_serving(kube, body, pool_bodies, config)
+    condition = _condition(outcome, "ModelResolved")
+    assert (condition["status"], condition["reason"]) == ("False", "TrainingJobNotFound")
+    assert [(event.type, event.reason) for event in outcome.events] == [("Warning", "TrainingJobNotFound")]
+    assert kube.writes("apply") == []
+
+
+def test_model_from_a_succeeded_training_job_is_served(
+    kube: FakeKube, pool_bodies: dict[str, Any], config: OperatorConfig
+) -> None:
+    sha = "d" * 64
+    kube.custom[(TRAINING_JOB.kind, "ml", "trainer")] = {
+        "status": {
+            "phase": "Succeeded",
+            "modelGeneration": 4,
+            "model": {"uri": "s3://m/v4", "sha256": sha, "sizeBytes": 9},
+        }
+    }
+    body = _body("InferenceService", {"model": {"fromTrainingJob": {"name": "trainer"}}})
+    outcome = reconcile_serving(kube, body, pool_bodies, config)
+    assert outcome.status["model"] == {"uri": "s3://m/v4", "sha256": sha, "version": "4", "trainingJob": "trainer"}
+    env = kube.objects[("apps/v1", "Deployment", "ml", "digits")]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "TANDEM_MODEL_URI", "value": "s3://m/v4"} in env
+
+
+def test_pool_status_counts_the_nodes(kube: FakeKube, pool_bodies: dict[str, Any]) -> None:
+    kube.node_list = [
+        {
+            "metadata": {"labels": {"tandem.dev/pool": "cpu"}},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}], "allocatable": {"cpu": "8"}},
+        }
+    ]
+    body = {"metadata": {"name": "cpu", "uid": "u", "generation": 1}, "spec": pool_bodies["cpu"]}
+    outcome = reconcile_pool(kube, body)
+    assert (outcome.status["nodes"], outcome.status["readyNodes"]) == (1, 1)
+    assert outcome.status["allocatable"]["cpu"] == "8"
