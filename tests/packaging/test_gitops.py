@@ -86,7 +86,8 @@ SERVING_CASES: dict[str, tuple[dict[str, Any], str, str]] = {
     "rolling-out": (inference_service({"phase": "Deploying", "conditions": [
         condition("Ready", False, "RollingOut", "1 of 2 replicas ready")]}), "Progressing", "RollingOut"),
     "ready": (inference_service({"phase": "Ready", "conditions": [
-        condition("ModelResolved", True, "ModelFound"), condition("Ready", True, "RolloutComplete", "2 replicas ready")]}),
+        condition("ModelResolved", True, "ModelFound"),
+        condition("Ready", True, "RolloutComplete", "2 replicas ready")]}),
               "Healthy", "2 replicas ready"),
     "training-failed": (inference_service({"phase": "Failed", "conditions": [
         condition("Ready", False, "TrainingFailed", "TrainingJob 'digits' failed")]}), "Degraded", "TrainingFailed"),
@@ -126,4 +127,5 @@ def test_health_checks_accept_statuses_the_operator_writes() -> None:
 def test_argocd_configmap_carries_the_same_lua() -> None:
     config = yaml.safe_load((REPO / "gitops" / "argocd" / "argocd-cm.yaml").read_text())
     for kind in ("TrainingJob", "InferenceService"):
-        assert config["data"][f"resource.customizations.health.tandem.dev_{kind}"] == (HEALTH / f"{kind}.lua").read_text()
+        lua = config["data"][f"resource.customizations.health.tandem.dev_{kind}"]
+        assert lua == (HEALTH / f"{kind}.lua").read_text()

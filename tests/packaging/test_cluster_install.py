@@ -1,0 +1,172 @@
+"""The chart and manifests against the local control plane (hack/cluster.sh), and the chart's RBAC proven
+sufficient by running the operator with its ServiceAccount's token."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pkgtools import CHART, MANIFESTS, REPO, run, set_args
+
+from support.cluster import wait_until
+
+pytestmark = pytest.mark.cluster
+
+
+@dataclass
+class Release:
+    name: str
+    namespace: str
+    gpu_pool: str
+    cpu_pool: str
+    install_output: str
+
+
+def kubectl_json(kubectl: Path, *args: str, kubeconfig: Path | None = None) -> Any:
+    env = dict(os.environ, KUBECONFIG=str(kubeconfig)) if kubeconfig else None
+    return json.loads(run([kubectl, *args, "-o", "json"], env=env).stdout)
+
+
+@pytest.fixture(scope="module")
+def release(cluster: Any, helm: Path, kubectl: Path) -> Iterator[Release]:
+    """The chart installed in a fresh namespace, with its own uniquely named pools."""
+    suffix = uuid.uuid4().hex[:6]
+    name, namespace = f"tandem-{suffix}", f"tandem-pkg-{suffix}"
+    gpu, cpu = f"pkg-{suffix}-gpu", f"pkg-{suffix}-cpu"
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["computePools"]
+    pools = {"gpu": {"enabled": False}, "cpu": {"enabled": False},
+             gpu: values["gpu"], cpu: values["cpu"]}
+    proc = run([helm, "install", name, CHART, "--namespace", namespace, "--create-namespace", "--wait",
+                "--timeout", "3m", *set_args({"computePools": pools}),
+                # kwok runs a bare pod forever unless told to finish; real clusters need no annotation
+                "--set-string", "tests.podAnnotations.tandem\\.dev/fake-duration=1s"])
+    try:
+        yield Release(name, namespace, gpu, cpu, proc.stdout)
+    finally:
+        run([helm, "uninstall", name, "--namespace", namespace, "--wait", "--timeout", "2m"], check=False)
+        run([kubectl, "delete", "namespace", namespace, "--wait=false"], check=False)
+
+
+def test_helm_install_creates_the_operator_its_rbac_and_the_pools(release: Release, kubectl: Path) -> None:
+    ns = ["--namespace", release.namespace]
+    deployment = kubectl_json(kubectl, "get", "deployment", release.name, *ns)
+    assert deployment["status"].get("readyReplicas") == 1
+    kubectl_json(kubectl, "get", "serviceaccount", release.name, *ns)
+    kubectl_json(kubectl, "get", "service", f"{release.name}-metrics", *ns)
+    kubectl_json(kubectl, "get", "clusterrole", release.name)
+    kubectl_json(kubectl, "get", "clusterrolebinding", release.name)
+    pools = {p["metadata"]["name"] for p in kubectl_json(kubectl, "get", "computepools")["items"]}
+    assert {release.gpu_pool, release.cpu_pool} <= pools
+    assert "kubectl get computepools" in release.install_output  # NOTES.txt
+
+
+def test_helm_test_hook_passes(release: Release, helm: Path) -> None:
+    proc = run([helm, "test", release.name, "--namespace", release.namespace, "--timeout", "2m"])
+    assert "Succeeded" in proc.stdout
+
+
+def test_kustomize_install_passes_server_side_dry_run(release: Release, kubectl: Path) -> None:
+    created = run([kubectl, "create", "namespace", "tandem-system"], check=False).returncode == 0
+    try:
+        proc = run([kubectl, "apply", "-k", MANIFESTS, "--dry-run=server", "--server-side", "--force-conflicts"])
+        assert "deployment.apps/tandem serverside-applied (server dry run)" in proc.stdout
+    finally:
+        if created:
+            run([kubectl, "delete", "namespace", "tandem-system", "--wait=false"], check=False)
+
+
+@pytest.mark.parametrize("path", sorted((MANIFESTS / "samples").glob("*.yaml"))
+                         + sorted((REPO / "examples" / "digits").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_sample_applies_with_server_side_dry_run(release: Release, kubectl: Path, namespace: str,
+                                                       path: Path) -> None:
+    if path.name == "kustomization.yaml":
+        run([kubectl, "apply", "-k", path.parent, "--dry-run=server", "--namespace", namespace])
+    else:
+        run([kubectl, "apply", "-f", path, "--dry-run=server", "--namespace", namespace])
+
+
+def service_account_kubeconfig(kubectl: Path, admin: Path, release: Release, target: Path) -> Path:
+    """A kubeconfig that authenticates with a token of the chart's ServiceAccount, not the admin's certificate."""
+    token = run([kubectl, "create", "token", release.name, "--namespace", release.namespace,
+                 "--duration", "1h"]).stdout.strip()
+    config = yaml.safe_load(admin.read_text())
+    cluster = config["clusters"][0]["cluster"]
+    target.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "local", "cluster": cluster}],
+        "users": [{"name": "tandem", "user": {"token": token}}],
+        # kopf posts the events of cluster-scoped ComputePools in the context's namespace, as in the pod
+        "contexts": [{"name": "sa", "context": {"cluster": "local", "user": "tandem",
+                                                "namespace": release.namespace}}],
+    }))
+    return target
+
+
+def phase(kubectl: Path, kind: str, name: str, namespace: str) -> str | None:
+    status = kubectl_json(kubectl, "get", kind, name, "--namespace", namespace).get("status") or {}
+    value = status.get("phase")
+    return str(value) if value else None
+
+
+def test_operator_with_the_chart_service_account_reconciles_pools_jobs_and_services(
+    release: Release, kubectl: Path, cluster: Any, namespace: str, tmp_path: Path
+) -> None:
+    kubeconfig = service_account_kubeconfig(kubectl, Path(cluster.kubeconfig), release, tmp_path / "sa.kubeconfig")
+    sa_env = dict(os.environ, KUBECONFIG=str(kubeconfig))
+    can_i = run([kubectl, "auth", "can-i", "list", "secrets", "--all-namespaces"], check=False, env=sa_env)
+    assert can_i.stdout.strip() == "no", "the token must not be an admin's"
+
+    log = (tmp_path / "operator.log").open("w")
+    env = dict(sa_env, TANDEM_NAMESPACES="", POD_NAMESPACE=release.namespace, POD_NAME="local-operator")
+    operator = subprocess.Popen(
+        [sys.executable, "-m", "tandem", "operator", "--metrics-port", "0", "--health-port", "0"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+    )
+    try:
+        wait_until(
+            lambda: (kubectl_json(kubectl, "get", "computepool", release.gpu_pool).get("status") or {}).get("nodes"),
+            timeout=90, what=f"ComputePool {release.gpu_pool} status.nodes",
+        )
+        training = {
+            "apiVersion": "tandem.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "digits"},
+            "spec": {"pool": release.gpu_pool, "workers": 1, "resources": {"gpus": 1, "cpu": "1", "memory": "1Gi"},
+                     "model": {"output": "file:///tmp/models/digits"}},
+        }
+        serving = {
+            "apiVersion": "tandem.dev/v1alpha1", "kind": "InferenceService", "metadata": {"name": "digits"},
+            "spec": {"model": {"uri": "file:///tmp/models/digits/model.onnx"}, "pool": release.cpu_pool,
+                     "resources": {"cpu": "500m", "memory": "256Mi"}},
+        }
+        manifest = tmp_path / "resources.yaml"
+        manifest.write_text(yaml.safe_dump_all([training, serving]))
+        run([kubectl, "apply", "-f", manifest, "--namespace", namespace])
+        wait_until(lambda: phase(kubectl, "trainingjob", "digits", namespace) in ("Running", "Succeeded", "Failed"),
+                   timeout=120, what="TrainingJob digits to run")
+        job = kubectl_json(kubectl, "get", "trainingjob", "digits", "--namespace", namespace)["status"]
+        assert job["pool"] == release.gpu_pool
+        kubectl_json(kubectl, "get", "job", job["jobName"], "--namespace", namespace)
+        wait_until(lambda: phase(kubectl, "inferenceservice", "digits", namespace) == "Ready",
+                   timeout=120, what="InferenceService digits to be Ready")
+        run([kubectl, "wait", "--for=condition=Ready", "inferenceservice/digits", "--namespace", namespace,
+             "--timeout=10s"])
+        for kind in ("deployment", "service", "poddisruptionbudget"):
+            kubectl_json(kubectl, "get", kind, "digits", "--namespace", namespace)
+    finally:
+        operator.terminate()
+        try:
+            operator.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            operator.kill()
+        log.close()
+    text = (tmp_path / "operator.log").read_text()
+    forbidden = [line for line in text.splitlines() if "403" in line or "forbidden" in line.lower()]
+    assert not forbidden, "the operator was refused:\n" + "\n".join(forbidden[:20])
