@@ -107,9 +107,10 @@ def resync_once() -> None:
         if _needs_resync(job, "Succeeded"):
             _quietly(_run, "TrainingJob", job, functools.partial(reconcile_training, kube(), job, pools, config()))
     for service in _watched(INFERENCE_SERVICE):
-        if _needs_resync(service, "Ready"):
-            step = functools.partial(reconcile_serving, kube(), service, pools, config())
-            _quietly(_run, "InferenceService", service, step)
+        # Every service, Ready ones included: the usage ledger (status.usage) grows by the replicas that ran
+        # since the last resync, and auto placement picks up profile Jobs that finished meanwhile.
+        step = functools.partial(reconcile_serving, kube(), service, pools, config())
+        _quietly(_run, "InferenceService", service, step)
 
 
 def _quietly(run: Callable[..., Outcome | None], *args: Any) -> None:

@@ -16,18 +16,27 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from tandem import placement
+from tandem import costing, placement
 from tandem.api.computepool import ComputePoolSpec, ComputePoolStatus
-from tandem.api.inferenceservice import InferenceServiceSpec, InferenceServiceStatus, PlacementStatus
+from tandem.api.inferenceservice import (
+    InferenceServiceSpec,
+    InferenceServiceStatus,
+    Placement,
+    PlacementStatus,
+    Replicas,
+    ServedModel,
+)
 from tandem.api.resources import COMPUTE_POOL, INFERENCE_SERVICE, TRAINING_JOB
 from tandem.api.trainingjob import TrainingJobSpec, TrainingJobStatus, TrainingPhase
+from tandem.build import profiling as profiling_build
 from tandem.build import serving as serving_build
 from tandem.build import training as training_build
 from tandem.config import OperatorConfig
 from tandem.errors import Problem
 from tandem.kube import Kube
+from tandem.profiling import observed as profiles
 from tandem.quantity import parse_quantity
-from tandem.status.conditions import Event, set_condition
+from tandem.status.conditions import Event, find, set_condition
 from tandem.status.pools import pool_status
 from tandem.status.serving import problem_status, resolve_model, serving_status
 from tandem.status.training import ObservedRun, training_status
@@ -176,6 +185,97 @@ def _training_job_status(kube: Kube, namespace: str, name: str) -> TrainingJobSt
     return None if body is None else _parse_status(TrainingJobStatus, body)
 
 
+@dataclass
+class AutoDecision:
+    """placement: auto after looking at the profiles: a decision, or what is still being measured."""
+
+    decision: costing.Decision | None
+    waiting: list[str] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+
+def auto_candidates(spec: InferenceServiceSpec, pools: Mapping[str, ComputePoolSpec]) -> list[str]:
+    """The pools auto placement measures: the CPU serving pool, and a GPU pool when one exists.
+
+    Each is the pool that placement cpu or gpu would choose, so auto never considers a pool the explicit
+    placements would not use.
+    """
+    names: list[str] = []
+    for kind in (Placement.CPU, Placement.GPU):
+        probe = spec.model_copy(
+            update={"placement": kind, "pool": None, "resources": spec.resources.model_copy(update={"gpus": 0})}
+        )
+        try:
+            name, _ = placement.serving_pool(probe, pools)
+        except placement.PlacementError:
+            continue
+        names.append(name)
+    if not names:
+        raise placement.PlacementError("NoMatchingPool", "placement auto needs at least one ComputePool; none exists")
+    return names
+
+
+def _profile_on(
+    kube: Kube, target: profiling_build.ProfileTarget, config: OperatorConfig
+) -> tuple[profiles.Observation, list[Event]]:
+    """The cached profile for the target (any equivalent Job in the namespace), or a new profile Job."""
+    job = profiles.pick(kube.list_objects("batch/v1", "Job", target.namespace, target.cache_labels))
+    if job is None:
+        kube.apply(profiling_build.profile_job(target, config))
+        message = (
+            f"Job {target.job_name} profiles model {target.model.version or target.model.uri} "
+            f"on ComputePool {target.pool_name}"
+        )
+        return profiles.Observation(profiles.ProfileState.RUNNING, target.job_name), [
+            Event("Normal", "Profiling", message)
+        ]
+    name = str(job["metadata"]["name"])
+    pods = kube.list_objects("v1", "Pod", target.namespace, {"job-name": name}) if profiles.job_finished(job) else []
+    return profiles.observe(job, pods, target.model.sha256), []
+
+
+def decide_auto(
+    kube: Kube,
+    body: Mapping[str, Any],
+    spec: InferenceServiceSpec,
+    model: ServedModel,
+    pools: Mapping[str, ComputePoolSpec],
+    config: OperatorConfig,
+) -> AutoDecision:
+    """Profile the model on each candidate pool (cached per model, pool and settings), then decide.
+
+    The decision itself is tandem.costing.decide, a pure function of the SLO, the prices and the measured
+    figures; it is recomputed on every reconcile, so a new model (new profiles) or a changed SLO re-decides.
+    """
+    namespace, name, uid, _ = _meta(body)
+    if spec.slo is None:
+        raise Problem("SloRequired", "placement auto needs spec.slo (p99LatencyMs and targetRequestsPerSecond)")
+    cores = float(parse_quantity(spec.resources.cpu))
+    outcome = AutoDecision(decision=None)
+    candidates: list[costing.Candidate] = []
+    for pool_name in auto_candidates(spec, pools):
+        pool = pools[pool_name]
+        target = profiling_build.target(
+            name, namespace, uid, spec, model, placement.pod_placement(pool_name, pool), pool, config
+        )
+        observation, events = _profile_on(kube, target, config)
+        outcome.events += events
+        if observation.state == profiles.ProfileState.RUNNING:
+            outcome.waiting.append(f"{pool_name} (Job {observation.job})")
+            continue
+        rates = costing.replica_rates(cores, target.accelerators, pool)
+        candidates.append(profiles.candidate(pool_name, bool(pool.accelerator), rates, observation))
+    if outcome.waiting:
+        return outcome
+    try:
+        outcome.decision = costing.decide(
+            spec.slo, candidates, min_replicas=spec.replicas.min, max_replicas=spec.replicas.max
+        )
+    except costing.NoCandidate as error:
+        raise Problem("NoUsableProfile", str(error)) from error
+    return outcome
+
+
 def decide_placement(spec: InferenceServiceSpec, pools: Mapping[str, ComputePoolSpec]) -> PlacementStatus:
     """Pool and reason for cpu, gpu or an explicit pool; priced at the minimum replica count."""
     pool_name, reason = placement.serving_pool(spec, pools)
@@ -184,6 +284,79 @@ def decide_placement(spec: InferenceServiceSpec, pools: Mapping[str, ComputePool
     accelerators = placement.serving_accelerators(spec, pool)
     hourly = spec.replicas.min * (cores * pool.price.core_hour + accelerators * pool.price.accelerator_hour)
     return PlacementStatus(pool=pool_name, reason=reason, cost_per_hour=round(hourly, 6))
+
+
+def _with_replicas(spec: InferenceServiceSpec, replicas: int) -> InferenceServiceSpec:
+    """The spec with at least the replicas the auto decision needs for the SLO's load."""
+    minimum = max(spec.replicas.min, replicas)
+    return spec.model_copy(update={"replicas": Replicas(min=minimum, max=max(spec.replicas.max, minimum))})
+
+
+def _serving_usage(
+    previous: InferenceServiceStatus,
+    spec: InferenceServiceSpec,
+    pools: Mapping[str, ComputePoolSpec],
+    at: datetime,
+) -> InferenceServiceStatus:
+    """The usage ledger brought up to `at`: the replicas seen last time, for the time since, on their pool."""
+    status = previous.model_copy(deep=True)
+    pool = pools.get(previous.placement.pool) if previous.placement is not None else None
+    if pool is not None:
+        status.usage = costing.accrue(
+            previous.usage,
+            previous.usage_observed_at,
+            at,
+            previous.replicas,
+            float(parse_quantity(spec.resources.cpu)),
+            placement.serving_accelerators(spec, pool),
+            pool,
+        )
+    status.usage_observed_at = at
+    return status
+
+
+def _auto_conditions(
+    previous: InferenceServiceStatus,
+    status: InferenceServiceStatus,
+    decision: costing.Decision,
+    generation: int,
+    at: datetime,
+    events: list[Event],
+) -> list[Event]:
+    """PlacementDecided as auto placement states it (SloUnattainable when False), with its event."""
+    reason = "CheapestWithinSlo" if decision.meets_slo else "SloUnattainable"
+    status.conditions = set_condition(
+        status.conditions, "PlacementDecided", decision.meets_slo, reason, decision.reason, generation, at
+    )
+    kept = [event for event in events if event.reason != "PlacementDecided"]
+    before = find(previous.conditions, "PlacementDecided")
+    same_placement = previous.placement is not None and wire(previous.placement) == wire(decision.status())
+    if not same_placement or before is None or before.reason != reason:
+        kept.append(Event("Normal" if decision.meets_slo else "Warning", "PlacementDecided", decision.reason))
+    return kept
+
+
+def _profiling(
+    kube: Kube,
+    namespace: str,
+    name: str,
+    previous: InferenceServiceStatus,
+    generation: int,
+    model: ServedModel,
+    auto: AutoDecision,
+) -> Outcome:
+    """Status while profiles run: PlacementDecided False (Profiling); a Deployment already serving keeps on."""
+    at = now()
+    message = "profiling model " + (model.version or model.uri) + " on " + ", ".join(auto.waiting)
+    status = problem_status(previous, generation, "PlacementDecided", Problem("Profiling", message), at)
+    status.conditions = set_condition(
+        status.conditions, "ModelResolved", True, "ModelFound", f"{model.uri} version {model.version}",
+        generation, at,
+    )
+    written = wire(status)
+    if written != wire(previous):
+        kube.patch_status(INFERENCE_SERVICE, namespace, name, written)
+    return Outcome(written, auto.events)
 
 
 def reconcile_serving(
@@ -202,8 +375,17 @@ def reconcile_serving(
     except Problem as problem:
         return _serving_problem(kube, namespace, name, previous, generation, "ModelResolved", problem)
     parsed_pools = parse_pools(pools)
+    auto: AutoDecision | None = None
     try:
-        decision = decide_placement(spec, parsed_pools)
+        if spec.placement == Placement.AUTO and spec.pool is None:
+            auto = decide_auto(kube, body, spec, model, parsed_pools, config)
+            if auto.decision is None:
+                return _profiling(kube, namespace, name, previous, generation, model, auto)
+            decision = auto.decision.status()
+            deployed_spec = _with_replicas(spec, auto.decision.replicas)
+        else:
+            decision = decide_placement(spec, parsed_pools)
+            deployed_spec = spec
     except Problem as problem:
         return _serving_problem(kube, namespace, name, previous, generation, "PlacementDecided", problem)
     pool = parsed_pools[decision.pool]
@@ -211,7 +393,7 @@ def reconcile_serving(
         name=name,
         namespace=namespace,
         uid=uid,
-        spec=spec,
+        spec=deployed_spec,
         model=model,
         placement=placement.pod_placement(decision.pool, pool),
         pool=pool,
@@ -226,7 +408,11 @@ def reconcile_serving(
     elif previous.observed_generation not in (None, generation):
         kube.delete("autoscaling/v2", "HorizontalPodAutoscaler", namespace, name)
     url = serving_build.service_url(name, namespace, config.cluster_domain)
-    status, events = serving_status(previous, generation, model, decision, url, deployment, now())
+    at = now()
+    ledger = _serving_usage(previous, spec, parsed_pools, at)
+    status, events = serving_status(ledger, generation, model, decision, url, deployment, at)
+    if auto is not None and auto.decision is not None:
+        events = auto.events + _auto_conditions(previous, status, auto.decision, generation, at, events)
     written = wire(status)
     if written != wire(previous):
         kube.patch_status(INFERENCE_SERVICE, namespace, name, written)

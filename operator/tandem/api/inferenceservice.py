@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, cast
 
@@ -231,5 +232,7 @@ class InferenceServiceStatus(ApiModel):
     """Replicas that pass their readiness probe."""
     usage: Usage = Field(default_factory=Usage)
     """Resources used and their estimated cost."""
+    usage_observed_at: datetime | None = None
+    """When status.usage was last brought up to date; the next reconcile adds the time since, priced."""
     observed_generation: int | None = None
     """The .metadata.generation this status describes."""

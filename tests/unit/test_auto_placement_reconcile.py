@@ -1,0 +1,319 @@
+"""placement: auto through reconcile_serving, against an in-memory API: profile Jobs, cache, decision, ledger.
+
+The fake stores what the operator applies and answers label-selected lists, which is all the auto path asks of
+the API server; the tests then play the Job controller and kubelet by marking profile Jobs complete with a
+termination message, as kwok does on the dev cluster.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from tandem import reconcile
+from tandem.api.computepool import ComputePoolSpec
+from tandem.api.inferenceservice import InferenceServiceSpec, ServedModel
+from tandem.build import profiling as profiling_build
+from tandem.config import OperatorConfig
+from tandem.placement import pod_placement
+from tandem.profiling import observed
+
+SHA = "ab" * 32
+
+
+class FakeKube:
+    """Objects by (kind, namespace, name); apply replaces, lists filter by labels."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.status: dict[str, Any] | None = None
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        key = (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
+        stored = {**obj, "status": self.objects.get(key, {}).get("status", {})}
+        self.objects[key] = stored
+        return stored
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.objects.get((kind, namespace, name))
+
+    def list_objects(
+        self, api_version: str, kind: str, namespace: str, selector: dict[str, str]
+    ) -> list[dict[str, Any]]:
+        return [
+            obj
+            for (k, ns, _), obj in self.objects.items()
+            if k == kind and ns == namespace
+            and all((obj["metadata"].get("labels") or {}).get(key) == value for key, value in selector.items())
+        ]
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        self.objects.pop((kind, namespace, name), None)
+
+    def get_custom(self, *args: Any) -> None:
+        return None
+
+    def patch_status(self, resource: Any, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        self.status = status
+        return status
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return [obj for (kind, _, _), obj in self.objects.items() if kind == "Job"]
+
+    def finish(self, job: dict[str, Any], message: str, succeeded: bool = True) -> None:
+        """Play the Job controller and kubelet: the Job completes and its pod reports `message`."""
+        name = job["metadata"]["name"]
+        condition = "Complete" if succeeded else "Failed"
+        job["status"] = {"conditions": [{"type": condition, "status": "True", "reason": "Done"}]}
+        pod = {
+            "kind": "Pod",
+            "metadata": {"name": f"{name}-x", "namespace": "ml", "labels": {"job-name": name}},
+            "status": {
+                "phase": "Succeeded" if succeeded else "Failed",
+                "containerStatuses": [
+                    {"name": "profiler", "state": {"terminated": {"message": message, "exitCode": 0}}}
+                ],
+            },
+        }
+        self.objects[("Pod", "ml", pod["metadata"]["name"])] = pod
+
+
+def profile_message(p99: float, rps: float, device: str = "cpu", sha256: str = SHA) -> str:
+    return json.dumps(
+        {
+            "sha256": sha256, "device": device, "requestedDevice": device, "threads": 16, "concurrency": 2,
+            "maxBatchSize": 1, "p50LatencyMs": p99 / 2, "p90LatencyMs": p99 / 1.5, "p99LatencyMs": p99,
+            "latencySamples": 1000, "throughputPerReplica": rps, "loadedP99LatencyMs": p99, "throughputSeconds": 3,
+        }
+    )
+
+
+def service(slo_rps: float = 50, p99: float = 20, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "tandem.dev/v1alpha1",
+        "kind": "InferenceService",
+        "metadata": {"name": "resnet", "namespace": "ml", "uid": "uid-1", "generation": 1},
+        "spec": {
+            "model": {"uri": "s3://models/resnet18.onnx", "sha256": SHA},
+            "placement": "auto",
+            "slo": {"p99LatencyMs": p99, "targetRequestsPerSecond": slo_rps},
+            "resources": {"cpu": "16", "memory": "4Gi"},
+            "replicas": {"min": 1, "max": 40},
+            **spec,
+        },
+    }
+
+
+@pytest.fixture
+def five_x_pools(pool_bodies: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A CPU replica (16 cores) at 1.0/h and a GPU replica (16 cores and a GPU) at 5.0/h."""
+    pool_bodies["cpu"]["price"] = {"coreHour": 0.0625}
+    pool_bodies["gpu"]["price"] = {"coreHour": 0.0625, "acceleratorHour": 4.0}
+    return pool_bodies
+
+
+def by_pool(kube: FakeKube) -> dict[str, dict[str, Any]]:
+    return {job["metadata"]["labels"][profiling_build.POOL_LABEL]: job for job in kube.jobs()}
+
+
+def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next(item for item in status["conditions"] if item["type"] == kind)
+
+
+def test_first_reconcile_starts_a_profile_per_candidate_pool_and_deploys_nothing(
+    five_x_pools: dict[str, Any], config: OperatorConfig
+) -> None:
+    kube = FakeKube()
+    outcome = reconcile.reconcile_serving(kube, service(), five_x_pools, config)  # type: ignore[arg-type]
+    jobs = by_pool(kube)
+    assert set(jobs) == {"cpu", "gpu"}
+    assert not [key for key in kube.objects if key[0] == "Deployment"]
+    decided = condition(outcome.status, "PlacementDecided")
+    assert (decided["status"], decided["reason"]) == ("False", "Profiling")
+    assert condition(outcome.status, "ModelResolved")["status"] == "True"
+    assert outcome.status["phase"] == "Pending"
+    assert [event.reason for event in outcome.events] == ["Profiling", "Profiling"]
+    gpu_container = jobs["gpu"]["spec"]["template"]["spec"]["containers"][0]
+    assert gpu_container["resources"]["requests"]["nvidia.com/gpu"] == "1"
+    assert {"name": "TANDEM_PROFILE_DEVICE", "value": "cuda"} in gpu_container["env"]
+    assert jobs["gpu"]["spec"]["template"]["spec"]["tolerations"]
+    assert "tolerations" not in jobs["cpu"]["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize(
+    ("rps", "pool", "replicas", "cost"), [(50, "cpu", 1, 1.0), (5_000, "gpu", 1, 5.0), (1_000, "cpu", 4, 4.0)]
+)
+def test_measured_profiles_decide_and_deploy_on_the_cheapest_pool(
+    five_x_pools: dict[str, Any], config: OperatorConfig, rps: float, pool: str, replicas: int, cost: float
+) -> None:
+    kube = FakeKube()
+    reconcile.reconcile_serving(kube, service(rps), five_x_pools, config)  # type: ignore[arg-type]
+    jobs = by_pool(kube)
+    kube.finish(jobs["cpu"], profile_message(4.2, 322))
+    kube.finish(jobs["gpu"], profile_message(2.4, 18_000, device="cuda"))
+    outcome = reconcile.reconcile_serving(kube, service(rps), five_x_pools, config)  # type: ignore[arg-type]
+    placement = outcome.status["placement"]
+    assert (placement["pool"], placement["costPerHour"]) == (pool, cost)
+    assert [c["pool"] for c in placement["candidates"]] == ["cpu", "gpu"]
+    assert all(c["measured"] and c["meetsSlo"] for c in placement["candidates"])
+    decided = condition(outcome.status, "PlacementDecided")
+    assert (decided["status"], decided["reason"]) == ("True", "CheapestWithinSlo")
+    assert decided["message"] == placement["reason"]
+    assert [(e.type, e.reason) for e in outcome.events] == [
+        ("Normal", "ModelResolved"),
+        ("Normal", "PlacementDecided"),
+    ]
+    deployment = kube.get("apps/v1", "Deployment", "ml", "resnet")
+    assert deployment is not None
+    # replicas.max 40 > min: the autoscaler starts from the replicas the SLO needs.
+    autoscaler = kube.get("autoscaling/v2", "HorizontalPodAutoscaler", "ml", "resnet")
+    assert autoscaler is not None and autoscaler["spec"]["minReplicas"] == replicas
+    assert deployment["spec"]["template"]["spec"]["nodeSelector"] == {"tandem.dev/pool": pool}
+
+
+def test_a_gpu_pool_profiled_without_a_gpu_is_reported_not_invented(
+    five_x_pools: dict[str, Any], config: OperatorConfig
+) -> None:
+    kube = FakeKube()
+    reconcile.reconcile_serving(kube, service(5_000), five_x_pools, config)  # type: ignore[arg-type]
+    jobs = by_pool(kube)
+    kube.finish(jobs["cpu"], profile_message(4.2, 322))
+    kube.finish(jobs["gpu"], profile_message(4.3, 310, device="cpu"))
+    outcome = reconcile.reconcile_serving(kube, service(5_000), five_x_pools, config)  # type: ignore[arg-type]
+    cpu, gpu = outcome.status["placement"]["candidates"]
+    assert outcome.status["placement"]["pool"] == "cpu" and cpu["replicas"] == 20
+    assert not gpu["measured"] and gpu["p99LatencyMs"] is None and gpu["throughputPerReplica"] is None
+    assert gpu["note"].startswith("profile ran on CPU, not on the pool's accelerator")
+
+
+def test_unattainable_slo_deploys_on_the_fastest_with_a_false_condition(
+    five_x_pools: dict[str, Any], config: OperatorConfig
+) -> None:
+    kube = FakeKube()
+    body = service(50, p99=1)
+    reconcile.reconcile_serving(kube, body, five_x_pools, config)  # type: ignore[arg-type]
+    jobs = by_pool(kube)
+    kube.finish(jobs["cpu"], profile_message(4.2, 322))
+    kube.finish(jobs["gpu"], profile_message(2.4, 18_000, device="cuda"))
+    outcome = reconcile.reconcile_serving(kube, body, five_x_pools, config)  # type: ignore[arg-type]
+    decided = condition(outcome.status, "PlacementDecided")
+    assert (decided["status"], decided["reason"]) == ("False", "SloUnattainable")
+    assert outcome.status["placement"]["pool"] == "gpu"
+    assert [(e.type, e.reason) for e in outcome.events if e.reason == "PlacementDecided"] == [
+        ("Warning", "PlacementDecided")
+    ]
+    assert kube.get("apps/v1", "Deployment", "ml", "resnet") is not None
+
+
+def test_profiles_are_reused_across_services_and_slo_changes(
+    five_x_pools: dict[str, Any], config: OperatorConfig
+) -> None:
+    kube = FakeKube()
+    reconcile.reconcile_serving(kube, service(50), five_x_pools, config)  # type: ignore[arg-type]
+    jobs = by_pool(kube)
+    kube.finish(jobs["cpu"], profile_message(4.2, 322))
+    kube.finish(jobs["gpu"], profile_message(2.4, 18_000, device="cuda"))
+    first = reconcile.reconcile_serving(kube, service(50), five_x_pools, config)  # type: ignore[arg-type]
+    assert first.status["placement"]["pool"] == "cpu"
+    changed = service(5_000)
+    changed["metadata"]["generation"] = 2
+    changed["status"] = first.status
+    second = reconcile.reconcile_serving(kube, changed, five_x_pools, config)  # type: ignore[arg-type]
+    assert second.status["placement"]["pool"] == "gpu"
+    assert len(kube.jobs()) == 2
+    other = service(50)
+    other["metadata"].update(name="resnet-b", uid="uid-2")
+    third = reconcile.reconcile_serving(kube, other, five_x_pools, config)  # type: ignore[arg-type]
+    assert third.status["placement"]["pool"] == "cpu" and len(kube.jobs()) == 2
+
+
+def test_a_new_model_is_profiled_while_the_old_deployment_keeps_serving(
+    five_x_pools: dict[str, Any], config: OperatorConfig
+) -> None:
+    kube = FakeKube()
+    reconcile.reconcile_serving(kube, service(50), five_x_pools, config)  # type: ignore[arg-type]
+    for job in kube.jobs():
+        kube.finish(job, profile_message(4.2, 322, device="cuda" if "gpu" in job["metadata"]["name"] else "cpu"))
+    first = reconcile.reconcile_serving(kube, service(50), five_x_pools, config)  # type: ignore[arg-type]
+    newer = service(50, model={"uri": "s3://models/resnet18-v2.onnx", "sha256": "cd" * 32})
+    newer["status"] = first.status
+    outcome = reconcile.reconcile_serving(kube, newer, five_x_pools, config)  # type: ignore[arg-type]
+    assert len(kube.jobs()) == 4
+    assert condition(outcome.status, "PlacementDecided")["reason"] == "Profiling"
+    assert outcome.status["model"]["sha256"] == SHA  # still serving the old one
+    deployment = kube.get("apps/v1", "Deployment", "ml", "resnet")
+    assert deployment is not None and "resnet18.onnx" in json.dumps(deployment)
+
+
+def test_a_failed_profile_excludes_its_pool_with_the_pods_words(
+    five_x_pools: dict[str, Any], config: OperatorConfig
+) -> None:
+    kube = FakeKube()
+    reconcile.reconcile_serving(kube, service(50), five_x_pools, config)  # type: ignore[arg-type]
+    jobs = by_pool(kube)
+    kube.finish(jobs["cpu"], profile_message(4.2, 322))
+    kube.finish(jobs["gpu"], json.dumps({"error": "onnxruntime cannot open the model"}), succeeded=False)
+    outcome = reconcile.reconcile_serving(kube, service(50), five_x_pools, config)  # type: ignore[arg-type]
+    gpu = outcome.status["placement"]["candidates"][1]
+    assert gpu["note"].endswith("failed (Done): onnxruntime cannot open the model")
+
+
+def test_the_ledger_grows_with_replicas_requests_and_time(
+    five_x_pools: dict[str, Any], config: OperatorConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kube = FakeKube()
+    clock = [datetime(2024, 5, 1, 12, tzinfo=UTC)]
+    monkeypatch.setattr(reconcile, "now", lambda: clock[0])
+    body = service(50)
+    body["spec"]["placement"] = "cpu"
+    first = reconcile.reconcile_serving(kube, body, five_x_pools, config)  # type: ignore[arg-type]
+    assert first.status["usage"]["coreSeconds"] == 0
+    kube.objects[("Deployment", "ml", "resnet")]["status"] = {"replicas": 2, "readyReplicas": 2}
+    body["status"] = reconcile.reconcile_serving(kube, body, five_x_pools, config).status  # type: ignore[arg-type]
+    clock[0] += timedelta(minutes=30)
+    grown = reconcile.reconcile_serving(kube, body, five_x_pools, config)  # type: ignore[arg-type]
+    # 2 replicas x 16 cores x 1800 s at 0.0625 per core-hour and 8 W per core.
+    assert grown.status["usage"] == {
+        "gpuSeconds": 0.0, "coreSeconds": 57_600.0, "estimatedCost": 1.0, "energyWh": 128.0
+    }
+    assert grown.status["usageObservedAt"].startswith("2024-05-01T12:30:00")
+
+
+def test_profile_job_is_deterministic_and_never_joins_the_service() -> None:
+    pool = ComputePoolSpec.model_validate({"nodeSelector": {"tandem.dev/pool": "cpu"}})
+    spec = InferenceServiceSpec.model_validate(
+        {"model": {"uri": "pvc://models/m.onnx"}, "placement": "auto",
+         "slo": {"p99LatencyMs": 5, "targetRequestsPerSecond": 10},
+         "podMetadata": {"annotations": {"tandem.dev/fake-duration": "1s"}}}
+    )
+    model = ServedModel(uri="pvc://models/m.onnx", sha256=SHA)
+    config = OperatorConfig(server_image="server:test")
+    target = profiling_build.target("svc", "ml", "uid", spec, model, pod_placement("cpu", pool), pool, config)
+    job = profiling_build.profile_job(target, config)
+    assert job == profiling_build.profile_job(target, config)
+    assert job["metadata"]["name"] == f"svc-profile-cpu-{SHA[:10]}-{target.settings[:6]}"
+    labels = job["metadata"]["labels"]
+    assert labels[profiling_build.SHA_LABEL] == SHA[:32] and labels[profiling_build.POOL_LABEL] == "cpu"
+    assert job["metadata"]["ownerReferences"][0]["uid"] == "uid"
+    template = job["spec"]["template"]
+    assert "tandem.dev/inferenceservice" not in template["metadata"]["labels"]
+    assert template["metadata"]["annotations"] == {"tandem.dev/fake-duration": "1s"}
+    assert template["spec"]["volumes"][0]["persistentVolumeClaim"] == {"claimName": "models"}
+    faster = spec.model_copy(update={"runtime": spec.runtime.model_copy(update={"threads": 4})})
+    other = profiling_build.target("svc", "ml", "uid", faster, model, pod_placement("cpu", pool), pool, config)
+    assert other.settings != target.settings and other.job_name != target.job_name
+
+
+def test_observe_prefers_a_completed_job_and_checks_the_sha() -> None:
+    done = {"metadata": {"name": "a", "creationTimestamp": "2"}, "status": {"conditions": [
+        {"type": "Complete", "status": "True"}]}}
+    running = {"metadata": {"name": "b", "creationTimestamp": "1"}, "status": {}}
+    assert observed.pick([running, done]) is done
+    pod = {"status": {"phase": "Succeeded", "containerStatuses": [
+        {"state": {"terminated": {"message": profile_message(1, 2, sha256="ef" * 32)}}}]}}
+    seen = observed.observe(done, [pod], SHA)
+    assert seen.state == observed.ProfileState.FAILED and "expected abababababab" in seen.message
+    assert observed.observe(running, [], SHA).state == observed.ProfileState.RUNNING
