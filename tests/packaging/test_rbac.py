@@ -96,3 +96,15 @@ def test_kustomize_base_grants_the_same_rules_as_the_chart(helm: Path) -> None:
     assert rbac_rules(base) == rbac_rules(render(helm))
     overlay = load_yaml_docs(MANIFESTS / "overlays" / "example" / "leader-election.yaml")
     assert rbac_rules(overlay) == {"tandem-system": LEASE}
+
+
+def test_every_kind_the_operator_client_knows_is_granted(helm: Path) -> None:
+    """A kind added to tandem.kube without a matching rule here fails this test, not a real cluster."""
+    from tandem.kube import _PATHS
+
+    granted = rbac_rules(render(helm))["cluster"]
+    for prefix, plural in _PATHS.values():
+        group = "" if prefix == "/api/v1" else prefix.split("/")[2]
+        verbs = ("get", "list", "watch") if plural == "pods" else WORKLOAD
+        missing = [verb for verb in verbs if (group, plural, verb) not in granted]
+        assert not missing, f"{group or 'core'}/{plural}: {missing} not granted"
