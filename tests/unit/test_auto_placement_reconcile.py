@@ -317,3 +317,19 @@ def test_observe_prefers_a_completed_job_and_checks_the_sha() -> None:
     seen = observed.observe(done, [pod], SHA)
     assert seen.state == observed.ProfileState.FAILED and "expected abababababab" in seen.message
     assert observed.observe(running, [], SHA).state == observed.ProfileState.RUNNING
+
+
+def test_without_an_autoscaler_the_deployment_gets_the_replicas_the_slo_needs(
+    five_x_pools: dict[str, Any], config: OperatorConfig
+) -> None:
+    kube = FakeKube()
+    body = service(1_000, replicas={"min": 1, "max": 4})
+    reconcile.reconcile_serving(kube, body, five_x_pools, config)  # type: ignore[arg-type]
+    jobs = by_pool(kube)
+    kube.finish(jobs["cpu"], profile_message(4.2, 322))
+    kube.finish(jobs["gpu"], profile_message(2.4, 18_000, device="cuda"))
+    outcome = reconcile.reconcile_serving(kube, body, five_x_pools, config)  # type: ignore[arg-type]
+    assert outcome.status["placement"]["pool"] == "cpu"
+    deployment = kube.get("apps/v1", "Deployment", "ml", "resnet")
+    assert deployment is not None and deployment["spec"]["replicas"] == 4
+    assert kube.get("autoscaling/v2", "HorizontalPodAutoscaler", "ml", "resnet") is None

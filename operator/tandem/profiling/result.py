@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from tandem.api.base import ApiModel
 
@@ -22,6 +22,9 @@ class Device(StrEnum):
 
 class ProfileResult(ApiModel):
     """Latency and throughput of one model on one replica's resources, with the settings that produced them."""
+
+    # A newer profiler image may report more; an older operator reads what it knows (unlike API specs).
+    model_config = ConfigDict(extra="ignore")
 
     sha256: str
     """SHA-256 of the model file that was measured."""
