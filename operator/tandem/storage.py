@@ -83,7 +83,9 @@ def open_uri(uri: str, mode: str = "rb", **storage_options: Any) -> IO[Any]:
     try:
         if "w" in mode and "://" not in target:
             os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-        handle: IO[Any] = fsspec.open(target, mode, **_options(uri, storage_options)).open()
+        # auto_mkdir=False: fsspec's default "creates parent folders", which on s3fs creates a missing bucket;
+        # a mistyped bucket must fail here, not appear in the account.
+        handle: IO[Any] = fsspec.open(target, mode, auto_mkdir=False, **_options(uri, storage_options)).open()
     except FileNotFoundError as exc:
         raise StorageNotFound(f"{uri}: no such file or object") from exc
     except (OSError, ValueError, ImportError) as exc:
