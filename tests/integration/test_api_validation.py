@@ -103,6 +103,17 @@ def test_malformed_resource_is_refused_naming_the_field(
     assert field in str(refused.value.body), refused.value.body
 
 
+@pytest.mark.parametrize("resource", [TRAINING_JOB, INFERENCE_SERVICE], ids=lambda r: r.kind)
+def test_names_that_cannot_name_a_service_are_refused(
+    tandem_api: k8s.ApiClient, namespace: str, resource: Resource
+) -> None:
+    spec = GOOD_TRAINING if resource is TRAINING_JOB else GOOD_SERVING
+    with pytest.raises(ApiException) as refused:
+        create(tandem_api, resource, namespace, body(resource, "1digits", spec))
+    assert refused.value.status == 422
+    assert "DNS-1035" in str(refused.value.body)
+
+
 def test_training_job_queue_cannot_change(tandem_api: k8s.ApiClient, namespace: str) -> None:
     create(tandem_api, TRAINING_JOB, namespace, body(TRAINING_JOB, "queued", {**GOOD_TRAINING, "queue": "team-a"}))
     with pytest.raises(ApiException) as refused:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, cast
 
-from pydantic import ConfigDict, Field, JsonValue, WithJsonSchema
+from pydantic import AfterValidator, ConfigDict, Field, JsonValue, WithJsonSchema
 
 from tandem.api.base import ApiModel
 
@@ -14,8 +15,15 @@ QUANTITY_PATTERN = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
 
+def _quantity(value: str | int) -> str | int:
+    if isinstance(value, str) and not re.match(QUANTITY_PATTERN, value):
+        raise ValueError(f"not a Kubernetes quantity: {value!r}")
+    return value
+
+
 Quantity = Annotated[
     str | int,
+    AfterValidator(_quantity),
     WithJsonSchema(
         {
             "anyOf": [{"type": "integer"}, {"type": "string"}],
@@ -24,7 +32,7 @@ Quantity = Annotated[
         }
     ),
 ]
-"""A Kubernetes resource quantity such as 500m, 2 or 4Gi, as the API server itself validates it."""
+"""A Kubernetes resource quantity such as 500m, 2 or 4Gi; checked by the schema and again when parsed."""
 
 FreeForm = Annotated[
     dict[str, Any],

@@ -90,6 +90,20 @@ def crd(resource: Resource) -> Schema:
     if resource.spec_rules:
         spec["x-kubernetes-validations"] = resource.spec_rules
     status = openapi_schema(resource.status)
+    root: Schema = {
+        "type": "object",
+        "description": resource.description,
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+    }
+    if resource.root_rules:
+        root["x-kubernetes-validations"] = resource.root_rules
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -116,18 +130,7 @@ def crd(resource: Resource) -> Schema:
                     "subresources": {"status": {}},
                     "additionalPrinterColumns": resource.printer_columns,
                     "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "description": resource.description,
-                            "required": ["spec"],
-                            "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
-                                "spec": spec,
-                                "status": status,
-                            },
-                        }
+                        "openAPIV3Schema": root
                     },
                 }
             ],

@@ -71,7 +71,7 @@ def section(resource: Resource) -> str:
         rows = _rows(root["properties"][part], part)
         for path, kind, default, text in rows:
             lines.append(f"| `{path}` | {kind} | {default and f'`{default}`'} | {text} |")
-    rules = list(_rules(root["properties"]["spec"]))
+    rules = list(_rules(root))
     if rules:
         lines += ["", "Cross-field rules the API server enforces:", ""] + [f"- {rule}" for rule in rules]
     return "\n".join(lines)

@@ -32,6 +32,7 @@ class Resource:
     status: type[ApiModel]
     description: str
     spec_rules: list[dict[str, str]] = field(default_factory=list)
+    root_rules: list[dict[str, str]] = field(default_factory=list)
     printer_columns: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -41,6 +42,14 @@ class Resource:
     @property
     def crd_name(self) -> str:
         return f"{self.plural}.{GROUP}"
+
+
+SERVICE_NAME_RULE = {
+    "rule": "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 63",
+    "message": "metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', starting with a "
+    "letter, at most 63 characters): it also names a Service",
+}
+"""Kubernetes Services need DNS-1035 names; refusing others up front beats a child that can never be made."""
 
 
 def _age() -> dict[str, Any]:
@@ -75,6 +84,7 @@ TRAINING_JOB = Resource(
     status=TrainingJobStatus,
     description="PyTorch training on a ComputePool that exports, checks and publishes an ONNX model.",
     spec_rules=TRAINING_JOB_RULES,
+    root_rules=[SERVICE_NAME_RULE],
     printer_columns=[
         {"name": "Pool", "type": "string", "jsonPath": ".status.pool"},
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
@@ -96,6 +106,7 @@ INFERENCE_SERVICE = Resource(
     status=InferenceServiceStatus,
     description="An ONNX model served over Open Inference Protocol V2, placed on CPU, GPU or by measured cost.",
     spec_rules=INFERENCE_SERVICE_RULES,
+    root_rules=[SERVICE_NAME_RULE],
     printer_columns=[
         {"name": "Pool", "type": "string", "jsonPath": ".status.placement.pool"},
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
