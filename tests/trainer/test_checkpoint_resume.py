@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL_RUN, held_out_digits, onnx_logits, run_trainer_process, trainer_command, trainer_env
+from trainer_support import SMALL_RUN, held_out_digits, onnx_logits, run_trainer_process, trainer_command, trainer_env
 
 from tandem import storage
 from tandem.trainer import digits

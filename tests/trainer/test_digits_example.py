@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import TrainerRun, held_out_digits, onnx_logits, run_trainer_process
+from trainer_support import TrainerRun, held_out_digits, onnx_logits, run_trainer_process
 
 from tandem.api.artifact import ModelArtifact
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SMALL_RUN, TrainerRun, held_out_digits, onnx_logits, run_trainer_process
+from trainer_support import SMALL_RUN, TrainerRun, held_out_digits, onnx_logits, run_trainer_process
 
 pytestmark = pytest.mark.slow
 

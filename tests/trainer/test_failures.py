@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SMALL_RUN, TrainerRun
+from trainer_support import SMALL_RUN, TrainerRun
 
 from tandem.datasets import digits_uri
 from tandem.storage import resolve

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import TrainerRun
+from trainer_support import TrainerRun
 
 from tandem import storage
 from tandem.trainer.checkpoint import CheckpointStore
