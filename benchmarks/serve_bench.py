@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -34,7 +35,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +48,7 @@ PEER_PACKAGES = {
 }
 
 KSERVE_MODEL = """
-import os, sys
+import os, sys, uuid
 import numpy as np
 import onnxruntime as ort
 import kserve
@@ -62,6 +63,7 @@ class OnnxModel(kserve.Model):
     def load(self):
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(os.environ["BENCH_THREADS"])
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as Tandem's session
         self.session = ort.InferenceSession(os.environ["BENCH_MODEL"], options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
         self.ready = True
@@ -72,7 +74,7 @@ class OnnxModel(kserve.Model):
         (result,) = self.session.run(None, {self.input: array})
         output = InferOutput(name="output", shape=list(result.shape), datatype="FP32")
         output.set_data_from_numpy(result, binary_data=False)
-        return InferResponse(model_name=self.name, infer_outputs=[output], response_id=payload.id)
+        return InferResponse(model_name=self.name, infer_outputs=[output], response_id=payload.id or str(uuid.uuid4()))
 
 
 if __name__ == "__main__":
@@ -92,6 +94,7 @@ class OnnxRuntime(MLModel):
     async def load(self) -> bool:
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(os.environ["BENCH_THREADS"])
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as Tandem's session
         self.session = ort.InferenceSession(os.environ["BENCH_MODEL"], options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
         return True
@@ -121,7 +124,8 @@ class Point:
     p50_ms: float
     p99_ms: float
     errors: int = 0
-    notes: list[str] = field(default_factory=list)
+    cpu_ms: float = 0.0
+    """CPU time (all threads, user + system) per request or run: the cost that survives a busy machine."""
 
 
 def log(message: str) -> None:
@@ -192,14 +196,17 @@ def in_process(path: Path, shape: list[int], threads: int, seconds: float) -> Po
     for _ in range(50):
         session.run(None, feed)
     times: list[float] = []
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     end = time.perf_counter() + seconds
     while (now := time.perf_counter()) < end:
         session.run(None, feed)
         times.append(time.perf_counter() - now)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime - usage.ru_utime) + (after.ru_stime - usage.ru_stime)
     times.sort()
     return Point(
         path.stem, f"onnxruntime in-process ({threads} threads)", 1, len(times) / sum(times),
-        times[len(times) // 2] * 1000, times[int(len(times) * 0.99)] * 1000,
+        times[len(times) // 2] * 1000, times[int(len(times) * 0.99)] * 1000, cpu_ms=cpu * 1000 / len(times),
     )  # fmt: skip
 
 
@@ -269,8 +276,22 @@ def mlserver_launch(model: Path, name: str, threads: int, work: Path) -> Launch:
     return Launch([str(mlserver), "start", str(folder)], env, folder, port)
 
 
+def group_cpu_seconds(pgid: int) -> float:
+    """user + system CPU seconds of every process in a process group (a server and any workers it forks)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields after the name: state, ppid, pgrp, ...
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
 @contextmanager
-def running(launch: Launch, name: str, logfile: Path) -> Iterator[str]:
+def running(launch: Launch, name: str, logfile: Path) -> Iterator[tuple[str, int]]:
     env = {**os.environ, **launch.env}
     with logfile.open("wb") as out:
         process = subprocess.Popen(
@@ -296,7 +317,7 @@ def running(launch: Launch, name: str, logfile: Path) -> Iterator[str]:
                 if time.time() > deadline:
                     raise RuntimeError(f"server not ready after 180 s; see {logfile}")
                 time.sleep(0.3)
-            yield base
+            yield base, process.pid
         finally:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
@@ -326,7 +347,9 @@ def _ms(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def wrk(url: str, body_file: Path, connections: int, seconds: float, work: Path) -> tuple[float, float, float, int]:
+def wrk(
+    url: str, body_file: Path, connections: int, seconds: float, work: Path
+) -> tuple[float, float, float, int, int]:
     script = work / "post.lua"
     script.write_text(WRK_SCRIPT.format(body=body_file))
     result = subprocess.run(
@@ -338,12 +361,13 @@ def wrk(url: str, body_file: Path, connections: int, seconds: float, work: Path)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))  # type: ignore[union-attr]
     p50 = _ms(re.search(r"\s50%\s+(\S+)", text).group(1))  # type: ignore[union-attr]
     p99 = _ms(re.search(r"\s99%\s+(\S+)", text).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", text).group(1))  # type: ignore[union-attr]
     errors = 0
     for pattern in (r"Non-2xx or 3xx responses:\s+(\d+)", r"Socket errors:.*?timeout (\d+)"):
         found = re.search(pattern, text)
         if found:
             errors += int(found.group(1))
-    return rps, p50, p99, errors
+    return rps, p50, p99, errors, total
 
 
 # report
@@ -351,8 +375,9 @@ def wrk(url: str, body_file: Path, connections: int, seconds: float, work: Path)
 
 def table(points: list[Point], threads: int, concurrencies: list[int]) -> str:
     lines = [
-        "| model | server | concurrency | req/s | p50 ms | p99 ms | vs KServe | vs in-process |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| model | server | concurrency | req/s | p50 ms | p99 ms | vs KServe | vs in-process "
+        "| CPU ms/req | KServe CPU/req ÷ this |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for model in ("mlp", "cnn"):
         limit = next((p for p in points if p.model == model and p.server.startswith("onnxruntime")), None)
@@ -367,14 +392,15 @@ def table(points: list[Point], threads: int, concurrencies: list[int]) -> str:
                 vs_kserve = f"{point.rps / kserve.rps:.2f}x" if kserve and kserve.rps else "-"
                 vs_limit = f"{point.rps / limit.rps:.0%}" if limit else "-"
                 errors = f" ({point.errors} errors)" if point.errors else ""
+                cpu_vs = f"{kserve.cpu_ms / point.cpu_ms:.2f}x" if kserve and point.cpu_ms else "-"
                 lines.append(
                     f"| {model} | {point.server}{errors} | {concurrency} | {point.rps:,.0f} | {point.p50_ms:.2f} "
-                    f"| {point.p99_ms:.2f} | {vs_kserve} | {vs_limit} |"
+                    f"| {point.p99_ms:.2f} | {vs_kserve} | {vs_limit} | {point.cpu_ms:.2f} | {cpu_vs} |"
                 )
         if limit:
             lines.append(
                 f"| {model} | {limit.server} | - | {limit.rps:,.0f} | {limit.p50_ms:.2f} | {limit.p99_ms:.2f} "
-                "| - | 100% |"
+                f"| - | 100% | {limit.cpu_ms:.2f} | - |"
             )
     return "\n".join(lines)
 
@@ -394,6 +420,11 @@ def targets(points: list[Point], concurrency: int) -> list[str]:
             ratio = tandem.rps / kserve.rps
             verdict = "met" if ratio >= want_kserve else "NOT met"
             out.append(f"- {model}: Tandem/KServe at c={concurrency} = {ratio:.2f}x (target {want_kserve}x: {verdict})")
+            if tandem.cpu_ms:
+                out.append(
+                    f"- {model}: KServe spends {kserve.cpu_ms / tandem.cpu_ms:.2f}x Tandem's CPU time per request "
+                    f"at c={concurrency} ({kserve.cpu_ms:.2f} vs {tandem.cpu_ms:.2f} ms)"
+                )
         if tandem and limit and want_limit:
             ratio = tandem.rps / limit.rps
             verdict = "met" if ratio >= want_limit else "NOT met"
@@ -409,7 +440,7 @@ def medians(points: list[Point]) -> list[Point]:
     return [
         Point(model, server, concurrency, statistics.median(p.rps for p in group),
               statistics.median(p.p50_ms for p in group), statistics.median(p.p99_ms for p in group),
-              sum(p.errors for p in group))
+              sum(p.errors for p in group), statistics.median(p.cpu_ms for p in group))
         for (model, server, concurrency), group in groups.items()
     ]  # fmt: skip
 
@@ -423,7 +454,11 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, {platform.system()}"
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (
+        f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, {platform.system()}, "
+        f"load average at the end {load} (the machine is shared)"
+    )
 
 
 def main() -> int:
@@ -473,14 +508,16 @@ def main() -> int:
             for label, launch in runs:
                 logfile = work / f"{label}-{model}.log"
                 try:
-                    with running(launch, model, logfile) as base:
+                    with running(launch, model, logfile) as (base, pgid):
                         url = f"{base}/v2/models/{model}/infer"
                         check_answer(url, body_file.read_bytes())
                         wrk(url, body_file, max(concurrencies), args.warmup, work)
                         for concurrency in concurrencies:
-                            rps, p50, p99, errors = wrk(url, body_file, concurrency, args.duration, work)
+                            cpu_before = group_cpu_seconds(pgid)
+                            rps, p50, p99, errors, total = wrk(url, body_file, concurrency, args.duration, work)
+                            cpu_ms = (group_cpu_seconds(pgid) - cpu_before) * 1000 / max(1, total)
                             log(f"{model} {label} c={concurrency}: {rps:,.0f} req/s p50 {p50:.2f} ms p99 {p99:.2f} ms")
-                            points.append(Point(model, label, concurrency, rps, p50, p99, errors))
+                            points.append(Point(model, label, concurrency, rps, p50, p99, errors, cpu_ms))
                 except Exception as exc:
                     log(f"{model} {label} failed: {exc}")
                     tail = logfile.read_text(errors="replace")[-2000:] if logfile.exists() else ""

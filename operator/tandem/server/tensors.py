@@ -17,7 +17,11 @@ from tandem.server import datatypes
 from tandem.server.errors import InvalidInput
 
 _LENGTH = struct.Struct("<I")
-_DIRECT = {"FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64), "FP16": np.dtype(np.float16)}
+_DIRECT: dict[str, np.dtype[Any]] = {
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "FP16": np.dtype(np.float16),
+}
 
 
 def element_count(shape: Sequence[int]) -> int:
