@@ -46,3 +46,16 @@ def test_only_rank_zero_writes_checkpoints_and_publishes_exactly_once(two_worker
     checkpoint_writers = set(re.findall(r"rank (\d) INFO tandem\.trainer\.checkpoint: checkpoint saved", run.log))
     assert checkpoint_writers == {"0"}
     assert sorted(p.name for p in (folder / "out").iterdir()) == ["metadata.json", "model.onnx"]
+
+
+def test_when_rank_zero_cannot_write_the_output_every_worker_fails_with_its_reason_instead_of_hanging(
+    tmp_path: Path,
+) -> None:
+    not_a_folder = tmp_path / "a-file"
+    not_a_folder.write_text("a file where a folder should be")
+    args = [*SMALL_RUN, "--output", f"file://{not_a_folder}/models"]
+    run = run_trainer_process(args, tmp_path / "termination-log", workers=2, timeout=240)
+    assert run.returncode != 0
+    assert "rank 0 ERROR tandem.trainer.failures: training failed (OutputUnwritable)" in run.log
+    assert "rank 1 ERROR tandem.trainer.failures: training failed (OutputUnwritable): rank 0 failed" in run.log
+    assert "epoch 1/" not in run.log
