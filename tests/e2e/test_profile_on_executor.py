@@ -1,0 +1,117 @@
+"""Profile Jobs for real: `tandem profile` runs as a pod on the local executor's CPU and "GPU" nodes.
+
+The operator's own profile Job (tandem.build.profiling) for a tiny ONNX model in the shared claim is run by
+the executor on local-cpu and local-gpu; the operator's reader (tandem.profiling.observed) takes the figures
+from the pods' termination messages. This machine has no GPU: the local-gpu profile asked onnxruntime for
+CUDA, got the CPU, says so, and the decision's candidate for that pool is excluded with that note instead of
+being priced as GPU figures. (The full auto flow is in tests/integration/test_auto_placement.py on kwok,
+where serving pods need no real image.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+import pytest
+from kubernetes import client as k8s
+from onnx import TensorProto, helper
+
+from e2e.conftest import LocalExecutor
+from support.cluster import wait_until
+from tandem.api.computepool import ComputePoolSpec
+from tandem.api.inferenceservice import InferenceServiceSpec, ServedModel, Slo
+from tandem.build import profiling as profiling_build
+from tandem.config import OperatorConfig
+from tandem.costing import decide, replica_rates
+from tandem.devexec.digits import CPU_POOL, GPU_POOL, MODEL_CLAIM, local_pools
+from tandem.placement import pod_placement
+from tandem.profiling import observed
+
+pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.timeout(300)]
+
+
+def tiny_model() -> bytes:
+    rng = np.random.default_rng(0)
+    weight = helper.make_tensor("W", TensorProto.FLOAT, [64, 10], rng.standard_normal(640).astype(np.float32))
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "W"], ["logits"])],
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    return bytes(model.SerializeToString())
+
+
+def run_profile(
+    api: k8s.ApiClient, namespace: str, pool_name: str, spec: InferenceServiceSpec, model: ServedModel
+) -> observed.Observation:
+    pool = ComputePoolSpec.model_validate(local_pools()[pool_name])
+    config = OperatorConfig.from_env()
+    target = profiling_build.target(
+        "tiny", namespace, "none", spec, model, pod_placement(pool_name, pool), pool, config
+    )
+    job = profiling_build.profile_job(target, config)
+    job["metadata"].pop("ownerReferences")
+    batch = k8s.BatchV1Api(api)
+    batch.create_namespaced_job(namespace, job)
+
+    def finished() -> dict[str, Any] | None:
+        found: dict[str, Any] = api.sanitize_for_serialization(batch.read_namespaced_job(target.job_name, namespace))
+        return found if observed.job_finished(found) else None
+
+    finished_job = wait_until(finished, timeout=240, interval=1.0, what=f"profile Job on {pool_name} finished")
+    pods = k8s.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=f"job-name={target.job_name}").items
+    return observed.observe(finished_job, [api.sanitize_for_serialization(pod) for pod in pods], model.sha256)
+
+
+def test_profile_jobs_really_run_and_a_gpu_pool_without_a_gpu_is_reported(
+    kube: k8s.ApiClient, namespace: str, local_executor: LocalExecutor, local_pools_installed: list[str]
+) -> None:
+    data = tiny_model()
+    sha256 = hashlib.sha256(data).hexdigest()
+    claim = local_executor.claim_dir(namespace, MODEL_CLAIM)
+    claim.mkdir(parents=True, exist_ok=True)
+    (claim / "tiny.onnx").write_bytes(data)
+    uri = f"pvc://{MODEL_CLAIM}/tiny.onnx"
+    spec = InferenceServiceSpec.model_validate(
+        {
+            "model": {"uri": uri, "sha256": sha256},
+            "placement": "auto",
+            "slo": {"p99LatencyMs": 50, "targetRequestsPerSecond": 100},
+            "resources": {"cpu": "1", "memory": "1Gi"},
+            "runtime": {"threads": 1},
+            "env": [
+                {"name": "TANDEM_PROFILE_LATENCY_SECONDS", "value": "0.5"},
+                {"name": "TANDEM_PROFILE_THROUGHPUT_SECONDS", "value": "0.5"},
+            ],
+        }
+    )
+    model = ServedModel(uri=uri, sha256=sha256)
+
+    on_cpu = run_profile(kube, namespace, CPU_POOL, spec, model)
+    assert on_cpu.state == observed.ProfileState.SUCCEEDED, on_cpu.message + local_executor.log_tail()
+    assert on_cpu.result is not None
+    assert on_cpu.result.sha256 == sha256 and on_cpu.result.device == "cpu"
+    assert on_cpu.result.threads == 1  # spec.runtime.threads reached the profiler as it reaches the server
+    assert 0 < on_cpu.result.p99_latency_ms < 50 and on_cpu.result.throughput_per_replica > 100
+
+    on_gpu = run_profile(kube, namespace, GPU_POOL, spec, model)
+    assert on_gpu.state == observed.ProfileState.SUCCEEDED, on_gpu.message + local_executor.log_tail()
+    assert on_gpu.result is not None
+    assert (on_gpu.result.requested_device, on_gpu.result.device) == ("cuda", "cpu")
+
+    pools = {name: ComputePoolSpec.model_validate(body) for name, body in local_pools().items()}
+    candidates = [
+        observed.candidate(CPU_POOL, False, replica_rates(1, 0, pools[CPU_POOL]), on_cpu),
+        observed.candidate(GPU_POOL, True, replica_rates(1, 1, pools[GPU_POOL]), on_gpu),
+    ]
+    decision = decide(Slo(p99_latency_ms=50, target_requests_per_second=100), candidates)
+    assert decision.pool == CPU_POOL and decision.meets_slo
+    gpu_estimate = decision.estimates[1]
+    assert not gpu_estimate.measured and gpu_estimate.note is not None
+    assert gpu_estimate.note.startswith("profile ran on CPU, not on the pool's accelerator")
