@@ -258,5 +258,7 @@ def train(ctx: DistContext, config: DigitsConfig, store: CheckpointStore | None,
         "train_seconds": seconds,
         "samples_per_second": trained_steps * config.batch_size / seconds if seconds > 0 else 0.0,
     }
+    # A run resumed after its last step trains no batch and so has no train loss; JSON has no NaN.
+    metrics = {name: value for name, value in metrics.items() if math.isfinite(value)}
     log.info("trained: %s (config %s)", metrics, asdict(config))
     return TrainResult(model=model, metrics=metrics, held_out=split.test_x.numpy())
