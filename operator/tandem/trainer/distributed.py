@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = timedelta(minutes=10)
 """How long a collective waits for a missing peer; long enough for a slow pod start, short of wasted hours."""
+TIMEOUT_ENV = "TANDEM_DIST_TIMEOUT_SECONDS"
+"""Overrides DEFAULT_TIMEOUT, for clusters where image pulls can keep a worker away for longer."""
 
 
 @dataclass(frozen=True)
@@ -75,8 +77,11 @@ def choose_device(preference: str, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def init_from_env(device: str = "auto", timeout: timedelta = DEFAULT_TIMEOUT) -> DistContext:
+def init_from_env(device: str = "auto", timeout: timedelta | None = None) -> DistContext:
     """Join the process group the environment describes: NCCL for CUDA, gloo for CPU."""
+    if timeout is None:
+        seconds = _env_int(TIMEOUT_ENV, int(DEFAULT_TIMEOUT.total_seconds()))
+        timeout = timedelta(seconds=seconds)
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
