@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import servers
-from models import linear_expected
+import server_procs as servers
+from server_models import linear_expected
 
 tritonhttp = pytest.importorskip("tritonclient.http")
 
