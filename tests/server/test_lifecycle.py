@@ -74,3 +74,15 @@ def test_metrics_are_served_on_their_own_port(model_dir: Path) -> None:
         reply = connection.getresponse()
         assert reply.status == 200
         assert b"tandem_model_ready" in reply.read()
+
+
+def test_the_serve_command_never_imports_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from tandem.cli import main; import tandem.server.app, tandem.server.cli; "
+        "print('torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert result.stdout.strip() == "False"
