@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import copy
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import click
 import yaml
+from pydantic import BaseModel
 
 from tandem.api.resources import CATEGORY, GROUP, RESOURCES, VERSION, Resource
 
@@ -52,7 +54,19 @@ def _drop_null_branches(node: Any) -> Any:
             node["anyOf"] = kept
     if node.get("default", 0) is None:
         del node["default"]
+    elif isinstance(node.get("default"), dict):
+        node["default"] = _without_nulls(node["default"])
     return node
+
+
+def _without_nulls(value: Any) -> Any:
+    """A default object without its null fields: the API server checks defaults against the schema."""
+    if isinstance(value, dict):
+        return {key: _without_nulls(item) for key, item in value.items() if item is not None}
+    return value
+
+
+_EXCLUSIVE = {"exclusiveMinimum": "minimum", "exclusiveMaximum": "maximum"}
 
 
 def _structural(node: Any) -> Any:
@@ -67,6 +81,12 @@ def _structural(node: Any) -> Any:
             continue
         if key == "additionalProperties" and value is False:
             continue
+        if key in _EXCLUSIVE and not isinstance(value, bool):
+            # JSON Schema 2020-12 (pydantic's gt/lt) has a numeric bound; OpenAPI v3, which the API server
+            # reads, has minimum/maximum plus a boolean flag.
+            result[_EXCLUSIVE[key]] = value
+            result[key] = True
+            continue
         if key == "properties":
             result[key] = {name: _structural(prop) for name, prop in value.items()}
         else:
@@ -76,10 +96,44 @@ def _structural(node: Any) -> Any:
     return result
 
 
-def openapi_schema(model: type[Any]) -> Schema:
+def _models(annotation: Any) -> Iterator[type[BaseModel]]:
+    """The pydantic models an annotation mentions, however deeply nested in unions and generics."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+    for argument in get_args(annotation):
+        yield from _models(argument)
+
+
+def _object_defaults(model: type[BaseModel], raw: Schema, defs: dict[str, Schema]) -> None:
+    """`default: {}` on every object field that defaults to an empty model.
+
+    pydantic leaves defaults made by default_factory out of the schema; without them the API server would
+    not fill the nested defaults, and CEL rules such as `self.replicas.max >= self.replicas.min` would
+    fail on an omitted `replicas`.
+    """
+    seen: set[type[BaseModel]] = set()
+    pending = [model]
+    while pending:
+        current = pending.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        node = raw if current is model else defs.get(current.__name__, {})
+        for name, info in current.model_fields.items():
+            pending.extend(_models(info.annotation))
+            if info.default_factory is None:
+                continue
+            default = info.default_factory()  # type: ignore[call-arg]
+            alias = info.alias or name
+            if isinstance(default, BaseModel) and alias in node.get("properties", {}):
+                node["properties"][alias]["default"] = default.model_dump(mode="json", by_alias=True)
+
+
+def openapi_schema(model: type[BaseModel]) -> Schema:
     """The structural OpenAPI v3 schema of one pydantic model."""
     raw = model.model_json_schema(by_alias=True, mode="validation")
     defs = raw.pop("$defs", {})
+    _object_defaults(model, raw, defs)
     schema: Schema = _structural(_drop_null_branches(_inline(raw, defs)))
     return schema
 
