@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +39,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         os.environ["TANDEM_BIN_DIR"] = str(build_binaries())
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster | ExternalCluster]:
     """The session's cluster; `.kubeconfig` is its kubeconfig path, also exported as KUBECONFIG.
@@ -59,6 +64,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster |
             handle.down()
 
     atexit.register(stop)
+    # `timeout pytest ...` and CI cancellations send SIGTERM, which would skip teardown and leave the
+    # components running: turn it into the KeyboardInterrupt pytest already tears down on.
+    previous_sigterm = signal.getsignal(signal.SIGTERM)
+    if previous_sigterm == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         if isinstance(handle, LocalCluster):
             handle.up()
@@ -71,6 +81,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster |
             os.environ["KUBECONFIG"] = previous
         stop()
         atexit.unregister(stop)
+        if previous_sigterm == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session")
