@@ -27,12 +27,14 @@ def _pod(
     tolerate_gpu: bool = False,
     node_selector: dict[str, str] | None = None,
     annotations: dict[str, str] | None = None,
+    node_name: str | None = None,
 ) -> k8s.V1Pod:
     limits = {"nvidia.com/gpu": str(gpus)} if gpus else None
     return k8s.V1Pod(
         metadata=k8s.V1ObjectMeta(name=name, annotations=annotations),
         spec=k8s.V1PodSpec(
             restart_policy="Never",
+            node_name=node_name,
             tolerations=[GPU_TOLERATION] if tolerate_gpu else None,
             node_selector=node_selector,
             containers=[
@@ -234,6 +236,35 @@ def test_deleting_an_owner_garbage_collects_its_children(kube: k8s.ApiClient, na
         return True
 
     wait_until(children_gone, what="garbage collection of the children")
+
+
+def test_kwok_leaves_nodes_without_the_fake_annotation_and_their_pods_alone(
+    kube: k8s.ApiClient, namespace: str
+) -> None:
+    """A node served by something else (the local executor, later) must not be driven by kwok."""
+    core, _, _ = _apis(kube)
+    node_name = f"real-{namespace}"[:63]
+    core.create_node(
+        k8s.V1Node(
+            metadata=k8s.V1ObjectMeta(name=node_name, labels={"tandem.dev/pool": "executor-test"}),
+            status=k8s.V1NodeStatus(capacity={"cpu": "4", "memory": "8Gi", "pods": "10"}),
+        )
+    )
+    try:
+        core.create_namespaced_pod(namespace, _pod("on-real", node_name=node_name))
+        core.create_namespaced_pod(namespace, _pod("on-fake", node_name="tandem-cpu-0"))
+        # The control pod on a fake node runs within a second; by then kwok would have run the other too.
+        wait_until(
+            lambda: core.read_namespaced_pod("on-fake", namespace).status.phase == "Running", what="Running"
+        )
+        pod = core.read_namespaced_pod("on-real", namespace)
+        assert pod.status.phase == "Pending" and not pod.status.pod_ip
+        node = core.read_node(node_name)
+        assert not _condition(node, "Ready"), "kwok initialised a node without kwok.x-k8s.io/node=fake"
+        assert "kwok.x-k8s.io/node" not in (node.metadata.annotations or {})
+    finally:
+        core.delete_namespaced_pod("on-real", namespace, grace_period_seconds=0)
+        core.delete_node(node_name)
 
 
 def test_service_account_tokens_can_be_issued(kube: k8s.ApiClient, namespace: str) -> None:
