@@ -32,7 +32,7 @@ pid_of() { [ -f "$DIR/pids/$1.pid" ] && cat "$DIR/pids/$1.pid" || true; }
 alive() {
   local pid="$1"
   [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
-  tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q -- "$DIR" || return 1
+  tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$DIR" || return 1
 }
 
 # start NAME BINARY ARGS...: runs the component in its own session (so `down` can signal its whole
@@ -151,10 +151,16 @@ resolve_bin() {
   done
 }
 
-wait_for() { # wait_for WHAT TIMEOUT_S COMMAND...
+# wait_for WHAT TIMEOUT_S COMMAND...: poll COMMAND; when WHAT is a component that died, fail at once and
+# show the end of its log instead of waiting out the timeout.
+wait_for() {
   local what="$1" timeout="$2"; shift 2
   local deadline=$((SECONDS + timeout))
   until "$@" > /dev/null 2>&1; do
+    if [ -f "$DIR/pids/$what.pid" ] && ! alive "$(pid_of "$what")"; then
+      tail -n 20 "$DIR/logs/$what.log" >&2 || true
+      die "$what exited (log: $DIR/logs/$what.log)"
+    fi
     [ "$SECONDS" -lt "$deadline" ] || die "$what not ready after ${timeout}s (logs: $DIR/logs)"
     sleep 0.2
   done
