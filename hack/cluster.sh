@@ -31,8 +31,10 @@ pid_of() { [ -f "$DIR/pids/$1.pid" ] && cat "$DIR/pids/$1.pid" || true; }
 # alive PID: the pid runs one of our binaries (guards against pid reuse after a reboot or long idle).
 alive() {
   local pid="$1"
+  local cmdline
   [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
-  tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$DIR" || return 1
+  cmdline="$(tr '\0' ' ' 2>/dev/null < "/proc/$pid/cmdline")" || return 1
+  [[ "$cmdline" == *"$DIR/"* ]]
 }
 
 # start NAME BINARY ARGS...: runs the component in its own session (so `down` can signal its whole
