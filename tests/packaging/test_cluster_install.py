@@ -117,34 +117,37 @@ def phase(kubectl: Path, kind: str, name: str, namespace: str) -> str | None:
     return str(value) if value else None
 
 
-def test_operator_with_the_chart_service_account_reconciles_pools_jobs_and_services(
-    release: Release, kubectl: Path, cluster: Any, namespace: str, tmp_path: Path
+def reconcile_with_service_account(
+    kubectl: Path, admin: Path, account: Release, pools: Release, namespace: str, watch: str, tmp_path: Path
 ) -> None:
-    kubeconfig = service_account_kubeconfig(kubectl, Path(cluster.kubeconfig), release, tmp_path / "sa.kubeconfig")
+    """Run `tandem operator` locally with a token of `account`'s ServiceAccount; a ComputePool, a TrainingJob
+    and an InferenceService must reach their status, and the operator log must show no refusal."""
+    kubeconfig = service_account_kubeconfig(kubectl, admin, account, tmp_path / "sa.kubeconfig")
     sa_env = dict(os.environ, KUBECONFIG=str(kubeconfig))
     can_i = run([kubectl, "auth", "can-i", "list", "secrets", "--all-namespaces"], check=False, env=sa_env)
     assert can_i.stdout.strip() == "no", "the token must not be an admin's"
 
     log = (tmp_path / "operator.log").open("w")
-    env = dict(sa_env, TANDEM_NAMESPACES="", POD_NAMESPACE=release.namespace, POD_NAME="local-operator")
+    env = dict(sa_env, TANDEM_NAMESPACES=watch, POD_NAMESPACE=account.namespace, POD_NAME="local-operator")
     operator = subprocess.Popen(
         [sys.executable, "-m", "tandem", "operator", "--metrics-port", "0", "--health-port", "0"],
         stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
     )
     try:
         wait_until(
-            lambda: (kubectl_json(kubectl, "get", "computepool", release.gpu_pool).get("status") or {}).get("nodes"),
-            timeout=90, what=f"ComputePool {release.gpu_pool} status.nodes",
+            lambda: (kubectl_json(kubectl, "get", "computepool", pools.gpu_pool).get("status") or {}).get("nodes"),
+            timeout=90, what=f"ComputePool {pools.gpu_pool} status.nodes",
         )
         training = {
             "apiVersion": "tandem.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "digits"},
-            "spec": {"pool": release.gpu_pool, "workers": 1, "resources": {"gpus": 1, "cpu": "1", "memory": "1Gi"},
+            "spec": {"pool": pools.gpu_pool, "workers": 1, "resources": {"gpus": 1, "cpu": "1", "memory": "1Gi"},
                      "model": {"output": "file:///tmp/models/digits"}},
         }
         serving = {
             "apiVersion": "tandem.dev/v1alpha1", "kind": "InferenceService", "metadata": {"name": "digits"},
-            "spec": {"model": {"uri": "file:///tmp/models/digits/model.onnx"}, "pool": release.cpu_pool,
-                     "resources": {"cpu": "500m", "memory": "256Mi"}},
+            "spec": {"model": {"uri": "file:///tmp/models/digits/model.onnx"}, "pool": pools.cpu_pool,
+                     # replicas and resources spelled out: the CRD's CEL rules need them present (reported)
+                     "replicas": {"min": 1, "max": 1}, "resources": {"cpu": "500m", "memory": "256Mi"}},
         }
         manifest = tmp_path / "resources.yaml"
         manifest.write_text(yaml.safe_dump_all([training, serving]))
@@ -152,7 +155,7 @@ def test_operator_with_the_chart_service_account_reconciles_pools_jobs_and_servi
         wait_until(lambda: phase(kubectl, "trainingjob", "digits", namespace) in ("Running", "Succeeded", "Failed"),
                    timeout=120, what="TrainingJob digits to run")
         job = kubectl_json(kubectl, "get", "trainingjob", "digits", "--namespace", namespace)["status"]
-        assert job["pool"] == release.gpu_pool
+        assert job["pool"] == pools.gpu_pool
         kubectl_json(kubectl, "get", "job", job["jobName"], "--namespace", namespace)
         wait_until(lambda: phase(kubectl, "inferenceservice", "digits", namespace) == "Ready",
                    timeout=120, what="InferenceService digits to be Ready")
@@ -170,3 +173,67 @@ def test_operator_with_the_chart_service_account_reconciles_pools_jobs_and_servi
     text = (tmp_path / "operator.log").read_text()
     forbidden = [line for line in text.splitlines() if "403" in line or "forbidden" in line.lower()]
     assert not forbidden, "the operator was refused:\n" + "\n".join(forbidden[:20])
+
+
+def test_operator_with_the_chart_service_account_reconciles_pools_jobs_and_services(
+    release: Release, kubectl: Path, cluster: Any, namespace: str, tmp_path: Path
+) -> None:
+    reconcile_with_service_account(kubectl, Path(cluster.kubeconfig), release, release, namespace, "", tmp_path)
+
+
+def test_namespaced_install_rights_suffice_for_its_watched_namespace(
+    release: Release, helm: Path, kubectl: Path, cluster: Any, namespace: str, tmp_path: Path
+) -> None:
+    """A second release with watchNamespaces: Roles in the watched namespace, a ClusterRole for pools only."""
+    suffix = uuid.uuid4().hex[:6]
+    scoped = Release(f"tandem-ns-{suffix}", f"tandem-ns-{suffix}", release.gpu_pool, release.cpu_pool, "")
+    run([helm, "install", scoped.name, CHART, "--namespace", scoped.namespace, "--create-namespace",
+         *set_args({"watchNamespaces": [namespace], "tests": {"enabled": False},
+                    "computePools": {"gpu": {"enabled": False}, "cpu": {"enabled": False}}})])
+    try:
+        reconcile_with_service_account(
+            kubectl, Path(cluster.kubeconfig), scoped, release, namespace, namespace, tmp_path
+        )
+    finally:
+        run([helm, "uninstall", scoped.name, "--namespace", scoped.namespace, "--wait", "--timeout", "2m"],
+            check=False)
+        run([kubectl, "delete", "namespace", scoped.namespace, "--wait=false"], check=False)
+
+
+def test_leader_election_role_lets_the_operator_take_and_renew_its_lease(
+    helm: Path, kubectl: Path, cluster: Any, release: Release, tmp_path: Path
+) -> None:
+    suffix = uuid.uuid4().hex[:6]
+    elected = Release(f"tandem-le-{suffix}", f"tandem-le-{suffix}", "", "", "")
+    run([helm, "install", elected.name, CHART, "--namespace", elected.namespace, "--create-namespace",
+         *set_args({"leaderElection": {"enabled": True}, "tests": {"enabled": False},
+                    "computePools": {"gpu": {"enabled": False}, "cpu": {"enabled": False}}})])
+    kubeconfig = service_account_kubeconfig(kubectl, Path(cluster.kubeconfig), elected, tmp_path / "sa.kubeconfig")
+    env = dict(os.environ, KUBECONFIG=str(kubeconfig), POD_NAMESPACE=elected.namespace, POD_NAME="local",
+               TANDEM_LEASE_NAME=elected.name, TANDEM_LEADER_ELECTION="true")
+    log = (tmp_path / "operator.log").open("w")
+    operator = subprocess.Popen(
+        [sys.executable, "-m", "tandem", "operator", "--metrics-port", "0", "--health-port", "0"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+    )
+    try:
+        def renewed() -> bool:
+            lease = run([kubectl, "get", "lease", elected.name, "-n", elected.namespace, "-o", "json"], check=False)
+            spec = json.loads(lease.stdout).get("spec", {}) if lease.returncode == 0 else {}
+            return str(spec.get("holderIdentity", "")).startswith("local-") and spec.get("renewTime") != spec.get(
+                "acquireTime")
+
+        wait_until(renewed, timeout=60, what=f"Lease {elected.name} taken and renewed")
+        assert operator.poll() is None, "the operator exited: " + (tmp_path / "operator.log").read_text()[-2000:]
+    finally:
+        operator.terminate()
+        try:
+            operator.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            operator.kill()
+        log.close()
+        run([helm, "uninstall", elected.name, "--namespace", elected.namespace, "--wait", "--timeout", "2m"],
+            check=False)
+        run([kubectl, "delete", "namespace", elected.namespace, "--wait=false"], check=False)
+    text = (tmp_path / "operator.log").read_text()
+    assert "forbidden" not in text.lower() and "403" not in text, text[-2000:]
