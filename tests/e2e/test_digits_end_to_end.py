@@ -5,7 +5,7 @@ in the shared claim directory, the TrainingJob reports its sha256, an InferenceS
 local CPU node, and tritonclient gets predictions at the trainer's held-out accuracy. Re-running the
 training rolls the service to the new model while a client keeps sending requests, none of them failing.
 
-The client picks a ready endpoint from the Service's EndpointSlices for every request, as kube-proxy would
+The client picks a ready endpoint of the Service (from its pods) for every request, as kube-proxy would
 (tandem.devexec.endpoints); it never retries.
 """
 
@@ -25,7 +25,16 @@ from e2e.conftest import LocalExecutor
 from support.cluster import wait_until
 from support.tandem import body, condition, create, get, patch_spec
 from tandem.api.resources import INFERENCE_SERVICE, TRAINING_JOB
-from tandem.devexec.digits import CPU_POOL, GPU_POOL, accuracy, held_out, predict, serving_spec, training_spec
+from tandem.devexec.digits import (
+    CPU_POOL,
+    GPU_POOL,
+    accuracy,
+    create_model_volume,
+    held_out,
+    predict,
+    serving_spec,
+    training_spec,
+)
 from tandem.devexec.endpoints import ServiceEndpoints
 from tandem.devexec.kubeapi import KubeApi
 
@@ -70,7 +79,7 @@ def pods(api: k8s.ApiClient, namespace: str, selector: str) -> list[Any]:
 def check_model_file(executor: LocalExecutor, namespace: str, model: dict[str, Any]) -> None:
     """The artifact the status names is on the shared claim, with that sha256."""
     assert model["uri"].startswith("pvc://models/digits/"), model
-    path = executor.claim_dir(namespace, "models") / model["uri"].removeprefix("pvc://models/") / "model.onnx"
+    path = executor.claim_dir(namespace, "models") / model["uri"].removeprefix("pvc://models/")
     assert path.is_file(), f"{path} missing"
     assert hashlib.sha256(path.read_bytes()).hexdigest() == model["sha256"]
 
@@ -108,6 +117,8 @@ def test_digits_trains_serves_and_rolls_out_without_dropping_requests(
     kube: k8s.ApiClient, namespace: str, local_executor: LocalExecutor, e2e_operator: KopfRunner
 ) -> None:
     pixels, labels = held_out()
+
+    create_model_volume(KubeApi(kube), namespace)  # the claim pvc://models names, bound so pods schedule
 
     # 1. Two workers really train on the local GPU node and publish the model.
     create(kube, TRAINING_JOB, namespace, body(TRAINING_JOB, "digits", training_spec(workers=2)))

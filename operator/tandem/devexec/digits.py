@@ -105,3 +105,56 @@ def predict(address: str, model: str, pixels: npt.NDArray[np.float32], timeout: 
 
 def accuracy(prediction: Prediction, labels: npt.NDArray[np.int64]) -> float:
     return float((prediction.labels == labels).mean())
+
+
+def model_volume(namespace: str, claim: str = MODEL_CLAIM) -> list[dict[str, Any]]:
+    """A PersistentVolume pre-bound to a claim, and the claim: what `pvc://models/...` needs to schedule.
+
+    The scheduler only places a pod whose claim is bound; the dev cluster has no provisioner, so the
+    volume is created bound (claimRef + volumeName). The executor maps the claim to its own directory
+    (<state>/pvc/<namespace>/<claim>); the hostPath here only describes that.
+    """
+    volume = f"{claim}-{namespace}"[:63]
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": volume, "labels": {"tandem.dev/executor": "local"}},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteMany"],
+                "persistentVolumeReclaimPolicy": "Delete",
+                "storageClassName": "",
+                "hostPath": {"path": f"/tandem-devexec/pvc/{namespace}/{claim}"},
+                "claimRef": {"namespace": namespace, "name": claim},
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": claim, "namespace": namespace},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": "",
+                "volumeName": volume,
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    ]
+
+
+def create_model_volume(api: Any, namespace: str) -> None:
+    """Create `model_volume(namespace)` through a tandem.devexec.kubeapi.KubeApi (existing objects kept)."""
+    from kubernetes.client.exceptions import ApiException
+
+    for obj in model_volume(namespace):
+        path = (
+            "/api/v1/persistentvolumes"
+            if obj["kind"] == "PersistentVolume"
+            else f"/api/v1/namespaces/{namespace}/persistentvolumeclaims"
+        )
+        try:
+            api.call("POST", path, obj)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise

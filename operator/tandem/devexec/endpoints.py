@@ -1,9 +1,14 @@
 """Client-side endpoint choice for Services, standing in for kube-proxy on the dev cluster.
 
 Nothing routes ClusterIPs here, so clients of a Service (the end-to-end test, the demo) pick a ready
-endpoint from its EndpointSlices for every request, as kube-proxy does per connection. The slices are
-watched, so an endpoint leaves the choice as soon as the EndpointSlice controller marks it not ready (a pod
-being deleted, or failing its readiness probe). There is no retry: a request that fails, fails.
+endpoint for every request, as kube-proxy does per connection. There is no retry: a request that fails,
+fails.
+
+Endpoints are derived from the Service's pods with the EndpointSlice controller's rule (a pod address, the
+Ready condition True, no deletionTimestamp; the port is the targetPort, by number or container port name)
+instead of read from EndpointSlices: the API server refuses loopback addresses in EndpointSlices, and the
+executor's pod addresses are loopback ones, so the controller writes slices without endpoints. The pods
+are watched, so an endpoint leaves the choice as soon as its pod is being deleted or turns unready.
 """
 
 from __future__ import annotations
@@ -20,28 +25,33 @@ from tandem.devexec.kubeapi import KubeApi
 log = logging.getLogger(__name__)
 
 
-def ready_addresses(slices: list[dict[str, Any]], port_name: str) -> list[str]:
-    """`ip:port` of every ready endpoint in the slices, for the named port."""
-    out = []
-    for item in slices:
-        ports = [p["port"] for p in item.get("ports") or [] if p.get("name", "") == port_name]
-        if not ports:
-            continue
-        for endpoint in item.get("endpoints") or []:
-            if (endpoint.get("conditions") or {}).get("ready"):
-                out += [f"{ip}:{ports[0]}" for ip in endpoint.get("addresses") or []]
-    return sorted(out)
+def pod_endpoint(pod: dict[str, Any], target_port: int | str) -> str | None:
+    """`ip:port` when the pod would be a ready endpoint of the Service, else None."""
+    status = pod.get("status") or {}
+    if pod["metadata"].get("deletionTimestamp") or not status.get("podIP"):
+        return None
+    if not any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []):
+        return None
+    port: int | None = target_port if isinstance(target_port, int) else None
+    if port is None:
+        for container in (pod.get("spec") or {}).get("containers") or []:
+            for item in container.get("ports") or []:
+                if item.get("name") == target_port:
+                    port = int(item["containerPort"])
+    return f"{status['podIP']}:{port}" if port is not None else None
 
 
 class ServiceEndpoints:
-    """The ready endpoints of one Service, kept current by a watch on its EndpointSlices."""
+    """The ready endpoints of one Service, kept current by a watch on its pods."""
 
     def __init__(self, api: KubeApi, namespace: str, service: str, port_name: str = "http") -> None:
         self.api = api
         self.namespace = namespace
         self.service = service
         self.port_name = port_name
-        self._slices: dict[str, dict[str, Any]] = {}
+        self._pods: dict[str, dict[str, Any]] = {}
+        self._selector = ""
+        self._target: int | str = port_name
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"endpoints-{service}")
@@ -49,11 +59,15 @@ class ServiceEndpoints:
 
     @property
     def path(self) -> str:
-        return f"/apis/discovery.k8s.io/v1/namespaces/{self.namespace}/endpointslices"
+        return f"/api/v1/namespaces/{self.namespace}/pods"
 
-    @property
-    def selector(self) -> str:
-        return f"kubernetes.io/service-name={self.service}"
+    def _read_service(self) -> None:
+        service = self.api.call("GET", f"/api/v1/namespaces/{self.namespace}/services/{self.service}")
+        spec = service["spec"]
+        self._selector = ",".join(f"{k}={v}" for k, v in (spec.get("selector") or {}).items())
+        for port in spec.get("ports") or []:
+            if port.get("name", "") == self.port_name:
+                self._target = port.get("targetPort", port["port"])
 
     def start(self) -> ServiceEndpoints:
         self._thread.start()
@@ -64,7 +78,8 @@ class ServiceEndpoints:
 
     def addresses(self) -> list[str]:
         with self._lock:
-            return ready_addresses(list(self._slices.values()), self.port_name)
+            found = (pod_endpoint(pod, self._target) for pod in self._pods.values())
+            return sorted(address for address in found if address)
 
     def pick(self) -> str | None:
         """A random ready endpoint, or None when there is none."""
@@ -82,9 +97,10 @@ class ServiceEndpoints:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                listed = self.api.call("GET", self.path, query=[("labelSelector", self.selector)])
+                self._read_service()
+                listed = self.api.call("GET", self.path, query=[("labelSelector", self._selector)])
                 with self._lock:
-                    self._slices = {s["metadata"]["name"]: s for s in listed.get("items") or []}
+                    self._pods = {p["metadata"]["name"]: p for p in listed.get("items") or []}
                 self._watch(listed["metadata"]["resourceVersion"])
             except Exception as exc:  # relist after any failure; the choice keeps its last known state
                 log.debug("endpoint watch restarts: %s", exc)
@@ -95,7 +111,7 @@ class ServiceEndpoints:
             "GET",
             self.path,
             query_params=[
-                ("labelSelector", self.selector),
+                ("labelSelector", self._selector),
                 ("watch", "true"),
                 ("resourceVersion", version),
                 ("timeoutSeconds", "30"),
@@ -124,6 +140,6 @@ class ServiceEndpoints:
             return
         with self._lock:
             if kind == "DELETED":
-                self._slices.pop(name, None)
+                self._pods.pop(name, None)
             else:
-                self._slices[name] = obj
+                self._pods[name] = obj

@@ -18,7 +18,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from tandem.api.resources import COMPUTE_POOL, GROUP, INFERENCE_SERVICE, TRAINING_JOB, VERSION, Resource
-from tandem.devexec.digits import accuracy, held_out, predict, serving_spec, training_spec
+from tandem.devexec.digits import accuracy, create_model_volume, held_out, predict, serving_spec, training_spec
 from tandem.devexec.endpoints import ServiceEndpoints
 from tandem.devexec.kubeapi import KubeApi
 
@@ -98,6 +98,7 @@ def main(kubeconfig: str, namespace: str, workers: int, count: int, timeout: flo
         if exc.status != 409:
             raise
     client = Client(api, namespace)
+    create_model_volume(api, namespace)
     pixels, labels = held_out()
 
     say(f"TrainingJob digits: {workers} workers, `tandem train digits` -> pvc://models/digits")
