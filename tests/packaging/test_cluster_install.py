@@ -152,7 +152,7 @@ def reconcile_with_service_account(
         serving = {
             "apiVersion": "tandem.dev/v1alpha1", "kind": "InferenceService", "metadata": {"name": "digits"},
             "spec": {"model": {"uri": "file:///tmp/models/digits/model.onnx"}, "pool": pools.cpu_pool,
-                     # replicas and resources spelled out: the CRD's CEL rules need them present (reported)
+                     # replicas and resources spelled out (before 20ec556 the CRD's CEL rules needed them)
                      "replicas": {"min": 1, "max": 1}, "resources": {"cpu": "500m", "memory": "256Mi"}},
         }
         manifest = tmp_path / "resources.yaml"
