@@ -81,6 +81,10 @@ PIDS+=($!)
 say "starting the operator (log $DEMO/operator.log)"
 "$VENV/bin/tandem" operator --metrics-port 0 --health-port 0 > "$DEMO/operator.log" 2>&1 &
 PIDS+=($!)
+for _ in $(seq 1 120); do  # the nodes appear once the executor has registered them
+  k get node local-gpu-0 local-cpu-0 >/dev/null 2>&1 && break
+  sleep 0.5
+done
 k wait --for=condition=Ready node/local-gpu-0 node/local-cpu-0 --timeout=60s >/dev/null
 
 # A re-run with the same names starts from a clean slate.
