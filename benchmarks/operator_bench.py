@@ -90,9 +90,7 @@ def create_all(count: int, make: Any) -> float:
 
 
 def memory_kib(pid: int) -> tuple[int, int]:
-    fields = dict(
-        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
-    )
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
     return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
 
 
@@ -111,7 +109,9 @@ def run(api: k8s.ApiClient, kubeconfig: Path, count: int) -> dict[str, float]:
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "TANDEM_RESYNC_SECONDS": "60"}
     operator = subprocess.Popen(
         [sys.executable, "-m", "tandem", "operator", "--metrics-port", "0", "--health-port", "0"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     seen: dict[str, float] = {}
     done = threading.Event()

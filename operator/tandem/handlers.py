@@ -16,13 +16,12 @@ from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import kopf
-from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 
 from tandem import metrics
 from tandem.api.resources import COMPUTE_POOL, GROUP, INFERENCE_SERVICE, TRAINING_JOB, VERSION, Resource
 from tandem.config import OperatorConfig
-from tandem.kube import Kube
+from tandem.kube import Kube, load_config
 from tandem.reconcile import Outcome, reconcile_pool, reconcile_serving, reconcile_training
 
 log = logging.getLogger(__name__)
@@ -43,6 +42,12 @@ def config() -> OperatorConfig:
     return operator_config
 
 
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """kopf's own login: service account in a pod, else the kubeconfig that $KUBECONFIG names now."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Progress and diff bases live in annotations: the strict status schema would prune kopf's own fields.
@@ -54,10 +59,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.execution.max_workers = 16
     settings.watching.server_timeout = 300
     settings.networking.error_backoffs = [1, 2, 5, 10]
-    try:
-        kube_config.load_incluster_config()
-    except kube_config.ConfigException:
-        kube_config.load_kube_config()
+    load_config()
     _state["kube"] = Kube()
     _state["config"] = OperatorConfig.from_env()
     stop = threading.Event()
@@ -119,6 +121,8 @@ def _quietly(run: Callable[..., Outcome | None], *args: Any) -> None:
         run(*args)
     except (kopf.TemporaryError, kopf.PermanentError, ApiException) as exc:
         log.warning("resync of %s failed: %s", args[0], exc)
+    except Exception:
+        log.exception("resync of %s failed unexpectedly", args[0])
 
 
 def _pools(pool_index: kopf.Index[str, Any]) -> dict[str, Any]:
@@ -132,6 +136,9 @@ def _run(kind: str, body: Mapping[str, Any], step: Callable[[], Outcome]) -> Out
         with metrics.reconciling(kind):
             outcome = step()
     except ApiException as exc:
+        if exc.status == 404:
+            log.info("%s %s/%s is gone; nothing to reconcile", kind, meta.get("namespace"), meta.get("name"))
+            return None
         if exc.status in TRANSIENT_STATUSES:
             raise kopf.TemporaryError(f"API server answered {exc.status}: {exc.reason}", delay=2) from exc
         message = f"API server refused a child object ({exc.status}): {(exc.body or exc.reason)!s:.500}"

@@ -9,9 +9,11 @@ and status functions see exactly what the API server returned.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from kubernetes import client
+from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 
 from tandem.api.resources import GROUP, VERSION, Resource
@@ -26,6 +28,18 @@ _PATHS: dict[tuple[str, str], tuple[str, str]] = {
     ("autoscaling/v2", "HorizontalPodAutoscaler"): ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
     ("policy/v1", "PodDisruptionBudget"): ("/apis/policy/v1", "poddisruptionbudgets"),
 }
+
+
+def load_config() -> None:
+    """In-cluster credentials, else the kubeconfig that $KUBECONFIG names now.
+
+    The client library reads $KUBECONFIG once, when it is imported; a process that sets it later (a test
+    session that starts its own cluster) would otherwise be sent to ~/.kube/config.
+    """
+    try:
+        kube_config.load_incluster_config()
+    except kube_config.ConfigException:
+        kube_config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
 
 
 class Kube:

@@ -90,7 +90,7 @@ class LeaderElector:
         return False
 
     def keep_renewing(self, stop: threading.Event, lost: threading.Event) -> None:
-        """Renew until `stop`; set `lost` when a renewal fails, so the caller stops acting at once."""
+        """Renew until `stop`; when a renewal fails, set `lost` and `stop`, so the operator stops acting at once."""
         interval = self.lease_seconds / 3
         while not stop.wait(interval):
             try:
@@ -101,4 +101,5 @@ class LeaderElector:
             if not renewed:
                 log.error("lost the lease %s/%s; stopping", self.namespace, self.name)
                 lost.set()
+                stop.set()
                 return

@@ -11,32 +11,31 @@ import threading
 
 import click
 import kopf
-from kubernetes import config as kube_config
 from prometheus_client import start_http_server
 
 from tandem.config import OperatorConfig
-
-
-def _load_kube_config() -> None:
-    try:
-        kube_config.load_incluster_config()
-    except kube_config.ConfigException:
-        kube_config.load_kube_config()
+from tandem.kube import load_config
 
 
 def run_kopf(namespaces: tuple[str, ...], stop: threading.Event, liveness: str | None) -> None:
-    """Run kopf until `stop` is set; the handlers register on import."""
+    """Run kopf until `stop` is set or a signal arrives; the handlers register on import."""
     import tandem.handlers  # noqa: F401
 
-    asyncio.run(
-        kopf.operator(
-            clusterwide=not namespaces,
-            namespaces=list(namespaces),
-            standalone=True,
-            stop_flag=stop,
-            liveness_endpoint=liveness,
-        )
-    )
+    async def operate() -> None:
+        try:
+            await kopf.operator(
+                clusterwide=not namespaces,
+                namespaces=list(namespaces),
+                standalone=True,
+                stop_flag=stop,
+                liveness_endpoint=liveness,
+            )
+        finally:
+            # kopf waits for a threading.Event in an executor thread; asyncio.run() joins that thread
+            # on exit, so after a SIGTERM the event must be set or the process never ends.
+            stop.set()
+
+    asyncio.run(operate())
 
 
 @click.command("operator")
@@ -75,8 +74,9 @@ def operator_command(
     config = OperatorConfig.from_env()
     if metrics_port:
         start_http_server(metrics_port)
-    _load_kube_config()
+    load_config()
     stop = threading.Event()
+    lost = threading.Event()
     if leader_election:
         from tandem.leader import LeaderElector
 
@@ -84,8 +84,8 @@ def operator_command(
         elector = LeaderElector(lease_name, lease_namespace, f"{identity}-{os.getpid()}")
         if not elector.wait_for_leadership(stop):
             return
-        threading.Thread(target=elector.keep_renewing, args=(stop, stop), daemon=True).start()
+        threading.Thread(target=elector.keep_renewing, args=(stop, lost), daemon=True).start()
     liveness = f"http://0.0.0.0:{health_port}/healthz" if health_port else None
     run_kopf(config.namespaces, stop, liveness)
-    if leader_election and stop.is_set():
+    if lost.is_set():
         sys.exit(1)  # leadership lost: exit so the pod restarts and queues for the Lease again

@@ -298,7 +298,10 @@ def _serving_usage(
     pools: Mapping[str, ComputePoolSpec],
     at: datetime,
 ) -> InferenceServiceStatus:
-    """The usage ledger brought up to `at`: the replicas seen last time, for the time since, on their pool."""
+    """The usage ledger brought up to `at`: the ready replicas seen last time, for the time since, on their pool.
+
+    Ready replicas, not created ones: a replica that is still Pending (no node, no image) costs nothing.
+    """
     status = previous.model_copy(deep=True)
     pool = pools.get(previous.placement.pool) if previous.placement is not None else None
     if pool is not None:
@@ -306,7 +309,7 @@ def _serving_usage(
             previous.usage,
             previous.usage_observed_at,
             at,
-            previous.replicas,
+            previous.ready_replicas,
             float(parse_quantity(spec.resources.cpu)),
             placement.serving_accelerators(spec, pool),
             pool,

@@ -31,12 +31,12 @@ SHA_2 = hashlib.sha256(b"model two").hexdigest()
 def training_spec(sha256: str, workers: int = 1, duration: str = "3s", **extra: Any) -> dict[str, Any]:
     annotations = {
         "tandem.dev/fake-duration": duration,
-        "tandem.dev/fake-termination-message": artifact_message(f"pvc://models/digits/{sha256[:6]}", sha256),
+        "tandem.dev/fake-termination-message": artifact_message(f"s3://models/digits/{sha256[:6]}/model.onnx", sha256),
     }
     return {
         "workers": workers,
         "resources": {"gpus": 1, "cpu": "2", "memory": "4Gi"},
-        "model": {"output": "pvc://models/digits"},
+        "model": {"output": "s3://models/digits"},
         "podMetadata": {"annotations": annotations},
         **extra,
     }
@@ -106,6 +106,19 @@ def test_training_job_runs_on_gpu_nodes_and_publishes_its_model(
     assert {"Created", "ModelPublished"} <= reasons
 
 
+def test_unschedulable_workers_are_explained_in_status(
+    tandem_api: k8s.ApiClient, namespace: str, operator: KopfRunner
+) -> None:
+    spec = {**training_spec(SHA_1), "model": {"output": "pvc://no-such-claim/digits"}}
+    create(tandem_api, TRAINING_JOB, namespace, body(TRAINING_JOB, "stuck", spec))
+    stuck = wait_for(
+        tandem_api, TRAINING_JOB, namespace, "stuck",
+        lambda o: (condition(o, "Running") or {}).get("reason") == "Unschedulable", "unschedulable reported",
+    )
+    assert stuck["status"]["phase"] == "Pending"
+    assert 'persistentvolumeclaim "no-such-claim" not found' in condition(stuck, "Running")["message"]  # type: ignore[index]
+
+
 def test_failed_worker_fails_the_training_job_with_its_message(
     tandem_api: k8s.ApiClient, namespace: str, operator: KopfRunner
 ) -> None:
@@ -133,7 +146,11 @@ def test_inference_service_serves_on_cpu_nodes_and_follows_a_rerun(
         tandem_api,
         INFERENCE_SERVICE,
         namespace,
-        body(INFERENCE_SERVICE, "digits", {"model": {"fromTrainingJob": {"name": "digits"}}, "replicas": {"min": 2}}),
+        body(
+            INFERENCE_SERVICE,
+            "digits",
+            {"model": {"fromTrainingJob": {"name": "digits"}}, "replicas": {"min": 2, "max": 2}},
+        ),
     )
     ready = wait_for(tandem_api, INFERENCE_SERVICE, namespace, "digits", phase_is("Ready"), "ready", timeout=120)
     assert ready["status"]["model"]["sha256"] == SHA_1

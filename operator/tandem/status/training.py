@@ -113,7 +113,23 @@ def _phase(
     workers = (job.get("spec") or {}).get("parallelism") or 1
     if running:
         return TrainingPhase.RUNNING, "WorkersRunning", f"{len(running)} of {workers} workers running"
+    unschedulable = unschedulable_message(pods)
+    if unschedulable is not None:
+        return TrainingPhase.PENDING, "Unschedulable", unschedulable
     return TrainingPhase.PENDING, "WorkersPending", f"waiting for {workers} worker pods to start"
+
+
+def unschedulable_message(pods: list[dict[str, Any]]) -> str | None:
+    """The scheduler's reason a worker cannot be placed (a missing claim, no free GPU), for the condition."""
+    for pod in pods:
+        for condition in (pod.get("status") or {}).get("conditions") or []:
+            if (
+                condition.get("type") == "PodScheduled"
+                and condition.get("status") == "False"
+                and condition.get("reason") == "Unschedulable"
+            ):
+                return f"worker {_index(pod) or '?'} cannot be scheduled: {condition.get('message', '')}"
+    return None
 
 
 def training_status(
