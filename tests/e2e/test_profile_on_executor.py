@@ -25,7 +25,8 @@ from tandem.api.inferenceservice import InferenceServiceSpec, ServedModel, Slo
 from tandem.build import profiling as profiling_build
 from tandem.config import OperatorConfig
 from tandem.costing import decide, replica_rates
-from tandem.devexec.digits import CPU_POOL, GPU_POOL, MODEL_CLAIM, local_pools
+from tandem.devexec.digits import CPU_POOL, GPU_POOL, MODEL_CLAIM, create_model_volume, local_pools
+from tandem.devexec.kubeapi import KubeApi
 from tandem.placement import pod_placement
 from tandem.profiling import observed
 
@@ -72,6 +73,7 @@ def run_profile(
 def test_profile_jobs_really_run_and_a_gpu_pool_without_a_gpu_is_reported(
     kube: k8s.ApiClient, namespace: str, local_executor: LocalExecutor, local_pools_installed: list[str]
 ) -> None:
+    create_model_volume(KubeApi(kube), namespace)  # the scheduler places no pod whose claim is missing
     data = tiny_model()
     sha256 = hashlib.sha256(data).hexdigest()
     claim = local_executor.claim_dir(namespace, MODEL_CLAIM)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tandem.server import cgroup
+from tandem import cgroup
 
 
 @pytest.mark.parametrize(

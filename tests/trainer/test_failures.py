@@ -11,12 +11,13 @@ import pytest
 import torch
 from trainer_support import SMALL_RUN, TrainerRun
 
+from tandem.api.artifact import EXIT_PERMANENT, EXIT_RETRYABLE
 from tandem.datasets import digits_uri
 from tandem.storage import resolve
 from tandem.trainer import export
 from tandem.trainer.digits import SPLIT_SEED, DigitsMLP
 from tandem.trainer.distributed import init_from_env
-from tandem.trainer.failures import EXIT_PERMANENT, EXIT_RETRYABLE, reported_failures
+from tandem.trainer.failures import reported_failures
 from tandem.trainer.publish import export_and_publish
 
 RunTrainer = Callable[..., TrainerRun]

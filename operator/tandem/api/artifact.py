@@ -16,6 +16,15 @@ from tandem.api.base import ApiModel
 TERMINATION_MESSAGE_LIMIT = 4096
 """Kubernetes truncates termination messages at 4096 bytes; the artifact JSON must fit."""
 
+EXIT_CRASH = 1
+"""A training process crashed unexpectedly: retried within the backoff limit."""
+EXIT_USAGE = 2
+"""Bad command-line arguments (click's exit code): retrying cannot help."""
+EXIT_PERMANENT = 3
+"""A failure no retry can fix (NaN loss, failed parity check, missing dataset)."""
+EXIT_RETRYABLE = 4
+"""A failure that may pass on retry (storage unreachable)."""
+
 
 class TensorDatatype(StrEnum):
     """Open Inference Protocol (KServe V2) tensor datatypes."""

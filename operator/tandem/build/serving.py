@@ -116,6 +116,8 @@ def deployment(serving: Serving, config: OperatorConfig) -> dict[str, Any]:
         "readinessProbe": _probe("/v2/health/ready", 2, 3),
         "livenessProbe": _probe("/v2/health/live", 10, 3),
         "startupProbe": _probe("/v2/health/live", 2, 60),
+        # Endpoints lag behind pod deletion: keep serving a few seconds so a rollout drops no requests.
+        "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
         "securityContext": restricted_security_context(),
         "volumeMounts": mounts,
     }

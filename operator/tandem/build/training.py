@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from tandem.api.artifact import EXIT_PERMANENT, EXIT_USAGE
 from tandem.api.computepool import ComputePoolSpec
 from tandem.api.trainingjob import TrainingJobSpec
 from tandem.build.meta import (
@@ -132,6 +133,22 @@ def _tandem_env(run: TrainingRun) -> dict[str, str]:
     return env
 
 
+def failure_policy() -> dict[str, Any]:
+    """Fail the run at once on the trainer's permanent exit codes; don't count node disruptions as failures.
+
+    Without it a NaN loss or a failed parity check would be retried backoffLimit times for nothing.
+    """
+    return {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_USAGE, EXIT_PERMANENT]},
+            },
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+        ]
+    }
+
+
 def training_job(
     run: TrainingRun, placement: PodPlacement, pool: ComputePoolSpec, config: OperatorConfig
 ) -> dict[str, Any]:
@@ -174,6 +191,7 @@ def training_job(
         "parallelism": spec.workers,
         "completionMode": "Indexed",
         "backoffLimit": spec.backoff_limit,
+        "podFailurePolicy": failure_policy(),
         "suspend": spec.suspend or spec.queue is not None,
         "template": {
             "metadata": {

@@ -101,10 +101,10 @@ def profile(
     termination_message_path: str | None,
 ) -> None:
     """Measure latency percentiles and throughput of one replica; print JSON."""
+    from tandem.cgroup import available_cpus, default_threads
     from tandem.profiling.measure import ProfileError, ProfileSettings, load_model
     from tandem.profiling.measure import profile as measure
     from tandem.profiling.result import Device, ProfileFailure
-    from tandem.server.cgroup import available_cpus, default_threads
 
     settings = ProfileSettings(
         threads=threads or default_threads(),

@@ -114,8 +114,8 @@ def serve(
     log_level: str,
 ) -> None:
     """Serve one ONNX model over the Open Inference Protocol (KServe V2) REST API."""
+    from tandem.cgroup import default_threads
     from tandem.server.app import InferenceServer
-    from tandem.server.cgroup import default_threads
     from tandem.server.config import ServerConfig
     from tandem.server.logs import configure_logging
 

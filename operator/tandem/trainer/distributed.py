@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from tandem.cgroup import default_threads
 from tandem.trainer.failures import InvalidConfiguration, PeerFailed, TrainerError
 
 T = TypeVar("T")
@@ -88,6 +89,10 @@ def init_from_env(device: str = "auto", timeout: timedelta | None = None) -> Dis
     if world_size < 1 or not 0 <= rank < world_size:
         raise InvalidConfiguration(f"RANK={rank} does not fit WORLD_SIZE={world_size}")
     chosen = choose_device(device, local_rank)
+    if chosen.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        # torch sizes its pool by the machine's cores, not the container's CPU limit; oversubscribed
+        # workers under a quota train many times slower.
+        torch.set_num_threads(default_threads())
     if chosen.type == "cuda":
         torch.cuda.set_device(chosen)
     backend: str | None = None

@@ -15,17 +15,19 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from tandem.api.artifact import TERMINATION_MESSAGE_LIMIT, TrainingFailure
+from tandem.api.artifact import (
+    EXIT_CRASH,
+    EXIT_PERMANENT,
+    EXIT_RETRYABLE,
+    TERMINATION_MESSAGE_LIMIT,
+    TrainingFailure,
+)
 
 TERMINATION_PATH_ENV = "TANDEM_TERMINATION_MESSAGE_PATH"
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
 
 MESSAGE_LIMIT = TERMINATION_MESSAGE_LIMIT // 2
 """Longest error text kept, so the failure JSON always fits the termination message."""
-
-EXIT_CRASH = 1
-EXIT_PERMANENT = 3
-EXIT_RETRYABLE = 4
 
 log = logging.getLogger(__name__)
 
