@@ -14,6 +14,8 @@ from pathlib import Path
 
 import click
 
+from tandem.server.options import model_options, runtime_options
+
 
 def _write_message(path: str | None, text: str) -> None:
     if not path:
@@ -25,39 +27,8 @@ def _write_message(path: str | None, text: str) -> None:
 
 
 @click.command("profile")
-@click.option("--model-uri", envvar="TANDEM_MODEL_URI", required=True, help="file://, pvc:// or s3:// model.onnx.")
-@click.option("--model-sha256", envvar="TANDEM_MODEL_SHA256", default=None, help="Refuse a model that differs.")
-@click.option(
-    "--threads",
-    envvar="TANDEM_THREADS",
-    type=click.IntRange(min=1),
-    default=None,
-    help="onnxruntime intra-op threads [default: the cgroup CPU limit, rounded up, as `tandem serve`].",
-)
-@click.option(
-    "--workers",
-    envvar="TANDEM_WORKERS",
-    type=click.IntRange(min=1),
-    default=2,
-    show_default=True,
-    help="Runs in flight at once in the throughput phase (the server's workers).",
-)
-@click.option(
-    "--max-batch-size",
-    envvar="TANDEM_MAX_BATCH_SIZE",
-    type=click.IntRange(min=0),
-    default=1,
-    show_default=True,
-    help="Rows per run in the throughput phase (dynamic batching); 0 or 1 is off.",
-)
-@click.option(
-    "--max-batch-delay-ms",
-    envvar="TANDEM_MAX_BATCH_DELAY_MS",
-    type=click.FloatRange(min=0),
-    default=0.0,
-    show_default=True,
-    help="Dynamic batching delay, added to the batched latency.",
-)
+@model_options
+@runtime_options
 @click.option(
     "--device",
     envvar="TANDEM_PROFILE_DEVICE",

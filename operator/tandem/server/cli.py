@@ -13,6 +13,7 @@ import sys
 import click
 
 from tandem.server.config import DEFAULT_MAX_REQUEST_BYTES
+from tandem.server.options import model_options, runtime_options
 
 log = logging.getLogger("tandem.server")
 
@@ -28,8 +29,7 @@ def _install_loop() -> None:
 
 @click.command("serve")
 @click.option("--model-name", envvar="TANDEM_MODEL_NAME", required=True, help="V2 model name.")
-@click.option("--model-uri", envvar="TANDEM_MODEL_URI", required=True, help="file://, pvc:// or s3:// model.onnx.")
-@click.option("--model-sha256", envvar="TANDEM_MODEL_SHA256", default=None, help="Refuse a model that differs.")
+@model_options
 @click.option("--model-version", envvar="TANDEM_MODEL_VERSION", default=None, help="V2 model version.")
 @click.option("--host", envvar="TANDEM_HOST", default="0.0.0.0", show_default=True)
 @click.option("--http-port", envvar="TANDEM_HTTP_PORT", type=int, default=8080, show_default=True)
@@ -41,37 +41,7 @@ def _install_loop() -> None:
     show_default=True,
     help="GET /metrics port; the HTTP port serves /metrics itself when equal.",
 )
-@click.option(
-    "--threads",
-    envvar="TANDEM_THREADS",
-    type=click.IntRange(min=1),
-    default=None,
-    help="onnxruntime intra-op threads [default: the cgroup CPU limit, rounded up].",
-)
-@click.option(
-    "--workers",
-    envvar="TANDEM_WORKERS",
-    type=click.IntRange(min=1),
-    default=2,
-    show_default=True,
-    help="onnxruntime runs in flight at once.",
-)
-@click.option(
-    "--max-batch-size",
-    envvar="TANDEM_MAX_BATCH_SIZE",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Dynamic batching rows per run; 0 or 1 is off.",
-)
-@click.option(
-    "--max-batch-delay-ms",
-    envvar="TANDEM_MAX_BATCH_DELAY_MS",
-    type=click.FloatRange(min=0),
-    default=2.0,
-    show_default=True,
-    help="Dynamic batching: longest wait for more requests.",
-)
+@runtime_options
 @click.option(
     "--access-log/--no-access-log",
     envvar="TANDEM_ACCESS_LOG",
