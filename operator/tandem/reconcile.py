@@ -26,7 +26,7 @@ from tandem.api.inferenceservice import (
     Replicas,
     ServedModel,
 )
-from tandem.api.resources import COMPUTE_POOL, INFERENCE_SERVICE, TRAINING_JOB
+from tandem.api.resources import COMPUTE_POOL, INFERENCE_SERVICE, TRAINING_JOB, Resource
 from tandem.api.trainingjob import TrainingJobSpec, TrainingJobStatus, TrainingPhase
 from tandem.build import profiling as profiling_build
 from tandem.build import serving as serving_build
@@ -60,6 +60,20 @@ def now() -> datetime:
 def wire(model: BaseModel) -> dict[str, Any]:
     """Status as a merge patch: None fields are sent as null so that the API server removes them."""
     return model.model_dump(mode="json", by_alias=True)
+
+
+def write_status(
+    kube: Kube, resource: Resource, namespace: str | None, name: str, previous: BaseModel, status: BaseModel
+) -> tuple[dict[str, Any], bool]:
+    """Patch the status subresource only when it changed: unchanged status costs no API write.
+
+    Returns the status as written and whether a write happened.
+    """
+    written = wire(status)
+    changed = written != wire(previous)
+    if changed:
+        kube.patch_status(resource, namespace, name, written)
+    return written, changed
 
 
 def invalid_spec(error: ValidationError) -> Problem:
@@ -158,9 +172,7 @@ def reconcile_training(
     pods = kube.list_objects("v1", "Pod", namespace, {"job-name": run.job_name}) if job is not None else []
     status, status_events = training_status(previous, run, pool_name, pool, ObservedRun(job, pods), now())
     status.observed_generation = generation
-    written = wire(status)
-    if written != wire(previous):
-        kube.patch_status(TRAINING_JOB, namespace, name, written)
+    written, _ = write_status(kube, TRAINING_JOB, namespace, name, previous, status)
     return Outcome(written, events + status_events)
 
 
@@ -173,11 +185,8 @@ def _training_problem(
     )
     status.phase = status.phase or TrainingPhase.PENDING
     status.observed_generation = generation
-    written = wire(status)
-    if written != wire(previous):
-        kube.patch_status(TRAINING_JOB, namespace, name, written)
-        return Outcome(written, [Event("Warning", problem.reason, problem.message)])
-    return Outcome(written)
+    written, changed = write_status(kube, TRAINING_JOB, namespace, name, previous, status)
+    return Outcome(written, [Event("Warning", problem.reason, problem.message)] if changed else [])
 
 
 def _training_job_status(kube: Kube, namespace: str, name: str) -> TrainingJobStatus | None:
@@ -356,9 +365,7 @@ def _profiling(
         status.conditions, "ModelResolved", True, "ModelFound", f"{model.uri} version {model.version}",
         generation, at,
     )
-    written = wire(status)
-    if written != wire(previous):
-        kube.patch_status(INFERENCE_SERVICE, namespace, name, written)
+    written, _ = write_status(kube, INFERENCE_SERVICE, namespace, name, previous, status)
     return Outcome(written, auto.events)
 
 
@@ -416,9 +423,7 @@ def reconcile_serving(
     status, events = serving_status(ledger, generation, model, decision, url, deployment, at)
     if auto is not None and auto.decision is not None:
         events = auto.events + _auto_conditions(previous, status, auto.decision, generation, at, events)
-    written = wire(status)
-    if written != wire(previous):
-        kube.patch_status(INFERENCE_SERVICE, namespace, name, written)
+    written, _ = write_status(kube, INFERENCE_SERVICE, namespace, name, previous, status)
     return Outcome(written, events)
 
 
@@ -432,11 +437,8 @@ def _serving_problem(
     problem: Problem,
 ) -> Outcome:
     status = problem_status(previous, generation, condition, problem, now())
-    written = wire(status)
-    if written != wire(previous):
-        kube.patch_status(INFERENCE_SERVICE, namespace, name, written)
-        return Outcome(written, [Event("Warning", problem.reason, problem.message)])
-    return Outcome(written)
+    written, changed = write_status(kube, INFERENCE_SERVICE, namespace, name, previous, status)
+    return Outcome(written, [Event("Warning", problem.reason, problem.message)] if changed else [])
 
 
 def reconcile_pool(kube: Kube, body: Mapping[str, Any]) -> Outcome:
@@ -450,10 +452,8 @@ def reconcile_pool(kube: Kube, body: Mapping[str, Any]) -> Outcome:
         status.conditions = set_condition(
             status.conditions, "Ready", False, problem.reason, problem.message, generation, now()
         )
-        kube.patch_status(COMPUTE_POOL, None, name, wire(status))
-        return Outcome(wire(status), [Event("Warning", problem.reason, problem.message)])
+        written, changed = write_status(kube, COMPUTE_POOL, None, name, previous, status)
+        return Outcome(written, [Event("Warning", problem.reason, problem.message)] if changed else [])
     status = pool_status(previous, generation, spec, kube.nodes(), now())
-    written = wire(status)
-    if written != wire(previous):
-        kube.patch_status(COMPUTE_POOL, None, name, written)
+    written, _ = write_status(kube, COMPUTE_POOL, None, name, previous, status)
     return Outcome(written)
