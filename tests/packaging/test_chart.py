@@ -270,7 +270,7 @@ def test_values_yaml_passes_its_own_schema_and_names_every_schema_key() -> None:
 
 def test_chart_crds_are_the_generated_crds() -> None:
     chart = {p.name: p.read_text() for p in (CHART / "crds").glob("*.yaml")}
-    generated = {p.name: p.read_text() for p in (MANIFESTS / "crds").glob("*.yaml")}
+    generated = {p.name: p.read_text() for p in (MANIFESTS / "crds").glob("*.tandem.dev.yaml")}
     assert chart == generated
     assert set(chart) == {"computepools.tandem.dev.yaml", "trainingjobs.tandem.dev.yaml",
                           "inferenceservices.tandem.dev.yaml"}
