@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import kopf
+import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from tandem import metrics
@@ -86,6 +87,8 @@ def resync_forever(stop: threading.Event, interval: float) -> None:
     while not stop.wait(interval):
         try:
             resync_once()
+        except (ApiException, urllib3.exceptions.HTTPError) as exc:
+            log.warning("resync failed, API server unavailable (%s); retrying in %.0fs", exc, interval)
         except Exception:
             log.exception("resync failed; retrying in %.0fs", interval)
 
