@@ -113,13 +113,10 @@ def _meta(body: Mapping[str, Any]) -> tuple[str, str, str, int]:
     return meta.get("namespace", ""), meta["name"], meta["uid"], int(meta.get("generation") or 1)
 
 
-def _matching_run(kube: Kube, status: TrainingJobStatus, namespace: str, spec_hash: str) -> dict[str, Any] | None:
-    """The current run's Job, if it still exists and was made for this spec."""
-    if status.job_name is None:
-        return None
-    job = kube.get("batch/v1", "Job", namespace, status.job_name)
+def _made_for(job: dict[str, Any] | None, spec_hash: str) -> bool:
+    """Whether a Job was made for the spec with this hash."""
     annotations = ((job or {}).get("metadata") or {}).get("annotations") or {}
-    return job if annotations.get(SPEC_HASH_ANNOTATION) == spec_hash else None
+    return annotations.get(SPEC_HASH_ANNOTATION) == spec_hash
 
 
 def _run_generation(job: dict[str, Any]) -> int:
@@ -142,7 +139,8 @@ def reconcile_training(
         return _training_problem(kube, namespace, name, previous, generation, problem)
     pool = parsed_pools[pool_name]
     spec_hash = run_spec_hash(spec)
-    job = _matching_run(kube, previous, namespace, spec_hash)
+    recorded = kube.get("batch/v1", "Job", namespace, previous.job_name) if previous.job_name else None
+    job = recorded if _made_for(recorded, spec_hash) else None
     run_generation = _run_generation(job) if job is not None else generation
     run = training_build.TrainingRun(name=name, namespace=namespace, uid=uid, generation=run_generation, spec=spec)
     finished_before = previous.job_name == run.job_name and previous.phase in (
@@ -155,8 +153,13 @@ def reconcile_training(
         kube.delete("v1", "Service", namespace, previous.job_name)
         replaced = f"spec changed: run {previous.job_name} replaced by {run.job_name}"
         events.append(Event("Normal", "RunReplaced", replaced))
-    if job is None:
+    if job is None and recorded is not None and previous.job_name == run.job_name:
+        job = recorded  # this run's Job, made under another spec hash (an older operator): adopt it
+    elif job is None and previous.job_name != run.job_name:
+        # Not yet recorded in status: a Job of this name may still exist if the operator stopped between
+        # creating it and writing status; adopt it rather than create another.
         job = kube.get("batch/v1", "Job", namespace, run.job_name)
+    created = False
     if job is None and not finished_before:
         desired = training_build.training_job(run, placement.pod_placement(pool_name, pool), pool, config)
         desired["metadata"]["annotations"] = {SPEC_HASH_ANNOTATION: spec_hash}
@@ -164,12 +167,15 @@ def reconcile_training(
         if service is not None:
             kube.apply(service)
         job = kube.apply(desired)
+        created = True
         events.append(
             Event("Normal", "Created", f"Job {run.job_name} with {spec.workers} workers on ComputePool {pool_name}")
         )
     elif job is not None and bool((job.get("spec") or {}).get("suspend")) != spec.suspend and spec.queue is None:
         job = kube.merge_patch("batch/v1", "Job", namespace, run.job_name, {"spec": {"suspend": spec.suspend}})
-    pods = kube.list_objects("v1", "Pod", namespace, {"job-name": run.job_name}) if job is not None else []
+    # A Job created a moment ago has no pods yet; its events bring the next reconcile.
+    has_pods = job is not None and not created
+    pods = kube.list_objects("v1", "Pod", namespace, {"job-name": run.job_name}) if has_pods else []
     status, status_events = training_status(previous, run, pool_name, pool, ObservedRun(job, pods), now())
     status.observed_generation = generation
     written, _ = write_status(kube, TRAINING_JOB, namespace, name, previous, status)
