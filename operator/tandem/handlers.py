@@ -145,15 +145,24 @@ def _run(kind: str, body: Mapping[str, Any], step: Callable[[], Outcome]) -> Out
         if exc.status in TRANSIENT_STATUSES:
             raise kopf.TemporaryError(f"API server answered {exc.status}: {exc.reason}", delay=2) from exc
         message = f"API server refused a child object ({exc.status}): {(exc.body or exc.reason)!s:.500}"
-        kopf.event(cast(kopf.Body, body), type="Warning", reason="ApplyFailed", message=message)
+        _post_event(body, "Warning", "ApplyFailed", message)
         raise kopf.PermanentError(message) from exc
     for event in outcome.events:
-        kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason, message=event.message)
+        _post_event(body, event.type, event.reason, event.message)
     metrics.record_phase(kind, meta.get("namespace", ""), meta.get("name", ""), outcome.status.get("phase"))
     before = ((body.get("status") or {}).get("usage")) or {}
     pool = outcome.status.get("pool") or ((outcome.status.get("placement") or {}).get("pool")) or ""
     metrics.record_usage(kind, meta.get("namespace", ""), pool, before, outcome.status.get("usage") or {})
     return outcome
+
+
+def _post_event(body: Mapping[str, Any], type: str, reason: str, message: str) -> None:
+    """kopf.event inside kopf's handler tasks; a direct API write from the resync thread, where kopf's event
+    queue (a context variable of its per-object tasks) does not exist and kopf.event raises LookupError."""
+    try:
+        kopf.event(cast(kopf.Body, body), type=type, reason=reason, message=message)
+    except LookupError:
+        kube().post_event(dict(body), type, reason, message)
 
 
 @kopf.index(GROUP, VERSION, "computepools")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client
@@ -128,6 +129,36 @@ class Kube:
         except ApiException as exc:
             if exc.status != 404:
                 raise
+
+    def post_event(self, involved: dict[str, Any], type: str, reason: str, message: str) -> None:
+        """A core/v1 Event about `involved` (a resource body), as kopf.event would post it.
+
+        For code that runs outside kopf's handler tasks (the resync thread), where kopf's event queue is not
+        reachable. Cluster-scoped objects' events go to the default namespace, as kopf does.
+        """
+        meta = involved.get("metadata") or {}
+        namespace = meta.get("namespace") or "default"
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta.get('name', 'tandem')}.", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": involved.get("apiVersion"),
+                "kind": involved.get("kind"),
+                "name": meta.get("name"),
+                "namespace": meta.get("namespace"),
+                "uid": meta.get("uid"),
+            },
+            "type": type,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": FIELD_MANAGER},
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        self._call("POST", f"/api/v1/namespaces/{namespace}/events", body=event)
 
     def nodes(self) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = self._call("GET", "/api/v1/nodes").get("items") or []
