@@ -102,8 +102,10 @@ infer_bodies = st.fixed_dictionaries(
     optional={
         "id": json_values,
         "inputs": st.lists(tensors, max_size=3) | json_values,
-        "outputs": st.lists(st.fixed_dictionaries({"name": st.text(max_size=8)}, optional={"parameters": json_values}),
-                            max_size=3) | json_values,
+        "outputs": st.lists(
+            st.fixed_dictionaries({"name": st.text(max_size=8)}, optional={"parameters": json_values}), max_size=3
+        )
+        | json_values,
         "parameters": json_values,
     },
 )
@@ -140,10 +142,9 @@ def test_bodies_that_are_not_json_never_get_a_5xx(server: tuple[Any, int], raw: 
     assert_survived(server, status, raw)
 
 
-path_segments = st.sampled_from(["v2", "models", "linear", "versions", "1", "ready", "infer", "health", "live",
-                                 "metrics", "", "..", "%00", "%ff"]) | st.text(
-    alphabet=st.characters(min_codepoint=33, max_codepoint=126, exclude_characters="/?#%"), max_size=8
-)
+path_segments = st.sampled_from(
+    ["v2", "models", "linear", "versions", "1", "ready", "infer", "health", "live", "metrics", "", "..", "%00", "%ff"]
+) | st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126, exclude_characters="/?#%"), max_size=8)
 
 
 @FUZZ
