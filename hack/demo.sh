@@ -12,7 +12,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${TANDEM_VENV:-$HOME/.cache/tandem/venv}"
+# A fresh machine gets its environment here (cached after the first run, like the control plane below).
+VENV="${TANDEM_VENV:-$("$ROOT/hack/python-env.sh")}"
 PY="$VENV/bin/python"
 DEMO="$(realpath -m "${TANDEM_DEMO_DIR:-$ROOT/.tandem/demo}")"
 export TANDEM_CLUSTER_DIR="$(realpath -m "${TANDEM_CLUSTER_DIR:-$ROOT/.tandem/cluster}")"
