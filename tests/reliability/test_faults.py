@@ -192,3 +192,47 @@ def test_two_replicas_only_the_lease_holder_acts_and_the_other_takes_over(
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+
+
+def test_worker_evicted_from_a_lost_node_is_replaced_without_spending_the_backoff(
+    tandem_api: k8s.ApiClient, namespace: str, operator: KopfRunner
+) -> None:
+    """Expected: a training worker's node is drained (cordoned, its pod evicted, as the node lifecycle
+    controller does for a NotReady node after its toleration expires): the Job replaces the worker on another
+    GPU node, the eviction (DisruptionTarget) does not count against backoffLimit (podFailurePolicy Ignore),
+    and the TrainingJob stays Running with its new worker. Resuming from the checkpoint is the trainer's part
+    (tests/trainer/test_checkpoint_resume.py)."""
+    create(tandem_api, TRAINING_JOB, namespace, body(TRAINING_JOB, "node-loss", training_spec(backoffLimit=0)))
+    core = k8s.CoreV1Api(tandem_api)
+
+    def running_pods() -> list[k8s.V1Pod]:
+        pods = core.list_namespaced_pod(namespace, label_selector="tandem.dev/trainingjob=node-loss").items
+        return [p for p in pods if p.status.phase == "Running" and not p.metadata.deletion_timestamp]
+
+    first = wait_until(running_pods, timeout=90, what="a running worker")[0]
+    node = first.spec.node_name
+    core.patch_node(node, {"spec": {"unschedulable": True}})
+    try:
+        core.create_namespaced_pod_eviction(
+            first.metadata.name,
+            namespace,
+            k8s.V1Eviction(metadata=k8s.V1ObjectMeta(name=first.metadata.name, namespace=namespace)),
+        )
+        replacement = wait_until(
+            lambda: [p for p in running_pods() if p.metadata.uid != first.metadata.uid],
+            timeout=90,
+            what="a replacement worker",
+        )[0]
+        assert replacement.spec.node_name != node
+        job = k8s.BatchV1Api(tandem_api).read_namespaced_job(first.metadata.labels["job-name"], namespace)
+        assert not job.status.failed, job.status
+        assert not any(c.type == "Failed" and c.status == "True" for c in job.status.conditions or [])
+        wait_until(
+            lambda: (
+                (get(tandem_api, TRAINING_JOB, namespace, "node-loss").get("status") or {}).get("phase") == "Running"
+            ),
+            timeout=30,
+            what="TrainingJob Running",
+        )
+    finally:
+        core.patch_node(node, {"spec": {"unschedulable": False}})
