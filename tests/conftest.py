@@ -14,11 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kopf.testing import KopfRunner
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 # tests/ is on sys.path (pytest's rootdir-of-conftest insertion), so helpers import as `support.*`.
 from support.cluster import ExternalCluster, LocalCluster, build_binaries, wait_until
+from support.tandem import ensure_pools, install_crds
 
 
 def _wants_cluster(items: list[pytest.Item]) -> bool:
@@ -111,3 +113,24 @@ def namespace(kube: k8s.ApiClient, request: pytest.FixtureRequest) -> Iterator[s
     )
     yield name
     core.delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def tandem_api(cluster: LocalCluster | ExternalCluster, kube: k8s.ApiClient) -> k8s.ApiClient:
+    """The cluster with Tandem's CRDs and the gpu/cpu ComputePools installed."""
+    install_crds(kube)
+    ensure_pools(kube)
+    return kube
+
+
+@pytest.fixture
+def operator(tandem_api: k8s.ApiClient, monkeypatch: pytest.MonkeyPatch) -> Iterator[KopfRunner]:
+    """The operator's kopf handlers running in a thread for one test, stopped (and checked) afterwards.
+
+    `.output` holds everything the operator logged, for tests that read it.
+    """
+    monkeypatch.setenv("TANDEM_RESYNC_SECONDS", "3")
+    with KopfRunner(["run", "--all-namespaces", "--standalone", "-m", "tandem.handlers"], timeout=60) as runner:
+        yield runner
+    assert runner.exception is None, runner.output[-4000:]
+    assert runner.exit_code == 0, runner.output[-4000:]

@@ -15,16 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kopf.testing import KopfRunner
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from support.cluster import ExternalCluster, LocalCluster, wait_until
-from support.tandem import REPO, body, create, resource_api
+from support.tandem import body, create, install_crds, resource_api
 from tandem.api.resources import COMPUTE_POOL, GROUP, VERSION
 from tandem.devexec.digits import local_pools
-from tandem.devexec.kubeapi import KubeApi
 
 NODES = ("local-gpu-0", "local-cpu-0")
 
@@ -88,38 +86,10 @@ def local_executor(
         print(f"--- executor log ({log_path}) ---\n{executor.log_tail()}")
 
 
-def install_crds(api: KubeApi) -> None:
-    """Server-side apply of manifests/crds as plain dicts, then wait until they are served.
-
-    (support.tandem.install_crds passes dicts to the generated client's typed CRD methods, which this
-    client version refuses.)
-    """
-    names = []
-    for path in sorted((REPO / "manifests" / "crds").glob("*.yaml")):
-        crd = yaml.safe_load(path.read_text())
-        name = crd["metadata"]["name"]
-        api.call(
-            "PATCH",
-            f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}",
-            crd,
-            query=[("fieldManager", "tandem-e2e"), ("force", "true")],
-            content_type="application/apply-patch+yaml",
-        )
-        names.append(name)
-
-    def established(name: str) -> bool:
-        crd = api.call("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
-        conditions = (crd.get("status") or {}).get("conditions") or []
-        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
-
-    for name in names:
-        wait_until(lambda n=name: established(n), timeout=60, what=f"CRD {name} established")
-
-
 @pytest.fixture(scope="session")
 def local_pools_installed(kube: k8s.ApiClient, local_executor: LocalExecutor) -> Iterator[list[str]]:
     """CRDs, and the local-gpu / local-cpu ComputePools on the executor's nodes (removed afterwards)."""
-    install_crds(KubeApi(kube))
+    install_crds(kube)
     names = []
     for name, spec in local_pools().items():
         try:

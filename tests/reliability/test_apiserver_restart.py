@@ -20,10 +20,8 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from support.cluster import CLUSTER_SCRIPT, LocalCluster, pid_is_alive, port_is_open, wait_until
-from support.tandem import REPO, body, create, ensure_pools, get
+from support.tandem import REPO, body, create, ensure_pools, get, install_crds
 from tandem.api.resources import TRAINING_JOB
-
-from .conftest import install_crds
 
 pytestmark = pytest.mark.cluster
 

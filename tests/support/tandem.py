@@ -32,23 +32,23 @@ CPU_POOL: dict[str, Any] = {
 
 
 def install_crds(api: k8s.ApiClient) -> None:
-    """Create or replace the generated CRDs and wait until the API server serves them."""
-    extensions = k8s.ApiextensionsV1Api(api)
-    for path in sorted((REPO / "manifests" / "crds").glob("*.yaml")):
-        body = yaml.safe_load(path.read_text())
-        name = body["metadata"]["name"]
-        try:
-            current = extensions.read_custom_resource_definition(name)
-            body["metadata"]["resourceVersion"] = current.metadata.resource_version
-            extensions.replace_custom_resource_definition(name, body)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-            extensions.create_custom_resource_definition(body)
+    """Apply the generated CRDs and wait until they are Established.
+
+    Server-side apply, so suites that install concurrently (or again) do not conflict.
+    """
+    from kubernetes import dynamic
+
+    crds = dynamic.DynamicClient(api).resources.get(
+        api_version="apiextensions.k8s.io/v1", kind="CustomResourceDefinition"
+    )
+    for path in sorted((REPO / "manifests" / "crds").glob("*.tandem.dev.yaml")):
+        document = yaml.safe_load(path.read_text())
+        name = document["metadata"]["name"]
+        crds.server_side_apply(body=document, name=name, field_manager="tandem-tests", force_conflicts=True)
 
         def established(crd_name: str = name) -> bool:
-            conditions = extensions.read_custom_resource_definition(crd_name).status.conditions or []
-            return any(c.type == "Established" and c.status == "True" for c in conditions)
+            conditions = crds.get(name=crd_name).to_dict().get("status", {}).get("conditions") or []
+            return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 
         wait_until(established, timeout=60, what=f"CRD {name} established")
 
