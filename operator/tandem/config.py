@@ -20,12 +20,8 @@ class OperatorConfig:
     """Image for TrainingJob workers that name none."""
     server_image: str = "ghcr.io/tandem-dev/tandem-server:0.1.0"
     """Image for InferenceService replicas that name none."""
-    metrics_port: int = 8000
-    """Port of the operator's Prometheus endpoint."""
     cluster_domain: str = "cluster.local"
     """DNS domain of the cluster, for status.url."""
-    peering: str = "tandem"
-    """kopf peering name: of several replicas with the same name, only the highest priority acts."""
     extra_pod_labels: dict[str, str] = field(default_factory=dict)
     """Labels added to every workload pod (for network policies or cost allocation)."""
 
@@ -40,8 +36,6 @@ class OperatorConfig:
             namespaces=_split(env.get("TANDEM_NAMESPACES", "")),
             trainer_image=env.get("TANDEM_TRAINER_IMAGE", defaults.trainer_image),
             server_image=env.get("TANDEM_SERVER_IMAGE", defaults.server_image),
-            metrics_port=int(env.get("TANDEM_METRICS_PORT", defaults.metrics_port)),
             cluster_domain=env.get("TANDEM_CLUSTER_DOMAIN", defaults.cluster_domain),
-            peering=env.get("TANDEM_PEERING", defaults.peering),
             extra_pod_labels=labels,
         )

@@ -62,15 +62,13 @@ def test_config_reads_every_setting_from_the_environment() -> None:
             "TANDEM_NAMESPACES": "ml, serving ,",
             "TANDEM_TRAINER_IMAGE": "t:1",
             "TANDEM_SERVER_IMAGE": "s:1",
-            "TANDEM_METRICS_PORT": "9100",
             "TANDEM_CLUSTER_DOMAIN": "k8s.local",
-            "TANDEM_PEERING": "blue",
             "TANDEM_POD_LABELS": "team=ml,cost-center=42,broken",
         }
     )
     assert config.namespaces == ("ml", "serving")
-    assert (config.trainer_image, config.server_image, config.metrics_port) == ("t:1", "s:1", 9100)
-    assert (config.cluster_domain, config.peering) == ("k8s.local", "blue")
+    assert (config.trainer_image, config.server_image) == ("t:1", "s:1")
+    assert config.cluster_domain == "k8s.local"
     assert config.extra_pod_labels == {"team": "ml", "cost-center": "42"}
 
 
