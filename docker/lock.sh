@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Writes docker/requirements-{operator,serve,train}.txt: every dependency of each image pinned with hashes,
-# resolved for CPython 3.11 on x86_64 Linux from pyproject.toml. Run after changing dependencies.
+# Refreshes every lock together: uv.lock (the development environment and CI) and, exported from it,
+# docker/requirements-{operator,serve,train}.txt (each image's dependencies pinned with hashes). Because the
+# image locks are cut from uv.lock, the tests, the images and the Dockerfiles install the same versions.
+# `docker/lock.sh` keeps what still resolves; `docker/lock.sh --upgrade` moves everything to the newest release.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-uv="${UV:-$(command -v uv || echo "$HOME/.cache/tandem/venv/bin/uv")}"
-lock() {  # name, extra args
-  local name=$1; shift
-  "$uv" pip compile "$root/pyproject.toml" "$@" --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
-    --generate-hashes --no-header --no-annotate --quiet -o "$root/docker/requirements-$name.txt"
+cd "$root"
+uv="${UV:-$(command -v uv || echo "${TANDEM_CACHE:-$HOME/.cache/tandem}/uv/bin/uv")}"
+"$uv" lock "$@"
+export_lock() {  # image name, the extra it runs
+  "$uv" export --frozen --no-dev --no-emit-project --no-header --no-annotate --format requirements-txt \
+    --extra "$2" -o "docker/requirements-$1.txt" >/dev/null
 }
-lock operator
-lock serve --extra serve
-lock train --extra train
+export_lock operator operator
+export_lock serve serve
+export_lock train train
+echo "locked: uv.lock and docker/requirements-{operator,serve,train}.txt"

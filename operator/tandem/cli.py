@@ -10,14 +10,14 @@ import importlib
 
 import click
 
-SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "operator": ("tandem.operator_main", "operator_command"),
-    "crds": ("tandem.api.crdgen", "crds_command"),
-    "train": ("tandem.trainer.cli", "train"),
-    "serve": ("tandem.server.cli", "serve"),
-    "profile": ("tandem.profiling.cli", "profile"),
+SUBCOMMANDS: dict[str, tuple[str, str, str | None]] = {
+    "operator": ("tandem.operator_main", "operator_command", "operator"),
+    "crds": ("tandem.api.crdgen", "crds_command", None),
+    "train": ("tandem.trainer.cli", "train", "train"),
+    "serve": ("tandem.server.cli", "serve", "serve"),
+    "profile": ("tandem.profiling.cli", "profile", "serve"),
 }
-"""name -> (module, attribute) of each click command; a module may not exist until its issue lands."""
+"""name -> (module, attribute, extra that installs its dependencies) of each click command."""
 
 
 class LazyGroup(click.Group):
@@ -30,8 +30,17 @@ class LazyGroup(click.Group):
         target = SUBCOMMANDS.get(cmd_name)
         if target is None:
             return None
-        module = importlib.import_module(target[0])
-        command: click.Command = getattr(module, target[1])
+        module_name, attribute, extra = target
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as missing:
+            if extra is None or (missing.name or "").partition(".")[0] == "tandem":
+                raise
+            raise click.ClickException(
+                f"'tandem {cmd_name}' needs the Python package {missing.name!r}: "
+                f"install it with pip install 'tandem[{extra}]'"
+            ) from None
+        command: click.Command = getattr(module, attribute)
         return command
 
 
