@@ -1,8 +1,15 @@
 """kopf registrations: when to reconcile, nothing about how.
 
-Each handler parses no bodies and builds no objects; it hands the resource to tandem.reconcile, turns API
-errors into kopf's retry semantics (conflicts and throttling are temporary, other refusals permanent), posts
-the events the reconcile returned and records metrics.
+Each handler parses no bodies and builds no objects; it hands the resource to tandem.reconcile through one
+path, `reconcile_object`, which every trigger shares (kopf's create/update/resume handlers, child events, the
+periodic resync):
+
+* one reconcile per object at a time (tandem.exclusive), whichever thread asks;
+* never from a body older than one already acted on: a stale body (a resync list, a queued event) is read
+  again first, and status is written conditionally on the body's resourceVersion, so a 409 means "someone
+  wrote after you read": read again and reconcile once more;
+* API errors turned into kopf's retry semantics: throttling and outages are temporary, retried after an
+  exponential backoff with jitter that honours Retry-After (tandem.backoff); other refusals are permanent.
 """
 
 from __future__ import annotations
@@ -13,24 +20,29 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import kopf
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from tandem import metrics
+from tandem import backoff, metrics, resync
 from tandem.api.resources import COMPUTE_POOL, GROUP, INFERENCE_SERVICE, TRAINING_JOB, VERSION, Resource
 from tandem.config import OperatorConfig
-from tandem.kube import Kube, load_config
+from tandem.exclusive import Exclusive, Key
+from tandem.kube import Kube, NotLeading, api_client, load_config
 from tandem.reconcile import Outcome, reconcile_pool, reconcile_serving, reconcile_training
 
 log = logging.getLogger(__name__)
 
-TERMINAL = ("Succeeded", "Failed")
 TRANSIENT_STATUSES = (409, 429, 500, 502, 503, 504)
+KINDS: dict[str, Resource] = {r.kind: r for r in (COMPUTE_POOL, TRAINING_JOB, INFERENCE_SERVICE)}
 
 _state: dict[str, Any] = {}
+exclusive = Exclusive()
+
+Step = Callable[[Mapping[str, Any]], Outcome]
 
 
 def kube() -> Kube:
@@ -41,6 +53,11 @@ def kube() -> Kube:
 def config() -> OperatorConfig:
     operator_config: OperatorConfig = _state["config"]
     return operator_config
+
+
+def set_fence(fence: Callable[[], bool] | None) -> None:
+    """Writes are sent only while `fence()` is true (tandem.leader's lease check); call before kopf starts."""
+    _state["fence"] = fence
 
 
 @kopf.on.login()
@@ -58,10 +75,18 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     settings.posting.level = logging.INFO
     settings.execution.max_workers = 16
-    settings.watching.server_timeout = 300
+    # Every kopf request has a deadline too: a hung API server costs a request, not the operator. Watches
+    # end server-side after 300 s; the client gives up a little later, and sooner when nothing (not even a
+    # bookmark) arrives for inactivity_timeout.
+    settings.networking.connect_timeout = 5
+    settings.networking.request_timeout = 30
     settings.networking.error_backoffs = [1, 2, 5, 10]
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 5
+    settings.watching.chunk_size = 500
     load_config()
-    _state["kube"] = Kube()
+    _state["kube"] = Kube(api_client(), fence=_state.get("fence"))
     _state["config"] = OperatorConfig.from_env()
     stop = threading.Event()
     _state["resync_stop"] = stop
@@ -80,59 +105,60 @@ def stop_resync(**_: Any) -> None:
         stop.set()
 
 
-def resync_forever(stop: threading.Event, interval: float) -> None:
-    """Periodic resync, as controller-runtime's SyncPeriod: refreshes pool status and usage of running
-    work, and retries resources that wait for a pool or a model. kopf timers would do the same per object
-    but put a finalizer on every resource, which blocks deletion whenever the operator is not running."""
-    while not stop.wait(interval):
-        try:
-            resync_once()
-        except (ApiException, urllib3.exceptions.HTTPError) as exc:
-            log.warning("resync failed, API server unavailable (%s); retrying in %.0fs", exc, interval)
-        except Exception:
-            log.exception("resync failed; retrying in %.0fs", interval)
+# ---- the one reconcile path -------------------------------------------------------------------------
 
 
-def _watched(resource: Resource) -> list[dict[str, Any]]:
-    namespaces = config().namespaces or (None,)
-    return [item for namespace in namespaces for item in kube().list_custom(resource, namespace)]
+def key_of(kind: str, body: Mapping[str, Any]) -> Key:
+    meta = body.get("metadata") or {}
+    return kind, str(meta.get("namespace") or ""), str(meta["name"])
 
 
-def _needs_resync(body: Mapping[str, Any], settled: str) -> bool:
-    status = body.get("status") or {}
-    return status.get("phase") != settled and status.get("phase") not in TERMINAL
+def _fresh(kind: str, key: Key) -> dict[str, Any] | None:
+    _, namespace, name = key
+    return kube().get_custom(KINDS[kind], namespace or None, name)
 
 
-def resync_once() -> None:
-    pool_bodies = kube().list_custom(COMPUTE_POOL)
-    pools = {pool["metadata"]["name"]: pool.get("spec") or {} for pool in pool_bodies}
-    for pool in pool_bodies:
-        _quietly(_run, "ComputePool", pool, functools.partial(reconcile_pool, kube(), pool))
-    for job in _watched(TRAINING_JOB):
-        if _needs_resync(job, "Succeeded"):
-            _quietly(_run, "TrainingJob", job, functools.partial(reconcile_training, kube(), job, pools, config()))
-    for service in _watched(INFERENCE_SERVICE):
-        # Every service, Ready ones included: the usage ledger (status.usage) grows by the replicas that ran
-        # since the last resync, and auto placement picks up profile Jobs that finished meanwhile.
-        step = functools.partial(reconcile_serving, kube(), service, pools, config())
-        _quietly(_run, "InferenceService", service, step)
+def reconcile_object(
+    kind: str, key: Key, step: Step, body: Mapping[str, Any] | None = None, attempt: int = 0
+) -> Outcome | None:
+    """Reconcile one object under its lock, from a view no older than any already acted on.
+
+    `body` is the caller's view, or None to read the object now. A body behind the newest generation acted on
+    is read again; a 409 from a write (the object changed since it was read) reads again and reconciles once
+    more. `attempt` is kopf's retry count, for the backoff of a temporary error.
+    """
+    with exclusive.hold(key):
+        current = body
+        if current is None or exclusive.behind(key, *_identity(current)):
+            current = _fresh(kind, key)
+        for last in (False, True):
+            if current is None:
+                exclusive.forget(key)
+                return None
+            exclusive.acted(key, *_identity(current))
+            try:
+                return _run(kind, current, functools.partial(step, current), attempt, conflicts_are_final=last)
+            except _Stale:
+                current = _fresh(kind, key)
+        return None  # pragma: no cover - the loop returns or raises
 
 
-def _quietly(run: Callable[..., Outcome | None], *args: Any) -> None:
-    """One resource's failure must not stop the resync of the others; kopf's retry does not apply here."""
-    try:
-        run(*args)
-    except (kopf.TemporaryError, kopf.PermanentError, ApiException) as exc:
-        log.warning("resync of %s failed: %s", args[0], exc)
-    except Exception:
-        log.exception("resync of %s failed unexpectedly", args[0])
+def _identity(body: Mapping[str, Any]) -> tuple[str, int]:
+    meta = body.get("metadata") or {}
+    return str(meta.get("uid") or ""), int(meta.get("generation") or 0)
 
 
-def _pools(pool_index: kopf.Index[str, Any]) -> dict[str, Any]:
-    return {name: next(iter(specs)) for name, specs in pool_index.items() if specs}
+class _Stale(Exception):
+    """A write answered 409: the body the reconcile worked from is no longer current."""
 
 
-def _run(kind: str, body: Mapping[str, Any], step: Callable[[], Outcome]) -> Outcome | None:
+def _run(
+    kind: str,
+    body: Mapping[str, Any],
+    step: Callable[[], Outcome],
+    attempt: int = 0,
+    conflicts_are_final: bool = True,
+) -> Outcome | None:
     """Run one reconcile with metrics, events and kopf's error semantics."""
     meta = body.get("metadata") or {}
     try:
@@ -142,11 +168,16 @@ def _run(kind: str, body: Mapping[str, Any], step: Callable[[], Outcome]) -> Out
         if exc.status == 404:
             log.info("%s %s/%s is gone; nothing to reconcile", kind, meta.get("namespace"), meta.get("name"))
             return None
+        if exc.status == 409 and not conflicts_are_final:
+            raise _Stale() from exc
         if exc.status in TRANSIENT_STATUSES:
-            raise kopf.TemporaryError(f"API server answered {exc.status}: {exc.reason}", delay=2) from exc
+            delay = backoff.delay(attempt, backoff.retry_after(exc.headers))
+            raise kopf.TemporaryError(f"API server answered {exc.status}: {exc.reason}", delay=delay) from exc
         message = f"API server refused a child object ({exc.status}): {(exc.body or exc.reason)!s:.500}"
         _post_event(body, "Warning", "ApplyFailed", message)
         raise kopf.PermanentError(message) from exc
+    except (urllib3.exceptions.HTTPError, NotLeading) as exc:
+        raise kopf.TemporaryError(f"API server unavailable: {exc}", delay=backoff.delay(attempt)) from exc
     for event in outcome.events:
         _post_event(body, event.type, event.reason, event.message)
     metrics.record_phase(kind, meta.get("namespace", ""), meta.get("name", ""), outcome.status.get("phase"))
@@ -163,6 +194,81 @@ def _post_event(body: Mapping[str, Any], type: str, reason: str, message: str) -
         kopf.event(cast(kopf.Body, body), type=type, reason=reason, message=message)
     except LookupError:
         kube().post_event(dict(body), type, reason, message)
+
+
+def _forget(kind: str, namespace: str | None, name: str) -> None:
+    """A deleted resource: its metrics series and what is remembered of it go."""
+    metrics.forget(kind, namespace or "", name)
+    exclusive.forget((kind, namespace or "", name))
+
+
+# ---- periodic resync --------------------------------------------------------------------------------
+
+
+def resync_forever(stop: threading.Event, interval: float) -> None:
+    """Periodic resync, as controller-runtime's SyncPeriod: refreshes pool status and usage of running
+    work, and retries resources that wait for a pool or a model (tandem.resync says which).
+
+    It runs beside kopf's workers but through the same per-object path (`reconcile_object`), reading each
+    object it acts on afresh under that object's lock: the list only says which objects to look at. kopf
+    timers would put a finalizer on every resource (blocking deletion whenever the operator is not running)
+    and run beside the object's handlers, not exclusively with them.
+    """
+    while not stop.wait(interval):
+        try:
+            resync_once()
+        except (ApiException, urllib3.exceptions.HTTPError, NotLeading) as exc:
+            log.warning("resync failed, API server unavailable (%s); retrying in %.0fs", exc, interval)
+        except Exception:
+            log.exception("resync failed; retrying in %.0fs", interval)
+
+
+def _watched(resource: Resource) -> list[dict[str, Any]]:
+    namespaces = config().namespaces or (None,)
+    return [item for namespace in namespaces for item in kube().list_custom(resource, namespace)]
+
+
+def resync_once() -> None:
+    pool_bodies = kube().list_custom(COMPUTE_POOL)
+    pools = {pool["metadata"]["name"]: pool.get("spec") or {} for pool in pool_bodies}
+    for pool in pool_bodies:
+        # Pools have no children: the listed body is fresh enough, its status write is conditional on it.
+        _quietly(reconcile_object, "ComputePool", key_of("ComputePool", pool), _pool_step, pool)
+    for job in _watched(TRAINING_JOB):
+        if resync.training_due(job):
+            _quietly(reconcile_object, "TrainingJob", key_of("TrainingJob", job), _training_step(pools))
+    at = datetime.now(UTC)
+    for service in _watched(INFERENCE_SERVICE):
+        if resync.serving_due(service, at):
+            _quietly(reconcile_object, "InferenceService", key_of("InferenceService", service), _serving_step(pools))
+
+
+def _quietly(run: Callable[..., Outcome | None], kind: str, *args: Any) -> None:
+    """One resource's failure must not stop the resync of the others; the next pass retries it."""
+    try:
+        run(kind, *args)
+    except (kopf.TemporaryError, kopf.PermanentError, ApiException) as exc:
+        log.warning("resync of %s %s failed: %s", kind, args[0][1:], exc)
+    except (urllib3.exceptions.HTTPError, NotLeading):
+        raise  # the API server is away or leadership is in doubt: end this pass
+    except Exception:
+        log.exception("resync of %s %s failed unexpectedly", kind, args[0][1:])
+
+
+def _pools(pool_index: kopf.Index[str, Any]) -> dict[str, Any]:
+    return {name: next(iter(specs)) for name, specs in pool_index.items() if specs}
+
+
+def _pool_step(body: Mapping[str, Any]) -> Outcome:
+    return reconcile_pool(kube(), body)
+
+
+def _training_step(pools: Mapping[str, Any]) -> Step:
+    return lambda body: reconcile_training(kube(), body, pools, config())
+
+
+def _serving_step(pools: Mapping[str, Any]) -> Step:
+    return lambda body: reconcile_serving(kube(), body, pools, config())
 
 
 @kopf.index(GROUP, VERSION, "computepools")
@@ -187,22 +293,24 @@ def services_by_training_job(
 @kopf.on.resume(GROUP, VERSION, "computepools")
 @kopf.on.create(GROUP, VERSION, "computepools")
 @kopf.on.update(GROUP, VERSION, "computepools", field="spec")
-def pool_changed(body: kopf.Body, **_: Any) -> None:
-    _run("ComputePool", body, lambda: reconcile_pool(kube(), body))
+def pool_changed(body: kopf.Body, retry: int = 0, **_: Any) -> None:
+    reconcile_object("ComputePool", key_of("ComputePool", body), _pool_step, body, retry)
+
+
+@kopf.on.event(GROUP, VERSION, "computepools")
+def pool_deleted(name: str, type: str | None, **_: Any) -> None:
+    if type == "DELETED":
+        _forget("ComputePool", None, name)
 
 
 # ---- TrainingJob -------------------------------------------------------------------------------------
 
 
-def _reconcile_training(body: Mapping[str, Any], pool_index: kopf.Index[str, Any]) -> None:
-    _run("TrainingJob", body, lambda: reconcile_training(kube(), body, _pools(pool_index), config()))
-
-
 @kopf.on.resume(GROUP, VERSION, "trainingjobs")
 @kopf.on.create(GROUP, VERSION, "trainingjobs")
 @kopf.on.update(GROUP, VERSION, "trainingjobs", field="spec")
-def training_changed(body: kopf.Body, pool_index: kopf.Index[str, Any], **_: Any) -> None:
-    _reconcile_training(body, pool_index)
+def training_changed(body: kopf.Body, pool_index: kopf.Index[str, Any], retry: int = 0, **_: Any) -> None:
+    reconcile_object("TrainingJob", key_of("TrainingJob", body), _training_step(_pools(pool_index)), body, retry)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={"tandem.dev/trainingjob": kopf.PRESENT})
@@ -211,43 +319,48 @@ def training_job_child_changed(
 ) -> None:
     if type is None:
         return  # the initial listing: resume handlers cover it
-    body = kube().get_custom(TRAINING_JOB, namespace, labels["tandem.dev/trainingjob"])
-    if body is not None:
-        _reconcile_training(body, pool_index)
+    key = ("TrainingJob", namespace, labels["tandem.dev/trainingjob"])
+    reconcile_object("TrainingJob", key, _training_step(_pools(pool_index)))
 
 
 @kopf.on.event(GROUP, VERSION, "trainingjobs")
 def training_model_changed(
     namespace: str,
     name: str,
+    type: str | None,
     status: Mapping[str, Any],
     services_by_training_job: kopf.Index[tuple[str, str], tuple[str, str | None]],
     pool_index: kopf.Index[str, Any],
     **_: Any,
 ) -> None:
     """Roll out the new model to every InferenceService that follows this TrainingJob."""
+    if type == "DELETED":
+        _forget("TrainingJob", namespace, name)
+        return
     produced = (status.get("model") or {}).get("sha256")
     if not produced:
         return
     for service, served in services_by_training_job.get((namespace, name), []):
         if served != produced:
-            body = kube().get_custom(INFERENCE_SERVICE, namespace, service)
-            if body is not None:
-                _reconcile_serving(body, pool_index)
+            key = ("InferenceService", namespace, service)
+            reconcile_object("InferenceService", key, _serving_step(_pools(pool_index)))
 
 
 # ---- InferenceService --------------------------------------------------------------------------------
 
 
-def _reconcile_serving(body: Mapping[str, Any], pool_index: kopf.Index[str, Any]) -> None:
-    _run("InferenceService", body, lambda: reconcile_serving(kube(), body, _pools(pool_index), config()))
-
-
 @kopf.on.resume(GROUP, VERSION, "inferenceservices")
 @kopf.on.create(GROUP, VERSION, "inferenceservices")
 @kopf.on.update(GROUP, VERSION, "inferenceservices", field="spec")
-def serving_changed(body: kopf.Body, pool_index: kopf.Index[str, Any], **_: Any) -> None:
-    _reconcile_serving(body, pool_index)
+def serving_changed(body: kopf.Body, pool_index: kopf.Index[str, Any], retry: int = 0, **_: Any) -> None:
+    step = _serving_step(_pools(pool_index))
+    reconcile_object("InferenceService", key_of("InferenceService", body), step, body, retry)
+
+
+@kopf.on.event(GROUP, VERSION, "inferenceservices")
+def serving_deleted(namespace: str, name: str, type: str | None, **_: Any) -> None:
+    if type == "DELETED":
+        _forget("InferenceService", namespace, name)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={"tandem.dev/inferenceservice": kopf.PRESENT})
@@ -256,6 +369,5 @@ def serving_child_changed(
 ) -> None:
     if type is None:
         return
-    body = kube().get_custom(INFERENCE_SERVICE, namespace, labels["tandem.dev/inferenceservice"])
-    if body is not None:
-        _reconcile_serving(body, pool_index)
+    key = ("InferenceService", namespace, labels["tandem.dev/inferenceservice"])
+    reconcile_object("InferenceService", key, _serving_step(_pools(pool_index)))

@@ -4,15 +4,22 @@ Children are written with server-side apply under one field manager: applying th
 changes nothing, so a handler that runs again after a crash or a missed event converges instead of
 duplicating. Responses are decoded as JSON rather than the client's generated models, so the pure builders
 and status functions see exactly what the API server returned.
+
+Every call has a deadline (`TIMEOUT`): a hung API server (connections accepted, no answers) costs a worker
+that much, never forever. urllib3 retries nothing on its own (a read retried blindly doubles the wait and hides
+the failure); retrying is the caller's choice, with `tandem.backoff`. Writes pass through an optional
+`fence`: a replica that may no longer lead (tandem.leader) sends no write at all.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import urllib3
 from kubernetes import client
 from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
@@ -20,6 +27,11 @@ from kubernetes.client.exceptions import ApiException
 from tandem.api.resources import GROUP, VERSION, Resource
 
 FIELD_MANAGER = "tandem-operator"
+TIMEOUT = (3.0, 5.0)
+"""(connect, read) seconds for one API call. Short enough that renew deadline + TIMEOUT stays below the lease
+duration (tandem.leader), long enough for a page of PAGE objects on a loaded API server."""
+PAGE = 500
+"""Objects per list page: memory and API server load stay bounded however many objects exist."""
 
 _PATHS: dict[tuple[str, str], tuple[str, str]] = {
     ("batch/v1", "Job"): ("/apis/batch/v1", "jobs"),
@@ -43,11 +55,29 @@ def load_config() -> None:
         kube_config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
 
 
-class Kube:
-    """A thin client over one ApiClient; every method is one API call."""
+class NotLeading(RuntimeError):
+    """A write refused before it was sent: this replica's lease may have passed to another."""
 
-    def __init__(self, api: client.ApiClient | None = None) -> None:
-        self.api = api or client.ApiClient()
+
+def api_client() -> client.ApiClient:
+    """An ApiClient for the loaded configuration whose connection pool never retries a request by itself."""
+    configuration = client.Configuration.get_default_copy()
+    configuration.retries = urllib3.Retry(total=0, connect=0, read=0, redirect=0, status=0, other=0)
+    return client.ApiClient(configuration)
+
+
+class Kube:
+    """A thin client over one ApiClient; every method is one API call (a list: one per page)."""
+
+    def __init__(
+        self,
+        api: client.ApiClient | None = None,
+        timeout: tuple[float, float] = TIMEOUT,
+        fence: Callable[[], bool] | None = None,
+    ) -> None:
+        self.api = api or api_client()
+        self.timeout = timeout
+        self.fence = fence
 
     def _call(
         self,
@@ -57,6 +87,8 @@ class Kube:
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
     ) -> dict[str, Any]:
+        if method != "GET" and self.fence is not None and not self.fence():
+            raise NotLeading(f"{method} {path} not sent: leadership is not assured")
         request = self.api.param_serialize(
             method,
             path,
@@ -65,7 +97,7 @@ class Kube:
             body=body,
             auth_settings=["BearerToken"],
         )
-        response = self.api.call_api(*request)
+        response = self.api.call_api(*request, _request_timeout=self.timeout)
         payload = response.read()
         if not 200 <= response.status <= 299:
             raise ApiException(status=response.status, reason=response.reason, http_resp=response)
@@ -111,12 +143,19 @@ class Kube:
     def list_objects(
         self, api_version: str, kind: str, namespace: str, selector: dict[str, str]
     ) -> list[dict[str, Any]]:
-        label_selector = ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
-        result = self._call(
-            "GET", self._collection(api_version, kind, namespace), query=[("labelSelector", label_selector)]
-        )
-        items: list[dict[str, Any]] = result.get("items") or []
-        return items
+        path = self._collection(api_version, kind, namespace)
+        return list(self._pages(path, [("labelSelector", label_selector(selector))]))
+
+    def _pages(self, path: str, query: list[tuple[str, str]] | None = None) -> Iterator[dict[str, Any]]:
+        """Items of a list, PAGE at a time (limit/continue), so no single response holds every object."""
+        token = ""
+        while True:
+            page = [*(query or []), ("limit", str(PAGE))] + ([("continue", token)] if token else [])
+            result = self._call("GET", path, query=page)
+            yield from result.get("items") or []
+            token = (result.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         """Delete with background propagation, so children go through the garbage collector; absent is fine."""
@@ -160,9 +199,10 @@ class Kube:
         }
         self._call("POST", f"/api/v1/namespaces/{namespace}/events", body=event)
 
-    def nodes(self) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = self._call("GET", "/api/v1/nodes").get("items") or []
-        return items
+    def nodes(self, selector: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """Nodes, only those with the given labels when a selector is given (the API server filters)."""
+        query = [("labelSelector", label_selector(selector))] if selector else []
+        return list(self._pages("/api/v1/nodes", query))
 
     def _custom_path(self, resource: Resource, namespace: str | None, name: str) -> str:
         scope = f"/namespaces/{namespace}" if resource.namespaced and namespace else ""
@@ -179,20 +219,37 @@ class Kube:
     def list_custom(self, resource: Resource, namespace: str | None = None) -> list[dict[str, Any]]:
         """Every object of a Tandem kind, in one namespace or (None) in all."""
         scope = f"/namespaces/{namespace}" if resource.namespaced and namespace else ""
-        result = self._call("GET", f"/apis/{GROUP}/{VERSION}{scope}/{resource.plural}")
-        items: list[dict[str, Any]] = result.get("items") or []
+        items = list(self._pages(f"/apis/{GROUP}/{VERSION}{scope}/{resource.plural}"))
         for item in items:  # list items carry no kind; events and owner references need it
             item.setdefault("apiVersion", f"{GROUP}/{VERSION}")
             item.setdefault("kind", resource.kind)
         return items
 
     def patch_status(
-        self, resource: Resource, namespace: str | None, name: str, status: dict[str, Any]
+        self,
+        resource: Resource,
+        namespace: str | None,
+        name: str,
+        status: dict[str, Any],
+        resource_version: str | None = None,
     ) -> dict[str, Any]:
-        """Replace the status subresource's fields with a merge patch (lists such as conditions are whole)."""
+        """Replace the status subresource's fields with a merge patch (lists such as conditions are whole).
+
+        With `resource_version` (that of the body the status was computed from) the patch is conditional: the
+        API server answers 409 when the object changed since, so a writer with an older view (a resync pass, a
+        replica that lost its lease) can never overwrite a newer status.
+        """
+        patch: dict[str, Any] = {"status": status}
+        if resource_version:
+            patch["metadata"] = {"resourceVersion": resource_version}
         return self._call(
             "PATCH",
             self._custom_path(resource, namespace, name) + "/status",
-            body={"status": status},
+            body=patch,
             content_type="application/merge-patch+json",
         )
+
+
+def label_selector(labels: dict[str, str]) -> str:
+    """An equality-based labelSelector for the API server: k1=v1,k2=v2."""
+    return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))

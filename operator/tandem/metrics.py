@@ -30,6 +30,7 @@ COST = Counter(
 ENERGY = Counter("tandem_energy_watt_hours_total", "Estimated energy of workloads.", ["namespace", "pool", "kind"])
 
 _phases: dict[tuple[str, str, str], str] = {}
+_counts: dict[tuple[str, str], int] = {}
 
 
 @contextmanager
@@ -52,9 +53,15 @@ def record_phase(kind: str, namespace: str, name: str, phase: str | None) -> Non
     key = (kind, namespace, name)
     old = _phases.pop(key, None)
     if old is not None:
-        RESOURCES.labels(kind, old).dec()
+        _counts[(kind, old)] -= 1
+        if _counts[(kind, old)] == 0:  # no resource in that phase: drop the series rather than report 0 forever
+            del _counts[(kind, old)]
+            RESOURCES.remove(kind, old)
+        else:
+            RESOURCES.labels(kind, old).dec()
     if phase is not None:
         _phases[key] = phase
+        _counts[(kind, phase)] = _counts.get((kind, phase), 0) + 1
         RESOURCES.labels(kind, phase).inc()
 
 
@@ -69,3 +76,8 @@ def record_usage(kind: str, namespace: str, pool: str, before: dict[str, float],
         delta = float(after.get(key, 0) or 0) - float(before.get(key, 0) or 0)
         if delta > 0:
             counter.labels(namespace, pool, kind).inc(delta)
+
+
+def forget(kind: str, namespace: str, name: str) -> None:
+    """A deleted resource no longer counts in tandem_resources."""
+    record_phase(kind, namespace, name, None)

@@ -3,6 +3,12 @@
 Everything here is I/O glue between `Kube` and the pure modules (placement, build, status); the kopf
 registrations in tandem.handlers only decide when to call it. Each function can run any number of times
 for the same state and converges to the same objects.
+
+Writes happen only on a real difference: status is patched only when it changed, and conditionally on the
+resourceVersion of the body it was computed from (a 409 tells the caller its view was stale); an
+InferenceService's children are applied only when what they should be differs from what they were last
+applied as (a hash on the Deployment), and its usage ledger is written when something else changes or once
+per USAGE_FLUSH, so an idle Ready service costs no write.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -42,6 +48,9 @@ from tandem.status.serving import problem_status, resolve_model, serving_status
 from tandem.status.training import ObservedRun, training_status
 
 SPEC_HASH_ANNOTATION = "tandem.dev/spec-hash"
+CHILDREN_HASH_ANNOTATION = "tandem.dev/children-hash"
+USAGE_FLUSH = timedelta(minutes=10)
+"""How stale an InferenceService's status.usage may get when nothing else about it changes."""
 StatusT = TypeVar("StatusT", bound=BaseModel)
 
 
@@ -62,17 +71,30 @@ def wire(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(mode="json", by_alias=True)
 
 
+def version(body: Mapping[str, Any]) -> str | None:
+    """The resourceVersion of a body: the precondition of any status computed from it."""
+    found = (body.get("metadata") or {}).get("resourceVersion")
+    return str(found) if found else None
+
+
 def write_status(
-    kube: Kube, resource: Resource, namespace: str | None, name: str, previous: BaseModel, status: BaseModel
+    kube: Kube,
+    resource: Resource,
+    namespace: str | None,
+    name: str,
+    previous: BaseModel,
+    status: BaseModel,
+    resource_version: str | None,
 ) -> tuple[dict[str, Any], bool]:
     """Patch the status subresource only when it changed: unchanged status costs no API write.
 
-    Returns the status as written and whether a write happened.
+    The patch carries `resource_version`, so it fails with 409 rather than overwrite a status written after
+    the body was read. Returns the status as written and whether a write happened.
     """
     written = wire(status)
     changed = written != wire(previous)
     if changed:
-        kube.patch_status(resource, namespace, name, written)
+        kube.patch_status(resource, namespace, name, written, resource_version)
     return written, changed
 
 
@@ -131,12 +153,12 @@ def reconcile_training(
     try:
         spec = TrainingJobSpec.model_validate(body.get("spec") or {})
     except ValidationError as error:
-        return _training_problem(kube, namespace, name, previous, generation, invalid_spec(error))
+        return _training_problem(kube, body, previous, generation, invalid_spec(error))
     parsed_pools = parse_pools(pools)
     try:
         pool_name = placement.training_pool(spec, parsed_pools)
     except Problem as problem:
-        return _training_problem(kube, namespace, name, previous, generation, problem)
+        return _training_problem(kube, body, previous, generation, problem)
     pool = parsed_pools[pool_name]
     spec_hash = run_spec_hash(spec)
     recorded = kube.get("batch/v1", "Job", namespace, previous.job_name) if previous.job_name else None
@@ -178,20 +200,21 @@ def reconcile_training(
     pods = kube.list_objects("v1", "Pod", namespace, {"job-name": run.job_name}) if has_pods else []
     status, status_events = training_status(previous, run, pool_name, pool, ObservedRun(job, pods), now())
     status.observed_generation = generation
-    written, _ = write_status(kube, TRAINING_JOB, namespace, name, previous, status)
+    written, _ = write_status(kube, TRAINING_JOB, namespace, name, previous, status, version(body))
     return Outcome(written, events + status_events)
 
 
 def _training_problem(
-    kube: Kube, namespace: str, name: str, previous: TrainingJobStatus, generation: int, problem: Problem
+    kube: Kube, body: Mapping[str, Any], previous: TrainingJobStatus, generation: int, problem: Problem
 ) -> Outcome:
+    namespace, name, _, _ = _meta(body)
     status = previous.model_copy(deep=True)
     status.conditions = set_condition(
         status.conditions, "PoolResolved", False, problem.reason, problem.message, generation, now()
     )
     status.phase = status.phase or TrainingPhase.PENDING
     status.observed_generation = generation
-    written, changed = write_status(kube, TRAINING_JOB, namespace, name, previous, status)
+    written, changed = write_status(kube, TRAINING_JOB, namespace, name, previous, status, version(body))
     return Outcome(written, [Event("Warning", problem.reason, problem.message)] if changed else [])
 
 
@@ -356,14 +379,14 @@ def _auto_conditions(
 
 def _profiling(
     kube: Kube,
-    namespace: str,
-    name: str,
+    body: Mapping[str, Any],
     previous: InferenceServiceStatus,
     generation: int,
     model: ServedModel,
     auto: AutoDecision,
 ) -> Outcome:
     """Status while profiles run: PlacementDecided False (Profiling); a Deployment already serving keeps on."""
+    namespace, name, _, _ = _meta(body)
     at = now()
     message = "profiling model " + (model.version or model.uri) + " on " + ", ".join(auto.waiting)
     status = problem_status(previous, generation, "PlacementDecided", Problem("Profiling", message), at)
@@ -371,7 +394,7 @@ def _profiling(
         status.conditions, "ModelResolved", True, "ModelFound", f"{model.uri} version {model.version}",
         generation, at,
     )
-    written, _ = write_status(kube, INFERENCE_SERVICE, namespace, name, previous, status)
+    written, _ = write_status(kube, INFERENCE_SERVICE, namespace, name, previous, status, version(body))
     return Outcome(written, auto.events)
 
 
@@ -383,27 +406,27 @@ def reconcile_serving(
     try:
         spec = InferenceServiceSpec.model_validate(body.get("spec") or {})
     except ValidationError as error:
-        return _serving_problem(kube, namespace, name, previous, generation, "ModelResolved", invalid_spec(error))
+        return _serving_problem(kube, body, previous, generation, "ModelResolved", invalid_spec(error))
     source = spec.model.from_training_job
     training_job = _training_job_status(kube, namespace, source.name) if source else None
     try:
         model = resolve_model(spec.model, training_job)
     except Problem as problem:
-        return _serving_problem(kube, namespace, name, previous, generation, "ModelResolved", problem)
+        return _serving_problem(kube, body, previous, generation, "ModelResolved", problem)
     parsed_pools = parse_pools(pools)
     auto: AutoDecision | None = None
     try:
         if spec.placement == Placement.AUTO and spec.pool is None:
             auto = decide_auto(kube, body, spec, model, parsed_pools, config)
             if auto.decision is None:
-                return _profiling(kube, namespace, name, previous, generation, model, auto)
+                return _profiling(kube, body, previous, generation, model, auto)
             decision = auto.decision.status()
             deployed_spec = _with_replicas(spec, auto.decision.replicas)
         else:
             decision = decide_placement(spec, parsed_pools)
             deployed_spec = spec
     except Problem as problem:
-        return _serving_problem(kube, namespace, name, previous, generation, "PlacementDecided", problem)
+        return _serving_problem(kube, body, previous, generation, "PlacementDecided", problem)
     pool = parsed_pools[decision.pool]
     serving = serving_build.Serving(
         name=name,
@@ -415,13 +438,8 @@ def reconcile_serving(
         pool=pool,
         accelerators=placement.serving_accelerators(spec, pool),
     )
-    deployment = kube.apply(serving_build.deployment(serving, config))
-    kube.apply(serving_build.service(serving))
-    kube.apply(serving_build.disruption_budget(serving))
-    hpa = serving_build.autoscaler(serving)
-    if hpa is not None:
-        kube.apply(hpa)
-    elif previous.observed_generation not in (None, generation):
+    deployment = _apply_serving_children(kube, serving, config, spec_current=previous.observed_generation == generation)
+    if serving_build.autoscaler(serving) is None and previous.observed_generation not in (None, generation):
         kube.delete("autoscaling/v2", "HorizontalPodAutoscaler", namespace, name)
     url = serving_build.service_url(name, namespace, config.cluster_domain)
     at = now()
@@ -429,21 +447,73 @@ def reconcile_serving(
     status, events = serving_status(ledger, generation, model, decision, url, deployment, at)
     if auto is not None and auto.decision is not None:
         events = auto.events + _auto_conditions(previous, status, auto.decision, generation, at, events)
-    written, _ = write_status(kube, INFERENCE_SERVICE, namespace, name, previous, status)
+    status = settle_usage(previous, status, at)
+    written, _ = write_status(kube, INFERENCE_SERVICE, namespace, name, previous, status, version(body))
     return Outcome(written, events)
+
+
+def children_hash(children: list[dict[str, Any]]) -> str:
+    """Digest of desired child objects: equal digests, nothing to apply."""
+    payload = json.dumps(children, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _apply_serving_children(
+    kube: Kube, serving: serving_build.Serving, config: OperatorConfig, spec_current: bool
+) -> dict[str, Any] | None:
+    """Apply the Deployment, Service, budget and autoscaler unless they are already what they should be.
+
+    The digest of all four is kept as an annotation on the Deployment. When the status says this spec was
+    already reconciled, one GET of the Deployment tells whether anything must be applied: an idle Ready
+    service costs a read, not four writes. A new or changed spec applies straight away (nothing to compare).
+    Returns the Deployment as stored.
+    """
+    deployment = serving_build.deployment(serving, config)
+    others = [serving_build.service(serving), serving_build.disruption_budget(serving)]
+    hpa = serving_build.autoscaler(serving)
+    if hpa is not None:
+        others.append(hpa)
+    digest = children_hash([deployment, *others])
+    if spec_current:
+        meta = deployment["metadata"]
+        stored = kube.get("apps/v1", "Deployment", meta["namespace"], meta["name"])
+        applied = ((stored or {}).get("metadata") or {}).get("annotations") or {}
+        if stored is not None and applied.get(CHILDREN_HASH_ANNOTATION) == digest:
+            return stored
+    deployment["metadata"].setdefault("annotations", {})[CHILDREN_HASH_ANNOTATION] = digest
+    stored = kube.apply(deployment)
+    for child in others:
+        kube.apply(child)
+    return stored
+
+
+def settle_usage(
+    previous: InferenceServiceStatus, status: InferenceServiceStatus, at: datetime
+) -> InferenceServiceStatus:
+    """The status to write: the previous usage ledger kept when it is all that changed and is younger than
+    USAGE_FLUSH.
+
+    Lossless: the ledger integrates the ready replicas recorded beside it from usageObservedAt on, and a change
+    of ready replicas is itself a change that brings the ledger up to date.
+    """
+    observed = previous.usage_observed_at
+    if observed is None or at - observed >= USAGE_FLUSH:
+        return status
+    kept = status.model_copy(update={"usage": previous.usage, "usage_observed_at": observed})
+    return kept if wire(kept) == wire(previous) else status
 
 
 def _serving_problem(
     kube: Kube,
-    namespace: str,
-    name: str,
+    body: Mapping[str, Any],
     previous: InferenceServiceStatus,
     generation: int,
     condition: str,
     problem: Problem,
 ) -> Outcome:
+    namespace, name, _, _ = _meta(body)
     status = problem_status(previous, generation, condition, problem, now())
-    written, changed = write_status(kube, INFERENCE_SERVICE, namespace, name, previous, status)
+    written, changed = write_status(kube, INFERENCE_SERVICE, namespace, name, previous, status, version(body))
     return Outcome(written, [Event("Warning", problem.reason, problem.message)] if changed else [])
 
 
@@ -458,8 +528,9 @@ def reconcile_pool(kube: Kube, body: Mapping[str, Any]) -> Outcome:
         status.conditions = set_condition(
             status.conditions, "Ready", False, problem.reason, problem.message, generation, now()
         )
-        written, changed = write_status(kube, COMPUTE_POOL, None, name, previous, status)
+        written, changed = write_status(kube, COMPUTE_POOL, None, name, previous, status, version(body))
         return Outcome(written, [Event("Warning", problem.reason, problem.message)] if changed else [])
-    status = pool_status(previous, generation, spec, kube.nodes(), now())
-    written, _ = write_status(kube, COMPUTE_POOL, None, name, previous, status)
+    # Only the pool's own nodes: the API server filters by the pool's labels.
+    status = pool_status(previous, generation, spec, kube.nodes(spec.node_selector), now())
+    written, _ = write_status(kube, COMPUTE_POOL, None, name, previous, status, version(body))
     return Outcome(written)

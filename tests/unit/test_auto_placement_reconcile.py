@@ -56,7 +56,9 @@ class FakeKube:
     def get_custom(self, *args: Any) -> None:
         return None
 
-    def patch_status(self, resource: Any, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+    def patch_status(
+        self, resource: Any, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
+    ) -> dict[str, Any]:
         self.status = status
         return status
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from tandem import reconcile
 from tandem.api.resources import TRAINING_JOB, Resource
 from tandem.config import OperatorConfig
 from tandem.kube import Kube
@@ -24,6 +26,7 @@ class FakeKube(Kube):
         self.custom: dict[tuple[str, str | None, str], dict[str, Any]] = {}
         self.node_list: list[dict[str, Any]] = []
         self.calls: list[tuple[str, ...]] = []
+        self.preconditions: list[str | None] = []
 
     def writes(self, verb: str, kind: str | None = None) -> list[tuple[str, ...]]:
         return [call for call in self.calls if call[0] == verb and (kind is None or call[1] == kind)]
@@ -65,17 +68,28 @@ class FakeKube(Kube):
         self.calls.append(("delete", kind, name))
         self.objects.pop((api_version, kind, namespace, name), None)
 
-    def nodes(self) -> list[dict[str, Any]]:
-        return copy.deepcopy(self.node_list)
+    def nodes(self, selector: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        self.calls.append(("nodes", str(sorted((selector or {}).items()))))
+        return [
+            copy.deepcopy(node)
+            for node in self.node_list
+            if (selector or {}).items() <= (node["metadata"].get("labels") or {}).items()
+        ]
 
     def get_custom(self, resource: Resource, namespace: str | None, name: str) -> dict[str, Any] | None:
         body = self.custom.get((resource.kind, namespace, name))
         return copy.deepcopy(body) if body is not None else None
 
     def patch_status(
-        self, resource: Resource, namespace: str | None, name: str, status: dict[str, Any]
+        self,
+        resource: Resource,
+        namespace: str | None,
+        name: str,
+        status: dict[str, Any],
+        resource_version: str | None = None,
     ) -> dict[str, Any]:
         self.calls.append(("patch_status", resource.kind, name))
+        self.preconditions.append(resource_version)
         return {"status": status}
 
     def set_status(self, api_version: str, kind: str, name: str, status: dict[str, Any]) -> None:
@@ -342,3 +356,98 @@ def test_pool_status_counts_the_nodes(kube: FakeKube, pool_bodies: dict[str, Any
     outcome = reconcile_pool(kube, body)
     assert (outcome.status["nodes"], outcome.status["readyNodes"]) == (1, 1)
     assert outcome.status["allocatable"]["cpu"] == "8"
+
+
+def test_status_is_written_conditionally_on_the_resource_version_it_was_computed_from(
+    kube: FakeKube, loop: TrainingLoop
+) -> None:
+    loop.body["metadata"]["resourceVersion"] = "42"
+    loop.reconcile()
+    assert kube.preconditions == ["42"]
+
+
+class ServingLoop:
+    """An InferenceService body whose status is what the last reconcile wrote; the clock is set by the test."""
+
+    def __init__(self, kube: FakeKube, body: dict[str, Any], pools: Mapping[str, Any], config: OperatorConfig):
+        self.kube, self.body, self.pools, self.config = kube, body, pools, config
+
+    def reconcile(self) -> Outcome:
+        outcome = reconcile_serving(self.kube, self.body, self.pools, self.config)
+        self.body["status"] = outcome.status
+        return outcome
+
+    def ready(self) -> None:
+        self.kube.set_status(
+            "apps/v1",
+            "Deployment",
+            "digits",
+            {"replicas": 1, "readyReplicas": 1, "updatedReplicas": 1, "availableReplicas": 1},
+        )
+
+
+@pytest.fixture
+def serving(
+    kube: FakeKube,
+    serving_body: dict[str, Any],
+    pool_bodies: dict[str, Any],
+    config: OperatorConfig,
+    monkeypatch: pytest.MonkeyPatch,
+) -> ServingLoop:
+    monkeypatch.setattr(reconcile, "now", lambda: CLOCK[0])
+    CLOCK[0] = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    return ServingLoop(kube, serving_body, pool_bodies, config)
+
+
+CLOCK = [datetime(2024, 5, 1, 12, 0, tzinfo=UTC)]
+
+
+def test_an_idle_ready_service_reconciled_again_costs_no_write(kube: FakeKube, serving: ServingLoop) -> None:
+    serving.reconcile()
+    serving.ready()
+    assert serving.reconcile().status["phase"] == "Ready"
+    writes = len(kube.calls)
+    CLOCK[0] += timedelta(seconds=30)
+    serving.reconcile()
+    assert kube.calls[writes:] == []
+
+
+def test_the_usage_ledger_is_written_once_it_is_older_than_the_flush_interval(
+    kube: FakeKube, serving: ServingLoop
+) -> None:
+    serving.reconcile()
+    serving.ready()
+    serving.reconcile()
+    ledger = serving.body["status"]["usage"]
+    CLOCK[0] += reconcile.USAGE_FLUSH
+    serving.reconcile()
+    assert kube.writes("patch_status")[-1] == ("patch_status", "InferenceService", "digits")
+    assert serving.body["status"]["usage"]["coreSeconds"] > (ledger or {}).get("coreSeconds", 0)
+    assert kube.writes("apply") == [
+        ("apply", "Deployment", "digits"),
+        ("apply", "Service", "digits"),
+        ("apply", "PodDisruptionBudget", "digits"),
+    ]
+
+
+def test_a_new_model_without_a_spec_change_applies_the_children_again(kube: FakeKube, serving: ServingLoop) -> None:
+    serving.reconcile()
+    serving.ready()
+    serving.reconcile()
+    serving.body["spec"]["model"] = {"uri": "s3://models/digits/v2/model.onnx", "sha256": "b" * 64}
+    serving.reconcile()
+    applied = [call for call in kube.writes("apply") if call[1] == "Deployment"]
+    assert len(applied) == 2
+    env = kube.objects[("apps/v1", "Deployment", "ml", "digits")]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "TANDEM_MODEL_URI", "value": "s3://models/digits/v2/model.onnx"} in env
+
+
+def test_a_pool_lists_only_its_own_nodes(kube: FakeKube, pool_bodies: dict[str, Any]) -> None:
+    kube.node_list = [
+        {"metadata": {"labels": {"tandem.dev/pool": "cpu"}}, "status": {}},
+        {"metadata": {"labels": {"tandem.dev/pool": "gpu"}}, "status": {}},
+    ]
+    body = {"metadata": {"name": "cpu", "uid": "u", "generation": 1}, "spec": pool_bodies["cpu"]}
+    outcome = reconcile_pool(kube, body)
+    assert ("nodes", "[('tandem.dev/pool', 'cpu')]") in kube.calls
+    assert outcome.status["nodes"] == 1

@@ -1,0 +1,48 @@
+"""Which objects the periodic resync must look at: pure predicates over the bodies of a list.
+
+The resync exists for what no watch event announces: node counts of pools, usage of running work, pods that
+cannot be scheduled, resources waiting for a pool or a model. Everything else is event-driven, so an idle
+cluster of finished and Ready resources costs the resync one paginated list per kind and nothing per object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from tandem.reconcile import USAGE_FLUSH
+
+SETTLED_TRAINING = ("Succeeded", "Failed", "Queued")
+"""Phases in which a TrainingJob waits for an event (its Job's, or a spec change), not for time."""
+
+
+def _current(body: Mapping[str, Any]) -> bool:
+    """Whether the status was written for the present spec."""
+    status = body.get("status") or {}
+    generation = (body.get("metadata") or {}).get("generation")
+    return status.get("observedGeneration") is not None and status.get("observedGeneration") == generation
+
+
+def _false_condition(body: Mapping[str, Any], kind: str) -> bool:
+    conditions = (body.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == kind and c.get("status") == "False" for c in conditions)
+
+
+def training_due(body: Mapping[str, Any]) -> bool:
+    """A TrainingJob needs the resync unless its status is current and it is finished or suspended."""
+    if not _current(body) or _false_condition(body, "PoolResolved"):
+        return True
+    return (body.get("status") or {}).get("phase") not in SETTLED_TRAINING
+
+
+def serving_due(body: Mapping[str, Any], now: datetime) -> bool:
+    """An InferenceService needs the resync unless it is Ready for its present spec and its usage ledger is
+    younger than USAGE_FLUSH."""
+    status = body.get("status") or {}
+    if not _current(body) or status.get("phase") != "Ready":
+        return True
+    observed = status.get("usageObservedAt")
+    if not observed:
+        return True
+    return now - datetime.fromisoformat(str(observed).replace("Z", "+00:00")) >= USAGE_FLUSH
