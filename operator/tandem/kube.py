@@ -59,9 +59,9 @@ class NotLeading(RuntimeError):
     """A write refused before it was sent: this replica's lease may have passed to another."""
 
 
-def api_client() -> client.ApiClient:
-    """An ApiClient for the loaded configuration whose connection pool never retries a request by itself."""
-    configuration = client.Configuration.get_default_copy()
+def api_client(configuration: client.Configuration | None = None) -> client.ApiClient:
+    """An ApiClient (for the loaded configuration by default) whose connection pool never retries by itself."""
+    configuration = configuration or client.Configuration.get_default_copy()
     configuration.retries = urllib3.Retry(total=0, connect=0, read=0, redirect=0, status=0, other=0)
     return client.ApiClient(configuration)
 

@@ -1,105 +1,160 @@
 """Leader election on a coordination.k8s.io Lease, so several operator replicas run but one acts.
 
-The standard Kubernetes pattern (client-go's leaderelection): acquire the Lease when it is free or expired,
-renew it well within its duration, and stop acting the moment a renewal fails, before another replica can
-take over.
+The Kubernetes client's own leader election (`kubernetes.leaderelection`, client-go's rules) does the
+protocol: a follower judges the holder's lease by the time it *itself* observed the last change of the record
+(never by the holder's clock), and a leader retries its renewal until a renew deadline, so one failed renewal
+is not a lost lease. This module adds what that library leaves to its user:
+
+* a deadline on every Lease call (`LEASE_TIMEOUT`), and transport errors (refused, reset, timed out) reported
+  as a failed attempt instead of killing the election thread;
+* a fence: `leading()` is true only within `renew_deadline` of the start of the last attempt that renewed
+  the Lease, measured on this process's monotonic clock. It closes on time even when a renewal hangs, and
+  tandem.kube sends no write while it is closed. A follower may take the Lease only `lease_duration` after it
+  saw the last renewal, so with renew_deadline + the longest write (tandem.kube.TIMEOUT) < lease_duration the
+  old leader's last write has landed or failed before a new leader can act.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
-from datetime import UTC, datetime, timedelta
+import time
+from collections.abc import Callable
+from typing import Any
 
+import urllib3
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
+from kubernetes.leaderelection import electionconfig, leaderelection
+from kubernetes.leaderelection.resourcelock.leaselock import LeaseLock
+
+from tandem.kube import TIMEOUT, api_client
 
 log = logging.getLogger(__name__)
 
+LEASE_TIMEOUT = (2.0, 3.0)
+"""(connect, read) seconds for one Lease call."""
 
-def _now() -> datetime:
-    return datetime.now(UTC)
+
+class _Deadlined:
+    """An API object whose every method is called with a request timeout."""
+
+    def __init__(self, api: Any, timeout: tuple[float, float]) -> None:
+        self._api = api
+        self._timeout = timeout
+
+    def __getattr__(self, name: str) -> Any:
+        return functools.partial(getattr(self._api, name), _request_timeout=self._timeout)
 
 
-class LeaderElector:
+class _Lock(LeaseLock):
+    """The library's Lease lock with deadlines, transport errors as failed attempts, and renewals timed."""
+
+    def __init__(self, name: str, namespace: str, identity: str, api: client.ApiClient | None) -> None:
+        super().__init__(name, namespace, identity)
+        self.api_instance = _Deadlined(client.CoordinationV1Api(api or api_client()), LEASE_TIMEOUT)
+        self.attempt_started = 0.0
+        self.confirmed: float | None = None
+        """Monotonic start of the last attempt whose write (create or update) the API server accepted."""
+
+    def get(self, name: str, namespace: str) -> tuple[bool, Any]:
+        self.attempt_started = time.monotonic()
+        try:
+            found: tuple[bool, Any] = super().get(name, namespace)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            log.warning("reading lease %s/%s failed: %s", namespace, name, exc)
+            return False, exc
+        return found
+
+    def create(self, name: str, namespace: str, election_record: Any) -> bool:
+        return self._confirm(super().create, name, namespace, election_record)
+
+    def update(self, name: str, namespace: str, updated_record: Any) -> bool:
+        return self._confirm(super().update, name, namespace, updated_record)
+
+    def _confirm(self, write: Callable[..., bool], *args: Any) -> bool:
+        try:
+            written = write(*args)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            log.warning("writing lease %s/%s failed: %s", self.namespace, self.name, exc)
+            return False
+        if written and self.holder() == self.identity:
+            self.confirmed = self.attempt_started
+        return written
+
+    def holder(self) -> str | None:
+        spec = getattr(self.lease_reference, "spec", None)
+        return getattr(spec, "holder_identity", None)
+
+
+class Leadership:
+    """Campaign for a Lease in a background thread; `leading()` says whether this replica may act now."""
+
     def __init__(
         self,
         name: str,
         namespace: str,
         identity: str,
-        lease_seconds: int = 15,
-        api: client.CoordinationV1Api | None = None,
+        lease_duration: int = 20,
+        renew_deadline: float = 10,
+        retry_period: float = 2,
+        api: client.ApiClient | None = None,
     ) -> None:
-        self.name = name
-        self.namespace = namespace
+        longest_write = sum(TIMEOUT)
+        if renew_deadline + longest_write >= lease_duration:
+            raise ValueError(
+                f"renew deadline {renew_deadline}s + longest write {longest_write}s must stay below the lease "
+                f"duration {lease_duration}s, or a new leader could act before the old one's last write ends"
+            )
         self.identity = identity
-        self.lease_seconds = lease_seconds
-        self.api = api or client.CoordinationV1Api()
-
-    def _spec(self, transitions: int, acquired: datetime | None) -> client.V1LeaseSpec:
-        now = _now()
-        return client.V1LeaseSpec(
-            holder_identity=self.identity,
-            lease_duration_seconds=self.lease_seconds,
-            acquire_time=acquired or now,
-            renew_time=now,
-            lease_transitions=transitions,
+        self.renew_deadline = renew_deadline
+        self.lock = _Lock(name, namespace, identity, api)
+        self.acquired = threading.Event()
+        self.lost = threading.Event()
+        self._config = electionconfig.Config(
+            self.lock, int(lease_duration), renew_deadline, retry_period, self.acquired.set, self._stopped
         )
 
-    def try_acquire(self) -> bool:
-        """Take or renew the Lease; False when another live holder has it or a write conflicts."""
+    def leading(self) -> bool:
+        """True within renew_deadline of the last confirmed renewal, on this process's monotonic clock."""
+        confirmed = self.lock.confirmed
+        return (
+            not self.lost.is_set()
+            and confirmed is not None
+            and time.monotonic() - confirmed < self.renew_deadline
+        )
+
+    def _stopped(self) -> None:
+        log.error("lease %s/%s not renewed within %.0fs; stopped acting", self.lock.namespace,
+                  self.lock.name, self.renew_deadline)
+        self.lost.set()
+
+    def _campaign(self) -> None:
         try:
-            lease = self.api.read_namespaced_lease(self.name, self.namespace)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-            body = client.V1Lease(
-                metadata=client.V1ObjectMeta(name=self.name, namespace=self.namespace), spec=self._spec(0, None)
-            )
-            try:
-                self.api.create_namespaced_lease(self.namespace, body)
-            except ApiException as create_error:
-                if create_error.status == 409:
-                    return False
-                raise
-            return True
-        spec = lease.spec or client.V1LeaseSpec()
-        renewed = spec.renew_time or spec.acquire_time
-        expired = renewed is None or renewed + timedelta(seconds=spec.lease_duration_seconds or 0) < _now()
-        ours = spec.holder_identity == self.identity
-        if not ours and not expired:
-            return False
-        transitions = (spec.lease_transitions or 0) + (0 if ours else 1)
-        lease.spec = self._spec(transitions, spec.acquire_time if ours else None)
-        try:
-            self.api.replace_namespaced_lease(self.name, self.namespace, lease)
-        except ApiException as exc:
-            if exc.status == 409:  # someone else wrote first; resourceVersion guards the race
-                return False
-            raise
-        return True
+            leaderelection.LeaderElection(self._config).run()
+        except Exception:
+            log.exception("leader election failed")
+        finally:
+            self.lost.set()  # run() returns only when leadership ended (or never began): never act after
+
+    def start(self) -> None:
+        threading.Thread(target=self._campaign, name="tandem-leader", daemon=True).start()
 
     def wait_for_leadership(self, stop: threading.Event) -> bool:
-        """Block until this replica leads (True) or `stop` is set (False)."""
-        retry = max(1.0, self.lease_seconds / 5)
-        while not stop.is_set():
-            if self.try_acquire():
-                log.info("leading as %s (lease %s/%s)", self.identity, self.namespace, self.name)
+        """Block until this replica leads (True), or `stop` is set or the campaign ended (False)."""
+        while not stop.is_set() and not self.lost.is_set():
+            if self.acquired.wait(0.2) and self.leading():
+                log.info("leading as %s (lease %s/%s)", self.identity, self.lock.namespace, self.lock.name)
                 return True
-            stop.wait(retry)
         return False
 
-    def keep_renewing(self, stop: threading.Event, lost: threading.Event) -> None:
-        """Renew until `stop`; when a renewal fails, set `lost` and `stop`, so the operator stops acting at once."""
-        interval = self.lease_seconds / 3
+    def watch(self, stop: threading.Event, interval: float = 0.2) -> None:
+        """Set `stop` the moment the fence closes, so kopf stops too (the fence already blocks writes)."""
         while not stop.wait(interval):
-            try:
-                renewed = self.try_acquire()
-            except ApiException as exc:
-                log.warning("lease renewal failed: %s", exc.reason)
-                renewed = False
-            if not renewed:
-                log.error("lost the lease %s/%s; stopping", self.namespace, self.name)
-                lost.set()
+            if not self.leading():
+                if not self.lost.is_set():
+                    log.error("lease %s/%s: no renewal confirmed within %.0fs; stopped acting",
+                              self.lock.namespace, self.lock.name, self.renew_deadline)
+                self.lost.set()
                 stop.set()
                 return

@@ -48,6 +48,12 @@ def run_kopf(namespaces: tuple[str, ...], stop: threading.Event, liveness: str |
 @click.option("--lease-name", envvar="TANDEM_LEASE_NAME", default="tandem-operator", show_default=True)
 @click.option("--lease-namespace", envvar="POD_NAMESPACE", default="default", show_default=True,
               help="Namespace of the Lease (the chart passes the operator's own).")
+@click.option("--lease-duration", envvar="TANDEM_LEASE_DURATION", type=int, default=20, show_default=True,
+              help="Seconds a follower waits after the last renewal it saw before taking the Lease.")
+@click.option("--renew-deadline", envvar="TANDEM_RENEW_DEADLINE", type=float, default=10, show_default=True,
+              help="Seconds the leader keeps retrying a renewal; past it, it stops acting and exits.")
+@click.option("--retry-period", envvar="TANDEM_RETRY_PERIOD", type=float, default=2, show_default=True,
+              help="Seconds between attempts to acquire or renew the Lease.")
 @click.option("--health-port", envvar="TANDEM_HEALTH_PORT", type=int, default=8080, show_default=True,
               help="Port of kopf's /healthz liveness endpoint; 0 turns it off.")
 @click.option("--verbose", is_flag=True, envvar="TANDEM_VERBOSE", help="Debug logging.")
@@ -57,6 +63,9 @@ def operator_command(
     leader_election: bool,
     lease_name: str,
     lease_namespace: str,
+    lease_duration: int,
+    renew_deadline: float,
+    retry_period: float,
     health_port: int,
     verbose: bool,
 ) -> None:
@@ -76,16 +85,22 @@ def operator_command(
         start_http_server(metrics_port)
     load_config()
     stop = threading.Event()
-    lost = threading.Event()
+    leadership = None
     if leader_election:
-        from tandem.leader import LeaderElector
+        import tandem.handlers
+        from tandem.leader import Leadership
 
         identity = os.environ.get("POD_NAME") or socket.gethostname()
-        elector = LeaderElector(lease_name, lease_namespace, f"{identity}-{os.getpid()}")
-        if not elector.wait_for_leadership(stop):
-            return
-        threading.Thread(target=elector.keep_renewing, args=(stop, lost), daemon=True).start()
+        leadership = Leadership(
+            lease_name, lease_namespace, f"{identity}-{os.getpid()}", lease_duration, renew_deadline, retry_period
+        )
+        leadership.start()
+        if not leadership.wait_for_leadership(stop):
+            sys.exit(1)
+        # Writes are fenced by the lease from here on; kopf is stopped as soon as the fence closes.
+        tandem.handlers.set_fence(leadership.leading)
+        threading.Thread(target=leadership.watch, args=(stop,), name="tandem-lease-watch", daemon=True).start()
     liveness = f"http://0.0.0.0:{health_port}/healthz" if health_port else None
     run_kopf(config.namespaces, stop, liveness)
-    if lost.is_set():
+    if leadership is not None and leadership.lost.is_set():
         sys.exit(1)  # leadership lost: exit so the pod restarts and queues for the Lease again

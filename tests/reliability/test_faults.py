@@ -25,7 +25,7 @@ from kubernetes.client.exceptions import ApiException
 
 from support.cluster import wait_until
 from support.tandem import REPO, artifact_message, body, create, get
-from tandem import handlers
+from tandem import backoff, handlers
 from tandem.api.resources import INFERENCE_SERVICE, TRAINING_JOB
 from tandem.kube import Kube
 from tandem.reconcile import Outcome
@@ -97,8 +97,9 @@ def test_conflicting_write_becomes_a_temporary_error_that_kopf_retries(
     tandem_api: k8s.ApiClient, namespace: str
 ) -> None:
     """Expected: a real 409 from the API server (an update with a stale resourceVersion) raised inside a
-    reconcile is turned by handlers._run into kopf.TemporaryError with a delay (kopf retries the handler),
-    never a PermanentError and never an event."""
+    reconcile is turned by handlers._run into kopf.TemporaryError with a jittered exponential delay (kopf retries
+    the handler), never a PermanentError and never an event. (handlers.reconcile_object first reads the object
+    again and retries once: tests/integration/test_concurrency.py.)"""
     created = create(tandem_api, TRAINING_JOB, namespace, body(TRAINING_JOB, "race", training_spec()))
     stale = dict(created)
     custom = k8s.CustomObjectsApi(tandem_api)
@@ -117,7 +118,7 @@ def test_conflicting_write_becomes_a_temporary_error_that_kopf_retries(
     assert conflict.value.status == 409
     with pytest.raises(kopf.TemporaryError) as retried:
         handlers._run("TrainingJob", created, stale_update)
-    assert retried.value.delay == 2
+    assert retried.value.delay is not None and 0 <= retried.value.delay <= backoff.BASE  # first retry, jittered
     assert "409" in str(retried.value)
 
 
@@ -152,7 +153,8 @@ def test_two_replicas_only_the_lease_holder_acts_and_the_other_takes_over(
 ) -> None:
     """Expected: of two `tandem operator --leader-election` processes, one holds the Lease and reconciles
     (creates the child Job); the other logs no handler at all. After the leader is SIGKILLed, the other
-    acquires the Lease within its 15 s duration plus one retry and reconciles a TrainingJob created then."""
+    acquires the Lease once its 20 s duration has passed since it last saw a renewal (plus one 2 s retry) and
+    reconciles a TrainingJob created then."""
     kubeconfig = os.environ["KUBECONFIG"]
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     procs = [_operator(kubeconfig, namespace, log) for log in logs]
