@@ -113,9 +113,18 @@ def key_of(kind: str, body: Mapping[str, Any]) -> Key:
     return kind, str(meta.get("namespace") or ""), str(meta["name"])
 
 
-def _fresh(kind: str, key: Key) -> dict[str, Any] | None:
+def _fresh(kind: str, key: Key, attempt: int = 0) -> dict[str, Any] | None:
+    """The object as the API server has it now; None when it is gone. Failures are kopf's temporary errors."""
     _, namespace, name = key
-    return kube().get_custom(KINDS[kind], namespace or None, name)
+    try:
+        return kube().get_custom(KINDS[kind], namespace or None, name)
+    except ApiException as exc:
+        if exc.status not in TRANSIENT_STATUSES:
+            raise
+        delay = backoff.delay(attempt, backoff.retry_after(exc.headers))
+        raise kopf.TemporaryError(f"API server answered {exc.status}: {exc.reason}", delay=delay) from exc
+    except urllib3.exceptions.HTTPError as exc:
+        raise kopf.TemporaryError(f"API server unavailable: {exc}", delay=backoff.delay(attempt)) from exc
 
 
 def reconcile_object(
@@ -130,7 +139,7 @@ def reconcile_object(
     with exclusive.hold(key):
         current = body
         if current is None or exclusive.behind(key, *_identity(current)):
-            current = _fresh(kind, key)
+            current = _fresh(kind, key, attempt)
         for last in (False, True):
             if current is None:
                 exclusive.forget(key)
@@ -139,7 +148,7 @@ def reconcile_object(
             try:
                 return _run(kind, current, functools.partial(step, current), attempt, conflicts_are_final=last)
             except _Stale:
-                current = _fresh(kind, key)
+                current = _fresh(kind, key, attempt)
         return None  # pragma: no cover - the loop returns or raises
 
 
@@ -248,9 +257,11 @@ def _quietly(run: Callable[..., Outcome | None], kind: str, *args: Any) -> None:
     try:
         run(kind, *args)
     except (kopf.TemporaryError, kopf.PermanentError, ApiException) as exc:
+        if isinstance(exc.__cause__, (urllib3.exceptions.HTTPError, NotLeading)):
+            raise exc.__cause__ from exc  # the API server is away or leadership is in doubt: end this pass
         log.warning("resync of %s %s failed: %s", kind, args[0][1:], exc)
     except (urllib3.exceptions.HTTPError, NotLeading):
-        raise  # the API server is away or leadership is in doubt: end this pass
+        raise
     except Exception:
         log.exception("resync of %s %s failed unexpectedly", kind, args[0][1:])
 
