@@ -1,29 +1,45 @@
 # syntax=docker/dockerfile:1
-# Training workers: `tandem train digits` (extra tandem[train]: torch, onnx, onnxruntime). PyPI ships torch for Linux x86_64 only with CUDA, so this image carries the CUDA wheels (torch 1.1 GB + nvidia-* 3 GB installed): about 5 GB. Right for GPU pools; the NVIDIA driver comes from the node.
+# Training workers: `tandem train digits` (tandem[train]: torch with its CUDA libraries, onnx, onnxruntime); the NVIDIA driver comes from the node.
 # Build from the repository root:  docker build -f docker/trainer.Dockerfile -t tandem-trainer:0.1.0 .
-# Dependencies are pinned with hashes in docker/requirements-train.txt (docker/lock.sh writes them).
-ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+# The same image that `hack/images.sh build trainer` assembles without Docker: Debian bookworm's python3 with the
+# packages below, the hash-locked docker/requirements-train.txt (cut from uv.lock) less docker/prune.txt, and the
+# project, all in /usr/local/lib/python3.11/dist-packages. tests/packaging checks that the two paths agree.
+ARG DEBIAN_IMAGE=debian:bookworm-slim
 
-FROM ${PYTHON_IMAGE} AS build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/tandem
+FROM ${DEBIAN_IMAGE} AS build
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_BREAK_SYSTEM_PACKAGES=1
+# Debian's packages follow its security updates; pinning their versions would stop that.
+# hadolint ignore=DL3008
+RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-pip \
+ && rm -rf /var/lib/apt/lists/*
 # Dependencies first, so a code change reuses this (large) layer.
-COPY docker/requirements-train.txt /tmp/requirements.txt
-RUN /opt/tandem/bin/pip install --no-cache-dir --require-hashes --no-deps -r /tmp/requirements.txt
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY operator ./operator
-RUN /opt/tandem/bin/pip install --no-cache-dir --no-deps . \
- && /opt/tandem/bin/python -m compileall -q /opt/tandem/lib
+COPY docker/requirements-train.txt docker/prune.txt /tmp/
+RUN python3 -m pip install --require-hashes --no-deps --target /site -r /tmp/requirements-train.txt \
+ && sed 's/#.*//; /^ *$/d' /tmp/prune.txt | xargs -I{} rm -rf /site/{}
+COPY pyproject.toml README.md /src/
+COPY operator /src/operator
+# Bytecode now (the root filesystem is read-only at run time); files only newer Pythons parse stay source.
+RUN python3 -m pip install --no-deps --target /site /src && rm -rf /site/bin \
+ && { python3 -m compileall -q -j 0 --invalidation-mode unchecked-hash -s /site \
+        -p /usr/local/lib/python3.11/dist-packages /site || true; }
 
-FROM ${PYTHON_IMAGE}
+FROM ${DEBIAN_IMAGE}
+# hadolint ignore=DL3008
+RUN apt-get update && apt-get install -y --no-install-recommends python3 libstdc++6 libgomp1 ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && echo "nonroot:x:65532:65532:nonroot:/tmp:/usr/sbin/nologin" >> /etc/passwd \
+ && echo "nonroot:x:65532:" >> /etc/group
+COPY --from=build /site /usr/local/lib/python3.11/dist-packages
+COPY docker/tandem-entrypoint /usr/local/bin/tandem
 LABEL org.opencontainers.image.title="tandem-trainer" \
-      org.opencontainers.image.source="https://github.com/tandem-dev/tandem" \
+      org.opencontainers.image.description="Tandem trainer: PyTorch training, ONNX export and publishing (torch with its CUDA libraries)" \
+      org.opencontainers.image.version="0.1.0" \
       org.opencontainers.image.licenses="Apache-2.0"
-COPY --from=build /opt/tandem /opt/tandem
 # Read-only root filesystem: no bytecode written at run time; HOME and caches on the pod's /tmp emptyDir.
-ENV PATH=/opt/tandem/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HOME=/tmp
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HOME=/tmp LANG=C.UTF-8
 USER 65532:65532
+WORKDIR /tmp
 EXPOSE 29500
 ENTRYPOINT ["tandem"]
 CMD ["train", "digits"]

@@ -14,6 +14,9 @@ say "control-plane binaries (cold: builds Kubernetes from Go modules, 15-30 min;
 TANDEM_BIN_DIR="$(hack/build-tools.sh | tail -n 1)"
 export TANDEM_BIN_DIR
 
+say "container images (cold: Debian root filesystem and locked wheels, torch included, ~10 min; warm: seconds)"
+hack/images.sh build >/dev/null
+
 say "ruff"
 ruff check operator tests benchmarks
 say "mypy"

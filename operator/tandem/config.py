@@ -16,9 +16,9 @@ class OperatorConfig:
 
     namespaces: tuple[str, ...] = ()
     """Namespaces to watch; empty watches the whole cluster."""
-    trainer_image: str = "ghcr.io/tandem-dev/tandem-trainer:0.1.0"
+    trainer_image: str = "localhost/tandem-trainer:0.1.0"
     """Image for TrainingJob workers that name none."""
-    server_image: str = "ghcr.io/tandem-dev/tandem-server:0.1.0"
+    server_image: str = "localhost/tandem-server:0.1.0"
     """Image for InferenceService replicas that name none."""
     cluster_domain: str = "cluster.local"
     """DNS domain of the cluster, for status.url."""

@@ -68,6 +68,12 @@ class Exclusive:
         """The object is gone: drop what is remembered of it."""
         self._acted.pop(key, None)
 
+    def waiting(self, key: Key) -> int:
+        """How many reconciles of `key` wait for the one that holds it."""
+        with self._guard:
+            slot = self._slots.get(key)
+            return max(0, slot.users - 1) if slot is not None else 0
+
     def busy(self) -> int:
         """Keys held or waited for right now (for tests and metrics)."""
         with self._guard:

@@ -1,25 +1,29 @@
 """kopf registrations: when to reconcile, nothing about how.
 
-Each handler parses no bodies and builds no objects; it hands the resource to tandem.reconcile through one
-path, `reconcile_object`, which every trigger shares (kopf's create/update/resume handlers, child events, the
-periodic resync):
+kopf watches; its event handlers only add object keys to a work queue (tandem.workqueue, client-go's
+semantics: a key waits at most once, is processed by one worker at a time, comes back after a backoff when it
+failed). The periodic resync adds keys to the same queue. Workers reconcile through one path,
+`reconcile_object`:
 
 * one reconcile per object at a time (tandem.exclusive), whichever thread asks;
-* never from a body older than one already acted on: a stale body (a resync list, a queued event) is read
-  again first, and status is written conditionally on the body's resourceVersion, so a 409 means "someone
-  wrote after you read": read again and reconcile once more;
-* API errors turned into kopf's retry semantics: throttling and outages are temporary, retried after an
-  exponential backoff with jitter that honours Retry-After (tandem.backoff); other refusals are permanent.
+* from a fresh read of the object, never from an older body than one already acted on; status is written
+  conditionally on the read's resourceVersion, so a 409 means "someone wrote after you read": read again and
+  reconcile once more;
+* API errors become retries: throttling and outages are temporary, retried after an exponential backoff
+  with jitter that honours Retry-After (tandem.backoff); other refusals are permanent until the next event.
+
+No kopf change handlers (create/update/resume): the reconcile is level-triggered, so an event handler that
+compares metadata.generation with status.observedGeneration says as much, and kopf then writes no progress
+or diff-base annotations of its own: the operator's only writes are the fenced ones of tandem.kube.
 """
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -33,6 +37,7 @@ from tandem.config import OperatorConfig
 from tandem.exclusive import Exclusive, Key
 from tandem.kube import Kube, NotLeading, api_client, load_config
 from tandem.reconcile import Outcome, reconcile_pool, reconcile_serving, reconcile_training
+from tandem.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +96,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     stop = threading.Event()
     _state["resync_stop"] = stop
     interval = float(os.environ.get("TANDEM_RESYNC_SECONDS", "30"))
-    # A copy of kopf's context lets the resync thread post events through kopf's queue.
-    context = contextvars.copy_context()
-    threading.Thread(
-        target=context.run, args=(resync_forever, stop, interval), name="tandem-resync", daemon=True
-    ).start()
+    work = WorkQueue(process, workers=int(os.environ.get("TANDEM_WORKERS", "16")), name="reconcile")
+    _state["queue"] = work
+    work.start()
+    threading.Thread(target=resync_forever, args=(stop, interval), name="tandem-resync", daemon=True).start()
 
 
 @kopf.on.cleanup()
@@ -103,6 +107,9 @@ def stop_resync(**_: Any) -> None:
     stop: threading.Event | None = _state.get("resync_stop")
     if stop is not None:
         stop.set()
+    work: WorkQueue | None = _state.get("queue")
+    if work is not None:
+        work.stop()
 
 
 # ---- the one reconcile path -------------------------------------------------------------------------
@@ -197,12 +204,9 @@ def _run(
 
 
 def _post_event(body: Mapping[str, Any], type: str, reason: str, message: str) -> None:
-    """kopf.event inside kopf's handler tasks; a direct API write from the resync thread, where kopf's event
-    queue (a context variable of its per-object tasks) does not exist and kopf.event raises LookupError."""
-    try:
-        kopf.event(cast(kopf.Body, body), type=type, reason=reason, message=message)
-    except LookupError:
-        kube().post_event(dict(body), type, reason, message)
+    """An Event about the resource, posted by the worker itself (fenced like every write): kopf.event needs
+    kopf's per-object task context, which the queue's workers do not run in."""
+    kube().post_event(dict(body), type, reason, message)
 
 
 def _forget(kind: str, namespace: str | None, name: str) -> None:
@@ -218,10 +222,10 @@ def resync_forever(stop: threading.Event, interval: float) -> None:
     """Periodic resync, as controller-runtime's SyncPeriod: refreshes pool status and usage of running
     work, and retries resources that wait for a pool or a model (tandem.resync says which).
 
-    It runs beside kopf's workers but through the same per-object path (`reconcile_object`), reading each
-    object it acts on afresh under that object's lock: the list only says which objects to look at. kopf
-    timers would put a finalizer on every resource (blocking deletion whenever the operator is not running)
-    and run beside the object's handlers, not exclusively with them.
+    It only adds keys to the work queue, so periodic work takes the same per-key path as events: the list says
+    which objects to look at, the worker reads each afresh under its lock. kopf timers would put a finalizer
+    on every resource (blocking deletion whenever the operator is not running) and run beside the object's
+    handlers, not exclusively with them.
     """
     while not stop.wait(interval):
         try:
@@ -238,48 +242,74 @@ def _watched(resource: Resource) -> list[dict[str, Any]]:
 
 
 def resync_once() -> None:
-    pool_bodies = kube().list_custom(COMPUTE_POOL)
-    pools = {pool["metadata"]["name"]: pool.get("spec") or {} for pool in pool_bodies}
-    for pool in pool_bodies:
-        # Pools have no children: the listed body is fresh enough, its status write is conditional on it.
-        _quietly(reconcile_object, "ComputePool", key_of("ComputePool", pool), _pool_step, pool)
+    """One pass: list each kind (paginated) and queue the keys that wait on time; the queue reconciles them
+    through the same per-key path as events, each from a fresh read."""
+    for pool in kube().list_custom(COMPUTE_POOL):
+        enqueue(key_of("ComputePool", pool))
     for job in _watched(TRAINING_JOB):
         if resync.training_due(job):
-            _quietly(reconcile_object, "TrainingJob", key_of("TrainingJob", job), _training_step(pools))
+            enqueue(key_of("TrainingJob", job))
     at = datetime.now(UTC)
     for service in _watched(INFERENCE_SERVICE):
         if resync.serving_due(service, at):
-            _quietly(reconcile_object, "InferenceService", key_of("InferenceService", service), _serving_step(pools))
+            enqueue(key_of("InferenceService", service))
 
 
-def _quietly(run: Callable[..., Outcome | None], kind: str, *args: Any) -> None:
-    """One resource's failure must not stop the resync of the others; the next pass retries it."""
+# ---- the work queue ---------------------------------------------------------------------------------
+
+
+def queue() -> WorkQueue:
+    work: WorkQueue = _state["queue"]
+    return work
+
+
+def enqueue(key: Key) -> None:
+    queue().add(key)
+
+
+def process(key: Hashable, attempt: int) -> float | None:
+    """Reconcile one queued key from a fresh read; the delay before it is retried, or None when done."""
+    kind, namespace, name = cast(Key, key)
     try:
-        run(kind, *args)
-    except (kopf.TemporaryError, kopf.PermanentError, ApiException) as exc:
-        if isinstance(exc.__cause__, (urllib3.exceptions.HTTPError, NotLeading)):
-            raise exc.__cause__ from exc  # the API server is away or leadership is in doubt: end this pass
-        log.warning("resync of %s %s failed: %s", kind, args[0][1:], exc)
-    except (urllib3.exceptions.HTTPError, NotLeading):
-        raise
-    except Exception:
-        log.exception("resync of %s %s failed unexpectedly", kind, args[0][1:])
+        reconcile_object(kind, (kind, namespace, name), _step(kind), None, attempt)
+    except kopf.TemporaryError as exc:
+        delay = exc.delay if exc.delay is not None else backoff.delay(attempt)
+        log.warning("%s %s/%s: %s; retrying in %.1fs", kind, namespace, name, exc, delay)
+        return delay
+    except kopf.PermanentError as exc:
+        log.error("%s %s/%s: %s", kind, namespace, name, exc)
+    except (urllib3.exceptions.HTTPError, NotLeading) as exc:
+        log.warning("%s %s/%s: API server unavailable or not leading (%s)", kind, namespace, name, exc)
+        return backoff.delay(attempt)
+    return None
 
 
-def _pools(pool_index: kopf.Index[str, Any]) -> dict[str, Any]:
-    return {name: next(iter(specs)) for name, specs in pool_index.items() if specs}
+def pools() -> dict[str, Any]:
+    """ComputePool specs by name, from kopf's index (kopf fills it before any other handler runs)."""
+    index: kopf.Index[str, Any] | None = _state.get("pool_index")
+    if index is None:  # outside kopf (tests, tools): read them
+        return {pool["metadata"]["name"]: pool.get("spec") or {} for pool in kube().list_custom(COMPUTE_POOL)}
+    return {name: next(iter(specs)) for name, specs in index.items() if specs}
 
 
-def _pool_step(body: Mapping[str, Any]) -> Outcome:
-    return reconcile_pool(kube(), body)
+def _step(kind: str) -> Step:
+    if kind == "ComputePool":
+        return lambda body: reconcile_pool(kube(), body)
+    if kind == "TrainingJob":
+        return lambda body: reconcile_training(kube(), body, pools(), config())
+    return lambda body: reconcile_serving(kube(), body, pools(), config())
 
 
-def _training_step(pools: Mapping[str, Any]) -> Step:
-    return lambda body: reconcile_training(kube(), body, pools, config())
+def _pending(type: str | None, body: Mapping[str, Any]) -> bool:
+    """Whether a watch event calls for a reconcile: the initial listing (kopf's resume), a new object, or a
+    spec not yet reconciled. Status-only changes (our own writes among them) do not."""
+    if type in (None, "ADDED"):
+        return True
+    status = body.get("status") or {}
+    return bool(status.get("observedGeneration") != (body.get("metadata") or {}).get("generation"))
 
 
-def _serving_step(pools: Mapping[str, Any]) -> Step:
-    return lambda body: reconcile_serving(kube(), body, pools, config())
+# ---- kopf registrations: watch events only add keys to the queue ------------------------------------
 
 
 @kopf.index(GROUP, VERSION, "computepools")
@@ -298,87 +328,60 @@ def services_by_training_job(
     return {(namespace, source["name"]): (name, served)}
 
 
-# ---- ComputePool -------------------------------------------------------------------------------------
-
-
-@kopf.on.resume(GROUP, VERSION, "computepools")
-@kopf.on.create(GROUP, VERSION, "computepools")
-@kopf.on.update(GROUP, VERSION, "computepools", field="spec")
-def pool_changed(body: kopf.Body, retry: int = 0, **_: Any) -> None:
-    reconcile_object("ComputePool", key_of("ComputePool", body), _pool_step, body, retry)
-
-
 @kopf.on.event(GROUP, VERSION, "computepools")
-def pool_deleted(name: str, type: str | None, **_: Any) -> None:
+async def pool_event(
+    name: str, type: str | None, body: kopf.Body, pool_index: kopf.Index[str, Any], **_: Any
+) -> None:
+    _state["pool_index"] = pool_index
     if type == "DELETED":
         _forget("ComputePool", None, name)
-
-
-# ---- TrainingJob -------------------------------------------------------------------------------------
-
-
-@kopf.on.resume(GROUP, VERSION, "trainingjobs")
-@kopf.on.create(GROUP, VERSION, "trainingjobs")
-@kopf.on.update(GROUP, VERSION, "trainingjobs", field="spec")
-def training_changed(body: kopf.Body, pool_index: kopf.Index[str, Any], retry: int = 0, **_: Any) -> None:
-    reconcile_object("TrainingJob", key_of("TrainingJob", body), _training_step(_pools(pool_index)), body, retry)
-
-
-@kopf.on.event("batch", "v1", "jobs", labels={"tandem.dev/trainingjob": kopf.PRESENT})
-def training_job_child_changed(
-    namespace: str, labels: Mapping[str, str], type: str | None, pool_index: kopf.Index[str, Any], **_: Any
-) -> None:
-    if type is None:
-        return  # the initial listing: resume handlers cover it
-    key = ("TrainingJob", namespace, labels["tandem.dev/trainingjob"])
-    reconcile_object("TrainingJob", key, _training_step(_pools(pool_index)))
+    elif _pending(type, body):
+        enqueue(("ComputePool", "", name))
 
 
 @kopf.on.event(GROUP, VERSION, "trainingjobs")
-def training_model_changed(
+async def training_event(
     namespace: str,
     name: str,
     type: str | None,
+    body: kopf.Body,
     status: Mapping[str, Any],
     services_by_training_job: kopf.Index[tuple[str, str], tuple[str, str | None]],
     pool_index: kopf.Index[str, Any],
     **_: Any,
 ) -> None:
-    """Roll out the new model to every InferenceService that follows this TrainingJob."""
+    """Reconcile a new or changed TrainingJob; roll its new model out to the services that follow it."""
+    _state["pool_index"] = pool_index
     if type == "DELETED":
         _forget("TrainingJob", namespace, name)
         return
+    if _pending(type, body):
+        enqueue(("TrainingJob", namespace, name))
     produced = (status.get("model") or {}).get("sha256")
-    if not produced:
-        return
-    for service, served in services_by_training_job.get((namespace, name), []):
-        if served != produced:
-            key = ("InferenceService", namespace, service)
-            reconcile_object("InferenceService", key, _serving_step(_pools(pool_index)))
+    if produced:
+        for service, served in services_by_training_job.get((namespace, name), []):
+            if served != produced:
+                enqueue(("InferenceService", namespace, service))
 
 
-# ---- InferenceService --------------------------------------------------------------------------------
-
-
-@kopf.on.resume(GROUP, VERSION, "inferenceservices")
-@kopf.on.create(GROUP, VERSION, "inferenceservices")
-@kopf.on.update(GROUP, VERSION, "inferenceservices", field="spec")
-def serving_changed(body: kopf.Body, pool_index: kopf.Index[str, Any], retry: int = 0, **_: Any) -> None:
-    step = _serving_step(_pools(pool_index))
-    reconcile_object("InferenceService", key_of("InferenceService", body), step, body, retry)
+@kopf.on.event("batch", "v1", "jobs", labels={"tandem.dev/trainingjob": kopf.PRESENT})
+async def training_child_event(namespace: str, labels: Mapping[str, str], type: str | None, **_: Any) -> None:
+    if type is not None:  # the initial listing: the TrainingJobs' own listing covers it
+        enqueue(("TrainingJob", namespace, labels["tandem.dev/trainingjob"]))
 
 
 @kopf.on.event(GROUP, VERSION, "inferenceservices")
-def serving_deleted(namespace: str, name: str, type: str | None, **_: Any) -> None:
+async def serving_event(
+    namespace: str, name: str, type: str | None, body: kopf.Body, pool_index: kopf.Index[str, Any], **_: Any
+) -> None:
+    _state["pool_index"] = pool_index
     if type == "DELETED":
         _forget("InferenceService", namespace, name)
+    elif _pending(type, body):
+        enqueue(("InferenceService", namespace, name))
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={"tandem.dev/inferenceservice": kopf.PRESENT})
-def serving_child_changed(
-    namespace: str, labels: Mapping[str, str], type: str | None, pool_index: kopf.Index[str, Any], **_: Any
-) -> None:
-    if type is None:
-        return
-    key = ("InferenceService", namespace, labels["tandem.dev/inferenceservice"])
-    reconcile_object("InferenceService", key, _serving_step(_pools(pool_index)))
+async def serving_child_event(namespace: str, labels: Mapping[str, str], type: str | None, **_: Any) -> None:
+    if type is not None:
+        enqueue(("InferenceService", namespace, labels["tandem.dev/inferenceservice"]))

@@ -3,8 +3,8 @@
 Expected outcomes:
 * a resync pass whose list was taken before a spec update never applies the older spec: it reconciles from a
   fresh read under the object's lock, so the old run's Job is not recreated and status keeps the new run;
-* while one reconcile of an object is in progress (a kopf worker applying a spec update), a resync of the same
-  object waits, then works from what that reconcile left;
+* while one reconcile of an object is in progress (a worker applying a spec update), a resync of the same
+  object waits for it, then works from what that reconcile left;
 * a queued event carrying an older generation than one already acted on is read again instead of acted on;
 * a status computed from an older body is refused by the API server (409), never written over a newer one.
 """
@@ -29,6 +29,7 @@ from tandem.config import OperatorConfig
 from tandem.exclusive import Exclusive
 from tandem.kube import Kube
 from tandem.reconcile import Outcome
+from tandem.workqueue import WorkQueue
 
 pytestmark = pytest.mark.cluster
 
@@ -46,23 +47,23 @@ def spec(epochs: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def operator_state(tandem_api: k8s.ApiClient, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The handlers' reconcile path wired to the test cluster, without kopf: the test is the scheduler."""
+def queue(tandem_api: k8s.ApiClient, monkeypatch: pytest.MonkeyPatch) -> Iterator[WorkQueue]:
+    """The handlers' queue and reconcile path wired to the test cluster, without kopf: the test is the watch."""
     monkeypatch.setitem(handlers._state, "kube", Kube(tandem_api))
     monkeypatch.setitem(handlers._state, "config", OperatorConfig())
+    monkeypatch.delitem(handlers._state, "pool_index", raising=False)
     monkeypatch.setattr(handlers, "exclusive", Exclusive())
-    yield
+    work = WorkQueue(handlers.process, workers=2)
+    monkeypatch.setitem(handlers._state, "queue", work)
+    work.start()
+    yield work
+    work.stop()
 
 
-def pools(api: k8s.ApiClient) -> dict[str, Any]:
-    listed = k8s.CustomObjectsApi(api).list_cluster_custom_object("tandem.dev", "v1alpha1", "computepools")
-    return {pool["metadata"]["name"]: pool["spec"] for pool in listed["items"]}
-
-
-def kopf_reconciles(api: k8s.ApiClient, obj: Mapping[str, Any]) -> Outcome | None:
-    """What kopf's create/update handler does with the body of its event."""
+def reconciles(obj: Mapping[str, Any]) -> Outcome | None:
+    """A reconcile from the body in hand, as a worker does once it has read the object."""
     key = handlers.key_of("TrainingJob", obj)
-    return handlers.reconcile_object("TrainingJob", key, handlers._training_step(pools(api)), obj)
+    return handlers.reconcile_object("TrainingJob", key, handlers._step("TrainingJob"), obj)
 
 
 def live_jobs(api: k8s.ApiClient, namespace: str) -> list[str]:
@@ -82,18 +83,19 @@ def with_kind(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_a_resync_pass_listed_before_a_spec_update_never_applies_the_older_spec(
-    tandem_api: k8s.ApiClient, namespace: str, operator_state: None, monkeypatch: pytest.MonkeyPatch
+    tandem_api: k8s.ApiClient, namespace: str, queue: WorkQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     create(tandem_api, TRAINING_JOB, namespace, body(TRAINING_JOB, NAME, spec("1")))
-    kopf_reconciles(tandem_api, get(tandem_api, TRAINING_JOB, namespace, NAME))
+    reconciles(get(tandem_api, TRAINING_JOB, namespace, NAME))
     assert live_jobs(tandem_api, namespace) == ["race-g1"]
     stale_list(monkeypatch, [with_kind(get(tandem_api, TRAINING_JOB, namespace, NAME))])  # the pass lists here
 
     patch_spec(tandem_api, TRAINING_JOB, namespace, NAME, spec("2"))
-    kopf_reconciles(tandem_api, get(tandem_api, TRAINING_JOB, namespace, NAME))
+    reconciles(get(tandem_api, TRAINING_JOB, namespace, NAME))
     wait_until(lambda: live_jobs(tandem_api, namespace) == ["race-g2"], timeout=30, what="run g1 replaced by g2")
 
     handlers.resync_once()  # ... and reaches the object only now
+    wait_until(queue.idle, timeout=30, what="the resync's work done")
 
     assert live_jobs(tandem_api, namespace) == ["race-g2"]
     status = get(tandem_api, TRAINING_JOB, namespace, NAME)["status"]
@@ -101,19 +103,19 @@ def test_a_resync_pass_listed_before_a_spec_update_never_applies_the_older_spec(
 
 
 def test_a_resync_waits_for_a_reconcile_in_progress_and_works_from_what_it_left(
-    tandem_api: k8s.ApiClient, namespace: str, operator_state: None, monkeypatch: pytest.MonkeyPatch
+    tandem_api: k8s.ApiClient, namespace: str, queue: WorkQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     create(tandem_api, TRAINING_JOB, namespace, body(TRAINING_JOB, NAME, spec("1")))
-    kopf_reconciles(tandem_api, get(tandem_api, TRAINING_JOB, namespace, NAME))
+    reconciles(get(tandem_api, TRAINING_JOB, namespace, NAME))
     stale_list(monkeypatch, [with_kind(get(tandem_api, TRAINING_JOB, namespace, NAME))])
     patch_spec(tandem_api, TRAINING_JOB, namespace, NAME, spec("2"))
     updated = get(tandem_api, TRAINING_JOB, namespace, NAME)
 
     inside, proceed = threading.Event(), threading.Event()
-    step = handlers._training_step(pools(tandem_api))
+    step = handlers._step("TrainingJob")
 
     def paused_step(obj: Mapping[str, Any]) -> Outcome:
-        inside.set()  # the kopf worker holds the object's lock here, mid-reconcile of the update
+        inside.set()  # a worker holds the object's lock here, mid-reconcile of the update
         assert proceed.wait(30)
         return step(obj)
 
@@ -121,15 +123,13 @@ def test_a_resync_waits_for_a_reconcile_in_progress_and_works_from_what_it_left(
     worker = threading.Thread(target=handlers.reconcile_object, args=("TrainingJob", key, paused_step, updated))
     worker.start()
     assert inside.wait(30)
-    resync = threading.Thread(target=handlers.resync_once)
-    resync.start()
-    resync.join(1.0)
-    assert resync.is_alive(), "the resync must wait for the object's lock"
-    assert live_jobs(tandem_api, namespace) == ["race-g1"]  # and must not have acted meanwhile
+    handlers.resync_once()
+    wait_until(lambda: handlers.exclusive.waiting(key) == 1, timeout=30, what="the resync's reconcile waiting")
+    assert live_jobs(tandem_api, namespace) == ["race-g1"]  # it has not acted meanwhile
     proceed.set()
     worker.join(30)
-    resync.join(30)
-    assert not worker.is_alive() and not resync.is_alive()
+    assert not worker.is_alive()
+    wait_until(queue.idle, timeout=30, what="the resync's work done")
 
     wait_until(lambda: live_jobs(tandem_api, namespace) == ["race-g2"], timeout=30, what="only run g2")
     status = get(tandem_api, TRAINING_JOB, namespace, NAME)["status"]
@@ -137,16 +137,16 @@ def test_a_resync_waits_for_a_reconcile_in_progress_and_works_from_what_it_left(
 
 
 def test_an_event_older_than_the_generation_acted_on_is_read_again(
-    tandem_api: k8s.ApiClient, namespace: str, operator_state: None
+    tandem_api: k8s.ApiClient, namespace: str, queue: WorkQueue
 ) -> None:
     create(tandem_api, TRAINING_JOB, namespace, body(TRAINING_JOB, NAME, spec("1")))
     old = get(tandem_api, TRAINING_JOB, namespace, NAME)
-    kopf_reconciles(tandem_api, old)
+    reconciles(old)
     patch_spec(tandem_api, TRAINING_JOB, namespace, NAME, spec("2"))
-    kopf_reconciles(tandem_api, get(tandem_api, TRAINING_JOB, namespace, NAME))
+    reconciles(get(tandem_api, TRAINING_JOB, namespace, NAME))
     wait_until(lambda: live_jobs(tandem_api, namespace) == ["race-g2"], timeout=30, what="run g2 alone")
 
-    kopf_reconciles(tandem_api, old)  # an event of generation 1, delivered late
+    reconciles(old)  # an event of generation 1, delivered late
 
     assert live_jobs(tandem_api, namespace) == ["race-g2"]
     assert get(tandem_api, TRAINING_JOB, namespace, NAME)["status"]["jobName"] == "race-g2"

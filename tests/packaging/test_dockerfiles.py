@@ -1,4 +1,5 @@
-"""Dockerfiles: pinned slim base, non-root UID 65532, the right extra each, no torch in the server image."""
+"""Dockerfiles: Debian's Python, non-root UID 65532, the right lock each, no torch in the server image, and the
+same packages, wheels, pruning and entrypoint as hack/images.sh, so the two ways of building cannot drift."""
 
 from __future__ import annotations
 
@@ -19,11 +20,21 @@ def pinned(name: str) -> dict[str, str]:
     return dict(re.findall(r"^([A-Za-z0-9_.-]+)==([^\s\\;]+)", text, flags=re.M))
 
 
+IMAGES_SH = (REPO / "hack" / "images.sh").read_text()
+
+
+def shell_value(name: str) -> str:
+    found = re.search(rf"^{name}=(\S+)$", IMAGES_SH, flags=re.M)
+    assert found, name
+    return found.group(1)
+
+
 @pytest.mark.parametrize("image", IMAGES)
-def test_dockerfile_uses_a_pinned_slim_python_and_runs_as_65532(image: str) -> None:
+def test_dockerfile_uses_debian_bookworms_python_and_runs_as_65532(image: str) -> None:
     text = (DOCKER / f"{image}.Dockerfile").read_text()
-    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11\.\d+-slim-\w+$", text, flags=re.M)
-    assert text.count("FROM ${PYTHON_IMAGE}") == 2
+    assert re.search(r"^ARG DEBIAN_IMAGE=debian:bookworm-slim$", text, flags=re.M)
+    assert shell_value("SUITE") == "bookworm"
+    assert text.count("FROM ${DEBIAN_IMAGE}") == 2
     last_user = re.findall(r"^USER (.+)$", text, flags=re.M)[-1]
     assert last_user == "65532:65532"
     assert "PYTHONDONTWRITEBYTECODE=1" in text  # read-only root filesystem
@@ -33,10 +44,36 @@ def test_dockerfile_uses_a_pinned_slim_python_and_runs_as_65532(image: str) -> N
 def test_dockerfile_installs_its_hash_pinned_lock_and_runs_its_command(image: str) -> None:
     lock, command = IMAGES[image]
     text = (DOCKER / f"{image}.Dockerfile").read_text()
-    assert f"COPY docker/requirements-{lock}.txt" in text
-    assert "--require-hashes" in text
+    assert f"COPY docker/requirements-{lock}.txt docker/prune.txt /tmp/" in text
+    assert f"--require-hashes --no-deps --target /site -r /tmp/requirements-{lock}.txt" in text
     assert 'ENTRYPOINT ["tandem"]' in text
     assert re.search(r"^CMD \[(.*)\]$", text, flags=re.M).group(1) == ", ".join(f'"{c}"' for c in command)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_dockerfile_and_images_sh_install_the_same_packages_wheels_and_entrypoint(image: str) -> None:
+    text = (DOCKER / f"{image}.Dockerfile").read_text()
+    runtime_stage = text.split("FROM ${DEBIAN_IMAGE}\n")[1]
+    apt = re.search(r"apt-get install -y --no-install-recommends ([^\\&]+)", runtime_stage)
+    assert apt
+    # images.sh adds usr-is-merged only because mmdebstrap's essential set would otherwise pull in usrmerge.
+    assert set(apt.group(1).split()) == set(shell_value("PACKAGES").split(",")) - {"usr-is-merged"}
+    assert f"COPY --from=build /site {shell_value('PYTHON_SITE')}" in runtime_stage
+    assert "COPY docker/tandem-entrypoint /usr/local/bin/tandem" in runtime_stage
+    assert 'install -m 0755 "$root/docker/tandem-entrypoint" "$1/usr/local/bin/tandem"' in IMAGES_SH
+    # Both remove what docker/prune.txt lists after installing the lock, and compile bytecode the same way.
+    assert "/tmp/prune.txt | xargs -I{} rm -rf /site/{}" in text
+    assert 'docker/prune.txt")' in IMAGES_SH
+    assert "--invalidation-mode unchecked-hash" in text and "--invalidation-mode unchecked-hash" in IMAGES_SH
+    assert f"{image}) echo {IMAGES[image][0]} ;;" in IMAGES_SH  # images.sh installs the same lock
+
+
+def test_image_locks_are_cut_from_the_one_uv_lock() -> None:
+    lock = (REPO / "uv.lock").read_text()
+    pins = dict(re.findall(r'^name = "([^"]+)"\nversion = "([^"]+)"', lock, flags=re.M))
+    for name in ("operator", "serve", "train"):
+        for package, version in pinned(name).items():
+            assert pins.get(package.lower().replace("_", "-")) == version, (name, package)
 
 
 def test_each_lock_carries_its_extra_and_only_the_trainer_has_torch() -> None:
@@ -44,7 +81,7 @@ def test_each_lock_carries_its_extra_and_only_the_trainer_has_torch() -> None:
     assert {"kopf", "kubernetes", "pydantic"} <= set(operator)
     assert not {"torch", "onnxruntime", "onnx"} & set(operator)
     assert {"onnxruntime", "uvloop", "httptools", "orjson"} <= set(serve)
-    assert "torch" not in serve
+    assert not {"torch", "kubernetes", "kopf"} & set(serve)
     assert {"torch", "onnx", "onnxruntime"} <= set(train)
 
 
@@ -57,8 +94,9 @@ def test_every_lock_line_is_hash_pinned() -> None:
 
 def test_docker_context_keeps_only_what_the_images_copy() -> None:
     ignore = (REPO / ".dockerignore").read_text().splitlines()
-    assert ignore[ignore.index("*") + 1:][:5] == [
-        "!pyproject.toml", "!README.md", "!operator/", "!docker/requirements-*.txt", "**/__pycache__"]
+    assert ignore[ignore.index("*") + 1:][:7] == [
+        "!pyproject.toml", "!README.md", "!operator/", "!docker/requirements-*.txt", "!docker/prune.txt",
+        "!docker/tandem-entrypoint", "**/__pycache__"]
 
 
 def test_hadolint_finds_no_warnings() -> None:

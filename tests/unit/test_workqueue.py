@@ -1,0 +1,105 @@
+"""The work queue: a key waits at most once, one worker per key at a time, failed keys come back later."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Hashable, Iterator
+
+import pytest
+
+from support.cluster import wait_until
+from tandem.workqueue import WorkQueue
+
+
+class Recorder:
+    """A `process` that records keys, can hold a key inside until released, and can ask for retries."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[Hashable, int]] = []
+        self.inside: dict[Hashable, int] = {}
+        self.most_inside = 0
+        self.hold: dict[Hashable, threading.Event] = {}
+        self.entered: dict[Hashable, threading.Event] = {}
+        self.retries: dict[Hashable, int] = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, key: Hashable, attempt: int) -> float | None:
+        with self.lock:
+            self.seen.append((key, attempt))
+            self.inside[key] = self.inside.get(key, 0) + 1
+            self.most_inside = max(self.most_inside, self.inside[key])
+        self.entered.setdefault(key, threading.Event()).set()
+        if key in self.hold:
+            self.hold[key].wait(10)
+        with self.lock:
+            self.inside[key] -= 1
+            if self.retries.get(key, 0) > 0:
+                self.retries[key] -= 1
+                return 0.01
+        return None
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def queue(recorder: Recorder) -> Iterator[WorkQueue]:
+    work = WorkQueue(recorder, workers=4)
+    yield work
+    work.stop()
+
+
+def test_a_key_added_many_times_before_a_worker_takes_it_is_processed_once(
+    queue: WorkQueue, recorder: Recorder
+) -> None:
+    for _ in range(5):
+        queue.add("a")
+    queue.add("b")
+    assert len(queue) == 2
+    queue.start()
+    wait_until(queue.idle, timeout=5, what="the queue drained")
+    assert sorted(recorder.seen) == [("a", 0), ("b", 0)]
+
+
+def test_a_key_added_while_processed_runs_again_after_never_beside(queue: WorkQueue, recorder: Recorder) -> None:
+    recorder.hold["a"] = threading.Event()
+    queue.start()
+    queue.add("a")
+    assert recorder.entered.setdefault("a", threading.Event()).wait(5)
+    queue.add("a")
+    queue.add("a")
+    recorder.hold["a"].set()
+    wait_until(queue.idle, timeout=5, what="the queue drained")
+    assert recorder.seen == [("a", 0), ("a", 0)]
+    assert recorder.most_inside == 1
+
+
+def test_a_failed_key_comes_back_with_its_attempt_counted(queue: WorkQueue, recorder: Recorder) -> None:
+    recorder.retries["a"] = 2
+    queue.start()
+    queue.add("a")
+    wait_until(queue.idle, timeout=5, what="the retries done")
+    assert recorder.seen == [("a", 0), ("a", 1), ("a", 2)]
+    queue.add("a")
+    wait_until(lambda: len(recorder.seen) == 4 and queue.idle(), timeout=5, what="a fresh round")
+    assert recorder.seen[-1] == ("a", 0)  # success reset the count
+
+
+def test_a_delayed_key_waits_until_its_time(queue: WorkQueue, recorder: Recorder) -> None:
+    queue.start()
+    queue.add("later", delay=3600)
+    queue.add("now")
+    wait_until(lambda: recorder.seen == [("now", 0)], timeout=5, what="the undelayed key")
+    assert not queue.idle() and len(queue) == 1
+
+
+def test_other_keys_go_on_while_one_is_held(queue: WorkQueue, recorder: Recorder) -> None:
+    recorder.hold["slow"] = threading.Event()
+    queue.start()
+    queue.add("slow")
+    assert recorder.entered.setdefault("slow", threading.Event()).wait(5)
+    queue.add("fast")
+    wait_until(lambda: ("fast", 0) in recorder.seen, timeout=5, what="the other key processed")
+    recorder.hold["slow"].set()
