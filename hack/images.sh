@@ -68,6 +68,8 @@ ensure_tools() {
       uidmap fuse-overlayfs >/dev/null
   fi
   [ "$(id -u)" = 0 ] || die "building images needs root (mmdebstrap, chroot, buildah's storage)"
+  # Bytecode is compiled on the host for the images' Python 3.11; another version's pycs would be ignored.
+  python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || die "python3 on this machine must be 3.11"
   # podman's defaults ask for rlimits this sandbox cannot grant and for systemd; see docs/images.md.
   mkdir -p "$CACHE/containers"
   export CONTAINERS_CONF="$CACHE/containers/containers.conf"

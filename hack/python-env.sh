@@ -11,7 +11,7 @@ venv="$CACHE/venv"
 say() { printf '[python-env %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 # uv lives apart from the environment it manages, so syncing the environment never removes uv itself.
 uv="$CACHE/uv/bin/uv"
-if [ "$("$uv" --version 2>/dev/null)" != "uv $UV_VERSION" ]; then
+if [[ "$("$uv" --version 2>/dev/null)" != "uv $UV_VERSION "* ]]; then
   say "installing uv $UV_VERSION into $CACHE/uv"
   python3 -m venv "$CACHE/uv"
   "$CACHE/uv/bin/pip" install -q "uv==$UV_VERSION" >&2
@@ -22,7 +22,7 @@ if [ "$(cat "$venv/.tandem-lock" 2>/dev/null)" != "$key" ]; then
 fi
 # --frozen: install the lock as it is, never re-resolve. The project itself is installed editable, pointing
 # at this clone (a no-op when it already does).
-UV_PROJECT_ENVIRONMENT="$venv" "$uv" sync --frozen --quiet --python python3.11 \
+UV_PROJECT_ENVIRONMENT="$venv" "$uv" sync --frozen --quiet --python "$(command -v python3)" \
   --extra operator --extra train --extra serve --extra dev --directory "$root" >&2
 echo "$key" > "$venv/.tandem-lock"
 say "environment ready: $venv"

@@ -10,12 +10,17 @@ say "python environment"
 venv="$(hack/python-env.sh)"
 export PATH="$venv/bin:$PATH"
 
+# The two cold builds overlap: the Go build is CPU-bound, the image build mostly copies and compresses files.
+say "container images, in the background (cold: Debian root filesystem and locked wheels, torch included, ~20 min)"
+hack/images.sh build >/dev/null &
+images=$!
+
 say "control-plane binaries (cold: builds Kubernetes from Go modules, 15-30 min; warm: seconds)"
 TANDEM_BIN_DIR="$(hack/build-tools.sh | tail -n 1)"
 export TANDEM_BIN_DIR
 
-say "container images (cold: Debian root filesystem and locked wheels, torch included, ~10 min; warm: seconds)"
-hack/images.sh build >/dev/null
+say "waiting for the container images"
+wait "$images"
 
 say "ruff"
 ruff check operator tests benchmarks
