@@ -205,8 +205,14 @@ def _run(
 
 def _post_event(body: Mapping[str, Any], type: str, reason: str, message: str) -> None:
     """An Event about the resource, posted by the worker itself (fenced like every write): kopf.event needs
-    kopf's per-object task context, which the queue's workers do not run in."""
-    kube().post_event(dict(body), type, reason, message)
+    kopf's per-object task context, which the queue's workers do not run in. Best effort, as kopf's own: an
+    event that cannot be posted (its namespace is being deleted, the API server is away) is logged, and the
+    reconcile that produced it stands."""
+    try:
+        kube().post_event(dict(body), type, reason, message)
+    except (ApiException, urllib3.exceptions.HTTPError, NotLeading) as exc:
+        meta = body.get("metadata") or {}
+        log.warning("event %s for %s/%s not posted: %s", reason, meta.get("namespace"), meta.get("name"), exc)
 
 
 def _forget(kind: str, namespace: str | None, name: str) -> None:
@@ -281,6 +287,8 @@ def process(key: Hashable, attempt: int) -> float | None:
     except (urllib3.exceptions.HTTPError, NotLeading) as exc:
         log.warning("%s %s/%s: API server unavailable or not leading (%s)", kind, namespace, name, exc)
         return backoff.delay(attempt)
+    except ApiException as exc:  # a read outside _run's translation (the fresh read) refused for good
+        log.warning("%s %s/%s: API server answered %s: %s", kind, namespace, name, exc.status, exc.reason)
     return None
 
 

@@ -1,0 +1,91 @@
+"""Writes only on a real difference, measured by the API server itself (apiserver_request_total).
+
+Expected outcome: once Ready InferenceServices and finished TrainingJobs have converged, a resync pass makes no
+write at all (no status patch, no child apply, no event) to any resource Tandem touches; its reads are a
+paginated list per kind plus, per ComputePool, one read of the pool and one list of its own nodes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from typing import Any
+
+import pytest
+from kopf.testing import KopfRunner
+from kubernetes import client as k8s
+from prometheus_client.parser import text_string_to_metric_families
+
+from support.cluster import wait_until
+from support.tandem import artifact_message, body, create, get
+from tandem import handlers
+from tandem.api.resources import INFERENCE_SERVICE, TRAINING_JOB
+
+pytestmark = pytest.mark.cluster
+
+WRITES = {"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"}
+TOUCHED = {
+    "trainingjobs", "inferenceservices", "computepools", "jobs", "services", "deployments",
+    "poddisruptionbudgets", "horizontalpodautoscalers", "events",
+}
+SHA = hashlib.sha256(b"idle").hexdigest()
+
+
+def requests(api: k8s.ApiClient) -> Counter[tuple[str, str, str]]:
+    """apiserver_request_total by (verb, resource, subresource), scraped from the API server's /metrics."""
+    response = api.call_api(*api.param_serialize("GET", "/metrics", auth_settings=["BearerToken"]))
+    text = response.read().decode()
+    counts: Counter[tuple[str, str, str]] = Counter()
+    for family in text_string_to_metric_families(text):
+        if family.name != "apiserver_request":
+            continue
+        for sample in family.samples:
+            if sample.name == "apiserver_request_total":
+                labels = sample.labels
+                counts[(labels["verb"], labels.get("resource", ""), labels.get("subresource", ""))] += int(sample.value)
+    return counts
+
+
+def _phase(api: k8s.ApiClient, resource: Any, namespace: str, name: str) -> str | None:
+    phase: str | None = (get(api, resource, namespace, name).get("status") or {}).get("phase")
+    return phase
+
+
+def test_an_idle_resync_pass_writes_nothing(tandem_api: k8s.ApiClient, namespace: str, operator: KopfRunner) -> None:
+    annotations = {
+        "tandem.dev/fake-duration": "1s",
+        "tandem.dev/fake-termination-message": artifact_message("s3://models/idle/model.onnx", SHA),
+    }
+    for index in range(2):
+        spec = {"resources": {"gpus": 1, "cpu": "1", "memory": "1Gi"}, "model": {"output": "s3://models/idle"},
+                "podMetadata": {"annotations": annotations}}
+        create(tandem_api, TRAINING_JOB, namespace, body(TRAINING_JOB, f"done-{index}", spec))
+        serving = {"model": {"uri": "s3://models/idle/model.onnx"}, "resources": {"cpu": "50m", "memory": "64Mi"}}
+        create(tandem_api, INFERENCE_SERVICE, namespace, body(INFERENCE_SERVICE, f"ready-{index}", serving))
+    for index in range(2):
+        wait_until(lambda i=index: _phase(tandem_api, TRAINING_JOB, namespace, f"done-{i}") == "Succeeded",
+                   timeout=120, what=f"done-{index} Succeeded")
+        wait_until(lambda i=index: _phase(tandem_api, INFERENCE_SERVICE, namespace, f"ready-{i}") == "Ready",
+                   timeout=120, what=f"ready-{index} Ready")
+    wait_until(handlers.queue().idle, timeout=30, what="the operator's queue drained")
+
+    before = requests(tandem_api)
+    handlers.resync_once()
+    wait_until(handlers.queue().idle, timeout=30, what="the pass's work done")
+    after = requests(tandem_api)
+
+    delta = {key: after[key] - before[key] for key in after if after[key] != before[key]}
+    writes = {key: n for key, n in delta.items() if key[0] in WRITES and key[1] in TOUCHED}
+    assert writes == {}, delta
+    assert delta.get(("LIST", "trainingjobs", ""), 0) >= 1
+
+
+def test_kopf_writes_no_bookkeeping_of_its_own(tandem_api: k8s.ApiClient, namespace: str, operator: KopfRunner) -> None:
+    """Expected: with only watch-event handlers, kopf stores no progress or diff-base annotations and adds no
+    finalizer: the operator's writes are its own (and fenced by the lease)."""
+    serving = {"model": {"uri": "s3://models/idle/model.onnx"}, "resources": {"cpu": "50m", "memory": "64Mi"}}
+    create(tandem_api, INFERENCE_SERVICE, namespace, body(INFERENCE_SERVICE, "plain", serving))
+    wait_until(lambda: _phase(tandem_api, INFERENCE_SERVICE, namespace, "plain") == "Ready", timeout=120, what="Ready")
+    meta = get(tandem_api, INFERENCE_SERVICE, namespace, "plain")["metadata"]
+    assert not [key for key in meta.get("annotations") or {} if "kopf" in key or key.startswith("tandem.dev/")]
+    assert not meta.get("finalizers")
