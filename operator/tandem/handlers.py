@@ -1,9 +1,9 @@
 """kopf registrations: when to reconcile, nothing about how.
 
-kopf watches; its event handlers only add object keys to a work queue (tandem.workqueue, client-go's
-semantics: a key waits at most once, is processed by one worker at a time, comes back after a backoff when it
-failed). The periodic resync adds keys to the same queue. Workers reconcile through one path,
-`reconcile_object`:
+kopf watches Tandem's own kinds, tandem.children the operator's Jobs and Deployments (with server-side
+label selectors); both only add object keys to a work queue (tandem.workqueue, client-go's semantics: a key
+waits at most once, is processed by one worker at a time, comes back after a backoff when it failed). The
+periodic resync adds keys to the same queue. Workers reconcile through one path, `reconcile_object`:
 
 * one reconcile per object at a time (tandem.exclusive), whichever thread asks;
 * from a fresh read of the object, never from an older body than one already acted on; status is written
@@ -33,6 +33,7 @@ from kubernetes.client.exceptions import ApiException
 
 from tandem import backoff, metrics, resync
 from tandem.api.resources import COMPUTE_POOL, GROUP, INFERENCE_SERVICE, TRAINING_JOB, VERSION, Resource
+from tandem.children import ChildWatch
 from tandem.config import OperatorConfig
 from tandem.exclusive import Exclusive, Key
 from tandem.kube import Kube, NotLeading, api_client, load_config
@@ -43,6 +44,11 @@ log = logging.getLogger(__name__)
 
 TRANSIENT_STATUSES = (409, 429, 500, 502, 503, 504)
 KINDS: dict[str, Resource] = {r.kind: r for r in (COMPUTE_POOL, TRAINING_JOB, INFERENCE_SERVICE)}
+CHILDREN = (
+    ("Job", "tandem.dev/trainingjob", "TrainingJob"),
+    ("Deployment", "tandem.dev/inferenceservice", "InferenceService"),
+)
+"""(child kind, label naming its owner, owner kind): watched by tandem.children, the owner queued on change."""
 
 _state: dict[str, Any] = {}
 exclusive = Exclusive()
@@ -99,6 +105,15 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     work = WorkQueue(process, workers=int(os.environ.get("TANDEM_WORKERS", "16")), name="reconcile")
     _state["queue"] = work
     work.start()
+    # Children are watched with a server-side label selector (kopf would filter them on the client).
+    watches = [
+        ChildWatch(kube().api, kind, label, owner, enqueue, namespace)
+        for kind, label, owner in CHILDREN
+        for namespace in (config().namespaces or (None,))
+    ]
+    for child_watch in watches:
+        child_watch.start()
+    _state["child_watches"] = watches
     threading.Thread(target=resync_forever, args=(stop, interval), name="tandem-resync", daemon=True).start()
 
 
@@ -107,6 +122,8 @@ def stop_resync(**_: Any) -> None:
     stop: threading.Event | None = _state.get("resync_stop")
     if stop is not None:
         stop.set()
+    for child_watch in _state.get("child_watches") or []:
+        child_watch.stop()
     work: WorkQueue | None = _state.get("queue")
     if work is not None:
         work.stop()
@@ -372,12 +389,6 @@ async def training_event(
                 enqueue(("InferenceService", namespace, service))
 
 
-@kopf.on.event("batch", "v1", "jobs", labels={"tandem.dev/trainingjob": kopf.PRESENT})
-async def training_child_event(namespace: str, labels: Mapping[str, str], type: str | None, **_: Any) -> None:
-    if type is not None:  # the initial listing: the TrainingJobs' own listing covers it
-        enqueue(("TrainingJob", namespace, labels["tandem.dev/trainingjob"]))
-
-
 @kopf.on.event(GROUP, VERSION, "inferenceservices")
 async def serving_event(
     namespace: str, name: str, type: str | None, body: kopf.Body, pool_index: kopf.Index[str, Any], **_: Any
@@ -387,9 +398,3 @@ async def serving_event(
         _forget("InferenceService", namespace, name)
     elif _pending(type, body):
         enqueue(("InferenceService", namespace, name))
-
-
-@kopf.on.event("apps", "v1", "deployments", labels={"tandem.dev/inferenceservice": kopf.PRESENT})
-async def serving_child_event(namespace: str, labels: Mapping[str, str], type: str | None, **_: Any) -> None:
-    if type is not None:
-        enqueue(("InferenceService", namespace, labels["tandem.dev/inferenceservice"]))

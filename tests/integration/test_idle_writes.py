@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -46,12 +47,28 @@ def requests(api: k8s.ApiClient) -> Counter[tuple[str, str, str]]:
     return counts
 
 
+@pytest.fixture
+def scoped_operator(
+    tandem_api: k8s.ApiClient, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[KopfRunner]:
+    """The operator watching only the test's namespace: objects other tests leave behind cannot write in the
+    measured window."""
+    monkeypatch.setenv("TANDEM_RESYNC_SECONDS", "3")
+    monkeypatch.setenv("TANDEM_NAMESPACES", namespace)
+    with KopfRunner(["run", "--namespace", namespace, "--standalone", "-m", "tandem.handlers"], timeout=60) as runner:
+        yield runner
+    assert runner.exception is None, runner.output[-4000:]
+    assert runner.exit_code == 0, runner.output[-4000:]
+
+
 def _phase(api: k8s.ApiClient, resource: Any, namespace: str, name: str) -> str | None:
     phase: str | None = (get(api, resource, namespace, name).get("status") or {}).get("phase")
     return phase
 
 
-def test_an_idle_resync_pass_writes_nothing(tandem_api: k8s.ApiClient, namespace: str, operator: KopfRunner) -> None:
+def test_an_idle_resync_pass_writes_nothing(
+    tandem_api: k8s.ApiClient, namespace: str, scoped_operator: KopfRunner
+) -> None:
     annotations = {
         "tandem.dev/fake-duration": "1s",
         "tandem.dev/fake-termination-message": artifact_message("s3://models/idle/model.onnx", SHA),
@@ -68,6 +85,10 @@ def test_an_idle_resync_pass_writes_nothing(tandem_api: k8s.ApiClient, namespace
         wait_until(lambda i=index: _phase(tandem_api, INFERENCE_SERVICE, namespace, f"ready-{i}") == "Ready",
                    timeout=120, what=f"ready-{index} Ready")
     wait_until(handlers.queue().idle, timeout=30, what="the operator's queue drained")
+    # Other tests' namespaces being deleted make the namespace controller write (DELETEs): let them finish.
+    core = k8s.CoreV1Api(tandem_api)
+    wait_until(lambda: all(ns.status.phase != "Terminating" for ns in core.list_namespace().items), timeout=120,
+               what="no namespace terminating")
 
     before = requests(tandem_api)
     handlers.resync_once()
@@ -80,7 +101,9 @@ def test_an_idle_resync_pass_writes_nothing(tandem_api: k8s.ApiClient, namespace
     assert delta.get(("LIST", "trainingjobs", ""), 0) >= 1
 
 
-def test_kopf_writes_no_bookkeeping_of_its_own(tandem_api: k8s.ApiClient, namespace: str, operator: KopfRunner) -> None:
+def test_kopf_writes_no_bookkeeping_of_its_own(
+    tandem_api: k8s.ApiClient, namespace: str, scoped_operator: KopfRunner
+) -> None:
     """Expected: with only watch-event handlers, kopf stores no progress or diff-base annotations and adds no
     finalizer: the operator's writes are its own (and fenced by the lease)."""
     serving = {"model": {"uri": "s3://models/idle/model.onnx"}, "resources": {"cpu": "50m", "memory": "64Mi"}}

@@ -1,0 +1,154 @@
+"""Watches of the operator's children (Jobs, Deployments) filtered by the API server, not by the operator.
+
+kopf filters watch events by label on the client: the operator would receive every Job and Deployment in
+the cluster and drop most of them. Here the API server applies the label selector (`tandem.dev/trainingjob`
+present, `tandem.dev/inferenceservice` present), so only the operator's own children travel. Each event adds
+the owner's key to the work queue; the reconcile reads what it needs itself.
+
+Informer rules, as client-go's reflector: a paginated list gives the resourceVersion to watch from; the watch
+resumes from the last version seen (bookmarks included) when the server ends it; a 410 Gone (the version is
+too old) lists again and queues every owner found, since events may have been missed. Every request has a
+deadline: a watch that delivers nothing, not even a bookmark, for WATCH_READ_TIMEOUT is reconnected.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import urllib3
+from kubernetes import client, watch
+from kubernetes.client.exceptions import ApiException
+
+from tandem import backoff
+from tandem.exclusive import Key
+from tandem.kube import PAGE, TIMEOUT
+
+log = logging.getLogger(__name__)
+
+WATCH_SECONDS = 300
+"""Server-side end of one watch request; the watch then resumes from the last resourceVersion."""
+WATCH_READ_TIMEOUT = 75.0
+"""Seconds without any byte on a watch (the API server sends a bookmark about every minute) before it is
+considered dead and reconnected."""
+
+
+class ChildWatch:
+    """Watch one child kind (in one namespace, or all) and queue the owner of every child that changes."""
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        kind: str,
+        owner_label: str,
+        owner_kind: str,
+        enqueue: Callable[[Key], None],
+        namespace: str | None = None,
+        trace: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        """`trace`, when given, sees every object the watch receives (for tests of what travels)."""
+        self.kind = kind
+        self.owner_label = owner_label
+        self.owner_kind = owner_kind
+        self.enqueue = enqueue
+        self.namespace = namespace
+        self.trace = trace
+        self.stopped = threading.Event()
+        self.listed = threading.Event()
+        """Set once a list has given the version to watch from: every later change reaches the watch."""
+        self._watch: watch.Watch | None = None
+        self._list = self._list_function(api, kind, namespace)
+
+    @staticmethod
+    def _list_function(api: client.ApiClient, kind: str, namespace: str | None) -> Callable[..., Any]:
+        if kind == "Job":
+            batch = client.BatchV1Api(api)
+            return batch.list_job_for_all_namespaces if namespace is None else batch.list_namespaced_job
+        apps = client.AppsV1Api(api)
+        return apps.list_deployment_for_all_namespaces if namespace is None else apps.list_namespaced_deployment
+
+    def _args(self) -> tuple[str, ...]:
+        return () if self.namespace is None else (self.namespace,)
+
+    def _owner(self, obj: dict[str, Any]) -> Key | None:
+        meta = obj.get("metadata") or {}
+        owner = (meta.get("labels") or {}).get(self.owner_label)
+        return (self.owner_kind, str(meta.get("namespace") or ""), owner) if owner else None
+
+    def list_version(self, queue_owners: bool) -> str:
+        """List the children (paginated); the resourceVersion to watch from. Queues their owners if asked."""
+        token = ""
+        while True:
+            response = self._list(
+                *self._args(), label_selector=self.owner_label, limit=PAGE, _continue=token or None,
+                _preload_content=False, _request_timeout=TIMEOUT,
+            )
+            page = json.loads(response.data or b"{}")
+            if queue_owners:
+                for item in page.get("items") or []:
+                    owner = self._owner(item)
+                    if owner is not None:
+                        self.enqueue(owner)
+            token = (page.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return str((page.get("metadata") or {}).get("resourceVersion") or "")
+
+    def run(self) -> None:
+        version: str | None = None
+        relisted = False
+        attempt = 0
+        while not self.stopped.is_set():
+            try:
+                if version is None:
+                    version = self.list_version(queue_owners=relisted)
+                    self.listed.set()
+                self._watch = watch.Watch()
+                for event in self._watch.stream(
+                    self._list, *self._args(), label_selector=self.owner_label, resource_version=version,
+                    allow_watch_bookmarks=True, timeout_seconds=WATCH_SECONDS, deserialize=False,
+                    _request_timeout=(TIMEOUT[0], WATCH_READ_TIMEOUT),
+                ):
+                    attempt = 0
+                    obj = event.get("object") or {}
+                    version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+                    if event.get("type") != "BOOKMARK":
+                        if self.trace is not None:
+                            self.trace(obj)
+                        owner = self._owner(obj)
+                        if owner is not None:
+                            self.enqueue(owner)
+                    if self.stopped.is_set():
+                        return
+            except KeyError:
+                # An ERROR event (in practice 410 Gone); the client library fails to read it when not
+                # deserializing: list again.
+                version, relisted = None, True
+            except ApiException as exc:
+                if exc.status == 410:
+                    version, relisted = None, True  # too old: list again, and queue what may have been missed
+                    continue
+                log.warning("watching %ss failed (%s %s); retrying", self.kind, exc.status, exc.reason)
+                self.stopped.wait(backoff.delay(attempt))
+                attempt += 1
+            except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+                if self.stopped.is_set():
+                    return
+                log.warning("watching %ss interrupted (%s); resuming", self.kind, exc)
+                self.stopped.wait(backoff.delay(attempt))
+                attempt += 1
+            except Exception:  # the watch must outlive any surprise; its owners' resync still covers them
+                log.exception("watching %ss failed unexpectedly; listing again", self.kind)
+                version = None
+                self.stopped.wait(backoff.delay(attempt))
+                attempt += 1
+
+    def start(self) -> None:
+        threading.Thread(target=self.run, name=f"tandem-watch-{self.kind.lower()}", daemon=True).start()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        if self._watch is not None:
+            self._watch.stop()

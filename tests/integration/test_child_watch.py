@@ -1,0 +1,77 @@
+"""Child watches filtered by the API server: the operator receives only the Jobs it owns.
+
+Expected outcome: a Job without the `tandem.dev/trainingjob` label, created before a labelled one, never
+reaches the watch (one watch stream delivers in resourceVersion order, so by the time the labelled Job's
+event arrives, the unlabelled one's would have); the labelled Job's event queues its owner TrainingJob.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client as k8s
+
+from support.cluster import wait_until
+from tandem.children import ChildWatch
+from tandem.exclusive import Key
+from tandem.kube import api_client
+
+pytestmark = pytest.mark.cluster
+
+
+def job(name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "suspend": True,
+            "template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}},
+        },
+    }
+
+
+class Recorder:
+    """Owner keys queued, and the names of the objects that reached the watch at all."""
+
+    def __init__(self) -> None:
+        self.keys: list[Key] = []
+        self.received: set[str] = set()
+        self.lock = threading.Lock()
+
+    def __call__(self, key: Key) -> None:
+        with self.lock:
+            self.keys.append(key)
+
+    def saw(self, obj: dict[str, Any]) -> None:
+        with self.lock:
+            self.received.add(obj["metadata"]["name"])
+
+
+@pytest.fixture
+def watched(kube: k8s.ApiClient, namespace: str) -> Iterator[tuple[ChildWatch, Recorder]]:
+    recorder = Recorder()
+    configuration = kube.configuration
+    child_watch = ChildWatch(
+        api_client(configuration), "Job", "tandem.dev/trainingjob", "TrainingJob", recorder, namespace, recorder.saw
+    )
+    child_watch.start()
+    yield child_watch, recorder
+    child_watch.stop()
+
+
+def test_only_the_operators_own_jobs_reach_its_watch(
+    kube: k8s.ApiClient, namespace: str, watched: tuple[ChildWatch, Recorder]
+) -> None:
+    child_watch, recorder = watched
+    batch = k8s.BatchV1Api(kube)
+    assert child_watch.listed.wait(30)  # from here on, every change is an event of the watch
+    batch.create_namespaced_job(namespace, job("someone-elses", {"app": "other"}))
+    batch.create_namespaced_job(namespace, job("ours-g1", {"tandem.dev/trainingjob": "ours"}))
+
+    wait_until(lambda: ("TrainingJob", namespace, "ours") in recorder.keys, timeout=30, what="the owner queued")
+    assert recorder.received == {"ours-g1"}  # the other Job never travelled: the API server filtered it
+    assert {name for _, _, name in recorder.keys} == {"ours"}
