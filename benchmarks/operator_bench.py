@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from typing import Any
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes import watch
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -35,6 +37,37 @@ from support.tandem import body, create, ensure_pools, install_crds  # noqa: E40
 from tandem.api.resources import TRAINING_JOB  # noqa: E402
 
 CLIENTS = 16
+WRITES = ("POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION")
+TOUCHED = (
+    "trainingjobs", "inferenceservices", "computepools", "jobs", "services", "deployments", "pods",
+    "poddisruptionbudgets", "horizontalpodautoscalers", "events", "nodes",
+)
+"""Resources whose requests the benchmarks report (the operator's, and its children's controllers')."""
+
+
+def apiserver_requests(api: k8s.ApiClient) -> Counter[tuple[str, str, str]]:
+    """apiserver_request_total by (verb, resource, subresource): the API server's own count of requests."""
+    response = api.call_api(*api.param_serialize("GET", "/metrics", auth_settings=["BearerToken"]))
+    counts: Counter[tuple[str, str, str]] = Counter()
+    for family in text_string_to_metric_families(response.read().decode()):
+        if family.name == "apiserver_request":
+            for sample in family.samples:
+                if sample.name == "apiserver_request_total":
+                    labels = sample.labels
+                    key = (labels["verb"], labels.get("resource", ""), labels.get("subresource", ""))
+                    counts[key] += int(sample.value)
+    return counts
+
+
+def request_table(before: Counter[tuple[str, str, str]], after: Counter[tuple[str, str, str]], per: float,
+                  title: str) -> list[str]:
+    """Markdown rows: requests by verb and resource between two scrapes, divided by `per`."""
+    rows = [f"| {title} | verb | requests each |", "|---|---|---|"]
+    for (verb, resource, sub), count in sorted((after - before).items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        if resource in TOUCHED and verb not in ("WATCH",) and count:
+            name = f"{resource}/{sub}" if sub else resource
+            rows.append(f"| {name} | {verb} | {count / per:.2f} |")
+    return rows
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -94,7 +127,7 @@ def memory_kib(pid: int) -> tuple[int, int]:
     return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
 
 
-def run(api: k8s.ApiClient, kubeconfig: Path, count: int) -> dict[str, float]:
+def run(api: k8s.ApiClient, kubeconfig: Path, count: int) -> dict[str, Any]:
     install_crds(api)
     ensure_pools(api)
     core, batch = k8s.CoreV1Api(api), k8s.BatchV1Api(api)
@@ -142,11 +175,13 @@ def run(api: k8s.ApiClient, kubeconfig: Path, count: int) -> dict[str, float]:
             create(api, TRAINING_JOB, tj_ns, body(TRAINING_JOB, name, spec))
 
         print(f"[bench] operator: creating {count} TrainingJobs with {CLIENTS} clients", flush=True)
+        requests_before = apiserver_requests(api)
         burst_start = time.perf_counter()
         create_seconds = create_all(count, make)
         if not done.wait(timeout=1800):
             raise TimeoutError(f"only {len(seen)} of {count} TrainingJobs got a Job")
         total = max(seen.values()) - burst_start
+        requests_after = apiserver_requests(api)
         latencies = [seen[name] - created[name] for name in created]
         rss, peak = memory_kib(operator.pid)
     finally:
@@ -162,6 +197,7 @@ def run(api: k8s.ApiClient, kubeconfig: Path, count: int) -> dict[str, float]:
         "p99_s": percentile(latencies, 0.99),
         "rss_mib": rss / 1024,
         "peak_rss_mib": peak / 1024,
+        "requests": request_table(requests_before, requests_after, count, "per new TrainingJob (all clients)"),
     }
 
 
@@ -189,6 +225,12 @@ def main() -> None:
     print(f"| create -> child Job, p50 | {result['p50_s']:.2f} s |")
     print(f"| create -> child Job, p99 | {result['p99_s']:.2f} s |")
     print(f"| operator memory at the end (peak) | {result['rss_mib']:.0f} MiB ({result['peak_rss_mib']:.0f} MiB) |")
+    print()
+    print("API requests from the first TrainingJob create until the last child Job exists, per TrainingJob, by")
+    print("the API server's apiserver_request_total (every client: the benchmark's creates, the operator, the")
+    print("Job controller, the scheduler and kwok for the worker pods; watches left out):")
+    print()
+    print("\n".join(result["requests"]))
 
 
 if __name__ == "__main__":

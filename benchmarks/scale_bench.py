@@ -11,31 +11,44 @@ run one 50m replica each on the kwok CPU nodes.
 
     python benchmarks/scale_bench.py                              # private cluster, started and stopped
     python benchmarks/scale_bench.py --kubeconfig /tmp/c/kubeconfig --jobs 200 --services 40
+    python benchmarks/scale_bench.py --jobs 10000 --services 0 --idle 0 --restart   # catch-up after a restart
+
+After convergence (`--idle SECONDS`, default 45, with the operator's resync every RESYNC seconds) it waits for
+every InferenceService to be Ready and counts, from the API server's apiserver_request_total, the reads and
+writes of an idle window: what each resync pass costs. With `--restart` it then starts a second operator and
+times how long it takes to have reconciled every resource once (its tandem_reconcile_total), and its memory.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from operator_bench import (
     REPO,
+    WRITES,
+    apiserver_requests,
     create_all,
     memory_kib,
     raw_job,
+    request_table,
     start_cluster,
     stop_cluster,
 )
@@ -99,7 +112,95 @@ def converged(api: k8s.ApiClient, namespace: str, jobs: int, services: int) -> t
     return tj_done, is_done
 
 
-def run(api: k8s.ApiClient, kubeconfig: Path, jobs: int, services: int) -> dict[str, float]:
+RESYNC = 15
+"""Seconds between the benchmarked operator's resync passes."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_operator(kubeconfig: Path, metrics_port: int = 0) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tandem", "operator", "--metrics-port", str(metrics_port), "--health-port", "0"],
+        env={**os.environ, "KUBECONFIG": str(kubeconfig), "TANDEM_RESYNC_SECONDS": str(RESYNC)},
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def reconciled(port: int) -> dict[str, float]:
+    """tandem_reconcile_total by kind, from an operator's own /metrics (successes and errors)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "tandem_reconcile":
+            for sample in family.samples:
+                if sample.name == "tandem_reconcile_total":
+                    counts[sample.labels["kind"]] = counts.get(sample.labels["kind"], 0) + sample.value
+    return counts
+
+
+def all_ready(api: k8s.ApiClient, namespace: str) -> bool:
+    items = k8s.CustomObjectsApi(api).list_namespaced_custom_object(GROUP, VERSION, namespace,
+                                                                    INFERENCE_SERVICE.plural)["items"]
+    return all((o.get("status") or {}).get("phase") == "Ready" for o in items)
+
+
+def idle_window(api: k8s.ApiClient, namespace: str, seconds: float) -> list[str]:
+    """Reads and writes per resync pass of a converged, idle cluster, by the API server's count."""
+    deadline = time.perf_counter() + 600
+    while not all_ready(api, namespace):
+        if time.perf_counter() > deadline:
+            raise TimeoutError("InferenceServices not all Ready")
+        time.sleep(2)
+    before = apiserver_requests(api)
+    time.sleep(seconds)
+    after = apiserver_requests(api)
+    passes = seconds / RESYNC
+    delta = after - before
+    writes = sum(n for (verb, resource, _), n in delta.items() if verb in WRITES and resource in TOUCHED_IDLE)
+    rows = request_table(before, after, passes, f"idle, per resync pass ({passes:.1f} passes in {seconds:.0f} s)")
+    return [f"writes per pass to Tandem's resources and children: {writes / passes:.1f}", "", *rows]
+
+
+TOUCHED_IDLE = ("trainingjobs", "inferenceservices", "computepools", "jobs", "services", "deployments",
+                "poddisruptionbudgets", "horizontalpodautoscalers", "events")
+
+
+def catch_up(kubeconfig: Path, jobs: int, services: int) -> dict[str, float]:
+    """A fresh operator on the converged cluster: seconds until it has reconciled every resource once."""
+    port = free_port()
+    started = time.perf_counter()
+    operator = start_operator(kubeconfig, port)
+    try:
+        while True:
+            if operator.poll() is not None:
+                raise RuntimeError(f"restarted operator exited with {operator.returncode}")
+            try:
+                counts = reconciled(port)
+            except OSError:
+                counts = {}
+            if counts.get("TrainingJob", 0) >= jobs and counts.get("InferenceService", 0) >= services:
+                break
+            if time.perf_counter() - started > 3600:
+                raise TimeoutError(f"restarted operator reconciled only {counts}")
+            time.sleep(1)
+        seconds = time.perf_counter() - started
+        rss, hwm = memory_kib(operator.pid)
+    finally:
+        operator.terminate()
+        operator.wait(timeout=60)
+    return {"catch_up_seconds": seconds, "restart_rss_mib": rss / 1024, "restart_peak_mib": hwm / 1024}
+
+
+def run(
+    api: k8s.ApiClient, kubeconfig: Path, jobs: int, services: int, idle: float = 45, restart: bool = False
+) -> dict[str, Any]:
     install_crds(api)
     ensure_pools(api)
     core, batch, apps = k8s.CoreV1Api(api), k8s.BatchV1Api(api), k8s.AppsV1Api(api)
@@ -122,16 +223,7 @@ def run(api: k8s.ApiClient, kubeconfig: Path, jobs: int, services: int) -> dict[
     raw_seconds = create_all(jobs + services, make_raw)
     core.delete_namespace(raw_ns)
 
-    env = {"KUBECONFIG": str(kubeconfig), "TANDEM_RESYNC_SECONDS": "60"}
-    import os
-
-    operator = subprocess.Popen(
-        [sys.executable, "-m", "tandem", "operator", "--metrics-port", "0", "--health-port", "0"],
-        env={**os.environ, **env},
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    operator = start_operator(kubeconfig)
     peak = [0]
     stop = threading.Event()
 
@@ -146,6 +238,7 @@ def run(api: k8s.ApiClient, kubeconfig: Path, jobs: int, services: int) -> dict[
     try:
         time.sleep(5)  # let the operator connect and list before the burst
         print(f"[scale] operator: {jobs} TrainingJobs and {services} InferenceServices", flush=True)
+        requests_before = apiserver_requests(api)
         started = time.perf_counter()
 
         def make(i: int) -> None:
@@ -170,11 +263,17 @@ def run(api: k8s.ApiClient, kubeconfig: Path, jobs: int, services: int) -> dict[
                 flush=True,
             )
         total = time.perf_counter() - started
+        requests_after = apiserver_requests(api)
         rss, hwm = memory_kib(operator.pid)
-    finally:
-        stop.set()
+        idle_rows = idle_window(api, ns, idle) if idle else []
         operator.terminate()
         operator.wait(timeout=60)
+        restarted = catch_up(kubeconfig, jobs, services) if restart else {}
+    finally:
+        stop.set()
+        if operator.poll() is None:
+            operator.terminate()
+            operator.wait(timeout=60)
         core.delete_namespace(ns)
     count = jobs + services
     return {
@@ -187,6 +286,9 @@ def run(api: k8s.ApiClient, kubeconfig: Path, jobs: int, services: int) -> dict[
         "operator_per_s": count / total,
         "rss_mib": rss / 1024,
         "peak_rss_mib": max(peak[0], hwm) / 1024,
+        "requests": request_table(requests_before, requests_after, count, "per new resource (all clients)"),
+        "idle": idle_rows,
+        **restarted,
     }
 
 
@@ -195,12 +297,14 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--services", type=int, default=200)
     parser.add_argument("--kubeconfig", type=Path)
+    parser.add_argument("--idle", type=float, default=45, help="seconds of idle window to measure; 0: none")
+    parser.add_argument("--restart", action="store_true", help="also time a restarted operator's catch-up")
     args = parser.parse_args()
     state = Path(tempfile.mkdtemp(prefix="tandem-scale-"))
     kubeconfig = args.kubeconfig or start_cluster(state)
     try:
         api = k8s_config.new_client_from_config(config_file=str(kubeconfig))
-        r = run(api, kubeconfig, args.jobs, args.services)
+        r = run(api, kubeconfig, args.jobs, args.services, args.idle, args.restart)
     finally:
         if args.kubeconfig is None:
             stop_cluster(state)
@@ -215,6 +319,19 @@ def main() -> None:
     )
     print(f"| ratio operator / raw API | {r['operator_per_s'] / r['raw_per_s']:.2f} |")
     print(f"| operator memory at the end (peak VmHWM) | {r['rss_mib']:.0f} MiB ({r['peak_rss_mib']:.0f} MiB) |")
+    if "catch_up_seconds" in r:
+        print(f"| restarted operator: every resource reconciled once | {r['catch_up_seconds']:.1f} s |")
+        print(f"| restarted operator memory then (peak) | {r['restart_rss_mib']:.0f} MiB "
+              f"({r['restart_peak_mib']:.0f} MiB) |")
+    print()
+    print("API requests from the first create until convergence, per resource created, by the API server's")
+    print("apiserver_request_total (every client: the benchmark's creates and polling lists, the operator, the")
+    print("controllers and kwok; watches left out):")
+    print()
+    print("\n".join(r["requests"]))
+    if r["idle"]:
+        print()
+        print("\n".join(r["idle"]))
 
 
 if __name__ == "__main__":

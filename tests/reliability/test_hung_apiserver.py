@@ -101,8 +101,10 @@ def cut_off(cluster: object, tmp_path: Path) -> Iterator[tuple[Blackhole, k8s.Ap
     proxy.close()
 
 
-def _lead(name: str, namespace: str, api: k8s.ApiClient) -> Leadership:
-    leadership = Leadership("tandem-test", namespace, name, LEASE_DURATION, RENEW_DEADLINE, RETRY_PERIOD, api)
+def _lead(
+    name: str, namespace: str, api: k8s.ApiClient, lease: int = LEASE_DURATION, renew: float = RENEW_DEADLINE
+) -> Leadership:
+    leadership = Leadership("tandem-test", namespace, name, lease, renew, RETRY_PERIOD, api)
     leadership.start()
     wait_until(leadership.leading, timeout=30, what=f"{name} leading")
     return leadership
@@ -139,12 +141,14 @@ def test_a_renewal_that_fails_once_does_not_end_leadership(
 ) -> None:
     proxy, through_proxy = cut_off
     with caplog.at_level(logging.WARNING, logger="tandem.leader"):
-        leader = _lead("only", namespace, through_proxy)
+        # A call caught by the hang costs up to a whole read timeout (3 s) before the retry: a renew deadline
+        # of 10 s leaves room for that, as the operator's default does.
+        leader = _lead("only", namespace, through_proxy, lease=20, renew=10.0)
         proxy.hang()
         hung_at = time.monotonic()
         wait_until(lambda: leader.lock.attempt_started > hung_at, timeout=10, what="a renewal sent into the hang")
         proxy.heal()
-        wait_until(lambda: (leader.lock.confirmed or 0) > hung_at, timeout=10, what="a renewal after the hang")
+        wait_until(lambda: (leader.lock.confirmed or 0) > hung_at, timeout=15, what="a renewal after the hang")
     assert any("lease" in record.getMessage() and "failed" in record.getMessage() for record in caplog.records)
     assert leader.leading()
     assert not leader.lost.is_set()
