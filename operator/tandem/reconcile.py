@@ -141,6 +141,13 @@ def _made_for(job: dict[str, Any] | None, spec_hash: str) -> bool:
     return annotations.get(SPEC_HASH_ANNOTATION) == spec_hash
 
 
+def may_have_pods(job: dict[str, Any]) -> bool:
+    """False only for a suspended Job whose status counts no pod in any state."""
+    status = job.get("status") or {}
+    counted = ("active", "ready", "succeeded", "failed", "terminating")
+    return not (job.get("spec") or {}).get("suspend") or any(status.get(field) for field in counted)
+
+
 def _run_generation(job: dict[str, Any]) -> int:
     return int(((job.get("metadata") or {}).get("labels") or {}).get("tandem.dev/generation", 0))
 
@@ -195,8 +202,9 @@ def reconcile_training(
         )
     elif job is not None and bool((job.get("spec") or {}).get("suspend")) != spec.suspend and spec.queue is None:
         job = kube.merge_patch("batch/v1", "Job", namespace, run.job_name, {"spec": {"suspend": spec.suspend}})
-    # A Job created a moment ago has no pods yet; its events bring the next reconcile.
-    has_pods = job is not None and not created
+    # A Job created a moment ago has no pods yet, nor has a suspended Job whose status counts none; their events
+    # bring the next reconcile. (Ten thousand queued runs cost no pod list each.)
+    has_pods = job is not None and not created and may_have_pods(job)
     pods = kube.list_objects("v1", "Pod", namespace, {"job-name": run.job_name}) if has_pods else []
     status, status_events = training_status(previous, run, pool_name, pool, ObservedRun(job, pods), now())
     status.observed_generation = generation

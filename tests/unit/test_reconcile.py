@@ -57,6 +57,7 @@ class FakeKube(Kube):
     def list_objects(
         self, api_version: str, kind: str, namespace: str, selector: dict[str, str]
     ) -> list[dict[str, Any]]:
+        self.calls.append(("list", kind, str(sorted(selector.items()))))
         return [
             copy.deepcopy(obj)
             for (version, object_kind, object_namespace, _), obj in self.objects.items()
@@ -451,3 +452,19 @@ def test_a_pool_lists_only_its_own_nodes(kube: FakeKube, pool_bodies: dict[str, 
     outcome = reconcile_pool(kube, body)
     assert ("nodes", "[('tandem.dev/pool', 'cpu')]") in kube.calls
     assert outcome.status["nodes"] == 1
+
+
+def test_a_suspended_job_without_pods_costs_no_pod_list(kube: FakeKube, loop: TrainingLoop) -> None:
+    loop.change_spec(suspend=True)
+    loop.reconcile()
+    kube.set_status("batch/v1", "Job", "digits-g2", {"conditions": [{"type": "Suspended", "status": "True"}]})
+    loop.reconcile()
+    assert kube.writes("list") == []
+
+
+def test_a_suspended_job_still_counting_pods_has_them_listed(kube: FakeKube, loop: TrainingLoop) -> None:
+    loop.change_spec(suspend=True)
+    loop.reconcile()
+    kube.set_status("batch/v1", "Job", "digits-g2", {"terminating": 1})
+    loop.reconcile()
+    assert kube.writes("list") == [("list", "Pod", "[('job-name', 'digits-g2')]")]
