@@ -8,7 +8,9 @@ say() { printf '\n[test %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 say "python environment"
 venv="$(hack/python-env.sh)"
-export PATH="$venv/bin:$PATH"
+# The cached environment is shared by every clone on the machine and its editable install points at the last
+# clone that synced it; this tree's own sources come first, whatever another clone did since.
+export PATH="$venv/bin:$PATH" PYTHONPATH="$root/operator${PYTHONPATH:+:$PYTHONPATH}"
 
 # The two cold builds overlap: the Go build is CPU-bound, the image build mostly copies and compresses files.
 say "container images, in the background (cold: Debian root filesystem and locked wheels, torch included, ~20 min)"
