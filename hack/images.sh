@@ -242,12 +242,13 @@ cmd_load() {
 
 cmd_list() {
   ensure_tools
-  local name ref size
+  local name ref size archive
   printf '%-9s %-52s %9s  %s\n' IMAGE REF SIZE ARCHIVE
   for name in "${ALL[@]}"; do
-    ref=$(ref_of "$name")
+    ref=$(ref_of "$name") archive=$(archive_of "$name")
     if have_image "$ref"; then size=$(human "$(image_size "$ref")"); else size="-"; fi
-    printf '%-9s %-52s %9s  %s\n' "$name" "$ref" "$size" "$(archive_of "$name")"
+    [ -s "$archive" ] || archive="- (not built from this tree: hack/images.sh build $name)"
+    printf '%-9s %-52s %9s  %s\n' "$name" "$ref" "$size" "$archive"
   done
 }
 
