@@ -6,7 +6,8 @@ waits at most once, is processed by one worker at a time, comes back after a bac
 periodic resync adds keys to the same queue. Workers reconcile through one path, `reconcile_object`:
 
 * one reconcile per object at a time (tandem.exclusive), whichever thread asks;
-* from a fresh read of the object, never from an older body than one already acted on; status is written
+* from the newest body the watch delivered for it, or a fresh read, never from an older body than one already
+  acted on (a resync's list only names keys); status is written
   conditionally on the read's resourceVersion, so a 409 means "someone wrote after you read": read again and
   reconcile once more;
 * API errors become retries: throttling and outages are temporary, retried after an exponential backoff
@@ -52,6 +53,8 @@ CHILDREN = (
 
 _state: dict[str, Any] = {}
 exclusive = Exclusive()
+_bodies: dict[Key, dict[str, Any]] = {}
+_bodies_lock = threading.Lock()
 
 Step = Callable[[Mapping[str, Any]], Outcome]
 
@@ -236,6 +239,8 @@ def _forget(kind: str, namespace: str | None, name: str) -> None:
     """A deleted resource: its metrics series and what is remembered of it go."""
     metrics.forget(kind, namespace or "", name)
     exclusive.forget((kind, namespace or "", name))
+    with _bodies_lock:
+        _bodies.pop((kind, namespace or "", name), None)
 
 
 # ---- periodic resync --------------------------------------------------------------------------------
@@ -286,15 +291,36 @@ def queue() -> WorkQueue:
     return work
 
 
-def enqueue(key: Key) -> None:
+def enqueue(key: Key, body: Mapping[str, Any] | None = None) -> None:
+    """Queue a key; with the body of the watch event that called for it, the worker needs no read of its own.
+
+    Only bodies of queued keys are kept (the newest the watch delivered replaces an older one), so memory
+    follows the queue's length, not the number of objects. A key queued without one (a child's event, the
+    resync) is read fresh by the worker.
+    """
+    if body is not None:
+        with _bodies_lock:
+            _bodies[key] = dict(body)
     queue().add(key)
+
+
+def _newer(key: Key, body: Mapping[str, Any]) -> None:
+    """A watch event that calls for no reconcile still refreshes the body kept for a queued key."""
+    with _bodies_lock:
+        if key in _bodies:
+            _bodies[key] = dict(body)
+
+
+def _take_body(key: Key) -> dict[str, Any] | None:
+    with _bodies_lock:
+        return _bodies.pop(key, None)
 
 
 def process(key: Hashable, attempt: int) -> float | None:
     """Reconcile one queued key from a fresh read; the delay before it is retried, or None when done."""
     kind, namespace, name = cast(Key, key)
     try:
-        reconcile_object(kind, (kind, namespace, name), _step(kind), None, attempt)
+        reconcile_object(kind, (kind, namespace, name), _step(kind), _take_body((kind, namespace, name)), attempt)
     except kopf.TemporaryError as exc:
         delay = exc.delay if exc.delay is not None else backoff.delay(attempt)
         log.warning("%s %s/%s: %s; retrying in %.1fs", kind, namespace, name, exc, delay)
@@ -358,10 +384,13 @@ async def pool_event(
     name: str, type: str | None, body: kopf.Body, pool_index: kopf.Index[str, Any], **_: Any
 ) -> None:
     _state["pool_index"] = pool_index
+    key: Key = ("ComputePool", "", name)
     if type == "DELETED":
-        _forget("ComputePool", None, name)
+        _forget(*key)
     elif _pending(type, body):
-        enqueue(("ComputePool", "", name))
+        enqueue(key, body)
+    else:
+        _newer(key, body)
 
 
 @kopf.on.event(GROUP, VERSION, "trainingjobs")
@@ -377,11 +406,14 @@ async def training_event(
 ) -> None:
     """Reconcile a new or changed TrainingJob; roll its new model out to the services that follow it."""
     _state["pool_index"] = pool_index
+    key: Key = ("TrainingJob", namespace, name)
     if type == "DELETED":
-        _forget("TrainingJob", namespace, name)
+        _forget(*key)
         return
     if _pending(type, body):
-        enqueue(("TrainingJob", namespace, name))
+        enqueue(key, body)
+    else:
+        _newer(key, body)
     produced = (status.get("model") or {}).get("sha256")
     if produced:
         for service, served in services_by_training_job.get((namespace, name), []):
@@ -394,7 +426,10 @@ async def serving_event(
     namespace: str, name: str, type: str | None, body: kopf.Body, pool_index: kopf.Index[str, Any], **_: Any
 ) -> None:
     _state["pool_index"] = pool_index
+    key: Key = ("InferenceService", namespace, name)
     if type == "DELETED":
-        _forget("InferenceService", namespace, name)
+        _forget(*key)
     elif _pending(type, body):
-        enqueue(("InferenceService", namespace, name))
+        enqueue(key, body)
+    else:
+        _newer(key, body)

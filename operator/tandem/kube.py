@@ -30,6 +30,8 @@ FIELD_MANAGER = "tandem-operator"
 TIMEOUT = (3.0, 5.0)
 """(connect, read) seconds for one API call. Short enough that renew deadline + TIMEOUT stays below the lease
 duration (tandem.leader), long enough for a page of PAGE objects on a loaded API server."""
+CONNECTIONS = 32
+"""Connections kept open to the API server: more than the work queue's workers plus the child watches."""
 PAGE = 500
 """Objects per list page: memory and API server load stay bounded however many objects exist."""
 
@@ -62,6 +64,9 @@ class NotLeading(RuntimeError):
 def api_client(configuration: client.Configuration | None = None) -> client.ApiClient:
     """An ApiClient (for the loaded configuration by default) whose connection pool never retries by itself."""
     configuration = configuration or client.Configuration.get_default_copy()
+    # One kept-alive connection per worker and watch: the default (5 per CPU) would open and drop a TLS
+    # connection per request beyond it.
+    configuration.connection_pool_maxsize = CONNECTIONS
     configuration.retries = urllib3.Retry(total=0, connect=0, read=0, redirect=0, status=0, other=0)
     return client.ApiClient(configuration)
 
@@ -119,6 +124,16 @@ class Kube:
             body=obj,
             query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
             content_type="application/apply-patch+yaml",
+        )
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Create a child (POST); 409 when one of that name exists. Returns the object as stored."""
+        meta = obj["metadata"]
+        return self._call(
+            "POST",
+            self._collection(obj["apiVersion"], obj["kind"], meta["namespace"]),
+            body=obj,
+            query=[("fieldManager", FIELD_MANAGER)],
         )
 
     def merge_patch(

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, ValidationError
 
 from tandem import costing, placement
@@ -141,6 +142,25 @@ def _made_for(job: dict[str, Any] | None, spec_hash: str) -> bool:
     return annotations.get(SPEC_HASH_ANNOTATION) == spec_hash
 
 
+def create_or_adopt(kube: Kube, desired: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Create a run's Job, or adopt the one of that name that exists: (the Job as stored, whether created).
+
+    One call in the common case. A Job of this deterministic name exists when the operator stopped between
+    creating it and recording it in status; it is adopted, never duplicated (a Job's template cannot be
+    changed, so it is not applied over either).
+    """
+    try:
+        return kube.create(desired), True
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    meta = desired["metadata"]
+    existing = kube.get(desired["apiVersion"], desired["kind"], meta["namespace"], meta["name"])
+    if existing is None:
+        raise ApiException(status=409, reason=f"Job {meta['name']} exists and is gone: being deleted")
+    return existing, False
+
+
 def may_have_pods(job: dict[str, Any]) -> bool:
     """False only for a suspended Job whose status counts no pod in any state."""
     status = job.get("status") or {}
@@ -184,10 +204,6 @@ def reconcile_training(
         events.append(Event("Normal", "RunReplaced", replaced))
     if job is None and recorded is not None and previous.job_name == run.job_name:
         job = recorded  # this run's Job, made under another spec hash (an older operator): adopt it
-    elif job is None and previous.job_name != run.job_name:
-        # Not yet recorded in status: a Job of this name may still exist if the operator stopped between
-        # creating it and writing status; adopt it rather than create another.
-        job = kube.get("batch/v1", "Job", namespace, run.job_name)
     created = False
     if job is None and not finished_before:
         desired = training_build.training_job(run, placement.pod_placement(pool_name, pool), pool, config)
@@ -195,12 +211,12 @@ def reconcile_training(
         service = training_build.worker_service(run)
         if service is not None:
             kube.apply(service)
-        job = kube.apply(desired)
-        created = True
-        events.append(
-            Event("Normal", "Created", f"Job {run.job_name} with {spec.workers} workers on ComputePool {pool_name}")
-        )
-    elif job is not None and bool((job.get("spec") or {}).get("suspend")) != spec.suspend and spec.queue is None:
+        job, created = create_or_adopt(kube, desired)
+        if created:
+            message = f"Job {run.job_name} with {spec.workers} workers on ComputePool {pool_name}"
+            events.append(Event("Normal", "Created", message))
+    if job is not None and not created and bool((job.get("spec") or {}).get("suspend")) != spec.suspend \
+            and spec.queue is None:
         job = kube.merge_patch("batch/v1", "Job", namespace, run.job_name, {"spec": {"suspend": spec.suspend}})
     # A Job created a moment ago has no pods yet, nor has a suspended Job whose status counts none; their events
     # bring the next reconcile. (Ten thousand queued runs cost no pod list each.)

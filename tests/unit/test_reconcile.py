@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
 from tandem import reconcile
 from tandem.api.resources import TRAINING_JOB, Resource
@@ -40,6 +41,15 @@ class FakeKube(Kube):
             stored["status"] = self.objects[key].get("status", {})
         self.objects[key] = stored
         return copy.deepcopy(stored)
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        meta = obj["metadata"]
+        key = (obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+        self.calls.append(("create", obj["kind"], meta["name"]))
+        if key in self.objects:
+            raise ApiException(status=409, reason="AlreadyExists")
+        self.objects[key] = copy.deepcopy(obj)
+        return copy.deepcopy(obj)
 
     def merge_patch(
         self, api_version: str, kind: str, namespace: str, name: str, patch: dict[str, Any]
@@ -165,7 +175,7 @@ def loop(
 
 def test_training_job_creates_exactly_one_job(kube: FakeKube, loop: TrainingLoop) -> None:
     outcome = loop.reconcile()
-    assert kube.writes("apply") == [("apply", "Job", "digits-g1")]
+    assert kube.writes("create") == [("create", "Job", "digits-g1")]
     assert outcome.status["jobName"] == "digits-g1"
     assert outcome.status["phase"] == "Pending"
     assert [event.reason for event in outcome.events].count("Created") == 1
@@ -174,7 +184,7 @@ def test_training_job_creates_exactly_one_job(kube: FakeKube, loop: TrainingLoop
 def test_reconciling_twice_creates_nothing_new(kube: FakeKube, loop: TrainingLoop) -> None:
     loop.reconcile()
     second = loop.reconcile()
-    assert kube.writes("apply") == [("apply", "Job", "digits-g1")]
+    assert kube.writes("create") == [("create", "Job", "digits-g1")]
     assert kube.writes("patch_status") == [("patch_status", "TrainingJob", "digits")]
     assert second.events == []
 
@@ -183,7 +193,8 @@ def test_several_workers_also_create_the_headless_service(kube: FakeKube, loop: 
     loop.change_spec(workers=2)
     loop.reconcile()
     loop.reconcile()
-    assert sorted(kube.writes("apply")) == [("apply", "Job", "digits-g2"), ("apply", "Service", "digits-g2")]
+    assert sorted(kube.writes("apply")) == [("apply", "Service", "digits-g2")]
+    assert kube.writes("create") == [("create", "Job", "digits-g2")]
 
 
 def test_spec_change_replaces_the_run_with_a_new_generation(kube: FakeKube, loop: TrainingLoop) -> None:
@@ -191,7 +202,7 @@ def test_spec_change_replaces_the_run_with_a_new_generation(kube: FakeKube, loop
     loop.change_spec(args=["--epochs", "5"])
     outcome = loop.reconcile()
     assert ("delete", "Job", "digits-g1") in kube.writes("delete")
-    assert kube.writes("apply") == [("apply", "Job", "digits-g1"), ("apply", "Job", "digits-g2")]
+    assert kube.writes("create") == [("create", "Job", "digits-g1"), ("create", "Job", "digits-g2")]
     assert ("batch/v1", "Job", "ml", "digits-g1") not in kube.objects
     assert outcome.status["jobName"] == "digits-g2"
     assert "RunReplaced" in [event.reason for event in outcome.events]
@@ -201,8 +212,9 @@ def test_existing_job_is_adopted_after_a_crash_before_status_was_written(kube: F
     loop.reconcile()
     del loop.body["status"]
     outcome = loop.reconcile()
-    assert kube.writes("apply") == [("apply", "Job", "digits-g1")]
+    assert [key for key in kube.objects if key[1] == "Job"] == [("batch/v1", "Job", "ml", "digits-g1")]
     assert outcome.status["jobName"] == "digits-g1"
+    assert "Created" not in [event.reason for event in outcome.events]
 
 
 def test_suspend_toggle_patches_the_job_without_a_new_run(kube: FakeKube, loop: TrainingLoop) -> None:
@@ -210,7 +222,7 @@ def test_suspend_toggle_patches_the_job_without_a_new_run(kube: FakeKube, loop: 
     loop.change_spec(suspend=True)
     outcome = loop.reconcile()
     assert kube.writes("merge_patch") == [("merge_patch", "Job", "digits-g1")]
-    assert kube.writes("apply") == [("apply", "Job", "digits-g1")]
+    assert kube.writes("create") == [("create", "Job", "digits-g1")]
     assert kube.writes("delete") == []
     assert kube.objects[("batch/v1", "Job", "ml", "digits-g1")]["spec"]["suspend"] is True
     assert outcome.status["phase"] == "Queued"
@@ -245,7 +257,7 @@ def test_ttl_deleted_job_is_not_recreated(kube: FakeKube, loop: TrainingLoop) ->
     loop.reconcile()
     kube.objects.clear()
     outcome = loop.reconcile()
-    assert kube.writes("apply") == [("apply", "Job", "digits-g1")]
+    assert kube.writes("create") == [("create", "Job", "digits-g1")]
     assert outcome.status["phase"] == "Succeeded"
 
 
