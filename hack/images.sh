@@ -53,13 +53,17 @@ source_key() {
   (cd "$root" && find operator/tandem -type f ! -path '*/__pycache__/*' -print0 | LC_ALL=C sort -z \
     | xargs -0 sha256sum; sha256sum pyproject.toml docker/tandem-entrypoint)
 }
-image_key() { { deps_key "$1"; source_key; describe "$1"; command_of "$1"; sed -n '/^assemble()/,/^}/p' "$0"; } | hash_of; }
+image_key() {
+  { deps_key "$1"; source_key; describe "$1"; command_of "$1"; ports_of "$1"; sed -n '/^assemble()/,/^}/p' "$0"; } \
+    | hash_of
+}
 ref_of() { echo "$REPOSITORY/tandem-$1:$VERSION-$(image_key "$1" | cut -c1-12)"; }
 archive_of() { echo "$IMAGES/tandem-$1-$VERSION-$(image_key "$1" | cut -c1-12).oci.tar"; }
 
 # --- host tools --------------------------------------------------------------------------------------------
 ensure_tools() {
   local missing=() tool
+  [ "$(id -u)" = 0 ] || die "building images needs root (mmdebstrap and buildah's storage)"
   for tool in mmdebstrap buildah podman skopeo containerd; do command -v "$tool" >/dev/null || missing+=("$tool"); done
   if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]} from Debian (about 20 s)"
@@ -67,10 +71,9 @@ ensure_tools() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap buildah podman skopeo containerd runc \
       uidmap fuse-overlayfs >/dev/null
   fi
-  [ "$(id -u)" = 0 ] || die "building images needs root (mmdebstrap, chroot, buildah's storage)"
   # Bytecode is compiled on the host for the images' Python 3.11; another version's pycs would be ignored.
   python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || die "python3 on this machine must be 3.11"
-  # podman's defaults ask for rlimits this sandbox cannot grant and for systemd; see docs/images.md.
+  # podman's defaults ask for rlimits this sandbox cannot grant and for systemd (hack/containers.conf).
   mkdir -p "$CACHE/containers"
   export CONTAINERS_CONF="$CACHE/containers/containers.conf"
   cp "$root/hack/containers.conf" "$CONTAINERS_CONF"
