@@ -47,6 +47,10 @@ class _Deadlined:
         return functools.partial(getattr(self._api, name), _request_timeout=self._timeout)
 
 
+class _Stopped(Exception):
+    """Raised inside the library's loops to end the campaign when this process stops campaigning."""
+
+
 class _Lock(LeaseLock):
     """The library's Lease lock with deadlines, transport errors as failed attempts, and renewals timed."""
 
@@ -54,10 +58,13 @@ class _Lock(LeaseLock):
         super().__init__(name, namespace, identity)
         self.api_instance = _Deadlined(client.CoordinationV1Api(api or api_client()), LEASE_TIMEOUT)
         self.attempt_started = 0.0
+        self.stopped = threading.Event()
         self.confirmed: float | None = None
         """Monotonic start of the last attempt whose write (create or update) the API server accepted."""
 
     def get(self, name: str, namespace: str) -> tuple[bool, Any]:
+        if self.stopped.is_set():
+            raise _Stopped()
         self.attempt_started = time.monotonic()
         try:
             found: tuple[bool, Any] = super().get(name, namespace)
@@ -132,13 +139,24 @@ class Leadership:
     def _campaign(self) -> None:
         try:
             leaderelection.LeaderElection(self._config).run()
+        except _Stopped:
+            pass
         except Exception:
             log.exception("leader election failed")
         finally:
             self.lost.set()  # run() returns only when leadership ended (or never began): never act after
 
     def start(self) -> None:
-        threading.Thread(target=self._campaign, name="tandem-leader", daemon=True).start()
+        self._thread = threading.Thread(target=self._campaign, name="tandem-leader", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop campaigning (and leading): the election thread ends at its next attempt."""
+        self.lock.stopped.set()
+        self.lost.set()
+        thread = getattr(self, "_thread", None)
+        if thread is not None:
+            thread.join(timeout)
 
     def wait_for_leadership(self, stop: threading.Event) -> bool:
         """Block until this replica leads (True), or `stop` is set or the campaign ended (False)."""

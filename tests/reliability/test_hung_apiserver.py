@@ -101,23 +101,39 @@ def cut_off(cluster: object, tmp_path: Path) -> Iterator[tuple[Blackhole, k8s.Ap
     proxy.close()
 
 
+@pytest.fixture
+def campaigns() -> Iterator[list[Leadership]]:
+    """Leaderships started by a test, stopped (their threads ended) after it."""
+    started: list[Leadership] = []
+    yield started
+    for leadership in started:
+        leadership.stop()
+
+
 def _lead(
-    name: str, namespace: str, api: k8s.ApiClient, lease: int = LEASE_DURATION, renew: float = RENEW_DEADLINE
+    campaigns: list[Leadership],
+    name: str,
+    namespace: str,
+    api: k8s.ApiClient,
+    lease: int = LEASE_DURATION,
+    renew: float = RENEW_DEADLINE,
+    wait: bool = True,
 ) -> Leadership:
     leadership = Leadership("tandem-test", namespace, name, lease, renew, RETRY_PERIOD, api)
+    campaigns.append(leadership)
     leadership.start()
-    wait_until(leadership.leading, timeout=30, what=f"{name} leading")
+    if wait:
+        wait_until(leadership.leading, timeout=30, what=f"{name} leading")
     return leadership
 
 
 @pytest.mark.cluster
 def test_a_leader_cut_off_stops_acting_before_another_replica_can_lead(
-    kube: k8s.ApiClient, namespace: str, cut_off: tuple[Blackhole, k8s.ApiClient]
+    kube: k8s.ApiClient, namespace: str, cut_off: tuple[Blackhole, k8s.ApiClient], campaigns: list[Leadership]
 ) -> None:
     proxy, through_proxy = cut_off
-    first = _lead("first", namespace, through_proxy)
-    second = Leadership("tandem-test", namespace, "second", LEASE_DURATION, RENEW_DEADLINE, RETRY_PERIOD, kube)
-    second.start()
+    first = _lead(campaigns, "first", namespace, through_proxy)
+    second = _lead(campaigns, "second", namespace, kube, wait=False)
     assert not second.leading()
 
     proxy.hang()
@@ -137,13 +153,16 @@ def test_a_leader_cut_off_stops_acting_before_another_replica_can_lead(
 
 @pytest.mark.cluster
 def test_a_renewal_that_fails_once_does_not_end_leadership(
-    namespace: str, cut_off: tuple[Blackhole, k8s.ApiClient], caplog: pytest.LogCaptureFixture
+    namespace: str,
+    cut_off: tuple[Blackhole, k8s.ApiClient],
+    caplog: pytest.LogCaptureFixture,
+    campaigns: list[Leadership],
 ) -> None:
     proxy, through_proxy = cut_off
     with caplog.at_level(logging.WARNING, logger="tandem.leader"):
         # A call caught by the hang costs up to a whole read timeout (3 s) before the retry: a renew deadline
         # of 10 s leaves room for that, as the operator's default does.
-        leader = _lead("only", namespace, through_proxy, lease=20, renew=10.0)
+        leader = _lead(campaigns, "only", namespace, through_proxy, lease=20, renew=10.0)
         proxy.hang()
         hung_at = time.monotonic()
         wait_until(lambda: leader.lock.attempt_started > hung_at, timeout=10, what="a renewal sent into the hang")
