@@ -23,7 +23,7 @@ from kopf.testing import KopfRunner
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from support.cluster import wait_until
+from support.cluster import stop_process, wait_until
 from support.tandem import REPO, artifact_message, body, create, get
 from tandem import backoff, handlers
 from tandem.api.resources import INFERENCE_SERVICE, TRAINING_JOB
@@ -188,13 +188,7 @@ def test_two_replicas_only_the_lease_holder_acts_and_the_other_takes_over(
         ]
     finally:
         for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc)
 
 
 def test_worker_evicted_from_a_lost_node_is_replaced_without_spending_the_backoff(

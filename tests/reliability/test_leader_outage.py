@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from reliability.blackhole import Blackhole, api_server, kubeconfig_through
-from support.cluster import wait_until
+from support.cluster import stop_process, wait_until
 from support.tandem import REPO, body, create
 from tandem.api.resources import TRAINING_JOB
 
@@ -109,10 +108,4 @@ def test_two_replicas_through_an_api_server_outage_never_act_at_once(
         assert "Traceback" not in logs[leader].read_text(), logs[leader].read_text()[-3000:]
     finally:
         for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc)

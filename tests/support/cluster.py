@@ -46,6 +46,18 @@ def wait_until(
         time.sleep(interval)
 
 
+def stop_process(proc: subprocess.Popen[str] | subprocess.Popen[bytes], grace: float = 30.0) -> None:
+    """SIGTERM, as a kubelet would, then SIGKILL after `grace` seconds; a process already gone is left alone."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def port_is_open(port: int, host: str = "127.0.0.1") -> bool:
     """True when something accepts TCP connections on host:port."""
     with socket.socket() as s:
