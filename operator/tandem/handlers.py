@@ -379,18 +379,25 @@ def services_by_training_job(
     return {(namespace, source["name"]): (name, served)}
 
 
+def _route(key: Key, type: str | None, body: Mapping[str, Any]) -> bool:
+    """One watch event of a Tandem resource: forget it when deleted, queue it when it calls for a reconcile,
+    else refresh its kept body. False when the resource is gone."""
+    if type == "DELETED":
+        _forget(*key)
+        return False
+    if _pending(type, body):
+        enqueue(key, body)
+    else:
+        _newer(key, body)
+    return True
+
+
 @kopf.on.event(GROUP, VERSION, "computepools")
 async def pool_event(
     name: str, type: str | None, body: kopf.Body, pool_index: kopf.Index[str, Any], **_: Any
 ) -> None:
     _state["pool_index"] = pool_index
-    key: Key = ("ComputePool", "", name)
-    if type == "DELETED":
-        _forget(*key)
-    elif _pending(type, body):
-        enqueue(key, body)
-    else:
-        _newer(key, body)
+    _route(("ComputePool", "", name), type, body)
 
 
 @kopf.on.event(GROUP, VERSION, "trainingjobs")
@@ -406,14 +413,8 @@ async def training_event(
 ) -> None:
     """Reconcile a new or changed TrainingJob; roll its new model out to the services that follow it."""
     _state["pool_index"] = pool_index
-    key: Key = ("TrainingJob", namespace, name)
-    if type == "DELETED":
-        _forget(*key)
+    if not _route(("TrainingJob", namespace, name), type, body):
         return
-    if _pending(type, body):
-        enqueue(key, body)
-    else:
-        _newer(key, body)
     produced = (status.get("model") or {}).get("sha256")
     if produced:
         for service, served in services_by_training_job.get((namespace, name), []):
@@ -426,10 +427,4 @@ async def serving_event(
     namespace: str, name: str, type: str | None, body: kopf.Body, pool_index: kopf.Index[str, Any], **_: Any
 ) -> None:
     _state["pool_index"] = pool_index
-    key: Key = ("InferenceService", namespace, name)
-    if type == "DELETED":
-        _forget(*key)
-    elif _pending(type, body):
-        enqueue(key, body)
-    else:
-        _newer(key, body)
+    _route(("InferenceService", namespace, name), type, body)
