@@ -1,4 +1,5 @@
-"""Watches of the operator's children (Jobs, Deployments) filtered by the API server, not by the operator.
+"""Watches of the operator's children (Jobs, and a service's Deployment, Service, budget and autoscaler) filtered
+by the API server, not by the operator.
 
 kopf filters watch events by label on the client: the operator would receive every Job and Deployment in
 the cluster and drop most of them. Here the API server applies the label selector (`tandem.dev/trainingjob`
@@ -36,6 +37,24 @@ WATCH_READ_TIMEOUT = 75.0
 considered dead and reconnected."""
 
 
+LISTS: dict[str, tuple[Callable[[client.ApiClient], Any], str, str]] = {
+    "Job": (client.BatchV1Api, "list_job_for_all_namespaces", "list_namespaced_job"),
+    "Deployment": (client.AppsV1Api, "list_deployment_for_all_namespaces", "list_namespaced_deployment"),
+    "Service": (client.CoreV1Api, "list_service_for_all_namespaces", "list_namespaced_service"),
+    "PodDisruptionBudget": (
+        client.PolicyV1Api,
+        "list_pod_disruption_budget_for_all_namespaces",
+        "list_namespaced_pod_disruption_budget",
+    ),
+    "HorizontalPodAutoscaler": (
+        client.AutoscalingV2Api,
+        "list_horizontal_pod_autoscaler_for_all_namespaces",
+        "list_namespaced_horizontal_pod_autoscaler",
+    ),
+}
+"""Child kind -> (API class, list method over all namespaces, list method in one namespace)."""
+
+
 class ChildWatch:
     """Watch one child kind (in one namespace, or all) and queue the owner of every child that changes."""
 
@@ -64,11 +83,8 @@ class ChildWatch:
 
     @staticmethod
     def _list_function(api: client.ApiClient, kind: str, namespace: str | None) -> Callable[..., Any]:
-        if kind == "Job":
-            batch = client.BatchV1Api(api)
-            return batch.list_job_for_all_namespaces if namespace is None else batch.list_namespaced_job
-        apps = client.AppsV1Api(api)
-        return apps.list_deployment_for_all_namespaces if namespace is None else apps.list_namespaced_deployment
+        api_class, all_namespaces, one_namespace = LISTS[kind]
+        return getattr(api_class(api), all_namespaces if namespace is None else one_namespace)
 
     def _args(self) -> tuple[str, ...]:
         return () if self.namespace is None else (self.namespace,)

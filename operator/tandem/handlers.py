@@ -1,7 +1,7 @@
 """kopf registrations: when to reconcile, nothing about how.
 
-kopf watches Tandem's own kinds, tandem.children the operator's Jobs and Deployments (with server-side
-label selectors); both only add object keys to a work queue (tandem.workqueue, client-go's semantics: a key
+kopf watches Tandem's own kinds, tandem.children the operator's children (with server-side label
+selectors); both only add object keys to a work queue (tandem.workqueue, client-go's semantics: a key
 waits at most once, is processed by one worker at a time, comes back after a backoff when it failed). The
 periodic resync adds keys to the same queue. Workers reconcile through one path, `reconcile_object`:
 
@@ -48,6 +48,9 @@ KINDS: dict[str, Resource] = {r.kind: r for r in (COMPUTE_POOL, TRAINING_JOB, IN
 CHILDREN = (
     ("Job", "tandem.dev/trainingjob", "TrainingJob"),
     ("Deployment", "tandem.dev/inferenceservice", "InferenceService"),
+    ("Service", "tandem.dev/inferenceservice", "InferenceService"),
+    ("PodDisruptionBudget", "tandem.dev/inferenceservice", "InferenceService"),
+    ("HorizontalPodAutoscaler", "tandem.dev/inferenceservice", "InferenceService"),
 )
 """(child kind, label naming its owner, owner kind): watched by tandem.children, the owner queued on change."""
 

@@ -488,9 +488,10 @@ def _apply_serving_children(
     """Apply the Deployment, Service, budget and autoscaler unless they are already what they should be.
 
     The digest of all four is kept as an annotation on the Deployment. When the status says this spec was
-    already reconciled, one GET of the Deployment tells whether anything must be applied: an idle Ready
-    service costs a read, not four writes. A new or changed spec applies straight away (nothing to compare).
-    Returns the Deployment as stored.
+    already reconciled, a GET of each child tells whether anything must be applied: the same digest on the
+    Deployment and the others all present costs reads, not four writes, while a child deleted by hand (its
+    watch queues the service) is applied again. A new or changed spec applies straight away (nothing to
+    compare). Returns the Deployment as stored.
     """
     deployment = serving_build.deployment(serving, config)
     others = [serving_build.service(serving), serving_build.disruption_budget(serving)]
@@ -502,13 +503,22 @@ def _apply_serving_children(
         meta = deployment["metadata"]
         stored = kube.get("apps/v1", "Deployment", meta["namespace"], meta["name"])
         applied = ((stored or {}).get("metadata") or {}).get("annotations") or {}
-        if stored is not None and applied.get(CHILDREN_HASH_ANNOTATION) == digest:
+        if (
+            stored is not None
+            and applied.get(CHILDREN_HASH_ANNOTATION) == digest
+            and all(_exists(kube, child) for child in others)
+        ):
             return stored
     deployment["metadata"].setdefault("annotations", {})[CHILDREN_HASH_ANNOTATION] = digest
     stored = kube.apply(deployment)
     for child in others:
         kube.apply(child)
     return stored
+
+
+def _exists(kube: Kube, obj: dict[str, Any]) -> bool:
+    meta = obj["metadata"]
+    return kube.get(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"]) is not None
 
 
 def settle_usage(

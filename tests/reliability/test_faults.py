@@ -93,6 +93,34 @@ def test_child_deployment_deleted_by_hand_is_recreated(
     )
 
 
+def test_service_and_budget_of_a_ready_service_deleted_by_hand_come_back(
+    tandem_api: k8s.ApiClient, namespace: str, operator: KopfRunner
+) -> None:
+    """Expected: the Service and PodDisruptionBudget of a Ready InferenceService, deleted by hand, come back
+    on their DELETED events (the operator watches them too), although the Deployment is unchanged: an idle
+    service is not re-applied, but a missing child is."""
+    spec = {"model": {"uri": "s3://models/rel/model.onnx"}, "resources": {"cpu": "100m", "memory": "128Mi"}}
+    create(tandem_api, INFERENCE_SERVICE, namespace, body(INFERENCE_SERVICE, "rel", spec))
+    wait_until(
+        lambda: (get(tandem_api, INFERENCE_SERVICE, namespace, "rel").get("status") or {}).get("phase") == "Ready",
+        timeout=90,
+        what="Ready",
+    )
+    core, policy = k8s.CoreV1Api(tandem_api), k8s.PolicyV1Api(tandem_api)
+    service = core.read_namespaced_service("rel", namespace)
+    budget = policy.read_namespaced_pod_disruption_budget("rel", namespace)
+    core.delete_namespaced_service("rel", namespace)
+    policy.delete_namespaced_pod_disruption_budget("rel", namespace)
+
+    def recreated() -> bool:
+        services = core.list_namespaced_service(namespace, field_selector="metadata.name=rel").items
+        budgets = policy.list_namespaced_pod_disruption_budget(namespace, field_selector="metadata.name=rel").items
+        return bool(services and services[0].metadata.uid != service.metadata.uid
+                    and budgets and budgets[0].metadata.uid != budget.metadata.uid)
+
+    wait_until(recreated, timeout=60, what="the Service and PodDisruptionBudget recreated")
+
+
 def test_conflicting_write_becomes_a_temporary_error_that_kopf_retries(
     tandem_api: k8s.ApiClient, namespace: str
 ) -> None:
