@@ -144,10 +144,10 @@ layer() {  # ref, parent ref or "scratch", kind: tar|dir, path
   buildah commit --quiet --rm "$ctr" "$1" >/dev/null
 }
 
-assemble() {  # name, deps ref, final ref
+assemble() {  # name, deps ref, final ref, project layer directory
   local name=$1 ctr label cmd port
   ctr=$(buildah from --quiet --pull=never "$2")
-  buildah copy --quiet "$ctr" "$work/app" / >/dev/null
+  buildah copy --quiet "$ctr" "$4" / >/dev/null
   label=(--label "org.opencontainers.image.title=tandem-$name"
     --label "org.opencontainers.image.description=$(describe "$name")"
     --label "org.opencontainers.image.version=$VERSION"
@@ -189,8 +189,7 @@ build_one() {
     say "$name: the tandem package"
     mkdir -p "$work/app"
     build_app "$work/app"
-    assemble "$name" "$deps" "$ref"
-    buildah tag "$ref" "$REPOSITORY/tandem-$name:$VERSION"
+    assemble "$name" "$deps" "$ref" "$work/app"
     say "$name: saving $archive"
     rm -f "$IMAGES/tandem-$name-$VERSION-"*.oci.tar
     buildah push --quiet --compression-format zstd "$ref" "oci-archive:$archive.part:$ref" >/dev/null
@@ -210,7 +209,7 @@ prune_superseded() {  # name, refs to keep
   buildah images --noheading --format '{{.Name}}:{{.Tag}}' \
     | grep -E "^$REPOSITORY/tandem-($name|$name-deps|base):" | while read -r ref; do
       case " $* " in *" $ref "*) ;; *) buildah rmi "$ref" >/dev/null 2>&1 || true ;; esac
-    done
+    done || true
 }
 
 names() { if [ $# -eq 0 ]; then printf '%s\n' "${ALL[@]}"; else printf '%s\n' "$@"; fi; }
