@@ -14,8 +14,7 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from images.conftest import Image, Pod, logs, podman, remove, state
-from images.test_workload_images import free_port
-from support.cluster import LocalCluster, wait_until
+from support.cluster import LocalCluster, free_port, wait_until
 from support.tandem import body, create, get
 from tandem.api.resources import COMPUTE_POOL, GROUP, VERSION
 

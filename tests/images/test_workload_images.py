@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 import tritonclient.http as v2
 
 from images.conftest import Image, Pod, logs, remove, state
-from support.cluster import wait_until
+from support.cluster import free_port, wait_until
 
 pytestmark = pytest.mark.images
 
@@ -57,12 +56,6 @@ def trained(images: dict[str, Image], tmp_path_factory: pytest.TempPathFactory) 
     )
     text = message.read_text()
     return Trained(volume, proc.returncode, proc.stdout + proc.stderr, json.loads(text) if text else {})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

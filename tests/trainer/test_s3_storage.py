@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,6 +15,7 @@ import pytest
 import torch
 from trainer_support import TrainerRun
 
+from support.cluster import free_port
 from tandem import storage
 from tandem.trainer.checkpoint import CheckpointStore
 from tandem.trainer.failures import OutputUnwritable
@@ -25,20 +25,13 @@ BUCKET = "tandem-models"
 RunTrainer = Callable[..., TrainerRun]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 @pytest.fixture(scope="module")
 def s3_env() -> Iterator[dict[str, str]]:
     """A moto S3 server on a free loopback port with one bucket, and the environment that reaches it."""
     import boto3
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     env = {
@@ -108,7 +101,7 @@ def test_a_missing_bucket_is_reported_as_an_unwritable_output(s3: Any) -> None:
 
 
 def test_an_unreachable_endpoint_is_reported_as_an_unwritable_output(s3: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     with pytest.raises(OutputUnwritable, match=f"s3://{BUCKET}/models"):
         check_output_writable(f"s3://{BUCKET}/models")
