@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Builds the local control plane's binaries from Go modules into a cache outside the clone, keyed by
 # version, so that only a cold machine pays for the build. No binary downloads are possible here:
-# kube-apiserver & co. come from k8s.io/kubernetes through a tools module with replace lines for the
-# staging modules, etcd from its server module, kwok and helm with `go build` of their modules.
+# kube-apiserver & co. (and the real nodes' kubelet and kube-proxy) come from k8s.io/kubernetes through a
+# tools module with replace lines for the staging modules, etcd from its server module, kwok, helm and
+# CoreDNS and crictl with `go install` of their modules.
 set -euo pipefail
 
 K8S_VERSION="${TANDEM_K8S_VERSION:-v1.34.4}"
 ETCD_VERSION="${TANDEM_ETCD_VERSION:-v3.6.5}"
 KWOK_VERSION="${TANDEM_KWOK_VERSION:-v0.7.0}"
 HELM_VERSION="${TANDEM_HELM_VERSION:-v3.19.0}"
+COREDNS_VERSION="${TANDEM_COREDNS_VERSION:-v1.15.0}"
+CRICTL_VERSION="${TANDEM_CRICTL_VERSION:-v1.34.0}"
 CACHE="${TANDEM_CACHE:-$HOME/.cache/tandem}"
-BIN="$CACHE/bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION-helm-$HELM_VERSION"
+BIN="$CACHE/bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION-helm-$HELM_VERSION-coredns-$COREDNS_VERSION-crictl-$CRICTL_VERSION"
 export GOFLAGS="${GOFLAGS:--trimpath}" CGO_ENABLED=0 GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
 
 say() { printf '[build-tools %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -20,7 +23,7 @@ work="$CACHE/src"
 mkdir -p "$work"
 
 build_kubernetes() {
-  local want=(kube-apiserver kube-controller-manager kube-scheduler kubectl) missing=() b
+  local want=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy) missing=() b
   for b in "${want[@]}"; do [ -x "$BIN/$b" ] || missing+=("$b"); done
   [ ${#missing[@]} -eq 0 ] && return 0
   say "building ${missing[*]} $K8S_VERSION from k8s.io/kubernetes (cold build: 15-30 min on 2 cores)"
@@ -30,7 +33,10 @@ build_kubernetes() {
   mkdir -p "$mod"
   (
     cd "$mod"
-    if [ ! -f go.mod ]; then
+    # The module is written anew when it lacks a wanted command (an older cache built fewer of them).
+    local have_all=1
+    for b in "${want[@]}"; do grep -q "k8s.io/kubernetes/cmd/$b\$" go.mod 2>/dev/null || have_all=0; done
+    if [ "$have_all" = 0 ]; then
       say "resolving staging modules of k8s.io/kubernetes@$K8S_VERSION"
       local gomod
       gomod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | python3 -c 'import json,sys;print(json.load(sys.stdin)["GoMod"])')
@@ -92,6 +98,20 @@ build_helm() {
     "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 }
 
+build_coredns() {
+  [ -x "$BIN/coredns" ] && return 0
+  say "building coredns $COREDNS_VERSION"
+  GOBIN="$BIN" go install -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" \
+    "github.com/coredns/coredns@$COREDNS_VERSION"
+}
+
+build_crictl() {
+  [ -x "$BIN/crictl" ] && return 0
+  say "building crictl $CRICTL_VERSION"
+  GOBIN="$BIN" go install -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION" \
+    "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
+}
+
 # One build at a time: hack/cluster.sh and the pytest fixture call this script too, and a second
 # concurrent build would only compete for the same 2 cores and the same go build cache.
 exec 9> "$CACHE/build.lock"
@@ -104,6 +124,8 @@ start=$(date +%s)
 build_etcd
 build_kwok
 build_helm
+build_coredns
+build_crictl
 build_kubernetes
 say "binaries ready in $BIN ($(( $(date +%s) - start ))s)"
 echo "$BIN"

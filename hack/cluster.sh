@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# A real local Kubernetes control plane for tests and the demo, without Docker: etcd, kube-apiserver,
-# kube-controller-manager, kube-scheduler and the kwok controller run as plain processes on 127.0.0.1,
-# with fresh certificates, free ports, and fake GPU/CPU node pools whose pods kwok simulates.
+# A real local Kubernetes cluster for tests and the demo, without Docker: etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler and the kwok controller run as plain processes with fresh
+# certificates and free ports; fake GPU/CPU node pools whose pods kwok simulates give scale, and two real
+# nodes (kubelet + containerd each, CNI bridge, kube-proxy, CoreDNS: hack/nodes.sh) run real containers.
 #
 #   hack/cluster.sh up       build missing binaries, start everything, create the node pools, wait Ready
 #   hack/cluster.sh down     stop every component (by recorded pid, whole process group), check ports closed
@@ -9,7 +10,8 @@
 #   hack/cluster.sh env      print `export KUBECONFIG=...`
 #
 # Environment: TANDEM_CLUSTER_DIR (state dir, default <repo>/.tandem/cluster), TANDEM_GPU_NODES (2),
-# TANDEM_CPU_NODES (3), TANDEM_BIN_DIR (use these binaries instead of hack/build-tools.sh).
+# TANDEM_CPU_NODES (3), TANDEM_REAL_NODES (1: start the real nodes; 0: kwok nodes only, no root needed for
+# networking), TANDEM_BIN_DIR (use these binaries instead of hack/build-tools.sh).
 # See docs/dev-cluster.md.
 set -euo pipefail
 
@@ -17,12 +19,14 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DIR="$(realpath -m "${TANDEM_CLUSTER_DIR:-$ROOT/.tandem/cluster}")"
 GPU_NODES="${TANDEM_GPU_NODES:-2}"
 CPU_NODES="${TANDEM_CPU_NODES:-3}"
+REAL_NODES="${TANDEM_REAL_NODES:-1}"
 STAGES="$ROOT/hack/kwok/stages.yaml"
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 SERVICE_CIDR=10.0.0.0/24
-
-say() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { say "error: $*"; exit 1; }
+NODES_SCRIPT="$ROOT/hack/nodes.sh"
+SAY_AS=cluster
+# shellcheck source=hack/lib/common.sh
+. "$ROOT/hack/lib/common.sh"
 
 # --- processes -------------------------------------------------------------------------------------
 
@@ -66,22 +70,6 @@ stop_all() {
   done
 }
 
-# --- ports -----------------------------------------------------------------------------------------
-
-free_ports() {
-  python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
 # --- certificates ----------------------------------------------------------------------------------
 
 make_pki() {
@@ -93,49 +81,17 @@ make_pki() {
     openssl req -x509 -new -key ca.key -subj "/CN=tandem-local-ca" -days 3650 -out ca.crt \
       -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"
     issue apiserver "/CN=kube-apiserver" serverAuth \
-      "subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+      "subjectAltName=IP:127.0.0.1,IP:10.0.0.1,IP:10.88.255.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
     issue admin "/O=system:masters/CN=tandem-admin" clientAuth ""
+    issue apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" clientAuth ""
     openssl genrsa -out sa.key 2048 2>/dev/null
     openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
   )
 }
 
-# issue NAME SUBJECT EKU SAN: an EC key and a certificate signed by the local CA (run inside pki/).
-issue() {
-  local name="$1" subj="$2" eku="$3" san="$4" ext
-  openssl ecparam -name prime256v1 -genkey -noout -out "$name.key" 2>/dev/null
-  openssl req -new -key "$name.key" -subj "$subj" -out "$name.csr"
-  ext="basicConstraints=CA:FALSE
-keyUsage=critical,digitalSignature,keyEncipherment
-extendedKeyUsage=$eku"
-  [ -n "$san" ] && ext="$ext
-$san"
-  openssl x509 -req -in "$name.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
-    -extfile <(printf '%s\n' "$ext") -out "$name.crt" 2>/dev/null
-  rm -f "$name.csr"
-}
-
-b64() { base64 -w0 < "$1"; }
-
 write_kubeconfig() {
-  cat > "$DIR/kubeconfig" <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-- name: tandem
-  cluster:
-    server: https://127.0.0.1:$API_PORT
-    certificate-authority-data: $(b64 "$DIR/pki/ca.crt")
-users:
-- name: tandem-admin
-  user:
-    client-certificate-data: $(b64 "$DIR/pki/admin.crt")
-    client-key-data: $(b64 "$DIR/pki/admin.key")
-contexts:
-- name: tandem
-  context: {cluster: tandem, user: tandem-admin}
-current-context: tandem
-EOF
+  kubeconfig "https://$API_HOST:$API_PORT" "$DIR/pki/ca.crt" "$DIR/pki/admin.crt" "$DIR/pki/admin.key" \
+    > "$DIR/kubeconfig"
   chmod 600 "$DIR/kubeconfig"
 }
 
@@ -148,7 +104,7 @@ resolve_bin() {
     BIN="$("$ROOT/hack/build-tools.sh" | tail -n1)"
   fi
   local b
-  for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok; do
+  for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kubelet kube-proxy coredns crictl; do
     [ -x "$BIN/$b" ] || die "missing $BIN/$b"
   done
 }
@@ -181,19 +137,23 @@ start_etcd() {
 }
 
 start_apiserver() {
-  local p="$DIR/pki"
+  local p="$DIR/pki" reconciler=none
+  # With real nodes the API server listens where pods can reach it, and the `kubernetes` Service points there.
+  [ "$REAL_NODES" = 1 ] && reconciler=lease
   start kube-apiserver "$BIN/kube-apiserver" \
     --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$API_PORT" \
+    --bind-address "$API_HOST" --advertise-address "$API_HOST" --secure-port "$API_PORT" \
     --cert-dir "$p" --tls-cert-file "$p/apiserver.crt" --tls-private-key-file "$p/apiserver.key" \
     --client-ca-file "$p/ca.crt" \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$p/sa.pub" --service-account-signing-key-file "$p/sa.key" \
     --service-cluster-ip-range "$SERVICE_CIDR" \
     --authorization-mode Node,RBAC --allow-privileged=true \
-    --endpoint-reconciler-type none --profiling=false
+    --kubelet-client-certificate "$p/apiserver-kubelet-client.crt" --kubelet-client-key "$p/apiserver-kubelet-client.key" \
+    --kubelet-preferred-address-types InternalIP \
+    --endpoint-reconciler-type "$reconciler" --profiling=false
   wait_for kube-apiserver 60 curl -fsS --cacert "$p/ca.crt" --cert "$p/admin.crt" --key "$p/admin.key" \
-    "https://127.0.0.1:$API_PORT/readyz"
+    "https://$API_HOST:$API_PORT/readyz"
 }
 
 start_controllers() {
@@ -295,15 +255,22 @@ cmd_up() {
   fi
   local t0=$SECONDS
   if [ -d "$DIR/pids" ]; then stop_all; fi
+  "$NODES_SCRIPT" down
   resolve_bin
   # Only our own entries are removed: TANDEM_CLUSTER_DIR may point at a directory holding other things.
   rm -rf "${DIR:?}"/{pids,logs,pki,etcd,kcm-certs,sched-certs,state.env,kubeconfig,nodes.yaml}
   mkdir -p "$DIR/pids" "$DIR/logs"
   UP_OK=0
-  trap 'if [ "$UP_OK" -ne 1 ]; then say "up failed; stopping what was started"; stop_all; fi' EXIT
+  trap 'if [ "$UP_OK" -ne 1 ]; then say "up failed; stopping what was started"; "$NODES_SCRIPT" down; stop_all; fi' EXIT
   read -r ETCD_PORT ETCD_PEER_PORT API_PORT KCM_PORT SCHED_PORT <<< "$(free_ports 5)"
-  printf 'BIN=%q\nETCD_PORT=%s\nETCD_PEER_PORT=%s\nAPI_PORT=%s\nKCM_PORT=%s\nSCHED_PORT=%s\n' \
-    "$BIN" "$ETCD_PORT" "$ETCD_PEER_PORT" "$API_PORT" "$KCM_PORT" "$SCHED_PORT" > "$DIR/state.env"
+  API_HOST=127.0.0.1
+  if [ "$REAL_NODES" = 1 ]; then
+    say "address for the API server that pods can reach"
+    API_HOST="$("$NODES_SCRIPT" network-up)"
+  fi
+  printf 'BIN=%q\nREAL_NODES=%s\nAPI_HOST=%s\nETCD_PORT=%s\nETCD_PEER_PORT=%s\nAPI_PORT=%s\nKCM_PORT=%s\nSCHED_PORT=%s\n' \
+    "$BIN" "$REAL_NODES" "$API_HOST" "$ETCD_PORT" "$ETCD_PEER_PORT" "$API_PORT" "$KCM_PORT" "$SCHED_PORT" \
+    > "$DIR/state.env"
   say "certificates"
   make_pki
   write_kubeconfig
@@ -317,6 +284,10 @@ cmd_up() {
   create_nodes
   wait_for "nodes" 60 all_nodes_ready
   wait_for "default service account" 60 kc -n default get serviceaccount default
+  if [ "$REAL_NODES" = 1 ]; then
+    say "real nodes (kubelet + containerd), kube-proxy, CoreDNS"
+    BIN="$BIN" API_PORT="$API_PORT" SERVICE_CIDR="$SERVICE_CIDR" "$NODES_SCRIPT" up
+  fi
   UP_OK=1
   say "cluster ready in $((SECONDS - t0))s; KUBECONFIG=$DIR/kubeconfig"
 }
@@ -330,6 +301,7 @@ cmd_down() {
   # shellcheck disable=SC1091
   [ -f "$DIR/state.env" ] && . "$DIR/state.env" \
     && ports="$ETCD_PORT $ETCD_PEER_PORT $API_PORT $KCM_PORT $SCHED_PORT"
+  "$NODES_SCRIPT" down
   stop_all
   local port deadline=$((SECONDS + 10))
   for port in $ports; do

@@ -229,8 +229,11 @@ cmd_load() {
     archive=$(archive_of "$name")
     [ -s "$archive" ] || die "no archive for $name: run 'hack/images.sh build $name' first"
     if [ -n "$socket" ]; then
-      say "$name: importing into containerd at $socket (namespace k8s.io)"
-      ctr --address "$socket" --namespace k8s.io images import --no-unpack=false "$archive" >&2
+      # A node's image store outlives its containerd (hack/nodes.sh): import only what it lacks.
+      if ! ctr --address "$socket" --namespace k8s.io images ls -q | grep -qxF "$(ref_of "$name")"; then
+        say "$name: importing into containerd at $socket (namespace k8s.io)"
+        ctr --address "$socket" --namespace k8s.io images import --no-unpack=false "$archive" >&2
+      fi
       ctr --address "$socket" --namespace k8s.io images tag --force "$(ref_of "$name")" \
         "$REPOSITORY/tandem-$name:$VERSION" >&2
     else
