@@ -276,13 +276,15 @@ cmd_up() {
   write_kubeconfig
   say "etcd on 127.0.0.1:$ETCD_PORT"
   start_etcd
-  say "kube-apiserver on https://127.0.0.1:$API_PORT"
+  say "kube-apiserver on https://$API_HOST:$API_PORT"
   start_apiserver
   say "controller-manager, scheduler, kwok"
   start_controllers
-  say "node pools: $GPU_NODES gpu, $CPU_NODES cpu"
-  create_nodes
-  wait_for "nodes" 60 all_nodes_ready
+  if [ $((GPU_NODES + CPU_NODES)) -gt 0 ]; then
+    say "kwok node pools: $GPU_NODES gpu, $CPU_NODES cpu"
+    create_nodes
+    wait_for "nodes" 60 all_nodes_ready
+  fi
   wait_for "default service account" 60 kc -n default get serviceaccount default
   if [ "$REAL_NODES" = 1 ]; then
     say "real nodes (kubelet + containerd), kube-proxy, CoreDNS"

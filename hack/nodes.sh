@@ -8,9 +8,10 @@
 #   hack/nodes.sh leftovers    print what a `down` left behind; exit 1 when anything is
 #
 # hack/cluster.sh calls it with TANDEM_CLUSTER_DIR, BIN (the Go-built binaries) and API_PORT set.
-# Two nodes: real-gpu-0 (GPU pool: label, taint, advertised nvidia.com/gpu) and real-cpu-0 (CPU pool). Both
-# carry the taint tandem.dev/real-node=true:NoSchedule so that only pods meant for real containers land on
-# them; kwok's fake nodes keep taking everything else. Why each setting is there: docs/dev-cluster.md and
+# Two nodes: real-gpu-0 (label tandem.dev/pool=real-gpu, the nvidia.com/gpu taint, four advertised
+# nvidia.com/gpu) and real-cpu-0 (tandem.dev/pool=real-cpu). Both carry the taint
+# tandem.dev/real-node=true:NoSchedule and pool labels of their own, so that only pods meant for real
+# containers land on them; kwok's fake nodes (tandem.dev/pool=gpu|cpu) keep taking everything else. Why each setting is there: docs/dev-cluster.md and
 # ../shared/research/containers.md.
 #
 # Nothing leaves the machine: pods get routes to the pod and service ranges only (no default route), the
@@ -51,8 +52,8 @@ KUBE_PROXY_NODE=real-cpu-0
 node_vars() {
   NAME=$1
   case "$NAME" in
-    real-gpu-0) POOL=gpu BRIDGE=tandem-gpu0 SUBNET=10.88.0.0/24 NODE_IP=10.88.0.1 ;;
-    real-cpu-0) POOL=cpu BRIDGE=tandem-cpu0 SUBNET=10.88.1.0/24 NODE_IP=10.88.1.1 ;;
+    real-gpu-0) POOL=real-gpu BRIDGE=tandem-gpu0 SUBNET=10.88.0.0/24 NODE_IP=10.88.0.1 ;;
+    real-cpu-0) POOL=real-cpu BRIDGE=tandem-cpu0 SUBNET=10.88.1.0/24 NODE_IP=10.88.1.1 ;;
     *) die "unknown node $NAME" ;;
   esac
   NODE_DIR="$ND/$NAME"
@@ -182,6 +183,9 @@ cmd_network_up() {
   ip link add "$API_LINK" type bridge 2> /dev/null || true  # no dummy links in this kernel; a bridge without ports serves
   ip addr replace "$API_ADDR/32" dev "$API_LINK"
   ip link set "$API_LINK" up
+  # Unassigned service and pod addresses end on this portless bridge instead of the default route.
+  ip route replace "$SERVICE_CIDR" dev "$API_LINK"
+  ip route replace "$POD_NET" dev "$API_LINK"
   echo "$API_ADDR"
 }
 
@@ -358,7 +362,7 @@ EOF
   read -r kubelet_port healthz_port <<< "$(free_ports 2)"
   echo "$kubelet_port $healthz_port" > "$NODE_DIR/ports"
   local taints="  - {key: $REAL_TAINT_KEY, value: \"true\", effect: NoSchedule}"
-  [ "$POOL" = gpu ] && taints="$taints
+  [ "$POOL" = real-gpu ] && taints="$taints
   - {key: nvidia.com/gpu, value: present, effect: NoSchedule}"
   cat > "$NODE_DIR/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
@@ -409,14 +413,14 @@ node_up() {
   # Pods of an earlier cluster whose teardown was cut short: their records sit in the kept image store.
   cri rmp --force --all > /dev/null 2>&1 || true
   import_image "$PAUSE_ARCHIVE" "$PAUSE_IMAGE"
-  [ "$POOL" = cpu ] && import_image "$COREDNS_ARCHIVE" "$COREDNS_IMAGE"
+  [ "$POOL" = real-cpu ] && import_image "$COREDNS_ARCHIVE" "$COREDNS_IMAGE"
   local images=(operator server)
-  [ "$POOL" = gpu ] && images+=(trainer)
+  [ "$POOL" = real-gpu ] && images+=(trainer)
   "$ROOT/hack/images.sh" load --containerd "$SOCK" "${images[@]}" > /dev/null \
     || say "$NAME: some Tandem images are not built yet (hack/images.sh build); pods using them will not start"
   say "$NAME: kubelet on $NODE_IP, bridge $BRIDGE ($SUBNET)"
   local labels="tandem.dev/pool=$POOL,$REAL_TAINT_KEY=true"
-  [ "$POOL" = gpu ] && labels="$labels,nvidia.com/gpu.present=true,nvidia.com/gpu.count=4"
+  [ "$POOL" = real-gpu ] && labels="$labels,nvidia.com/gpu.present=true,nvidia.com/gpu.count=4"
   start "kubelet-$NAME" nsenter --mount="$NS_FILE" -- "$BIN/kubelet" \
     --config "$NODE_DIR/kubelet.yaml" --kubeconfig "$NODE_DIR/kubeconfig" --cert-dir "$NODE_DIR/pki" \
     --hostname-override "$NAME" --node-ip "$NODE_IP" --node-labels "$labels" --v 1
@@ -541,8 +545,9 @@ cmd_leftovers() {
   for chain in $(iptables-save 2> /dev/null | awk '/^:(KUBE-|CNI-|TANDEM-)/ {print substr($1, 2)}'); do
     report "iptables chain $chain"
   done
-  grep -F " $ND" /proc/self/mountinfo | awk '{print "mount " $5}' | while read -r line; do echo "$line"; done
-  grep -qF " $ND" /proc/self/mountinfo && found=1
+  local mounts
+  mounts="$(awk -v d="$ND" 'index($5, d) == 1 {print $5}' /proc/self/mountinfo)"
+  [ -n "$mounts" ] && report "mounts" $mounts
   local pids
   pids="$(our_processes)"
   [ -n "$pids" ] && report "processes $pids"

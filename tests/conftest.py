@@ -6,9 +6,7 @@
 
 from __future__ import annotations
 
-import atexit
 import os
-import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +17,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 # tests/ is on sys.path (pytest's rootdir-of-conftest insertion), so helpers import as `support.*`.
-from support.cluster import ExternalCluster, LocalCluster, build_binaries, wait_until
+from support.cluster import ExternalCluster, LocalCluster, build_binaries, running, wait_until
 from support.tandem import ensure_pools, install_crds
 
 
@@ -41,50 +39,17 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         os.environ["TANDEM_BIN_DIR"] = str(build_binaries())
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster | ExternalCluster]:
-    """The session's cluster; `.kubeconfig` is its kubeconfig path, also exported as KUBECONFIG.
+    """The session's cluster (kwok nodes only); `.kubeconfig` is its kubeconfig path, also exported as KUBECONFIG.
 
     Started in a private state dir (so a developer's `hack/cluster.sh up` cluster is never touched) and
-    always stopped: on failure, on Ctrl-C (pytest runs session teardown) and, as a last resort, at exit.
+    always stopped. tests/e2e overrides it with a cluster of real nodes.
     """
     external = os.environ.get("TANDEM_KUBECONFIG")
-    handle: LocalCluster | ExternalCluster = (
-        ExternalCluster(Path(external)) if external else LocalCluster(tmp_path_factory.mktemp("cluster"))
-    )
-    previous = os.environ.get("KUBECONFIG")
-    stopped = False
-
-    def stop() -> None:
-        nonlocal stopped
-        if isinstance(handle, LocalCluster) and not stopped:
-            stopped = True
-            handle.down()
-
-    atexit.register(stop)
-    # `timeout pytest ...` and CI cancellations send SIGTERM, which would skip teardown and leave the
-    # components running: turn it into the KeyboardInterrupt pytest already tears down on.
-    previous_sigterm = signal.getsignal(signal.SIGTERM)
-    if previous_sigterm == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        if isinstance(handle, LocalCluster):
-            handle.up()
-        os.environ["KUBECONFIG"] = str(handle.kubeconfig)
-        yield handle
-    finally:
-        if previous is None:
-            os.environ.pop("KUBECONFIG", None)
-        else:
-            os.environ["KUBECONFIG"] = previous
-        stop()
-        atexit.unregister(stop)
-        if previous_sigterm == signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    handle = ExternalCluster(Path(external)) if external else LocalCluster(tmp_path_factory.mktemp("cluster"))
+    with running(handle) as started:
+        yield started
 
 
 @pytest.fixture(scope="session")

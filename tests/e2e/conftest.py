@@ -1,116 +1,143 @@
-"""End-to-end fixtures: the local executor on the session cluster, pools on its nodes, and the operator.
+"""End-to-end fixtures: a cluster with real nodes, Tandem installed on it by its Helm chart, model storage.
 
-The executor is a subprocess (as a node agent would be); the operator runs in-process under KopfRunner,
-as in the integration tests.
+The e2e tests run on their own local cluster (hack/cluster.sh with real nodes, no kwok nodes), started
+for this package and stopped after it: pods run in real containers from the images hack/images.sh built,
+the operator runs in its own pod under the chart's ServiceAccount, and clients reach workloads through
+Services and kube-proxy.
 """
 
 from __future__ import annotations
 
-import signal
+import json
+import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kopf.testing import KopfRunner
 from kubernetes import client as k8s
+from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
-from support.cluster import ExternalCluster, LocalCluster, wait_until
-from support.tandem import body, create, install_crds, resource_api
-from tandem.api.resources import COMPUTE_POOL, GROUP, VERSION
-from tandem.devexec.digits import local_pools
+from support.cluster import ExternalCluster, LocalCluster, running
+from support.digits import CPU_POOL, REAL_NODE_TOLERATION, model_volume, real_pools
 
-NODES = ("local-gpu-0", "local-cpu-0")
-
-
-@dataclass
-class LocalExecutor:
-    """The running executor: where its pods' directories and logs are, and its own log."""
-
-    state_dir: Path
-    log_path: Path
-    process: subprocess.Popen[bytes]
-
-    def claim_dir(self, namespace: str, claim: str) -> Path:
-        return self.state_dir / "pvc" / namespace / claim
-
-    def log_tail(self, chars: int = 6000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
+RELEASE = "tandem"
+RELEASE_NAMESPACE = "tandem-system"
+CHART = Path(__file__).resolve().parents[2] / "charts" / "tandem"
+WORKLOAD_UID = 65532
 
 
-def node_ready(core: k8s.CoreV1Api, name: str) -> bool:
-    try:
-        node: Any = core.read_node(name)
-    except ApiException:
-        return False
-    return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+@pytest.fixture(scope="package")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster | ExternalCluster]:
+    """A local cluster of two real nodes (real-gpu-0, real-cpu-0) for this package, or TANDEM_KUBECONFIG's."""
+    external = os.environ.get("TANDEM_KUBECONFIG")
+    handle = (
+        ExternalCluster(Path(external))
+        if external
+        else LocalCluster(tmp_path_factory.mktemp("real-cluster"), gpu_nodes=0, cpu_nodes=0, real_nodes=True)
+    )
+    with running(handle) as started:
+        yield started
 
 
-@pytest.fixture(scope="session")
-def local_executor(
+@pytest.fixture(scope="package")
+def kube(cluster: LocalCluster | ExternalCluster) -> Iterator[k8s.ApiClient]:
+    api = k8s_config.new_client_from_config(config_file=str(cluster.kubeconfig))
+    yield api
+    api.close()
+
+
+def helm(*args: str, timeout: float = 600) -> str:
+    """Run the helm built by hack/build-tools.sh; fail with its output."""
+    binary = Path(os.environ["TANDEM_BIN_DIR"]) / "helm"
+    proc = subprocess.run(
+        [str(binary), *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout
+
+
+def release_values() -> dict[str, Any]:
+    """What a platform team would set for this cluster: images never pulled, the operator on the CPU node,
+    and pools for the real nodes instead of the chart's example ones."""
+    pools: dict[str, Any] = {"gpu": {"enabled": False}, "cpu": {"enabled": False}}
+    pools.update({name: {"enabled": True, "spec": spec} for name, spec in real_pools().items()})
+    return {
+        "image": {"pullPolicy": "Never"},
+        "nodeSelector": {"tandem.dev/pool": CPU_POOL},
+        "tolerations": [REAL_NODE_TOLERATION],
+        "computePools": pools,
+    }
+
+
+@dataclass(frozen=True)
+class Release:
+    name: str
+    namespace: str
+
+    def operator_log(self, kube: k8s.ApiClient, lines: int = 200) -> str:
+        """The end of the operator pods' logs (through the kubelet, as `kubectl logs` reads them)."""
+        core = k8s.CoreV1Api(kube)
+        try:
+            pods = core.list_namespaced_pod(self.namespace, label_selector="app.kubernetes.io/name=tandem").items
+            return "\n".join(
+                core.read_namespaced_pod_log(pod.metadata.name, self.namespace, tail_lines=lines) for pod in pods
+            )
+        except ApiException as exc:
+            return f"(no operator log: {exc.reason})"
+
+
+@pytest.fixture(scope="package")
+def release(
     cluster: LocalCluster | ExternalCluster, kube: k8s.ApiClient, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LocalExecutor]:
-    """`python -m tandem.devexec` serving local-gpu-0 and local-cpu-0; stopped (nodes removed) afterwards."""
-    state = tmp_path_factory.mktemp("devexec")
-    log_path = state / "executor.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tandem.devexec",
-                "--kubeconfig",
-                str(cluster.kubeconfig),
-                "--state-dir",
-                str(state),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    executor = LocalExecutor(state, log_path, process)
-    core = k8s.CoreV1Api(kube)
+) -> Iterator[Release]:
+    """`helm install` of charts/tandem with release_values(), waited on; uninstalled afterwards."""
+    values = tmp_path_factory.mktemp("release") / "values.json"
+    values.write_text(json.dumps(release_values()))
+    installed = Release(RELEASE, RELEASE_NAMESPACE)
     try:
-        wait_until(lambda: all(node_ready(core, n) for n in NODES), timeout=60, what="executor nodes Ready")
-        yield executor
+        helm(
+            "install", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE, "--create-namespace",
+            "--values", str(values), "--wait", "--timeout", "5m",
+        )
+        yield installed
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-        print(f"--- executor log ({log_path}) ---\n{executor.log_tail()}")
+        print(f"--- operator log (tail) ---\n{installed.operator_log(kube)}")
+        helm("uninstall", RELEASE, "--namespace", RELEASE_NAMESPACE, "--wait", "--timeout", "3m")
 
 
-@pytest.fixture(scope="session")
-def local_pools_installed(kube: k8s.ApiClient, local_executor: LocalExecutor) -> Iterator[list[str]]:
-    """CRDs, and the local-gpu / local-cpu ComputePools on the executor's nodes (removed afterwards)."""
-    install_crds(kube)
-    names = []
-    for name, spec in local_pools().items():
-        try:
-            create(kube, COMPUTE_POOL, None, body(COMPUTE_POOL, name, spec))
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-        names.append(name)
-    yield names
-    for name in names:
-        try:
-            resource_api(kube).delete_cluster_custom_object(GROUP, VERSION, COMPUTE_POOL.plural, name)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+@dataclass(frozen=True)
+class ModelVolume:
+    """The claim `models` of a test namespace and the directory behind it (what the nodes mount)."""
+
+    claim: str
+    path: Path
+
+    def file(self, uri: str) -> Path:
+        """The file a pvc://models/... URI names."""
+        return self.path / uri.removeprefix(f"pvc://{self.claim}/")
 
 
 @pytest.fixture
-def e2e_operator(local_pools_installed: list[str]) -> Iterator[KopfRunner]:
-    """The operator's handlers in a thread for one test, checked for a clean exit afterwards."""
-    with KopfRunner(["run", "--all-namespaces", "--standalone", "-m", "tandem.handlers"], timeout=60) as runner:
-        yield runner
-    assert runner.exception is None, runner.output[-4000:]
-    assert runner.exit_code == 0, runner.output[-4000:]
+def models(cluster: LocalCluster | ExternalCluster, kube: k8s.ApiClient, namespace: str) -> Iterator[ModelVolume]:
+    """A PersistentVolume both real nodes see, bound to the claim `models` in the test's namespace."""
+    if not isinstance(cluster, LocalCluster):
+        pytest.skip("model storage on the machine's disk needs the local cluster")
+    path = cluster.volumes_dir / namespace
+    path.mkdir(parents=True)
+    os.chown(path, WORKLOAD_UID, WORKLOAD_UID)
+    core = k8s.CoreV1Api(kube)
+    volume, claim = model_volume(namespace, str(path))
+    core.create_persistent_volume(volume)
+    core.create_namespaced_persistent_volume_claim(namespace, claim)
+    yield ModelVolume(claim["metadata"]["name"], path)
+    try:
+        core.delete_persistent_volume(volume["metadata"]["name"])
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+

@@ -7,11 +7,14 @@ need a second, private cluster (e.g. to check teardown) share one implementation
 
 from __future__ import annotations
 
+import atexit
 import os
+import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -104,6 +107,8 @@ class LocalCluster:
     state_dir: Path
     gpu_nodes: int = 2
     cpu_nodes: int = 3
+    real_nodes: bool = False
+    """Also start the real nodes (hack/nodes.sh): one cluster on the machine at a time can have them."""
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -125,6 +130,7 @@ class LocalCluster:
             TANDEM_CLUSTER_DIR=str(self.state_dir),
             TANDEM_GPU_NODES=str(self.gpu_nodes),
             TANDEM_CPU_NODES=str(self.cpu_nodes),
+            TANDEM_REAL_NODES="1" if self.real_nodes else "0",
             KUBECONFIG=str(self.kubeconfig),
         )
         return env
@@ -143,7 +149,12 @@ class LocalCluster:
             raise ClusterError(f"hack/cluster.sh {command} failed ({proc.returncode}):\n{proc.stdout}")
         return proc.stdout
 
-    def up(self, timeout: float = 300.0) -> str:
+    @property
+    def volumes_dir(self) -> Path:
+        """Where PersistentVolumes of this cluster keep their data (a directory every real node sees)."""
+        return self.state_dir / "volumes"
+
+    def up(self, timeout: float = 600.0) -> str:
         """Start the cluster (or keep the running one) and wait for all nodes Ready; returns the log."""
         return self._run("up", timeout)
 
@@ -190,3 +201,44 @@ class ExternalCluster:
     """A cluster someone else runs (TANDEM_KUBECONFIG): used as is, never stopped by the tests."""
 
     kubeconfig: Path
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextmanager
+def running(handle: LocalCluster | ExternalCluster) -> Iterator[LocalCluster | ExternalCluster]:
+    """Start a local cluster (an external one is used as is), export KUBECONFIG, and always stop it.
+
+    Stopped on failure, on Ctrl-C (pytest runs fixture teardown) and, as a last resort, at exit.
+    """
+    previous = os.environ.get("KUBECONFIG")
+    stopped = False
+
+    def stop() -> None:
+        nonlocal stopped
+        if isinstance(handle, LocalCluster) and not stopped:
+            stopped = True
+            handle.down()
+
+    atexit.register(stop)
+    # `timeout pytest ...` and CI cancellations send SIGTERM, which would skip teardown and leave the
+    # components running: turn it into the KeyboardInterrupt pytest already tears down on.
+    previous_sigterm = signal.getsignal(signal.SIGTERM)
+    if previous_sigterm == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        if isinstance(handle, LocalCluster):
+            handle.up()
+        os.environ["KUBECONFIG"] = str(handle.kubeconfig)
+        yield handle
+    finally:
+        if previous is None:
+            os.environ.pop("KUBECONFIG", None)
+        else:
+            os.environ["KUBECONFIG"] = previous
+        stop()
+        atexit.unregister(stop)
+        if previous_sigterm == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -1,10 +1,10 @@
-"""Profile Jobs for real: `tandem profile` runs as a pod on the local executor's CPU and "GPU" nodes.
+"""Profile Jobs for real: `tandem profile` runs in the server image on the real CPU and "GPU" nodes.
 
-The operator's own profile Job (tandem.build.profiling) for a tiny ONNX model in the shared claim is run by
-the executor on local-cpu and local-gpu; the operator's reader (tandem.profiling.observed) takes the figures
-from the pods' termination messages. This machine has no GPU: the local-gpu profile asked onnxruntime for
-CUDA, got the CPU, says so, and the decision's candidate for that pool is excluded with that note instead of
-being priced as GPU figures. (The full auto flow is in tests/integration/test_auto_placement.py on kwok,
+The operator's own profile Job (tandem.build.profiling) for a tiny ONNX model on the shared volume runs in
+real containers on real-cpu and real-gpu; the operator's reader (tandem.profiling.observed) takes the
+figures from the containers' termination messages. This machine has no GPU: the real-gpu profile asked
+onnxruntime for CUDA, got the CPU, says so, and the decision's candidate for that pool is excluded with that
+note instead of being priced as GPU figures. (The full auto flow is in tests/integration/test_auto_placement.py on kwok,
 where serving pods need no real image.)
 """
 
@@ -18,15 +18,14 @@ import pytest
 from kubernetes import client as k8s
 from onnx import TensorProto, helper
 
-from e2e.conftest import LocalExecutor
+from e2e.conftest import ModelVolume
 from support.cluster import wait_until
+from support.digits import CPU_POOL, GPU_POOL, real_pools
 from tandem.api.computepool import ComputePoolSpec
 from tandem.api.inferenceservice import InferenceServiceSpec, ServedModel, Slo
 from tandem.build import profiling as profiling_build
 from tandem.config import OperatorConfig
 from tandem.costing import decide, replica_rates
-from tandem.devexec.digits import CPU_POOL, GPU_POOL, MODEL_CLAIM, create_model_volume, local_pools
-from tandem.devexec.kubeapi import KubeApi
 from tandem.placement import pod_placement
 from tandem.profiling import observed
 
@@ -51,7 +50,7 @@ def tiny_model() -> bytes:
 def run_profile(
     api: k8s.ApiClient, namespace: str, pool_name: str, spec: InferenceServiceSpec, model: ServedModel
 ) -> observed.Observation:
-    pool = ComputePoolSpec.model_validate(local_pools()[pool_name])
+    pool = ComputePoolSpec.model_validate(real_pools()[pool_name])
     config = OperatorConfig.from_env()
     target = profiling_build.target(
         "tiny", namespace, "none", spec, model, pod_placement(pool_name, pool), pool, config
@@ -71,15 +70,12 @@ def run_profile(
 
 
 def test_profile_jobs_really_run_and_a_gpu_pool_without_a_gpu_is_reported(
-    kube: k8s.ApiClient, namespace: str, local_executor: LocalExecutor, local_pools_installed: list[str]
+    kube: k8s.ApiClient, namespace: str, models: ModelVolume
 ) -> None:
-    create_model_volume(KubeApi(kube), namespace)  # the scheduler places no pod whose claim is missing
     data = tiny_model()
     sha256 = hashlib.sha256(data).hexdigest()
-    claim = local_executor.claim_dir(namespace, MODEL_CLAIM)
-    claim.mkdir(parents=True, exist_ok=True)
-    (claim / "tiny.onnx").write_bytes(data)
-    uri = f"pvc://{MODEL_CLAIM}/tiny.onnx"
+    (models.path / "tiny.onnx").write_bytes(data)
+    uri = f"pvc://{models.claim}/tiny.onnx"
     spec = InferenceServiceSpec.model_validate(
         {
             "model": {"uri": uri, "sha256": sha256},
@@ -96,18 +92,18 @@ def test_profile_jobs_really_run_and_a_gpu_pool_without_a_gpu_is_reported(
     model = ServedModel(uri=uri, sha256=sha256)
 
     on_cpu = run_profile(kube, namespace, CPU_POOL, spec, model)
-    assert on_cpu.state == observed.ProfileState.SUCCEEDED, on_cpu.message + local_executor.log_tail()
+    assert on_cpu.state == observed.ProfileState.SUCCEEDED, on_cpu.message
     assert on_cpu.result is not None
     assert on_cpu.result.sha256 == sha256 and on_cpu.result.device == "cpu"
     assert on_cpu.result.threads == 1  # spec.runtime.threads reached the profiler as it reaches the server
     assert 0 < on_cpu.result.p99_latency_ms < 50 and on_cpu.result.throughput_per_replica > 100
 
     on_gpu = run_profile(kube, namespace, GPU_POOL, spec, model)
-    assert on_gpu.state == observed.ProfileState.SUCCEEDED, on_gpu.message + local_executor.log_tail()
+    assert on_gpu.state == observed.ProfileState.SUCCEEDED, on_gpu.message
     assert on_gpu.result is not None
     assert (on_gpu.result.requested_device, on_gpu.result.device) == ("cuda", "cpu")
 
-    pools = {name: ComputePoolSpec.model_validate(body) for name, body in local_pools().items()}
+    pools = {name: ComputePoolSpec.model_validate(body) for name, body in real_pools().items()}
     candidates = [
         observed.candidate(CPU_POOL, False, replica_rates(1, 0, pools[CPU_POOL]), on_cpu),
         observed.candidate(GPU_POOL, True, replica_rates(1, 1, pools[GPU_POOL]), on_gpu),

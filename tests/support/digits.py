@@ -1,6 +1,8 @@
 """The digits example as the end-to-end test and the demo drive it: pools, resources and a V2 client.
 
-Shared so the test (the specification) and the demo (the show) run exactly the same path.
+Shared so the test (the specification) and the demo (the show) run exactly the same path, on the local
+cluster's real nodes (hack/nodes.sh): real-gpu-0 and real-cpu-0, labelled tandem.dev/pool=real-gpu|real-cpu
+and tainted tandem.dev/real-node so that nothing else lands on them.
 """
 
 from __future__ import annotations
@@ -12,31 +14,27 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from tandem.devexec.nodes import EXECUTOR_LABEL, EXECUTOR_TAINT, EXECUTOR_VALUE, GPU_TAINT
-
-GPU_POOL = "local-gpu"
-CPU_POOL = "local-cpu"
+GPU_POOL = "real-gpu"
+CPU_POOL = "real-cpu"
 MODEL_CLAIM = "models"
+REAL_NODE_TOLERATION = {"key": "tandem.dev/real-node", "operator": "Exists", "effect": "NoSchedule"}
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 
-def toleration(taint: dict[str, str]) -> dict[str, str]:
-    return {"key": taint["key"], "operator": "Equal", "value": taint["value"], "effect": taint["effect"]}
-
-
-def local_pools() -> dict[str, dict[str, Any]]:
-    """ComputePool specs for the executor's nodes: they select and tolerate `tandem.dev/executor=local`."""
+def real_pools() -> dict[str, dict[str, Any]]:
+    """ComputePool specs for the real nodes: each selects its node's pool label and tolerates its taints."""
     return {
         GPU_POOL: {
-            "nodeSelector": {"tandem.dev/pool": "gpu", EXECUTOR_LABEL: EXECUTOR_VALUE},
+            "nodeSelector": {"tandem.dev/pool": GPU_POOL},
             "accelerator": "nvidia.com/gpu",
-            "tolerations": [toleration(GPU_TAINT), toleration(EXECUTOR_TAINT)],
+            "tolerations": [GPU_TOLERATION, REAL_NODE_TOLERATION],
             "role": "training",
             "price": {"acceleratorHour": 2.5, "coreHour": 0.02},
             "power": {"wattsPerAccelerator": 700, "wattsPerCore": 5},
         },
         CPU_POOL: {
-            "nodeSelector": {"tandem.dev/pool": "cpu", EXECUTOR_LABEL: EXECUTOR_VALUE},
-            "tolerations": [toleration(EXECUTOR_TAINT)],
+            "nodeSelector": {"tandem.dev/pool": CPU_POOL},
+            "tolerations": [REAL_NODE_TOLERATION],
             "role": "serving",
             "price": {"coreHour": 0.03},
             "power": {"wattsPerCore": 6},
@@ -54,7 +52,7 @@ def training_spec(workers: int = 2, args: list[str] | None = None, pool: str = G
         "model": {"output": f"pvc://{MODEL_CLAIM}/digits"},
         # One torch thread per worker, matching the 1-CPU request. torch sizes its pool by the cores it
         # sees, not by a CPU limit; two gloo workers on a shared 2-core machine then ran 50x slower
-        # (61 vs 3000 samples/s). See docs/executor.md.
+        # (61 vs 3000 samples/s).
         "env": [{"name": "OMP_NUM_THREADS", "value": "1"}],
     }
 
@@ -64,7 +62,9 @@ def serving_spec(training_job: str, pool: str = CPU_POOL) -> dict[str, Any]:
         "model": {"fromTrainingJob": {"name": training_job}},
         "pool": pool,
         "replicas": {"min": 1, "max": 1},
-        "resources": {"cpu": "1", "memory": "1Gi"},
+        # Half a core: the CPU node's two cores then fit the old replica, its surge replacement during a
+        # rollout, CoreDNS and the operator.
+        "resources": {"cpu": "500m", "memory": "1Gi"},
     }
 
 
@@ -107,25 +107,24 @@ def accuracy(prediction: Prediction, labels: npt.NDArray[np.int64]) -> float:
     return float((prediction.labels == labels).mean())
 
 
-def model_volume(namespace: str, claim: str = MODEL_CLAIM) -> list[dict[str, Any]]:
+def model_volume(namespace: str, path: str, claim: str = MODEL_CLAIM) -> list[dict[str, Any]]:
     """A PersistentVolume pre-bound to a claim, and the claim: what `pvc://models/...` needs to schedule.
 
-    The scheduler only places a pod whose claim is bound; the dev cluster has no provisioner, so the
-    volume is created bound (claimRef + volumeName). The executor maps the claim to its own directory
-    (<state>/pvc/<namespace>/<claim>); the hostPath here only describes that.
+    The volume is a directory on this machine that both real nodes mount, as a shared filesystem would be
+    between machines; it must exist and be writable by the workloads' user (65532) before pods start.
     """
     volume = f"{claim}-{namespace}"[:63]
     return [
         {
             "apiVersion": "v1",
             "kind": "PersistentVolume",
-            "metadata": {"name": volume, "labels": {"tandem.dev/executor": "local"}},
+            "metadata": {"name": volume},
             "spec": {
                 "capacity": {"storage": "1Gi"},
                 "accessModes": ["ReadWriteMany"],
-                "persistentVolumeReclaimPolicy": "Delete",
+                "persistentVolumeReclaimPolicy": "Retain",
                 "storageClassName": "",
-                "hostPath": {"path": f"/tandem-devexec/pvc/{namespace}/{claim}"},
+                "hostPath": {"path": path, "type": "Directory"},
                 "claimRef": {"namespace": namespace, "name": claim},
             },
         },
@@ -141,20 +140,3 @@ def model_volume(namespace: str, claim: str = MODEL_CLAIM) -> list[dict[str, Any
             },
         },
     ]
-
-
-def create_model_volume(api: Any, namespace: str) -> None:
-    """Create `model_volume(namespace)` through a tandem.devexec.kubeapi.KubeApi (existing objects kept)."""
-    from kubernetes.client.exceptions import ApiException
-
-    for obj in model_volume(namespace):
-        path = (
-            "/api/v1/persistentvolumes"
-            if obj["kind"] == "PersistentVolume"
-            else f"/api/v1/namespaces/{namespace}/persistentvolumeclaims"
-        )
-        try:
-            api.call("POST", path, obj)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
