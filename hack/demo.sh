@@ -1,96 +1,76 @@
 #!/usr/bin/env bash
-# `make demo`: the digits example end to end on a local cluster, for real.
+# `make demo`: the digits example end to end on a local cluster with real nodes, in real containers.
 #
 #   hack/demo.sh [--keep]
 #
-# Builds or reuses the local control plane (hack/cluster.sh), installs Tandem's CRDs and two ComputePools on
-# the local executor's nodes (local-gpu, local-cpu), starts the executor (pods run as local processes) and
-# the operator, trains the digits example with two workers, serves it, and prints a summary. Cleans up
-# everything it started; with --keep the cluster, executor and operator keep running and it says how to
-# reach them. Environment: TANDEM_CLUSTER_DIR (default <repo>/.tandem/cluster), TANDEM_DEMO_DIR
-# (default <repo>/.tandem/demo), TANDEM_DEMO_REQUESTS (latency sample, default 500). See docs/demo.md.
+# Builds what is missing (Go binaries, container images; cached after the first run), starts the local
+# cluster with its two real nodes (hack/cluster.sh, hack/nodes.sh) or reuses a running one, installs Tandem
+# with its Helm chart (hack/node/tandem-values.yaml), trains the digits example with two workers on the GPU
+# node, serves it on the CPU node, and prints a summary measured through the Service. Cleans up everything
+# it started; with --keep the cluster and the release keep running and it says how to reach them.
+# Environment: TANDEM_CLUSTER_DIR (default <repo>/.tandem/cluster), TANDEM_DEMO_REQUESTS (latency sample,
+# default 500). See docs/demo.md.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-# A fresh machine gets its environment here (cached after the first run, like the control plane below).
+T0=$SECONDS
+say() { printf '[demo %4ss] %s\n' "$((SECONDS - T0))" "$*" >&2; }
+
+say "python environment"
 VENV="${TANDEM_VENV:-$("$ROOT/hack/python-env.sh")}"
-PY="$VENV/bin/python"
-DEMO="$(realpath -m "${TANDEM_DEMO_DIR:-$ROOT/.tandem/demo}")"
 export TANDEM_CLUSTER_DIR="$(realpath -m "${TANDEM_CLUSTER_DIR:-$ROOT/.tandem/cluster}")"
+NAMESPACE=tandem-demo
 KEEP=0
 [ "${1:-}" = "--keep" ] && KEEP=1
 STARTED_CLUSTER=0
-PIDS=()
-T0=$SECONDS
-
-say() { printf '[demo %4ss] %s\n' "$((SECONDS - T0))" "$*" >&2; }
+INSTALLED=0
 
 cleanup() {
   local rc=$?
   if [ "$KEEP" = 1 ] && [ "$rc" = 0 ]; then
     say "kept running (--keep):"
-    say "  export KUBECONFIG=$TANDEM_CLUSTER_DIR/kubeconfig; kubectl get tj,infsvc -n tandem-demo"
-    say "  executor pid ${PIDS[0]:-?} (log $DEMO/executor.log), operator pid ${PIDS[1]:-?} (log $DEMO/operator.log)"
-    say "  stop: kill ${PIDS[*]:-}; hack/cluster.sh down"
+    say "  export KUBECONFIG=$TANDEM_CLUSTER_DIR/kubeconfig; kubectl get tj,infsvc,pods -n $NAMESPACE -o wide"
+    say "  stop: $BIN/helm uninstall tandem -n tandem-system; hack/cluster.sh down"
     return
   fi
   say "cleaning up"
-  if [ -f "$TANDEM_CLUSTER_DIR/kubeconfig" ] && [ "$STARTED_CLUSTER" = 0 ]; then
-    "$KUBECTL" --kubeconfig "$TANDEM_CLUSTER_DIR/kubeconfig" delete namespace tandem-demo --wait=false >/dev/null 2>&1 || true
-    "$KUBECTL" --kubeconfig "$TANDEM_CLUSTER_DIR/kubeconfig" delete computepools local-gpu local-cpu >/dev/null 2>&1 || true
+  if [ "$STARTED_CLUSTER" = 1 ]; then
+    "$ROOT/hack/cluster.sh" down >/dev/null 2>&1 || true
+  elif [ -n "${BIN:-}" ] && [ -f "$TANDEM_CLUSTER_DIR/kubeconfig" ]; then
+    "$BIN/kubectl" delete namespace "$NAMESPACE" --wait=true --timeout=120s >/dev/null 2>&1 || true
+    "$BIN/kubectl" delete pv -l tandem.dev/demo=true >/dev/null 2>&1 || true
+    [ "$INSTALLED" = 1 ] && "$BIN/helm" uninstall tandem -n tandem-system --wait >/dev/null 2>&1 || true
   fi
-  local pid
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    kill -KILL "$pid" 2>/dev/null || true
-  done
-  if [ "$STARTED_CLUSTER" = 1 ]; then "$ROOT/hack/cluster.sh" down >/dev/null 2>&1 || true; fi
-  [ "$rc" = 0 ] || say "failed (exit $rc); logs in $DEMO"
+  [ "$rc" = 0 ] || say "failed (exit $rc); cluster logs in $TANDEM_CLUSTER_DIR/logs and $TANDEM_CLUSTER_DIR/nodes/logs"
 }
 trap cleanup EXIT
 
-mkdir -p "$DEMO"
+say "Kubernetes binaries (cold: built from Go modules, 15-30 min; warm: seconds)"
 BIN="$("$ROOT/hack/build-tools.sh" | tail -n1)"
-KUBECTL="$BIN/kubectl"
+export TANDEM_BIN_DIR="$BIN" KUBECONFIG="$TANDEM_CLUSTER_DIR/kubeconfig"
+say "container images (cold: ~20 min; warm: seconds)"
+"$ROOT/hack/images.sh" build >/dev/null
 
 say "cluster: $TANDEM_CLUSTER_DIR"
 if "$ROOT/hack/cluster.sh" status >/dev/null 2>&1; then
+  "$BIN/kubectl" get node real-gpu-0 real-cpu-0 >/dev/null 2>&1 \
+    || { say "the running cluster has no real nodes: stop it (hack/cluster.sh down) and run again"; exit 1; }
   say "  reusing the running cluster"
 else
   STARTED_CLUSTER=1
-  TANDEM_GPU_NODES="${TANDEM_GPU_NODES:-1}" TANDEM_CPU_NODES="${TANDEM_CPU_NODES:-1}" \
+  TANDEM_GPU_NODES="${TANDEM_GPU_NODES:-0}" TANDEM_CPU_NODES="${TANDEM_CPU_NODES:-0}" \
     "$ROOT/hack/cluster.sh" up 2>&1 | sed 's/^/  /' >&2
 fi
-export KUBECONFIG="$TANDEM_CLUSTER_DIR/kubeconfig"
-k() { "$KUBECTL" "$@"; }
 
-say "installing Tandem's CRDs (manifests/crds) and the local pools"
-k apply --server-side -f "$ROOT/manifests/crds" >/dev/null
-k wait --for=condition=Established crd --all --timeout=60s >/dev/null
-"$PY" - <<'PYEOF' | k apply --server-side -f - >/dev/null
-import json
-from tandem.devexec.digits import local_pools
-items = [{"apiVersion": "tandem.dev/v1alpha1", "kind": "ComputePool", "metadata": {"name": n}, "spec": s}
-         for n, s in local_pools().items()]
-print(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
-PYEOF
+say "helm install tandem (charts/tandem, values hack/node/tandem-values.yaml)"
+# A re-run starts from a clean slate.
+"$BIN/kubectl" delete namespace "$NAMESPACE" --ignore-not-found --wait=true --timeout=120s >/dev/null
+"$BIN/kubectl" delete pv -l tandem.dev/demo=true >/dev/null
+"$BIN/helm" upgrade --install tandem "$ROOT/charts/tandem" --namespace tandem-system --create-namespace \
+  --values "$ROOT/hack/node/tandem-values.yaml" --wait --timeout 5m >/dev/null
+INSTALLED=1
+"$BIN/kubectl" -n tandem-system get pods -o wide | sed 's/^/  /' >&2
 
-say "starting the local executor (nodes local-gpu-0, local-cpu-0; log $DEMO/executor.log)"
-"$PY" -m tandem.devexec --kubeconfig "$KUBECONFIG" --state-dir "$DEMO/executor" > "$DEMO/executor.log" 2>&1 &
-PIDS+=($!)
-say "starting the operator (log $DEMO/operator.log)"
-"$VENV/bin/tandem" operator --metrics-port 0 --health-port 0 > "$DEMO/operator.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 1 120); do  # the nodes appear once the executor has registered them
-  k get node local-gpu-0 local-cpu-0 >/dev/null 2>&1 && break
-  sleep 0.5
-done
-k wait --for=condition=Ready node/local-gpu-0 node/local-cpu-0 --timeout=60s >/dev/null
-
-# A re-run with the same names starts from a clean slate.
-k delete namespace tandem-demo --ignore-not-found --wait=true --timeout=120s >/dev/null
-
-"$PY" -m tandem.devexec.walkthrough --kubeconfig "$KUBECONFIG" --namespace tandem-demo \
-  --requests "${TANDEM_DEMO_REQUESTS:-500}"
+PYTHONPATH="$ROOT/tests:$ROOT/operator" "$VENV/bin/python" -m support.walkthrough \
+  --namespace "$NAMESPACE" --volumes "$TANDEM_CLUSTER_DIR/volumes" --requests "${TANDEM_DEMO_REQUESTS:-500}"
 say "done in $((SECONDS - T0))s"

@@ -236,6 +236,12 @@ cmd_load() {
       fi
       ctr --address "$socket" --namespace k8s.io images tag --force "$(ref_of "$name")" \
         "$REPOSITORY/tandem-$name:$VERSION" >&2
+      # Superseded builds go, so that a kept store does not grow by an image per code change.
+      local old
+      for old in $(ctr --address "$socket" --namespace k8s.io images ls -q \
+        | grep -E "^$REPOSITORY/tandem-$name:$VERSION-[0-9a-f]+\$" | grep -vxF "$(ref_of "$name")" || true); do
+        ctr --address "$socket" --namespace k8s.io images rm "$old" > /dev/null
+      done
     else
       say "$name: loading into podman"
       podman load --quiet --input "$archive" >&2

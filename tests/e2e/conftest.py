@@ -8,13 +8,11 @@ Services and kube-proxy.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from kubernetes import client as k8s
@@ -22,7 +20,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from support.cluster import ExternalCluster, LocalCluster, running
-from support.digits import CPU_POOL, REAL_NODE_TOLERATION, model_volume, real_pools
+from support.digits import RELEASE_VALUES, model_volume
 
 RELEASE = "tandem"
 RELEASE_NAMESPACE = "tandem-system"
@@ -53,25 +51,10 @@ def kube(cluster: LocalCluster | ExternalCluster) -> Iterator[k8s.ApiClient]:
 def helm(*args: str, timeout: float = 600) -> str:
     """Run the helm built by hack/build-tools.sh; fail with its output."""
     binary = Path(os.environ["TANDEM_BIN_DIR"]) / "helm"
-    proc = subprocess.run(
-        [str(binary), *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
+    proc = subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=timeout, check=False)
     if proc.returncode != 0:
         raise AssertionError(f"helm {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc.stdout
-
-
-def release_values() -> dict[str, Any]:
-    """What a platform team would set for this cluster: images never pulled, the operator on the CPU node,
-    and pools for the real nodes instead of the chart's example ones."""
-    pools: dict[str, Any] = {"gpu": {"enabled": False}, "cpu": {"enabled": False}}
-    pools.update({name: {"enabled": True, "spec": spec} for name, spec in real_pools().items()})
-    return {
-        "image": {"pullPolicy": "Never"},
-        "nodeSelector": {"tandem.dev/pool": CPU_POOL},
-        "tolerations": [REAL_NODE_TOLERATION],
-        "computePools": pools,
-    }
 
 
 @dataclass(frozen=True)
@@ -92,17 +75,22 @@ class Release:
 
 
 @pytest.fixture(scope="package")
-def release(
-    cluster: LocalCluster | ExternalCluster, kube: k8s.ApiClient, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Release]:
-    """`helm install` of charts/tandem with release_values(), waited on; uninstalled afterwards."""
-    values = tmp_path_factory.mktemp("release") / "values.json"
-    values.write_text(json.dumps(release_values()))
+def release(kube: k8s.ApiClient) -> Iterator[Release]:
+    """`helm install` of charts/tandem with the real nodes' values (hack/node/tandem-values.yaml), waited on."""
     installed = Release(RELEASE, RELEASE_NAMESPACE)
     try:
         helm(
-            "install", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE, "--create-namespace",
-            "--values", str(values), "--wait", "--timeout", "5m",
+            "install",
+            RELEASE,
+            str(CHART),
+            "--namespace",
+            RELEASE_NAMESPACE,
+            "--create-namespace",
+            "--values",
+            str(RELEASE_VALUES),
+            "--wait",
+            "--timeout",
+            "5m",
         )
         yield installed
     finally:
@@ -140,4 +128,3 @@ def models(cluster: LocalCluster | ExternalCluster, kube: k8s.ApiClient, namespa
     except ApiException as exc:
         if exc.status != 404:
             raise
-

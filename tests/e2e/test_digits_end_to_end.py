@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
-import time
 from collections import Counter
 from typing import Any
 

@@ -9,37 +9,24 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import yaml
 
 GPU_POOL = "real-gpu"
 CPU_POOL = "real-cpu"
 MODEL_CLAIM = "models"
-REAL_NODE_TOLERATION = {"key": "tandem.dev/real-node", "operator": "Exists", "effect": "NoSchedule"}
-GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+RELEASE_VALUES = Path(__file__).resolve().parents[2] / "hack" / "node" / "tandem-values.yaml"
+"""The Helm values that install Tandem on the real nodes; their pools are the ones used here."""
 
 
 def real_pools() -> dict[str, dict[str, Any]]:
-    """ComputePool specs for the real nodes: each selects its node's pool label and tolerates its taints."""
-    return {
-        GPU_POOL: {
-            "nodeSelector": {"tandem.dev/pool": GPU_POOL},
-            "accelerator": "nvidia.com/gpu",
-            "tolerations": [GPU_TOLERATION, REAL_NODE_TOLERATION],
-            "role": "training",
-            "price": {"acceleratorHour": 2.5, "coreHour": 0.02},
-            "power": {"wattsPerAccelerator": 700, "wattsPerCore": 5},
-        },
-        CPU_POOL: {
-            "nodeSelector": {"tandem.dev/pool": CPU_POOL},
-            "tolerations": [REAL_NODE_TOLERATION],
-            "role": "serving",
-            "price": {"coreHour": 0.03},
-            "power": {"wattsPerCore": 6},
-        },
-    }
+    """ComputePool specs for the real nodes, as the release values define them."""
+    pools = yaml.safe_load(RELEASE_VALUES.read_text())["computePools"]
+    return {name: pool["spec"] for name, pool in pools.items() if pool.get("enabled")}
 
 
 def training_spec(workers: int = 2, args: list[str] | None = None, pool: str = GPU_POOL) -> dict[str, Any]:
@@ -118,7 +105,7 @@ def model_volume(namespace: str, path: str, claim: str = MODEL_CLAIM) -> list[di
         {
             "apiVersion": "v1",
             "kind": "PersistentVolume",
-            "metadata": {"name": volume},
+            "metadata": {"name": volume, "labels": {"tandem.dev/demo": "true"}},
             "spec": {
                 "capacity": {"storage": "1Gi"},
                 "accessModes": ["ReadWriteMany"],
