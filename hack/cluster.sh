@@ -168,8 +168,8 @@ start_controllers() {
     --kubeconfig "$kcfg" --authentication-kubeconfig "$kcfg" --authorization-kubeconfig "$kcfg" \
     --bind-address 127.0.0.1 --secure-port "$SCHED_PORT" --cert-dir "$DIR/sched-certs" \
     --leader-elect=false --profiling=false
-  # kwok manages only nodes annotated kwok.x-k8s.io/node=fake (and their pods): a node run by the
-  # local executor, without that annotation, is left alone.
+  # kwok manages only nodes annotated kwok.x-k8s.io/node=fake (and their pods): the real nodes
+  # (hack/nodes.sh), without that annotation, are left alone.
   start kwok "$BIN/kwok" --kubeconfig "$kcfg" --config "$STAGES" \
     --manage-all-nodes=false --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
     --node-lease-duration-seconds 40 --cidr 10.244.0.0/16 --node-ip 10.255.0.1

@@ -31,6 +31,7 @@ ND="$DIR/nodes"
 # image anew for every cluster would cost minutes each time.
 STORE="$CACHE/node-store"
 INFRA="$CACHE/images/infra"
+SOCKETS=/run/tandem-nodes
 
 POD_NET=10.88.0.0/16
 API_ADDR=10.88.255.1
@@ -58,7 +59,8 @@ node_vars() {
   esac
   NODE_DIR="$ND/$NAME"
   NS_FILE="$ND/ns/$NAME"
-  SOCK="$NODE_DIR/containerd.sock"
+  # A short fixed path: containerd refuses socket paths over 104 bytes, and state dirs can be long.
+  SOCK="$SOCKETS/$NAME/containerd.sock"
   CGROUP_ROOT="/tandem-$NAME"
 }
 
@@ -98,19 +100,24 @@ stop() { # stop NAME...: SIGTERM, then SIGKILL after 20 s
   done
 }
 
-# Every process whose command line names the nodes' directory (containerd shims included).
+# Every process whose command line names the nodes' directory or sockets (containerd shims included).
 our_processes() {
-  local p
+  local p cmdline
   for p in /proc/[0-9]*; do
-    tr '\0' ' ' < "$p/cmdline" 2>/dev/null | grep -qF "$ND/" && echo "${p#/proc/}"
+    cmdline="$(tr '\0' ' ' < "$p/cmdline" 2> /dev/null)" || continue
+    if [[ "$cmdline" == *"$ND/"* || "$cmdline" == *"$SOCKETS/"* ]]; then echo "${p#/proc/}"; fi
   done
   return 0
 }
 
-wait_for() { # wait_for WHAT TIMEOUT_S COMMAND...
+wait_for() { # wait_for WHAT TIMEOUT_S COMMAND...: a component WHAT that exits fails at once, with its log
   local what="$1" timeout="$2"; shift 2
   local deadline=$((SECONDS + timeout))
   until "$@" > /dev/null 2>&1; do
+    if [ -f "$ND/pids/$what.pid" ] && ! alive "$(pid_of "$what")"; then
+      tail -n 5 "$ND/logs/$what.log" >&2 || true
+      die "$what exited (log: $ND/logs/$what.log)"
+    fi
     [ "$SECONDS" -lt "$deadline" ] || die "$what not ready after ${timeout}s (logs: $ND/logs)"
     sleep 0.2
   done
@@ -404,6 +411,7 @@ EOF
 node_up() {
   node_vars "$1"
   mkdir -p "$NODE_DIR"
+  mkdir -p "$(dirname "$SOCK")"
   write_node_config
   mount_namespace
   cgroups_up
@@ -525,7 +533,7 @@ cmd_down() {
     while read -r path; do rmdir "$path" 2> /dev/null || true; done < "$ND/created-dirs"
     rm -f "$ND/created-dirs"
   fi
-  rm -rf "$ND/pids"
+  rm -rf "$ND/pids" "$SOCKETS"
 }
 
 cmd_leftovers() {
@@ -552,6 +560,7 @@ cmd_leftovers() {
   pids="$(our_processes)"
   [ -n "$pids" ] && report "processes $pids"
   [ -f "$ND/network.env" ] && report "ip_forward not restored"
+  [ -e "$SOCKETS" ] && report "directory $SOCKETS"
   return "$found"
 }
 

@@ -241,7 +241,7 @@ def test_deleting_an_owner_garbage_collects_its_children(kube: k8s.ApiClient, na
 def test_kwok_leaves_nodes_without_the_fake_annotation_and_their_pods_alone(
     kube: k8s.ApiClient, namespace: str
 ) -> None:
-    """A node served by something else (the local executor, later) must not be driven by kwok."""
+    """A node served by something else (a real kubelet) must not be driven by kwok."""
     core, _, _ = _apis(kube)
     node_name = f"real-{namespace}"[:63]
     core.create_node(

@@ -118,7 +118,11 @@ def main(kubeconfig: str, volumes: Path, namespace: str, workers: int, count: in
     say(f"TrainingJob digits: {workers} workers, `tandem train digits` -> pvc://models/digits")
     demo.apply(TRAINING_JOB, "digits", training_spec(workers=workers))
     trained = demo.wait(
-        TRAINING_JOB, "digits", lambda o: (o.get("status") or {}).get("phase") in ("Succeeded", "Failed"), "done", timeout
+        TRAINING_JOB,
+        "digits",
+        lambda o: (o.get("status") or {}).get("phase") in ("Succeeded", "Failed"),
+        "done",
+        timeout,
     )
     tj = trained["status"]
     if tj.get("phase") != "Succeeded":
@@ -136,7 +140,9 @@ def main(kubeconfig: str, volumes: Path, namespace: str, workers: int, count: in
     prediction = predict(address, "digits", pixels)
     served_accuracy = accuracy(prediction, labels)
     say(f"measuring latency over {count} one-digit requests through the Service")
-    latencies = [predict(address, "digits", pixels[i % len(pixels) : i % len(pixels) + 1]).seconds for i in range(count)]
+    latencies = [
+        predict(address, "digits", pixels[i % len(pixels) : i % len(pixels) + 1]).seconds for i in range(count)
+    ]
     p50, p99 = (float(np.percentile(latencies, q)) * 1000 for q in (50, 99))
 
     print("\n=== Tandem demo summary ===")

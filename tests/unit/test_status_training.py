@@ -31,10 +31,13 @@ def _pod(
     finished: datetime | None = None,
     gpus: int = 1,
     cpu: str = "2",
+    reason: str | None = None,
 ) -> dict[str, Any]:
     state: dict[str, Any] = {}
     if phase in ("Succeeded", "Failed"):
         terminated: dict[str, Any] = {"exitCode": exit_code}
+        if reason is not None:
+            terminated["reason"] = reason
         if message is not None:
             terminated["message"] = message
         if finished is not None:
@@ -186,6 +189,15 @@ def test_failed_job_reports_the_training_failure_and_exit_code(
 def test_failure_message_falls_back_to_the_raw_termination_message() -> None:
     message = failure_message([_pod("Failed", index=2, message="Traceback: CUDA out of memory", exit_code=1)])
     assert message == "worker 2 exited with code 1: Traceback: CUDA out of memory"
+
+
+def test_an_oom_killed_worker_is_named_with_what_to_change() -> None:
+    """The log tail of a killed worker (FallbackToLogsOnError) says nothing of the cause; the runtime does."""
+    pod = _pod("Failed", index=1, message="epoch 3 loss 0.41", exit_code=137, reason="OOMKilled")
+    message = failure_message([pod])
+    assert message is not None
+    assert message.startswith("worker 1 was OOMKilled (exit code 137)")
+    assert "spec.resources.memory" in message
 
 
 def test_failure_message_is_the_newest_failed_worker(now: datetime) -> None:

@@ -68,15 +68,24 @@ def read_artifact(pods: list[dict[str, Any]]) -> ModelArtifact | None:
 
 
 def failure_message(pods: list[dict[str, Any]]) -> str | None:
-    """What the newest failed worker said: a TrainingFailure's error, else its raw termination message."""
+    """What the newest failed worker said: a TrainingFailure's error, else its raw termination message.
+
+    A worker the kernel killed for its memory limit said nothing of use (its log tail, at best): the
+    runtime's OOMKilled reason is the message, with what to change.
+    """
     failed = [pod for pod in pods if (pod.get("status") or {}).get("phase") == "Failed"]
     failed.sort(key=lambda pod: str((_terminated(pod) or {}).get("finishedAt") or ""))
     for pod in reversed(failed):
         terminated = _terminated(pod) or {}
+        exit_code = terminated.get("exitCode")
+        if terminated.get("reason") == "OOMKilled":
+            return (
+                f"worker {_index(pod) or '?'} was OOMKilled (exit code {exit_code}): it needed more memory than "
+                "its limit; raise spec.resources.memory"
+            )
         message = str(terminated.get("message") or "").strip()
         if not message:
             continue
-        exit_code = terminated.get("exitCode")
         try:
             failure = TrainingFailure.model_validate_json(message)
             text = f"{failure.reason}: {failure.error}"
