@@ -17,6 +17,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DIR="$(realpath -m "${TANDEM_CLUSTER_DIR:-$ROOT/.tandem/cluster}")"
+RUN_DIR="$DIR"
 GPU_NODES="${TANDEM_GPU_NODES:-2}"
 CPU_NODES="${TANDEM_CPU_NODES:-3}"
 REAL_NODES="${TANDEM_REAL_NODES:-1}"
@@ -30,45 +31,7 @@ SAY_AS=cluster
 
 # --- processes -------------------------------------------------------------------------------------
 
-pid_of() { [ -f "$DIR/pids/$1.pid" ] && cat "$DIR/pids/$1.pid" || true; }
-
-# alive PID: the pid runs one of our binaries (guards against pid reuse after a reboot or long idle).
-alive() {
-  local pid="$1"
-  local cmdline
-  [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
-  cmdline="$(tr '\0' ' ' 2>/dev/null < "/proc/$pid/cmdline")" || return 1
-  [[ "$cmdline" == *"$DIR/"* ]]
-}
-
-# start NAME BINARY ARGS...: runs the component in its own session (so `down` can signal its whole
-# process group), logs to logs/NAME.log, records the pid.
-start() {
-  local name="$1"; shift
-  setsid "$@" > "$DIR/logs/$name.log" 2>&1 < /dev/null &
-  echo $! > "$DIR/pids/$name.pid"
-}
-
-stop_all() {
-  local name pid deadline
-  for name in $(printf '%s\n' "${COMPONENTS[@]}" | tac); do
-    pid="$(pid_of "$name")"
-    if alive "$pid"; then
-      kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-    fi
-  done
-  deadline=$((SECONDS + 15))
-  for name in "${COMPONENTS[@]}"; do
-    pid="$(pid_of "$name")"
-    while alive "$pid" && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
-    if alive "$pid"; then
-      say "$name ($pid) ignored SIGTERM, killing"
-      kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-      while alive "$pid"; do sleep 0.1; done
-    fi
-    rm -f "$DIR/pids/$name.pid"
-  done
-}
+stop_all() { stop $(printf '%s\n' "${COMPONENTS[@]}" | tac); }
 
 # --- certificates ----------------------------------------------------------------------------------
 
@@ -106,21 +69,6 @@ resolve_bin() {
   local b
   for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kubelet kube-proxy coredns crictl; do
     [ -x "$BIN/$b" ] || die "missing $BIN/$b"
-  done
-}
-
-# wait_for WHAT TIMEOUT_S COMMAND...: poll COMMAND; when WHAT is a component that died, fail at once and
-# show the end of its log instead of waiting out the timeout.
-wait_for() {
-  local what="$1" timeout="$2"; shift 2
-  local deadline=$((SECONDS + timeout))
-  until "$@" > /dev/null 2>&1; do
-    if [ -f "$DIR/pids/$what.pid" ] && ! alive "$(pid_of "$what")"; then
-      tail -n 20 "$DIR/logs/$what.log" >&2 || true
-      die "$what exited (log: $DIR/logs/$what.log)"
-    fi
-    [ "$SECONDS" -lt "$deadline" ] || die "$what not ready after ${timeout}s (logs: $DIR/logs)"
-    sleep 0.2
   done
 }
 

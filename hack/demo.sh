@@ -38,18 +38,22 @@ cleanup() {
     "$ROOT/hack/cluster.sh" down >/dev/null 2>&1 || true
   elif [ -n "${BIN:-}" ] && [ -f "$TANDEM_CLUSTER_DIR/kubeconfig" ]; then
     "$BIN/kubectl" delete namespace "$NAMESPACE" --wait=true --timeout=120s >/dev/null 2>&1 || true
-    "$BIN/kubectl" delete pv -l tandem.dev/demo=true >/dev/null 2>&1 || true
     [ "$INSTALLED" = 1 ] && "$BIN/helm" uninstall tandem -n tandem-system --wait >/dev/null 2>&1 || true
   fi
   [ "$rc" = 0 ] || say "failed (exit $rc); cluster logs in $TANDEM_CLUSTER_DIR/logs and $TANDEM_CLUSTER_DIR/nodes/logs"
 }
 trap cleanup EXIT
 
-say "Kubernetes binaries (cold: built from Go modules, 15-30 min; warm: seconds)"
+# The two cold builds overlap (as in hack/test.sh): the Go build is CPU-bound, the image build mostly copies
+# and compresses files.
+say "container images, in the background (cold: ~20 min; warm: seconds)"
+"$ROOT/hack/images.sh" build >/dev/null &
+IMAGES=$!
+say "Kubernetes binaries (cold: built from Go modules, 30-35 min; warm: seconds)"
 BIN="$("$ROOT/hack/build-tools.sh" | tail -n1)"
 export TANDEM_BIN_DIR="$BIN" KUBECONFIG="$TANDEM_CLUSTER_DIR/kubeconfig"
-say "container images (cold: ~20 min; warm: seconds)"
-"$ROOT/hack/images.sh" build >/dev/null
+say "waiting for the container images"
+wait "$IMAGES"
 
 say "cluster: $TANDEM_CLUSTER_DIR"
 if "$ROOT/hack/cluster.sh" status >/dev/null 2>&1; then
@@ -65,12 +69,11 @@ fi
 say "helm install tandem (charts/tandem, values hack/node/tandem-values.yaml)"
 # A re-run starts from a clean slate.
 "$BIN/kubectl" delete namespace "$NAMESPACE" --ignore-not-found --wait=true --timeout=120s >/dev/null
-"$BIN/kubectl" delete pv -l tandem.dev/demo=true >/dev/null
 "$BIN/helm" upgrade --install tandem "$ROOT/charts/tandem" --namespace tandem-system --create-namespace \
   --values "$ROOT/hack/node/tandem-values.yaml" --wait --timeout 5m >/dev/null
 INSTALLED=1
 "$BIN/kubectl" -n tandem-system get pods -o wide | sed 's/^/  /' >&2
 
 PYTHONPATH="$ROOT/tests:$ROOT/operator" "$VENV/bin/python" -m support.walkthrough \
-  --namespace "$NAMESPACE" --volumes "$TANDEM_CLUSTER_DIR/volumes" --requests "${TANDEM_DEMO_REQUESTS:-500}"
+  --namespace "$NAMESPACE" --requests "${TANDEM_DEMO_REQUESTS:-500}"
 say "done in $((SECONDS - T0))s"

@@ -3,7 +3,8 @@
 # bridge, kube-proxy in iptables mode and CoreDNS, all on this machine beside the kwok nodes.
 #
 #   hack/nodes.sh network-up   the API server's pod-reachable address (run before the API server starts)
-#   hack/nodes.sh up           node images, bridges, containerd + kubelet per node, kube-proxy, CoreDNS
+#   hack/nodes.sh up           node images, bridges, containerd + kubelet per node, kube-proxy, CoreDNS,
+#                              the volume provisioner (hack/node/volumes.py)
 #   hack/nodes.sh down         stop all of it and remove what it created (mounts, links, chains, cgroups)
 #   hack/nodes.sh leftovers    print what a `down` left behind; exit 1 when anything is
 #
@@ -27,6 +28,7 @@ SAY_AS=nodes
 DIR="$(realpath -m "${TANDEM_CLUSTER_DIR:-$ROOT/.tandem/cluster}")"
 CACHE="${TANDEM_CACHE:-$HOME/.cache/tandem}"
 ND="$DIR/nodes"
+RUN_DIR="$ND"
 # The node containerds' image stores outlive a cluster, as a node image would: importing the 6 GB trainer
 # image anew for every cluster would cost minutes each time.
 STORE="$CACHE/node-store"
@@ -66,40 +68,6 @@ node_vars() {
 
 # --- processes -------------------------------------------------------------------------------------
 
-pid_of() { [ -f "$ND/pids/$1.pid" ] && cat "$ND/pids/$1.pid" || true; }
-
-alive() {
-  local pid="$1" cmdline
-  [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
-  cmdline="$(tr '\0' ' ' 2>/dev/null < "/proc/$pid/cmdline")" || return 1
-  [[ "$cmdline" == *"$ND/"* ]]
-}
-
-start() { # start NAME COMMAND...: in its own session, logged to nodes/logs/NAME.log
-  local name="$1"; shift
-  setsid "$@" > "$ND/logs/$name.log" 2>&1 < /dev/null &
-  echo $! > "$ND/pids/$name.pid"
-}
-
-stop() { # stop NAME...: SIGTERM, then SIGKILL after 20 s
-  local name pid deadline
-  for name in "$@"; do
-    pid="$(pid_of "$name")"
-    alive "$pid" && kill -TERM "$pid" 2>/dev/null || true
-  done
-  deadline=$((SECONDS + 20))
-  for name in "$@"; do
-    pid="$(pid_of "$name")"
-    while alive "$pid" && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
-    if alive "$pid"; then
-      say "$name ($pid) ignored SIGTERM, killing"
-      kill -KILL "$pid" 2>/dev/null || true
-      while alive "$pid"; do sleep 0.1; done
-    fi
-    rm -f "$ND/pids/$name.pid"
-  done
-}
-
 # Every process whose command line names the nodes' directory or sockets (containerd shims included).
 our_processes() {
   local p cmdline
@@ -108,19 +76,6 @@ our_processes() {
     if [[ "$cmdline" == *"$ND/"* || "$cmdline" == *"$SOCKETS/"* ]]; then echo "${p#/proc/}"; fi
   done
   return 0
-}
-
-wait_for() { # wait_for WHAT TIMEOUT_S COMMAND...: a component WHAT that exits fails at once, with its log
-  local what="$1" timeout="$2"; shift 2
-  local deadline=$((SECONDS + timeout))
-  until "$@" > /dev/null 2>&1; do
-    if [ -f "$ND/pids/$what.pid" ] && ! alive "$(pid_of "$what")"; then
-      tail -n 5 "$ND/logs/$what.log" >&2 || true
-      die "$what exited (log: $ND/logs/$what.log)"
-    fi
-    [ "$SECONDS" -lt "$deadline" ] || die "$what not ready after ${timeout}s (logs: $ND/logs)"
-    sleep 0.2
-  done
 }
 
 kc() { "$BIN/kubectl" --kubeconfig "$DIR/kubeconfig" "$@"; }
@@ -510,6 +465,10 @@ cmd_up() {
   # An extended resource the way a device plugin would advertise it: four GPUs on the GPU node.
   kc patch node real-gpu-0 --subresource status --type merge \
     -p '{"status":{"capacity":{"nvidia.com/gpu":"4"}}}' > /dev/null
+  say "volume provisioner: StorageClass tandem-shared (default), directories under $DIR/volumes"
+  start volumes python3 "$ROOT/hack/node/volumes.py" --kubectl "$BIN/kubectl" --kubeconfig "$DIR/kubeconfig" \
+    --root "$DIR/volumes"
+  wait_for volumes 30 kc get storageclass tandem-shared
   coredns_up
   kc -n kube-system rollout status deployment/coredns --timeout 120s > /dev/null \
     || die "CoreDNS did not become available (kubectl -n kube-system describe pod -l k8s-app=kube-dns)"
@@ -522,6 +481,7 @@ cmd_down() {
   local name path pids
   for name in "${NODES[@]}"; do node_down "$name"; done
   kube_proxy_down
+  stop volumes
   pids="$(our_processes)"
   if [ -n "$pids" ]; then
     say "killing leftover processes: $pids"

@@ -17,7 +17,7 @@ say "container images, in the background (cold: Debian root filesystem and locke
 hack/images.sh build >/dev/null &
 images=$!
 
-say "control-plane binaries (cold: builds Kubernetes from Go modules, 15-30 min; warm: seconds)"
+say "control-plane binaries (cold: builds Kubernetes, kubelet, CoreDNS from Go modules, 30-35 min; warm: seconds)"
 TANDEM_BIN_DIR="$(hack/build-tools.sh | tail -n 1)"
 export TANDEM_BIN_DIR
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from kopf.testing import KopfRunner
@@ -17,14 +16,12 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 # tests/ is on sys.path (pytest's rootdir-of-conftest insertion), so helpers import as `support.*`.
-from support.cluster import ExternalCluster, LocalCluster, build_binaries, running, wait_until
+from support.cluster import ExternalCluster, LocalCluster, build_binaries, chosen, running, wait_until
 from support.tandem import ensure_pools, install_crds
 
 
 def _wants_cluster(items: list[pytest.Item]) -> bool:
-    return any(
-        item.get_closest_marker("cluster") or "cluster" in getattr(item, "fixturenames", ()) for item in items
-    )
+    return any(item.get_closest_marker("cluster") or "cluster" in getattr(item, "fixturenames", ()) for item in items)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -46,9 +43,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster |
     Started in a private state dir (so a developer's `hack/cluster.sh up` cluster is never touched) and
     always stopped. tests/e2e overrides it with a cluster of real nodes.
     """
-    external = os.environ.get("TANDEM_KUBECONFIG")
-    handle = ExternalCluster(Path(external)) if external else LocalCluster(tmp_path_factory.mktemp("cluster"))
-    with running(handle) as started:
+    with running(chosen(lambda: tmp_path_factory.mktemp("cluster"))) as started:
         yield started
 
 

@@ -1,6 +1,6 @@
 # Helpers shared by the hack/ scripts that run a local cluster; sourced, never run.
-# The sourcing script sets SAY_AS (the tag in front of its progress lines) and, for `issue`, works inside
-# the directory holding the local CA (ca.crt, ca.key).
+# The sourcing script sets SAY_AS (the tag in front of its progress lines), DIR (the cluster's state dir) and
+# RUN_DIR (where its components' pids/ and logs/ are); `issue` works inside the directory holding the local CA.
 
 say() { printf '[%s %s] %s\n' "${SAY_AS:-hack}" "$(date +%H:%M:%S)" "$*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -57,4 +57,60 @@ contexts:
   context: {cluster: tandem, user: user}
 current-context: tandem
 KC
+}
+
+# --- processes of components -----------------------------------------------------------------------
+
+pid_of() { [ -f "$RUN_DIR/pids/$1.pid" ] && cat "$RUN_DIR/pids/$1.pid" || true; }
+
+# alive PID: the pid runs one of our components (its command line names the state dir; this guards against
+# pid reuse after a reboot or a long idle).
+alive() {
+  local pid="$1" cmdline
+  [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
+  cmdline="$(tr '\0' ' ' 2> /dev/null < "/proc/$pid/cmdline")" || return 1
+  [[ "$cmdline" == *"$DIR/"* ]]
+}
+
+# start NAME COMMAND...: runs the component in its own session (so `stop` can signal its whole process
+# group), logs to logs/NAME.log, records the pid.
+start() {
+  local name="$1"; shift
+  setsid "$@" > "$RUN_DIR/logs/$name.log" 2>&1 < /dev/null &
+  echo $! > "$RUN_DIR/pids/$name.pid"
+}
+
+# stop NAME...: SIGTERM to each one's process group, in this order; SIGKILL to those still there after 20 s.
+stop() {
+  local name pid deadline
+  for name in "$@"; do
+    pid="$(pid_of "$name")"
+    if alive "$pid"; then kill -TERM -- "-$pid" 2> /dev/null || kill -TERM "$pid" 2> /dev/null || true; fi
+  done
+  deadline=$((SECONDS + 20))
+  for name in "$@"; do
+    pid="$(pid_of "$name")"
+    while alive "$pid" && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
+    if alive "$pid"; then
+      say "$name ($pid) ignored SIGTERM, killing"
+      kill -KILL -- "-$pid" 2> /dev/null || kill -KILL "$pid" 2> /dev/null || true
+      while alive "$pid"; do sleep 0.1; done
+    fi
+    rm -f "$RUN_DIR/pids/$name.pid"
+  done
+}
+
+# wait_for WHAT TIMEOUT_S COMMAND...: poll COMMAND; when WHAT is a component that exited, fail at once with
+# the end of its log instead of waiting out the timeout.
+wait_for() {
+  local what="$1" timeout="$2"; shift 2
+  local deadline=$((SECONDS + timeout))
+  until "$@" > /dev/null 2>&1; do
+    if [ -f "$RUN_DIR/pids/$what.pid" ] && ! alive "$(pid_of "$what")"; then
+      tail -n 20 "$RUN_DIR/logs/$what.log" >&2 || true
+      die "$what exited (log: $RUN_DIR/logs/$what.log)"
+    fi
+    [ "$SECONDS" -lt "$deadline" ] || die "$what not ready after ${timeout}s (logs: $RUN_DIR/logs)"
+    sleep 0.2
+  done
 }

@@ -19,24 +19,18 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
-from support.cluster import ExternalCluster, LocalCluster, running
-from support.digits import RELEASE_VALUES, model_volume
+from support.cluster import ExternalCluster, LocalCluster, chosen, running
+from support.digits import MODEL_CLAIM, RELEASE_VALUES, bound_directory, model_claim
 
 RELEASE = "tandem"
 RELEASE_NAMESPACE = "tandem-system"
 CHART = Path(__file__).resolve().parents[2] / "charts" / "tandem"
-WORKLOAD_UID = 65532
 
 
 @pytest.fixture(scope="package")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster | ExternalCluster]:
     """A local cluster of two real nodes (real-gpu-0, real-cpu-0) for this package, or TANDEM_KUBECONFIG's."""
-    external = os.environ.get("TANDEM_KUBECONFIG")
-    handle = (
-        ExternalCluster(Path(external))
-        if external
-        else LocalCluster(tmp_path_factory.mktemp("real-cluster"), gpu_nodes=0, cpu_nodes=0, real_nodes=True)
-    )
+    handle = chosen(lambda: tmp_path_factory.mktemp("real-cluster"), gpu_nodes=0, cpu_nodes=0, real_nodes=True)
     with running(handle) as started:
         yield started
 
@@ -100,7 +94,7 @@ def release(kube: k8s.ApiClient) -> Iterator[Release]:
 
 @dataclass(frozen=True)
 class ModelVolume:
-    """The claim `models` of a test namespace and the directory behind it (what the nodes mount)."""
+    """The claim `models` of a test namespace and the directory behind its volume (what the nodes mount)."""
 
     claim: str
     path: Path
@@ -111,20 +105,7 @@ class ModelVolume:
 
 
 @pytest.fixture
-def models(cluster: LocalCluster | ExternalCluster, kube: k8s.ApiClient, namespace: str) -> Iterator[ModelVolume]:
-    """A PersistentVolume both real nodes see, bound to the claim `models` in the test's namespace."""
-    if not isinstance(cluster, LocalCluster):
-        pytest.skip("model storage on the machine's disk needs the local cluster")
-    path = cluster.volumes_dir / namespace
-    path.mkdir(parents=True)
-    os.chown(path, WORKLOAD_UID, WORKLOAD_UID)
-    core = k8s.CoreV1Api(kube)
-    volume, claim = model_volume(namespace, str(path))
-    core.create_persistent_volume(volume)
-    core.create_namespaced_persistent_volume_claim(namespace, claim)
-    yield ModelVolume(claim["metadata"]["name"], path)
-    try:
-        core.delete_persistent_volume(volume["metadata"]["name"])
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
+def models(kube: k8s.ApiClient, namespace: str) -> ModelVolume:
+    """The claim `models` in the test's namespace, bound by the cluster's default StorageClass."""
+    k8s.CoreV1Api(kube).create_namespaced_persistent_volume_claim(namespace, model_claim())
+    return ModelVolume(MODEL_CLAIM, bound_directory(kube, namespace))

@@ -22,6 +22,19 @@ NODES_SCRIPT = REPO_ROOT / "hack" / "nodes.sh"
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 
 
+def processes_naming(path: Path) -> list[str]:
+    """Command lines of live processes that name `path`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if proc.name.isdigit() and str(path) in cmdline and pid_is_alive(int(proc.name)):
+            found.append(cmdline)
+    return found
+
+
 def sleeper(node: str) -> dict[str, Any]:
     """A pod on one real node: a sandbox, a veth, cgroups and a container process for down to remove."""
     tolerations = [
@@ -68,7 +81,7 @@ def test_down_removes_every_trace_of_the_real_nodes(tmp_path: Path) -> None:
         pids = [int(path.read_text()) for path in (nodes_dir / "pids").glob("*.pid")]
         # The kubelets' healthz ports (127.0.0.1); their serving ports are on the bridges, gone with them.
         ports = [int(path.read_text().split()[1]) for path in nodes_dir.glob("*/ports")]
-        assert len(pids) == 5  # two containerds, two kubelets, kube-proxy
+        assert len(pids) == 6  # two containerds, two kubelets, kube-proxy, the volume provisioner
         assert all(pid_is_alive(pid) for pid in pids) and all(port_is_open(port) for port in ports)
         api.close()
     finally:
@@ -76,5 +89,6 @@ def test_down_removes_every_trace_of_the_real_nodes(tmp_path: Path) -> None:
     leftovers = subprocess.run([str(NODES_SCRIPT), "leftovers"], env=cluster.env(), capture_output=True, text=True)
     assert (leftovers.returncode, leftovers.stdout) == (0, ""), leftovers.stdout + leftovers.stderr
     assert [pid for pid in pids if pid_is_alive(pid)] == []
+    assert processes_naming(cluster.state_dir) == []  # children too: the provisioner's kubectl watches
     assert [port for port in ports if port_is_open(port)] == []
     assert IP_FORWARD.read_text() == forward_before

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_SCRIPT = REPO_ROOT / "hack" / "cluster.sh"
@@ -149,11 +149,6 @@ class LocalCluster:
             raise ClusterError(f"hack/cluster.sh {command} failed ({proc.returncode}):\n{proc.stdout}")
         return proc.stdout
 
-    @property
-    def volumes_dir(self) -> Path:
-        """Where PersistentVolumes of this cluster keep their data (a directory every real node sees)."""
-        return self.state_dir / "volumes"
-
     def up(self, timeout: float = 600.0) -> str:
         """Start the cluster (or keep the running one) and wait for all nodes Ready; returns the log."""
         return self._run("up", timeout)
@@ -201,6 +196,12 @@ class ExternalCluster:
     """A cluster someone else runs (TANDEM_KUBECONFIG): used as is, never stopped by the tests."""
 
     kubeconfig: Path
+
+
+def chosen(state_dir: Callable[[], Path], **options: Any) -> LocalCluster | ExternalCluster:
+    """The cluster TANDEM_KUBECONFIG names, else a local one to start in `state_dir()` with `options`."""
+    external = os.environ.get("TANDEM_KUBECONFIG")
+    return ExternalCluster(Path(external)) if external else LocalCluster(state_dir(), **options)
 
 
 def _interrupt(signum: int, frame: object) -> None:

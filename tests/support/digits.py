@@ -15,6 +15,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import yaml
+from kubernetes import client as k8s
+
+from support.cluster import wait_until
 
 GPU_POOL = "real-gpu"
 CPU_POOL = "real-cpu"
@@ -94,36 +97,24 @@ def accuracy(prediction: Prediction, labels: npt.NDArray[np.int64]) -> float:
     return float((prediction.labels == labels).mean())
 
 
-def model_volume(namespace: str, path: str, claim: str = MODEL_CLAIM) -> list[dict[str, Any]]:
-    """A PersistentVolume pre-bound to a claim, and the claim: what `pvc://models/...` needs to schedule.
+def model_claim(name: str = MODEL_CLAIM) -> dict[str, Any]:
+    """The claim `pvc://models/...` names: ReadWriteMany, of the cluster's default StorageClass (on the local
+    cluster, tandem-shared: a directory both real nodes mount, hack/node/volumes.py)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name},
+        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
+    }
 
-    The volume is a directory on this machine that both real nodes mount, as a shared filesystem would be
-    between machines; it must exist and be writable by the workloads' user (65532) before pods start.
-    """
-    volume = f"{claim}-{namespace}"[:63]
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": volume, "labels": {"tandem.dev/demo": "true"}},
-            "spec": {
-                "capacity": {"storage": "1Gi"},
-                "accessModes": ["ReadWriteMany"],
-                "persistentVolumeReclaimPolicy": "Retain",
-                "storageClassName": "",
-                "hostPath": {"path": path, "type": "Directory"},
-                "claimRef": {"namespace": namespace, "name": claim},
-            },
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": claim, "namespace": namespace},
-            "spec": {
-                "accessModes": ["ReadWriteMany"],
-                "storageClassName": "",
-                "volumeName": volume,
-                "resources": {"requests": {"storage": "1Gi"}},
-            },
-        },
-    ]
+
+def bound_directory(api: k8s.ApiClient, namespace: str, claim: str = MODEL_CLAIM, timeout: float = 60) -> Path:
+    """Wait until the claim is Bound and return the directory behind its volume (a hostPath on this machine)."""
+    core = k8s.CoreV1Api(api)
+
+    def volume_name() -> str | None:
+        found = core.read_namespaced_persistent_volume_claim(claim, namespace)
+        return str(found.spec.volume_name) if found.status.phase == "Bound" else None
+
+    name = wait_until(volume_name, timeout=timeout, what=f"claim {namespace}/{claim} Bound")
+    return Path(core.read_persistent_volume(name).spec.host_path.path)

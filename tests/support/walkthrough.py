@@ -8,11 +8,9 @@ the GPU and core seconds from status.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import click
@@ -21,11 +19,10 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
-from support.digits import accuracy, held_out, model_volume, predict, serving_spec, training_spec
+from support.digits import accuracy, bound_directory, held_out, model_claim, predict, serving_spec, training_spec
 from tandem.api.resources import COMPUTE_POOL, GROUP, INFERENCE_SERVICE, TRAINING_JOB, VERSION, Resource
 
 STARTED = time.monotonic()
-WORKLOAD_UID = 65532
 
 
 def say(message: str) -> None:
@@ -78,14 +75,10 @@ class Demo:
                 raise TimeoutError(f"{resource.kind} {name}: not {what} after {timeout:.0f}s: {status}")
             time.sleep(1.0)
 
-    def model_volume(self, root: Path) -> None:
-        """The claim `models` on a directory both real nodes mount."""
-        path = root / self.namespace
-        path.mkdir(parents=True, exist_ok=True)
-        os.chown(path, WORKLOAD_UID, WORKLOAD_UID)
-        volume, claim = model_volume(self.namespace, str(path))
-        created(lambda: self.core.create_persistent_volume(volume))
-        created(lambda: self.core.create_namespaced_persistent_volume_claim(self.namespace, claim))
+    def model_volume(self) -> None:
+        """The claim `models`, bound by the cluster's default StorageClass to a directory both nodes mount."""
+        created(lambda: self.core.create_namespaced_persistent_volume_claim(self.namespace, model_claim()))
+        say(f"  claim models bound to {bound_directory(self.core.api_client, self.namespace)}")
 
     def service_address(self, name: str) -> str:
         service = self.core.read_namespaced_service(name, self.namespace)
@@ -102,17 +95,16 @@ def ready(obj: dict[str, Any]) -> bool:
 
 @click.command()
 @click.option("--kubeconfig", envvar="KUBECONFIG", required=True)
-@click.option("--volumes", type=click.Path(path_type=Path), required=True, help="Directory for the model volume.")
 @click.option("--namespace", default="tandem-demo", show_default=True)
 @click.option("--workers", default=2, show_default=True)
 @click.option("--requests", "count", default=500, show_default=True, help="Requests for the latency figures.")
 @click.option("--timeout", default=900.0, show_default=True)
-def main(kubeconfig: str, volumes: Path, namespace: str, workers: int, count: int, timeout: float) -> None:
+def main(kubeconfig: str, namespace: str, workers: int, count: int, timeout: float) -> None:
     """Train the digits example on the real GPU node, serve it on the real CPU node, and summarise."""
     api = k8s_config.new_client_from_config(config_file=kubeconfig)
     demo = Demo(api, namespace)
     created(lambda: demo.core.create_namespace({"metadata": {"name": namespace}}))
-    demo.model_volume(volumes)
+    demo.model_volume()
     pixels, labels = held_out()
 
     say(f"TrainingJob digits: {workers} workers, `tandem train digits` -> pvc://models/digits")
