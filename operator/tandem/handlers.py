@@ -39,6 +39,7 @@ from tandem.config import OperatorConfig
 from tandem.exclusive import Exclusive, Key
 from tandem.kube import Kube, NotLeading, api_client, load_config
 from tandem.reconcile import Outcome, reconcile_pool, reconcile_serving, reconcile_training
+from tandem.status.pools import node_summary, selected
 from tandem.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ _state: dict[str, Any] = {}
 exclusive = Exclusive()
 _bodies: dict[Key, dict[str, Any]] = {}
 _bodies_lock = threading.Lock()
+_node_summaries: dict[str, dict[str, Any]] = {}
+"""The last summary of each node seen by node_event (kopf's index already holds the new one when it runs)."""
 
 Step = Callable[[Mapping[str, Any]], Outcome]
 
@@ -346,9 +349,17 @@ def pools() -> dict[str, Any]:
     return {name: next(iter(specs)) for name, specs in index.items() if specs}
 
 
+def nodes() -> list[dict[str, Any]] | None:
+    """Every node's summary from kopf's node index; None outside kopf (reconcile_pool then lists)."""
+    index: kopf.Index[str, Any] | None = _state.get("node_index")
+    if index is None:
+        return None
+    return [summary for summaries in index.values() for summary in summaries]
+
+
 def _step(kind: str) -> Step:
     if kind == "ComputePool":
-        return lambda body: reconcile_pool(kube(), body)
+        return lambda body: reconcile_pool(kube(), body, nodes())
     if kind == "TrainingJob":
         return lambda body: reconcile_training(kube(), body, pools(), config())
     return lambda body: reconcile_serving(kube(), body, pools(), config())
@@ -369,6 +380,11 @@ def _pending(type: str | None, body: Mapping[str, Any]) -> bool:
 @kopf.index(GROUP, VERSION, "computepools")
 def pool_index(name: str, spec: Mapping[str, Any], **_: Any) -> dict[str, Any]:
     return {name: dict(spec)}
+
+
+@kopf.index("", "v1", "nodes")
+def node_index(name: str, labels: Mapping[str, str], status: Mapping[str, Any], **_: Any) -> dict[str, Any]:
+    return {name: node_summary(name, labels, status)}
 
 
 @kopf.index(GROUP, VERSION, "inferenceservices")
@@ -401,6 +417,37 @@ async def pool_event(
 ) -> None:
     _state["pool_index"] = pool_index
     _route(("ComputePool", "", name), type, body)
+
+
+@kopf.on.event("", "v1", "nodes")
+async def node_event(
+    name: str,
+    type: str | None,
+    labels: Mapping[str, str],
+    status: Mapping[str, Any],
+    node_index: kopf.Index[str, Any],
+    pool_index: kopf.Index[str, Any],
+    **_: Any,
+) -> None:
+    """A node came, went or changed: the pools it belongs to (or belonged to) count again, from the index.
+
+    The summary the index held before this event says whether anything a pool counts changed: a heartbeat
+    that changes nothing queues nothing.
+    """
+    _state["node_index"] = node_index
+    _state["pool_index"] = pool_index
+    summary = node_summary(name, labels, status)
+    before = _node_summaries.get(name)
+    if type == "DELETED":
+        _node_summaries.pop(name, None)
+    else:
+        _node_summaries[name] = summary
+    if before == summary and type != "DELETED":
+        return
+    for pool, specs in pool_index.items():
+        selector = ((next(iter(specs), None) or {}).get("nodeSelector")) or {}
+        if any(selected(selector, node) for node in (before, summary) if node is not None):
+            enqueue(("ComputePool", "", pool))
 
 
 @kopf.on.event(GROUP, VERSION, "trainingjobs")

@@ -103,4 +103,17 @@ def operator_command(
     liveness = f"http://0.0.0.0:{health_port}/healthz" if health_port else None
     run_kopf(config.namespaces, stop, liveness)
     if leadership is not None and leadership.lost.is_set():
-        sys.exit(1)  # leadership lost: exit so the pod restarts and queues for the Lease again
+        exit_now(1)  # leadership lost: exit so the pod restarts and queues for the Lease again
+
+
+def exit_now(code: int) -> None:
+    """Exit without the interpreter's finalisation, logs flushed first.
+
+    Leadership is lost while the API server hangs: daemon threads (the lease's, the child watches') sit in
+    socket reads that never return, and finalising the interpreter under them was seen to abort the process
+    (SIGABRT, exit -6) instead of exiting 1, which a pod's restart policy and the tests tell apart.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

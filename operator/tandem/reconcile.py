@@ -551,7 +551,9 @@ def _serving_problem(
     return Outcome(written, [Event("Warning", problem.reason, problem.message)] if changed else [])
 
 
-def reconcile_pool(kube: Kube, body: Mapping[str, Any]) -> Outcome:
+def reconcile_pool(kube: Kube, body: Mapping[str, Any], nodes: list[dict[str, Any]] | None = None) -> Outcome:
+    """Pool status from `nodes` (node_summary of every node, from the operator's node watch), or from a
+    list of the pool's nodes when none is given (outside the operator: tools and tests)."""
     _, name, _, generation = _meta(body)
     previous = _parse_status(ComputePoolStatus, body)
     try:
@@ -564,7 +566,8 @@ def reconcile_pool(kube: Kube, body: Mapping[str, Any]) -> Outcome:
         )
         written, changed = write_status(kube, COMPUTE_POOL, None, name, previous, status, version(body))
         return Outcome(written, [Event("Warning", problem.reason, problem.message)] if changed else [])
-    # Only the pool's own nodes: the API server filters by the pool's labels.
-    status = pool_status(previous, generation, spec, kube.nodes(spec.node_selector), now())
+    # Without the watch's view, only the pool's own nodes: the API server filters by the pool's labels.
+    members = nodes if nodes is not None else kube.nodes(spec.node_selector)
+    status = pool_status(previous, generation, spec, members, now())
     written, _ = write_status(kube, COMPUTE_POOL, None, name, previous, status, version(body))
     return Outcome(written)

@@ -8,15 +8,14 @@ paginated list per kind plus, per ComputePool, one read of the pool and one list
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from kopf.testing import KopfRunner
 from kubernetes import client as k8s
-from prometheus_client.parser import text_string_to_metric_families
 
+from support.apiserver import requests
 from support.cluster import wait_until
 from support.tandem import artifact_message, body, create, get
 from tandem import handlers
@@ -26,31 +25,21 @@ pytestmark = pytest.mark.cluster
 
 WRITES = {"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"}
 TOUCHED = {
-    "trainingjobs", "inferenceservices", "computepools", "jobs", "services", "deployments",
-    "poddisruptionbudgets", "horizontalpodautoscalers", "events",
+    "trainingjobs",
+    "inferenceservices",
+    "computepools",
+    "jobs",
+    "services",
+    "deployments",
+    "poddisruptionbudgets",
+    "horizontalpodautoscalers",
+    "events",
 }
 SHA = hashlib.sha256(b"idle").hexdigest()
 
 
-def requests(api: k8s.ApiClient) -> Counter[tuple[str, str, str]]:
-    """apiserver_request_total by (verb, resource, subresource), scraped from the API server's /metrics."""
-    response = api.call_api(*api.param_serialize("GET", "/metrics", auth_settings=["BearerToken"]))
-    text = response.read().decode()
-    counts: Counter[tuple[str, str, str]] = Counter()
-    for family in text_string_to_metric_families(text):
-        if family.name != "apiserver_request":
-            continue
-        for sample in family.samples:
-            if sample.name == "apiserver_request_total":
-                labels = sample.labels
-                counts[(labels["verb"], labels.get("resource", ""), labels.get("subresource", ""))] += int(sample.value)
-    return counts
-
-
 @pytest.fixture
-def scoped_operator(
-    tandem_api: k8s.ApiClient, namespace: str, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[KopfRunner]:
+def scoped_operator(tandem_api: k8s.ApiClient, namespace: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[KopfRunner]:
     """The operator watching only the test's namespace: objects other tests leave behind cannot write in the
     measured window."""
     monkeypatch.setenv("TANDEM_RESYNC_SECONDS", "3")
@@ -74,21 +63,33 @@ def test_an_idle_resync_pass_writes_nothing(
         "tandem.dev/fake-termination-message": artifact_message("s3://models/idle/model.onnx", SHA),
     }
     for index in range(2):
-        spec = {"resources": {"gpus": 1, "cpu": "1", "memory": "1Gi"}, "model": {"output": "s3://models/idle"},
-                "podMetadata": {"annotations": annotations}}
+        spec = {
+            "resources": {"gpus": 1, "cpu": "1", "memory": "1Gi"},
+            "model": {"output": "s3://models/idle"},
+            "podMetadata": {"annotations": annotations},
+        }
         create(tandem_api, TRAINING_JOB, namespace, body(TRAINING_JOB, f"done-{index}", spec))
         serving = {"model": {"uri": "s3://models/idle/model.onnx"}, "resources": {"cpu": "50m", "memory": "64Mi"}}
         create(tandem_api, INFERENCE_SERVICE, namespace, body(INFERENCE_SERVICE, f"ready-{index}", serving))
     for index in range(2):
-        wait_until(lambda i=index: _phase(tandem_api, TRAINING_JOB, namespace, f"done-{i}") == "Succeeded",
-                   timeout=120, what=f"done-{index} Succeeded")
-        wait_until(lambda i=index: _phase(tandem_api, INFERENCE_SERVICE, namespace, f"ready-{i}") == "Ready",
-                   timeout=120, what=f"ready-{index} Ready")
+        wait_until(
+            lambda i=index: _phase(tandem_api, TRAINING_JOB, namespace, f"done-{i}") == "Succeeded",
+            timeout=120,
+            what=f"done-{index} Succeeded",
+        )
+        wait_until(
+            lambda i=index: _phase(tandem_api, INFERENCE_SERVICE, namespace, f"ready-{i}") == "Ready",
+            timeout=120,
+            what=f"ready-{index} Ready",
+        )
     wait_until(handlers.queue().idle, timeout=30, what="the operator's queue drained")
     # Other tests' namespaces being deleted make the namespace controller write (DELETEs): let them finish.
     core = k8s.CoreV1Api(tandem_api)
-    wait_until(lambda: all(ns.status.phase != "Terminating" for ns in core.list_namespace().items), timeout=120,
-               what="no namespace terminating")
+    wait_until(
+        lambda: all(ns.status.phase != "Terminating" for ns in core.list_namespace().items),
+        timeout=120,
+        what="no namespace terminating",
+    )
 
     before = requests(tandem_api)
     handlers.resync_once()

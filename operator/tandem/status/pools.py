@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -11,9 +12,30 @@ from tandem.quantity import format_cpu, format_memory, parse_quantity
 from tandem.status.conditions import set_condition
 
 
-def matches(pool: ComputePoolSpec, node: dict[str, Any]) -> bool:
+def node_summary(name: str, labels: Mapping[str, str], status: Mapping[str, Any]) -> dict[str, Any]:
+    """What pool status needs of a node, in the node's own shape: labels, Ready, capacity and allocatable.
+
+    The operator keeps this for every node from one watch instead of listing nodes per pool per pass; images,
+    addresses and the other conditions (most of a node's size) are dropped.
+    """
+    ready = [c for c in status.get("conditions") or [] if c.get("type") == "Ready"]
+    return {
+        "metadata": {"name": name, "labels": dict(labels)},
+        "status": {
+            "conditions": [{"type": "Ready", "status": c.get("status")} for c in ready],
+            "capacity": dict(status.get("capacity") or {}),
+            "allocatable": dict(status.get("allocatable") or {}),
+        },
+    }
+
+
+def selected(selector: Mapping[str, str], node: Mapping[str, Any]) -> bool:
     labels = (node.get("metadata") or {}).get("labels") or {}
-    return all(labels.get(key) == value for key, value in pool.node_selector.items())
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+def matches(pool: ComputePoolSpec, node: dict[str, Any]) -> bool:
+    return selected(pool.node_selector, node)
 
 
 def node_ready(node: dict[str, Any]) -> bool:
