@@ -13,14 +13,13 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-import numpy as np
 import pytest
 from kubernetes import client as k8s
-from onnx import TensorProto, helper
 
 from e2e.conftest import ModelVolume
 from support.cluster import wait_until
 from support.digits import CPU_POOL, GPU_POOL, real_pools
+from support.models import tiny_model
 from tandem.api.computepool import ComputePoolSpec
 from tandem.api.inferenceservice import InferenceServiceSpec, ServedModel, Slo
 from tandem.build import profiling as profiling_build
@@ -30,21 +29,6 @@ from tandem.placement import pod_placement
 from tandem.profiling import observed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.timeout(300)]
-
-
-def tiny_model() -> bytes:
-    rng = np.random.default_rng(0)
-    weight = helper.make_tensor("W", TensorProto.FLOAT, [64, 10], rng.standard_normal(640).astype(np.float32))
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["input", "W"], ["logits"])],
-        "tiny",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
-        [weight],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    return bytes(model.SerializeToString())
 
 
 def run_profile(

@@ -1,4 +1,5 @@
-"""What the real runtime enforces and reports, seen through Tandem: security context, memory limits, exits.
+"""What the real runtime enforces and reports, seen through Tandem: security context, memory limits, exits,
+and a node drain against a service's disruption budget.
 
 These are the failures a process harness hid: a container that cannot write its root filesystem, a kernel
 OOM kill, the termination message a real kubelet copies into pod status, and the Job controller applying
@@ -7,6 +8,7 @@ the podFailurePolicy to a real container's exit code.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 from pathlib import Path
@@ -17,9 +19,10 @@ from kubernetes import client as k8s
 
 from e2e.conftest import ModelVolume, Release
 from support.cluster import wait_until
-from support.digits import GPU_POOL, training_spec
+from support.digits import CPU_POOL, GPU_POOL, training_spec
+from support.models import tiny_model
 from support.tandem import body, condition, create, get
-from tandem.api.resources import TRAINING_JOB
+from tandem.api.resources import INFERENCE_SERVICE, TRAINING_JOB
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.timeout(600)]
 
@@ -102,3 +105,42 @@ def test_a_permanent_trainer_failure_fails_the_run_at_once_with_its_termination_
     message = failed.get("message", "")
     assert message.startswith("worker 0 exited with code 3: "), message
     assert "no-such-digits.csv" in message, message
+
+
+def test_a_drain_never_takes_the_only_ready_replica_and_says_why(
+    kube: k8s.ApiClient, namespace: str, release: Release, models: ModelVolume
+) -> None:
+    data = tiny_model()
+    (models.path / "tiny.onnx").write_bytes(data)
+    spec = {
+        "model": {"uri": f"pvc://{models.claim}/tiny.onnx", "sha256": hashlib.sha256(data).hexdigest()},
+        "pool": CPU_POOL,
+        "replicas": {"min": 1, "max": 1},
+        "resources": {"cpu": "250m", "memory": "512Mi"},
+    }
+    create(kube, INFERENCE_SERVICE, namespace, body(INFERENCE_SERVICE, "solo", spec))
+    wait_until(
+        lambda: (condition(get(kube, INFERENCE_SERVICE, namespace, "solo"), "Ready") or {}).get("status") == "True",
+        timeout=180,
+        what="solo Ready",
+    )
+    core = k8s.CoreV1Api(kube)
+    [pod] = core.list_namespaced_pod(namespace, label_selector="tandem.dev/inferenceservice=solo").items
+    try:
+        drain = kubectl(
+            "drain",
+            pod.spec.node_name,
+            "--pod-selector",
+            "tandem.dev/inferenceservice=solo",
+            "--ignore-daemonsets",
+            "--delete-emptydir-data",
+            "--timeout",
+            "20s",
+        )
+        assert drain.returncode != 0, drain.stdout
+        assert "would violate the pod's disruption budget" in drain.stdout + drain.stderr, drain.stderr
+    finally:
+        kubectl("uncordon", pod.spec.node_name)
+    after = core.read_namespaced_pod(pod.metadata.name, namespace)
+    assert after.metadata.deletion_timestamp is None
+    assert any(c.type == "Ready" and c.status == "True" for c in after.status.conditions)

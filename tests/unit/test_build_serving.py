@@ -132,13 +132,23 @@ def test_service_selects_the_deployment_pods(
     assert svc["metadata"]["name"] == "digits"
 
 
-def test_disruption_budget_allows_one_eviction_at_a_time(
+def test_disruption_budget_allows_one_eviction_at_a_time_when_two_replicas_always_run(
     serving_spec_body: dict[str, Any], pools: dict[str, ComputePoolSpec]
 ) -> None:
+    serving_spec_body["replicas"] = {"min": 2, "max": 6}
     serving = _serving(serving_spec_body, pools)
     pdb = disruption_budget(serving)
-    assert pdb["spec"]["maxUnavailable"] == 1
-    assert pdb["spec"]["selector"]["matchLabels"] == serving.selector
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": serving.selector}}
+
+
+def test_disruption_budget_never_lets_an_eviction_take_a_single_replica(
+    serving_spec_body: dict[str, Any], pools: dict[str, ComputePoolSpec]
+) -> None:
+    """maxUnavailable 1 would let a drain evict the only replica: the budget keeps one available instead."""
+    serving_spec_body["replicas"] = {"min": 1, "max": 4}
+    serving = _serving(serving_spec_body, pools)
+    pdb = disruption_budget(serving)
+    assert pdb["spec"] == {"minAvailable": 1, "selector": {"matchLabels": serving.selector}}
 
 
 def test_every_child_is_owned_by_the_inference_service(

@@ -194,10 +194,17 @@ def autoscaler(serving: Serving) -> dict[str, Any] | None:
 
 
 def disruption_budget(serving: Serving) -> dict[str, Any]:
-    """At most one replica evicted at a time, so a node drain never empties the service."""
+    """No voluntary eviction (a node drain, the cluster autoscaler) ever takes the last ready replica.
+
+    With two replicas or more at all times (replicas.min >= 2), one eviction at a time leaves the others
+    serving. With one, `maxUnavailable: 1` would let a drain evict the only replica and the service would be
+    down until its replacement is ready; `minAvailable: 1` makes the drain wait instead, and `kubectl drain`
+    says why ("would violate the pod's disruption budget") until another replica is ready.
+    """
+    budget: dict[str, Any] = {"maxUnavailable": 1} if serving.spec.replicas.min >= 2 else {"minAvailable": 1}
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
         "metadata": serving.meta(),
-        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": serving.selector}},
+        "spec": {**budget, "selector": {"matchLabels": serving.selector}},
     }
