@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tandem.api.computepool import ComputePoolSpec
 from tandem.api.inferenceservice import InferenceServiceSpec, ServedModel
 from tandem.build.serving import (
@@ -132,23 +134,21 @@ def test_service_selects_the_deployment_pods(
     assert svc["metadata"]["name"] == "digits"
 
 
-def test_disruption_budget_allows_one_eviction_at_a_time_when_two_replicas_always_run(
-    serving_spec_body: dict[str, Any], pools: dict[str, ComputePoolSpec]
+@pytest.mark.parametrize(
+    ("replicas", "budget"),
+    [({"min": 2, "max": 6}, {"maxUnavailable": 1}), ({"min": 1, "max": 4}, {"minAvailable": 1})],
+)
+def test_disruption_budget_never_lets_an_eviction_take_the_last_ready_replica(
+    serving_spec_body: dict[str, Any],
+    pools: dict[str, ComputePoolSpec],
+    replicas: dict[str, int],
+    budget: dict[str, int],
 ) -> None:
-    serving_spec_body["replicas"] = {"min": 2, "max": 6}
+    """One eviction at a time while two replicas always run; with one, maxUnavailable 1 would let a drain evict
+    it, so the budget keeps one available instead."""
+    serving_spec_body["replicas"] = replicas
     serving = _serving(serving_spec_body, pools)
-    pdb = disruption_budget(serving)
-    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": serving.selector}}
-
-
-def test_disruption_budget_never_lets_an_eviction_take_a_single_replica(
-    serving_spec_body: dict[str, Any], pools: dict[str, ComputePoolSpec]
-) -> None:
-    """maxUnavailable 1 would let a drain evict the only replica: the budget keeps one available instead."""
-    serving_spec_body["replicas"] = {"min": 1, "max": 4}
-    serving = _serving(serving_spec_body, pools)
-    pdb = disruption_budget(serving)
-    assert pdb["spec"] == {"minAvailable": 1, "selector": {"matchLabels": serving.selector}}
+    assert disruption_budget(serving)["spec"] == {**budget, "selector": {"matchLabels": serving.selector}}
 
 
 def test_every_child_is_owned_by_the_inference_service(
