@@ -431,8 +431,8 @@ async def node_event(
 ) -> None:
     """A node came, went or changed: the pools it belongs to (or belonged to) count again, from the index.
 
-    The summary the index held before this event says whether anything a pool counts changed: a heartbeat
-    that changes nothing queues nothing.
+    The summary this handler saw last for the node says whether anything a pool counts changed (kopf has
+    already replaced it in the index): a heartbeat that changes nothing queues nothing.
     """
     _state["node_index"] = node_index
     _state["pool_index"] = pool_index
@@ -444,9 +444,8 @@ async def node_event(
         _node_summaries[name] = summary
     if before == summary and type != "DELETED":
         return
-    for pool, specs in pool_index.items():
-        selector = ((next(iter(specs), None) or {}).get("nodeSelector")) or {}
-        if any(selected(selector, node) for node in (before, summary) if node is not None):
+    for pool, spec in pools().items():
+        if any(selected(spec.get("nodeSelector") or {}, node) for node in (before, summary) if node is not None):
             enqueue(("ComputePool", "", pool))
 
 

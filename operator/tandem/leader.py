@@ -118,6 +118,7 @@ class Leadership:
         self.lock = _Lock(name, namespace, identity, api)
         self.acquired = threading.Event()
         self.lost = threading.Event()
+        self._thread: threading.Thread | None = None
         self._config = electionconfig.Config(
             self.lock, int(lease_duration), renew_deadline, retry_period, self.acquired.set, self._stopped
         )
@@ -154,9 +155,8 @@ class Leadership:
         """Stop campaigning (and leading): the election thread ends at its next attempt."""
         self.lock.stopped.set()
         self.lost.set()
-        thread = getattr(self, "_thread", None)
-        if thread is not None:
-            thread.join(timeout)
+        if self._thread is not None:
+            self._thread.join(timeout)
 
     def wait_for_leadership(self, stop: threading.Event) -> bool:
         """Block until this replica leads (True), or `stop` is set or the campaign ended (False)."""
