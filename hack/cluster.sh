@@ -16,18 +16,16 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-DIR="$(realpath -m "${TANDEM_CLUSTER_DIR:-$ROOT/.tandem/cluster}")"
+SAY_AS=cluster
+# shellcheck source=hack/lib/common.sh
+. "$ROOT/hack/lib/common.sh"
 RUN_DIR="$DIR"
 GPU_NODES="${TANDEM_GPU_NODES:-2}"
 CPU_NODES="${TANDEM_CPU_NODES:-3}"
 REAL_NODES="${TANDEM_REAL_NODES:-1}"
 STAGES="$ROOT/hack/kwok/stages.yaml"
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
-SERVICE_CIDR=10.0.0.0/24
 NODES_SCRIPT="$ROOT/hack/nodes.sh"
-SAY_AS=cluster
-# shellcheck source=hack/lib/common.sh
-. "$ROOT/hack/lib/common.sh"
 
 # --- processes -------------------------------------------------------------------------------------
 
@@ -43,8 +41,10 @@ make_pki() {
     openssl ecparam -name prime256v1 -genkey -noout -out ca.key 2>/dev/null
     openssl req -x509 -new -key ca.key -subj "/CN=tandem-local-ca" -days 3650 -out ca.crt \
       -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"
+    local addresses="IP:127.0.0.1"
+    [ "$API_HOST" != 127.0.0.1 ] && addresses="$addresses,IP:$API_HOST"
     issue apiserver "/CN=kube-apiserver" serverAuth \
-      "subjectAltName=IP:127.0.0.1,IP:10.0.0.1,IP:10.88.255.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+      "subjectAltName=$addresses,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
     issue admin "/O=system:masters/CN=tandem-admin" clientAuth ""
     issue apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" clientAuth ""
     openssl genrsa -out sa.key 2048 2>/dev/null
@@ -71,8 +71,6 @@ resolve_bin() {
     [ -x "$BIN/$b" ] || die "missing $BIN/$b"
   done
 }
-
-kc() { "$BIN/kubectl" --kubeconfig "$DIR/kubeconfig" "$@"; }
 
 start_etcd() {
   start etcd "$BIN/etcd" --name tandem --data-dir "$DIR/etcd" \
@@ -236,7 +234,7 @@ cmd_up() {
   wait_for "default service account" 60 kc -n default get serviceaccount default
   if [ "$REAL_NODES" = 1 ]; then
     say "real nodes (kubelet + containerd), kube-proxy, CoreDNS"
-    BIN="$BIN" API_PORT="$API_PORT" SERVICE_CIDR="$SERVICE_CIDR" "$NODES_SCRIPT" up
+    BIN="$BIN" API_PORT="$API_PORT" "$NODES_SCRIPT" up
   fi
   UP_OK=1
   say "cluster ready in $((SECONDS - t0))s; KUBECONFIG=$DIR/kubeconfig"

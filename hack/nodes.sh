@@ -12,8 +12,8 @@
 # Two nodes: real-gpu-0 (label tandem.dev/pool=real-gpu, the nvidia.com/gpu taint, four advertised
 # nvidia.com/gpu) and real-cpu-0 (tandem.dev/pool=real-cpu). Both carry the taint
 # tandem.dev/real-node=true:NoSchedule and pool labels of their own, so that only pods meant for real
-# containers land on them; kwok's fake nodes (tandem.dev/pool=gpu|cpu) keep taking everything else. Why each setting is there: docs/dev-cluster.md and
-# ../shared/research/containers.md.
+# containers land on them; kwok's fake nodes (tandem.dev/pool=gpu|cpu) keep taking everything else. Why
+# each setting is there: docs/dev-cluster.md and ../shared/research/containers.md.
 #
 # Nothing leaves the machine: pods get routes to the pod and service ranges only (no default route), the
 # bridge does not masquerade, forwarded pod traffic toward anything else is dropped, and CoreDNS has no
@@ -25,7 +25,6 @@ SAY_AS=nodes
 # shellcheck source=hack/lib/common.sh
 . "$ROOT/hack/lib/common.sh"
 
-DIR="$(realpath -m "${TANDEM_CLUSTER_DIR:-$ROOT/.tandem/cluster}")"
 CACHE="${TANDEM_CACHE:-$HOME/.cache/tandem}"
 ND="$DIR/nodes"
 RUN_DIR="$ND"
@@ -38,7 +37,6 @@ SOCKETS=/run/tandem-nodes
 POD_NET=10.88.0.0/16
 API_ADDR=10.88.255.1
 API_LINK=tandem-api
-SERVICE_CIDR="${SERVICE_CIDR:-10.0.0.0/24}"
 DNS_ADDR=10.0.0.10
 CLUSTER_DOMAIN=cluster.local
 NODES=(real-gpu-0 real-cpu-0)
@@ -72,13 +70,12 @@ node_vars() {
 our_processes() {
   local p cmdline
   for p in /proc/[0-9]*; do
-    cmdline="$(tr '\0' ' ' < "$p/cmdline" 2> /dev/null)" || continue
+    cmdline="$(tr '\0' ' ' 2> /dev/null < "$p/cmdline")" || continue  # the process may be gone already
     if [[ "$cmdline" == *"$ND/"* || "$cmdline" == *"$SOCKETS/"* ]]; then echo "${p#/proc/}"; fi
   done
   return 0
 }
 
-kc() { "$BIN/kubectl" --kubeconfig "$DIR/kubeconfig" "$@"; }
 cri() { "$BIN/crictl" --runtime-endpoint "unix://$SOCK" --timeout 30s "$@"; }
 
 ensure_packages() {

@@ -1,6 +1,13 @@
 # Helpers shared by the hack/ scripts that run a local cluster; sourced, never run.
-# The sourcing script sets SAY_AS (the tag in front of its progress lines), DIR (the cluster's state dir) and
-# RUN_DIR (where its components' pids/ and logs/ are); `issue` works inside the directory holding the local CA.
+# The sourcing script sets ROOT (the repository) and SAY_AS (the tag in front of its progress lines) before,
+# and RUN_DIR (where its components' pids/ and logs/ are) after; `issue` works inside the directory holding
+# the local CA.
+
+# The cluster's state dir, and what every part of the cluster agrees on.
+DIR="$(realpath -m "${TANDEM_CLUSTER_DIR:-$ROOT/.tandem/cluster}")"
+SERVICE_CIDR=10.0.0.0/24
+
+kc() { "$BIN/kubectl" --kubeconfig "$DIR/kubeconfig" "$@"; }
 
 say() { printf '[%s %s] %s\n' "${SAY_AS:-hack}" "$(date +%H:%M:%S)" "$*" >&2; }
 die() { say "error: $*"; exit 1; }
