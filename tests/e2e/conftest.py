@@ -8,8 +8,6 @@ Services and kube-proxy.
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 
 from support.cluster import ExternalCluster, LocalCluster, chosen, running
 from support.digits import MODEL_CLAIM, RELEASE_VALUES, bound_directory, model_claim
+from support.tools import run, tool
 
 RELEASE = "tandem"
 RELEASE_NAMESPACE = "tandem-system"
@@ -43,12 +42,10 @@ def kube(cluster: LocalCluster | ExternalCluster) -> Iterator[k8s.ApiClient]:
 
 
 def helm(*args: str, timeout: float = 600) -> str:
-    """Run the helm built by hack/build-tools.sh; fail with its output."""
-    binary = Path(os.environ["TANDEM_BIN_DIR"]) / "helm"
-    proc = subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=timeout, check=False)
-    if proc.returncode != 0:
-        raise AssertionError(f"helm {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
-    return proc.stdout
+    """Run helm (hack/build-tools.sh builds it); fail with its output."""
+    binary = tool("helm")
+    assert binary is not None, "helm not found: run hack/build-tools.sh"
+    return run([binary, *args], timeout=timeout).stdout
 
 
 @dataclass(frozen=True)

@@ -22,21 +22,13 @@ from kubernetes import client as k8s
 from e2e.conftest import ModelVolume, Release, helm
 from support.cluster import wait_until
 from support.digits import CPU_POOL, GPU_POOL, accuracy, held_out, predict, serving_spec, training_spec
-from support.tandem import body, condition, create, get, patch_spec
+from support.tandem import body, condition, create, patch_spec, wait_for
 from tandem.api.resources import INFERENCE_SERVICE, TRAINING_JOB
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 TRAINING_TIMEOUT = 600
 SERVING_TIMEOUT = 180
-
-
-def wait_status(api: k8s.ApiClient, kind: Any, namespace: str, name: str, check: Any, what: str, timeout: float) -> Any:
-    def probe() -> dict[str, Any] | None:
-        obj = get(api, kind, namespace, name)
-        return obj if check(obj) else None
-
-    return wait_until(probe, timeout=timeout, interval=1.0, what=f"{kind.kind} {name}: {what}")
 
 
 def phase(obj: dict[str, Any]) -> str | None:
@@ -53,7 +45,7 @@ def trained(api: k8s.ApiClient, namespace: str, generation: int) -> dict[str, An
         assert status.get("phase") != "Failed", f"training failed: {status}"
         return status.get("phase") == "Succeeded"
 
-    return wait_status(
+    return wait_for(
         api, TRAINING_JOB, namespace, "digits", done, f"generation {generation} Succeeded", TRAINING_TIMEOUT
     )
 
@@ -123,7 +115,7 @@ def test_digits_trains_serves_and_rolls_out_without_dropping_requests(
 
     # 2. The InferenceService serves it from the CPU node, reached through its Service.
     create(kube, INFERENCE_SERVICE, namespace, body(INFERENCE_SERVICE, "digits", serving_spec("digits")))
-    ready = wait_status(
+    ready = wait_for(
         kube,
         INFERENCE_SERVICE,
         namespace,
@@ -164,7 +156,7 @@ def test_digits_trains_serves_and_rolls_out_without_dropping_requests(
                 and current[0].metadata.annotations.get("tandem.dev/model-sha256") == second["model"]["sha256"]
             )
 
-        wait_status(kube, INFERENCE_SERVICE, namespace, "digits", rolled, "rolled to the new model", SERVING_TIMEOUT)
+        wait_for(kube, INFERENCE_SERVICE, namespace, "digits", rolled, "rolled to the new model", SERVING_TIMEOUT)
         answered = sum(client.versions.values())
         wait_until(
             lambda: len(client.versions) == 2 and sum(client.versions.values()) > answered + 20,

@@ -9,9 +9,7 @@ the podFailurePolicy to a real container's exit code.
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,19 +19,18 @@ from e2e.conftest import ModelVolume, Release
 from support.cluster import wait_until
 from support.digits import CPU_POOL, GPU_POOL, training_spec
 from support.models import tiny_model
-from support.tandem import body, condition, create, get
+from support.tandem import body, condition, create, get, wait_for
+from support.tools import run, tool
 from tandem.api.resources import INFERENCE_SERVICE, TRAINING_JOB
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.timeout(600)]
 
 
 def finished(api: k8s.ApiClient, namespace: str, name: str, timeout: float = 300) -> dict[str, Any]:
-    def probe() -> dict[str, Any] | None:
-        obj = get(api, TRAINING_JOB, namespace, name)
-        return obj if (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed") else None
-
-    found: dict[str, Any] = wait_until(probe, timeout=timeout, interval=1.0, what=f"TrainingJob {name} finished")
-    return found
+    done = ("Succeeded", "Failed")
+    return wait_for(
+        api, TRAINING_JOB, namespace, name, lambda o: (o.get("status") or {}).get("phase") in done, "finished", timeout
+    )
 
 
 def worker_pods(api: k8s.ApiClient, namespace: str, name: str) -> list[Any]:
@@ -44,8 +41,9 @@ def worker_pods(api: k8s.ApiClient, namespace: str, name: str) -> list[Any]:
 
 
 def kubectl(*args: str) -> subprocess.CompletedProcess[str]:
-    binary = Path(os.environ["TANDEM_BIN_DIR"]) / "kubectl"
-    return subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=60, check=False)
+    binary = tool("kubectl")
+    assert binary is not None, "kubectl not found: run hack/build-tools.sh"
+    return run([binary, *args], check=False, timeout=60)
 
 
 def test_a_worker_runs_as_65532_on_a_read_only_root_with_a_writable_tmp(
@@ -119,10 +117,14 @@ def test_a_drain_never_takes_the_only_ready_replica_and_says_why(
         "resources": {"cpu": "250m", "memory": "512Mi"},
     }
     create(kube, INFERENCE_SERVICE, namespace, body(INFERENCE_SERVICE, "solo", spec))
-    wait_until(
-        lambda: (condition(get(kube, INFERENCE_SERVICE, namespace, "solo"), "Ready") or {}).get("status") == "True",
-        timeout=180,
-        what="solo Ready",
+    wait_for(
+        kube,
+        INFERENCE_SERVICE,
+        namespace,
+        "solo",
+        lambda o: (condition(o, "Ready") or {}).get("status") == "True",
+        "Ready",
+        180,
     )
     core = k8s.CoreV1Api(kube)
     [pod] = core.list_namespaced_pod(namespace, label_selector="tandem.dev/inferenceservice=solo").items

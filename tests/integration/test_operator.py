@@ -19,8 +19,18 @@ from kopf.testing import KopfRunner
 from kubernetes import client as k8s
 
 from support.cluster import wait_until
-from support.tandem import REPO, artifact_message, body, condition, create, delete, events_for, get, patch_spec
-from tandem.api.resources import COMPUTE_POOL, INFERENCE_SERVICE, TRAINING_JOB, Resource
+from support.tandem import (
+    REPO,
+    artifact_message,
+    body,
+    condition,
+    create,
+    delete,
+    events_for,
+    patch_spec,
+    wait_for,
+)
+from tandem.api.resources import COMPUTE_POOL, INFERENCE_SERVICE, TRAINING_JOB
 
 pytestmark = pytest.mark.cluster
 
@@ -40,22 +50,6 @@ def training_spec(sha256: str, workers: int = 1, duration: str = "3s", **extra: 
         "podMetadata": {"annotations": annotations},
         **extra,
     }
-
-
-def wait_for(
-    api: k8s.ApiClient,
-    resource: Resource,
-    namespace: str | None,
-    name: str,
-    check: Callable[[dict[str, Any]], bool],
-    what: str,
-    timeout: float = 90,
-) -> dict[str, Any]:
-    def probe() -> dict[str, Any] | None:
-        obj = get(api, resource, namespace, name)
-        return obj if check(obj) else None
-
-    return wait_until(probe, timeout=timeout, interval=0.5, what=f"{resource.kind} {name}: {what}")
 
 
 def phase_is(*phases: str) -> Callable[[dict[str, Any]], bool]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pkgtools import tool
+
+from support.tools import tool
 
 
 @pytest.fixture(scope="session")

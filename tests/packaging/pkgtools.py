@@ -2,38 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from support.tools import run
+
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "tandem"
 MANIFESTS = REPO / "manifests"
-CACHE_BIN = Path.home() / ".cache" / "tandem" / "bin"
 
 Rule = tuple[str, str, str]
 """(apiGroup, resource, verb) as RBAC grants it; a resourceNames restriction is appended to the resource."""
-
-
-def tool(name: str) -> Path | None:
-    """A binary from TANDEM_BIN_DIR, the build cache (hack/build-tools.sh) or PATH."""
-    candidates = [Path(os.environ["TANDEM_BIN_DIR"]) / name] if os.environ.get("TANDEM_BIN_DIR") else []
-    candidates += sorted(CACHE_BIN.glob(f"*/{name}"), reverse=True)
-    found = shutil.which(name)
-    candidates += [Path(found)] if found else []
-    return next((path for path in candidates if path.is_file() and os.access(path, os.X_OK)), None)
-
-
-def run(args: Iterable[str | Path], check: bool = True, **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([str(arg) for arg in args], capture_output=True, text=True, check=False, **kwargs)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 def set_args(values: dict[str, Any]) -> list[str]:

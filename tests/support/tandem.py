@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +135,21 @@ def artifact_message(uri: str, sha256: str) -> str:
             "metrics": {"accuracy": 0.97},
         }
     )
+
+
+def wait_for(
+    api: k8s.ApiClient,
+    resource: Resource,
+    namespace: str | None,
+    name: str,
+    check: Callable[[dict[str, Any]], bool],
+    what: str,
+    timeout: float = 90,
+) -> dict[str, Any]:
+    """Poll the resource until `check` holds; return it (what: the condition, for the timeout message)."""
+
+    def probe() -> dict[str, Any] | None:
+        obj = get(api, resource, namespace, name)
+        return obj if check(obj) else None
+
+    return wait_until(probe, timeout=timeout, interval=0.5, what=f"{resource.kind} {name}: {what}")
