@@ -19,7 +19,7 @@ from kopf.testing import KopfRunner
 from kubernetes import client as k8s
 
 from support.cluster import wait_until
-from support.tandem import CPU_POOL, GPU_POOL, body, condition, create, events_for, get, patch_spec
+from support.tandem import CPU_POOL, GPU_POOL, body, condition, create, events_for, patch_spec, wait_for
 from tandem.api.computepool import ComputePoolSpec
 from tandem.api.inferenceservice import InferenceServiceSpec, ServedModel
 from tandem.api.resources import INFERENCE_SERVICE
@@ -55,17 +55,6 @@ def auto_spec(rps: float, p99_ms: float = 20, annotations: dict[str, str] | None
     }
 
 
-def wait_for(
-    api: k8s.ApiClient, namespace: str, name: str, check: Callable[[dict[str, Any]], bool], what: str,
-    timeout: float = 90,
-) -> dict[str, Any]:
-    def probe() -> dict[str, Any] | None:
-        obj = get(api, INFERENCE_SERVICE, namespace, name)
-        return obj if check(obj) else None
-
-    return wait_until(probe, timeout=timeout, interval=0.5, what=f"InferenceService {name}: {what}")
-
-
 def decided(reason: str, pool: str | None = None) -> Callable[[dict[str, Any]], bool]:
     def check(obj: dict[str, Any]) -> bool:
         found = condition(obj, "PlacementDecided") or {}
@@ -97,7 +86,7 @@ def test_auto_service_is_profiled_on_both_pools_decided_and_deployed_with_its_re
     fake = {"tandem.dev/fake-duration": "2s", "tandem.dev/fake-termination-message": profile_json(4.2, 322, "cpu")}
     create(tandem_api, INFERENCE_SERVICE, namespace, body(INFERENCE_SERVICE, "resnet", auto_spec(50, annotations=fake)))
 
-    profiling = wait_for(tandem_api, namespace, "resnet", decided("Profiling"), "profiling")
+    profiling = wait_for(tandem_api, INFERENCE_SERVICE, namespace, "resnet", decided("Profiling"), "profiling")
     assert profiling["status"]["phase"] == "Pending"
     apps = k8s.AppsV1Api(tandem_api)
     assert not apps.list_namespaced_deployment(namespace).items  # nothing deployed before the decision
@@ -108,7 +97,9 @@ def test_auto_service_is_profiled_on_both_pools_decided_and_deployed_with_its_re
     assert gpu_container.resources.requests["nvidia.com/gpu"] == "1"
     assert jobs["cpu"].metadata.owner_references[0].name == "resnet"
 
-    placed = wait_for(tandem_api, namespace, "resnet", decided("CheapestWithinSlo", "cpu"), "decided", timeout=120)
+    placed = wait_for(
+        tandem_api, INFERENCE_SERVICE, namespace, "resnet", decided("CheapestWithinSlo", "cpu"), "decided", timeout=120
+    )
     for pool, job in jobs.items():
         pods = k8s.CoreV1Api(tandem_api).list_namespaced_pod(namespace, label_selector=f"job-name={job.metadata.name}")
         assert pods.items and {node_pool(tandem_api, pod.spec.node_name) for pod in pods.items} == {pool}
@@ -131,7 +122,9 @@ def test_auto_service_is_profiled_on_both_pools_decided_and_deployed_with_its_re
     # Serving pods must not finish like profile pods: drop the fake annotations. Profiles stay cached (pod
     # metadata does not change a replica's speed), so the decision stands and nothing is re-measured.
     patch_spec(tandem_api, INFERENCE_SERVICE, namespace, "resnet", {"podMetadata": {"annotations": None}})
-    ready = wait_for(tandem_api, namespace, "resnet", lambda o: o["status"].get("phase") == "Ready", "ready")
+    ready = wait_for(
+        tandem_api, INFERENCE_SERVICE, namespace, "resnet", lambda o: o["status"].get("phase") == "Ready", "ready"
+    )
     assert ready["status"]["placement"]["pool"] == "cpu"
     assert len(profile_jobs(tandem_api, namespace)) == 2
 
@@ -168,22 +161,31 @@ def test_cached_profiles_decide_at_once_and_a_changed_slo_re_decides(
     create(tandem_api, INFERENCE_SERVICE, namespace, body(INFERENCE_SERVICE, "resnet", auto_spec(5_000)))
 
     # 5,000 req/s: 20 CPU replicas (9.6/h) against one GPU replica (2.82/h).
-    on_gpu = wait_for(tandem_api, namespace, "resnet", decided("CheapestWithinSlo", "gpu"), "on the GPU pool")
+    on_gpu = wait_for(
+        tandem_api, INFERENCE_SERVICE, namespace, "resnet", decided("CheapestWithinSlo", "gpu"), "on the GPU pool"
+    )
     assert on_gpu["status"]["placement"]["costPerHour"] == 2.82
     assert [c["costPerHour"] for c in on_gpu["status"]["placement"]["candidates"]] == [9.6, 2.82]
     assert len(profile_jobs(tandem_api, namespace)) == 2  # the cache answered; nothing re-measured
-    ready = wait_for(tandem_api, namespace, "resnet", lambda o: o["status"].get("phase") == "Ready", "ready")
+    ready = wait_for(
+        tandem_api, INFERENCE_SERVICE, namespace, "resnet", lambda o: o["status"].get("phase") == "Ready", "ready"
+    )
     pods = k8s.CoreV1Api(tandem_api).list_namespaced_pod(namespace, label_selector="tandem.dev/inferenceservice=resnet")
     assert {node_pool(tandem_api, pod.spec.node_name) for pod in pods.items} == {"gpu"}
     assert pods.items[0].spec.containers[0].resources.requests["nvidia.com/gpu"] == "1"
     assert ready["status"]["placement"]["pool"] == "gpu"
 
     patch_spec(tandem_api, INFERENCE_SERVICE, namespace, "resnet", {"slo": {"targetRequestsPerSecond": 50}})
-    wait_for(tandem_api, namespace, "resnet", decided("CheapestWithinSlo", "cpu"), "re-decided for 50 req/s")
+    wait_for(
+        tandem_api, INFERENCE_SERVICE, namespace, "resnet", decided("CheapestWithinSlo", "cpu"),
+        "re-decided for 50 req/s",
+    )
     assert deployment_pool(tandem_api, namespace, "resnet") == "cpu"
 
     patch_spec(tandem_api, INFERENCE_SERVICE, namespace, "resnet", {"slo": {"p99LatencyMs": 1}})
-    unattainable = wait_for(tandem_api, namespace, "resnet", decided("SloUnattainable", "gpu"), "unattainable")
+    unattainable = wait_for(
+        tandem_api, INFERENCE_SERVICE, namespace, "resnet", decided("SloUnattainable", "gpu"), "unattainable"
+    )
     assert condition(unattainable, "PlacementDecided")["status"] == "False"  # type: ignore[index]
     assert deployment_pool(tandem_api, namespace, "resnet") == "gpu"
     warnings = [e for e in events_for(tandem_api, namespace, "resnet") if e.reason == "PlacementDecided"]
