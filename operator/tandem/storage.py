@@ -1,6 +1,7 @@
 """Artifact storage by URI, shared by the trainer and the server.
 
-fsspec handles file://, s3:// and gs:// (with s3fs or gcsfs installed). `pvc://claim/path` is Tandem's own
+fsspec handles file://, s3:// (s3fs) and, for reading a served model, http(s):// (aiohttp, which s3fs
+brings). gs:// is not offered: no image installs gcsfs. `pvc://claim/path` is Tandem's own
 scheme: the workload's pod mounts the claim at `$TANDEM_PVC_ROOT/<claim>` (default /mnt/pvc), so the URI
 names storage the same way in the resource, in status and inside the pod.
 """

@@ -17,6 +17,8 @@ pytestmark = pytest.mark.cluster
 GOOD_TRAINING: dict[str, Any] = {"model": {"output": "pvc://models/digits"}, "resources": {"gpus": 1}}
 GOOD_SERVING: dict[str, Any] = {"model": {"fromTrainingJob": {"name": "digits"}}}
 GOOD_POOL: dict[str, Any] = {"nodeSelector": {"tandem.dev/pool": "cpu"}}
+SCRIPT_VOLUME: dict[str, Any] = {"name": "code", "configMap": {"name": "my-script"}}
+SCRIPT_MOUNT: dict[str, Any] = {"name": "code", "mountPath": "/app", "readOnly": True}
 
 
 def _with(spec: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
@@ -58,6 +60,45 @@ MALFORMED: list[tuple[str, Resource, dict[str, Any], str]] = [
         "spec.env[0]",
     ),
     ("pool not a DNS name", TRAINING_JOB, _with(GOOD_TRAINING, "pool", "GPU Pool"), "spec.pool"),
+    ("gs output", TRAINING_JOB, _with(GOOD_TRAINING, "model.output", "gs://b/m"), "gs:// is not supported"),
+    (
+        "mount of an undeclared volume",
+        TRAINING_JOB,
+        _with(GOOD_TRAINING, "volumeMounts", [SCRIPT_MOUNT]),
+        "spec.volumeMounts: every mount must name a volume declared in spec.volumes",
+    ),
+    (
+        "volume without a mount",
+        TRAINING_JOB,
+        _with(GOOD_TRAINING, "volumes", [SCRIPT_VOLUME]),
+        "spec.volumes: every volume must be mounted",
+    ),
+    (
+        "volume with two sources",
+        TRAINING_JOB,
+        {**GOOD_TRAINING, "volumes": [{**SCRIPT_VOLUME, "emptyDir": {}}], "volumeMounts": [SCRIPT_MOUNT]},
+        "a volume needs exactly one of",
+    ),
+    (
+        "mount over the claims root",
+        TRAINING_JOB,
+        {**GOOD_TRAINING, "volumes": [SCRIPT_VOLUME], "volumeMounts": [{"name": "code", "mountPath": "/mnt/pvc"}]},
+        "spec.volumeMounts[0].mountPath",
+    ),
+    (
+        "service account not a DNS name",
+        TRAINING_JOB,
+        _with(GOOD_TRAINING, "serviceAccountName", "Trainer"),
+        "spec.serviceAccountName",
+    ),
+    ("dataset on ftp", TRAINING_JOB, _with(GOOD_TRAINING, "dataset", {"uri": "ftp://h/d"}), "spec.dataset.uri"),
+    ("gs model", INFERENCE_SERVICE, {"model": {"uri": "gs://b/m.onnx"}}, "gs:// is not supported"),
+    (
+        "pull secret without a name",
+        INFERENCE_SERVICE,
+        _with(GOOD_SERVING, "imagePullSecrets", [{}]),
+        "spec.imagePullSecrets[0].name",
+    ),
     (
         "uri and fromTrainingJob",
         INFERENCE_SERVICE,
@@ -128,3 +169,23 @@ def test_valid_resources_are_accepted_with_defaults(tandem_api: k8s.ApiClient, n
     assert created["spec"]["backoffLimit"] == 3
     served = create(tandem_api, INFERENCE_SERVICE, namespace, body(INFERENCE_SERVICE, "ok", GOOD_SERVING))
     assert served["spec"]["placement"] == "cpu"
+
+
+def test_identity_volumes_and_a_dataset_are_accepted(tandem_api: k8s.ApiClient, namespace: str) -> None:
+    spec = {
+        **GOOD_TRAINING,
+        "serviceAccountName": "trainer",
+        "imagePullSecrets": [{"name": "registry"}],
+        "volumes": [SCRIPT_VOLUME],
+        "volumeMounts": [SCRIPT_MOUNT],
+        "dataset": {"uri": "pvc://datasets/digits.csv"},
+    }
+    created = create(tandem_api, TRAINING_JOB, namespace, body(TRAINING_JOB, "byo", spec))
+    assert created["spec"]["volumes"] == [SCRIPT_VOLUME]
+    assert created["spec"]["serviceAccountName"] == "trainer"
+
+
+def test_a_served_model_may_come_from_an_https_url(tandem_api: k8s.ApiClient, namespace: str) -> None:
+    spec = {"model": {"uri": "https://models.example.com/digits.onnx"}, "serviceAccountName": "reader"}
+    created = create(tandem_api, INFERENCE_SERVICE, namespace, body(INFERENCE_SERVICE, "web", spec))
+    assert created["spec"]["model"]["uri"] == "https://models.example.com/digits.onnx"

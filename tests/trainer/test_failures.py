@@ -90,7 +90,8 @@ def test_an_export_that_fails_the_parity_check_is_reported_and_not_published(
     monkeypatch.setattr(export, "export_onnx", lambda _model, sample, **kw: real_export(impostor, sample, **kw))
     samples = torch.rand(8, 64) * 16
     with pytest.raises(SystemExit) as exited, reported_failures():
-        export_and_publish(init_from_env("cpu"), trained, samples[:4], [samples.numpy()], f"file://{tmp_path}/out", {})
+        output = f"file://{tmp_path}/out"
+        export_and_publish(init_from_env("cpu"), trained, samples[:4], [samples.numpy()], output_uri=output, metrics={})
     assert exited.value.code == EXIT_PERMANENT
     failure = json.loads(termination.read_text())
     assert failure["reason"] == "ParityCheckFailed"

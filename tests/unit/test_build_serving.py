@@ -230,3 +230,21 @@ def test_deployment_is_deterministic(
 
 def test_service_url_is_the_in_cluster_v2_model_endpoint() -> None:
     assert service_url("digits", "ml", "cluster.local") == "http://digits.ml.svc.cluster.local/v2/models/digits"
+
+
+def test_server_pods_run_as_the_named_service_account_without_its_api_token(
+    serving_spec_body: dict[str, Any], pools: dict[str, ComputePoolSpec], config: OperatorConfig
+) -> None:
+    serving = _serving(serving_spec_body, pools, serviceAccountName="reader", imagePullSecrets=[{"name": "registry"}])
+    pod = deployment(serving, config)["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "reader"
+    assert pod["imagePullSecrets"] == [{"name": "registry"}]
+    assert pod["automountServiceAccountToken"] is False
+
+
+def test_server_pods_without_an_identity_name_none(
+    serving_spec_body: dict[str, Any], pools: dict[str, ComputePoolSpec], config: OperatorConfig
+) -> None:
+    pod = deployment(_serving(serving_spec_body, pools), config)["spec"]["template"]["spec"]
+    assert "serviceAccountName" not in pod
+    assert "imagePullSecrets" not in pod

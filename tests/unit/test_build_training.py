@@ -346,3 +346,78 @@ def test_extra_pod_labels_reach_the_pods_not_the_job(
     job = _job(_run(training_spec_body), pools, config)
     assert job["spec"]["template"]["metadata"]["labels"]["team"] == "ml"
     assert "team" not in job["metadata"]["labels"]
+
+
+def _pod(job: dict[str, Any]) -> dict[str, Any]:
+    pod: dict[str, Any] = job["spec"]["template"]["spec"]
+    return pod
+
+
+def test_workers_run_as_the_named_service_account_without_its_api_token(
+    training_spec_body: dict[str, Any], pools: dict[str, ComputePoolSpec], config: OperatorConfig
+) -> None:
+    run = _run(training_spec_body, serviceAccountName="s3-writer", imagePullSecrets=[{"name": "registry"}])
+    pod = _pod(_job(run, pools, config))
+    assert pod["serviceAccountName"] == "s3-writer"
+    assert pod["imagePullSecrets"] == [{"name": "registry"}]
+    assert pod["automountServiceAccountToken"] is False
+
+
+def test_workers_without_an_identity_use_the_namespace_default(single: dict[str, Any]) -> None:
+    pod = _pod(single)
+    assert "serviceAccountName" not in pod
+    assert "imagePullSecrets" not in pod
+
+
+def test_user_volumes_are_passed_through_beside_tandems_own(
+    training_spec_body: dict[str, Any], pools: dict[str, ComputePoolSpec], config: OperatorConfig
+) -> None:
+    run = _run(
+        training_spec_body,
+        volumes=[
+            {"name": "code", "configMap": {"name": "my-script", "defaultMode": 0o555}},
+            {"name": "creds", "secret": {"secretName": "gcp", "items": [{"key": "key.json", "path": "key.json"}]}},
+        ],
+        volumeMounts=[
+            {"name": "code", "mountPath": "/app", "readOnly": True},
+            {"name": "creds", "mountPath": "/var/run/creds", "readOnly": True},
+        ],
+    )
+    job = _job(run, pools, config)
+    volumes = {volume["name"]: volume for volume in _pod(job)["volumes"]}
+    assert volumes["code"] == {"name": "code", "configMap": {"name": "my-script", "defaultMode": 0o555}}
+    assert volumes["creds"]["secret"]["items"] == [{"key": "key.json", "path": "key.json"}]
+    assert {"tmp", "dshm"} <= set(volumes)
+    mounts = {mount["mountPath"]: mount for mount in _container(job)["volumeMounts"]}
+    assert mounts["/app"] == {"name": "code", "mountPath": "/app", "readOnly": True}
+    assert mounts["/var/run/creds"]["name"] == "creds"
+
+
+def test_a_dataset_claim_is_mounted_read_only_and_named_in_the_env(
+    training_spec_body: dict[str, Any], pools: dict[str, ComputePoolSpec], config: OperatorConfig
+) -> None:
+    job = _job(_run(training_spec_body, dataset={"uri": "pvc://datasets/digits.csv"}), pools, config)
+    [volume] = [v for v in _pod(job)["volumes"] if "persistentVolumeClaim" in v]
+    assert volume["persistentVolumeClaim"] == {"claimName": "datasets", "readOnly": True}
+    [mount] = [m for m in _container(job)["volumeMounts"] if m["name"] == volume["name"]]
+    assert (mount["mountPath"], mount["readOnly"]) == ("/mnt/pvc/datasets", True)
+    assert _env(job)["TANDEM_DATASET_URI"] == "pvc://datasets/digits.csv"
+
+
+def test_a_dataset_on_the_output_claim_shares_its_writable_mount(
+    training_spec_body: dict[str, Any], pools: dict[str, ComputePoolSpec], config: OperatorConfig
+) -> None:
+    run = _run(training_spec_body, model={"output": "pvc://models/digits"}, dataset={"uri": "pvc://models/data.csv"})
+    job = _job(run, pools, config)
+    [volume] = [v for v in _pod(job)["volumes"] if "persistentVolumeClaim" in v]
+    assert volume["persistentVolumeClaim"] == {"claimName": "models"}
+    [mount] = [m for m in _container(job)["volumeMounts"] if m["name"] == volume["name"]]
+    assert "readOnly" not in mount
+
+
+def test_an_object_store_dataset_mounts_nothing(
+    training_spec_body: dict[str, Any], pools: dict[str, ComputePoolSpec], config: OperatorConfig
+) -> None:
+    job = _job(_run(training_spec_body, dataset={"uri": "s3://data/digits.csv"}), pools, config)
+    assert not [v for v in _pod(job)["volumes"] if "persistentVolumeClaim" in v]
+    assert _env(job)["TANDEM_DATASET_URI"] == "s3://data/digits.csv"

@@ -144,7 +144,7 @@ def test_required_fields_and_minimums_reach_the_schema() -> None:
     spec = _schema(TRAINING_JOB)["properties"]["spec"]
     assert "model" in spec["required"]
     assert spec["properties"]["workers"]["minimum"] == 1
-    assert spec["properties"]["model"]["properties"]["output"]["pattern"].startswith("^(s3|gs|pvc|file)://")
+    assert spec["properties"]["model"]["properties"]["output"]["pattern"].startswith("^(s3|pvc|file)://")
 
 
 def test_enums_reach_the_schema() -> None:

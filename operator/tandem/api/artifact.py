@@ -60,7 +60,7 @@ class ModelArtifact(ApiModel):
     """A trained, exported and checked model."""
 
     uri: str = Field(min_length=1)
-    """Where model.onnx lives (file://, pvc://claim/path, s3://, gs://)."""
+    """Where model.onnx lives (file://, pvc://claim/path, s3://)."""
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     """Hex SHA-256 of model.onnx; servers refuse a file that does not match."""
     size_bytes: int = Field(ge=0)

@@ -42,7 +42,29 @@ FreeForm = Annotated[
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-STORAGE_URI = r"^(s3|gs|pvc|file)://.+"
+STORAGE_URI = r"^(s3|pvc|file)://.+"
+"""Artifact storage the images can reach: s3:// (and S3-compatible stores), pvc://claim/path and file://."""
+MODEL_SOURCE_URI = r"^(s3|pvc|file|https?)://.+"
+"""Where a served model may come from: artifact storage, or any HTTP(S) URL (read once, sha256-checked)."""
+NO_GCS_RULE: dict[str, str] = {
+    "rule": "!self.startsWith('gs://')",
+    "message": "gs:// is not supported: no Tandem image installs a GCS client (gcsfs); use s3://, pvc:// or file://",
+}
+"""gs:// used to be advertised; a URI that still uses it is refused with the reason, not just a pattern."""
+
+
+def _uri(pattern: str, max_length: int = 2048) -> Any:
+    return Field(
+        pattern=pattern,
+        max_length=max_length,
+        json_schema_extra={"x-kubernetes-validations": cast(JsonValue, [NO_GCS_RULE])},
+    )
+
+
+StorageUri = Annotated[str, _uri(STORAGE_URI)]
+"""A URI of artifact storage (STORAGE_URI), with gs:// refused by name."""
+ModelSourceUri = Annotated[str, _uri(MODEL_SOURCE_URI)]
+"""A URI a server can load a model from (MODEL_SOURCE_URI), with gs:// refused by name."""
 
 
 class ConditionStatus(StrEnum):

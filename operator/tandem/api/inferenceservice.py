@@ -12,13 +12,14 @@ from tandem.api.base import ApiModel
 from tandem.api.common import (
     CONDITIONS_SCHEMA_EXTRA,
     DNS_SUBDOMAIN,
-    STORAGE_URI,
     Condition,
     EnvVar,
+    ModelSourceUri,
     PodMetadata,
     Quantity,
     Usage,
 )
+from tandem.api.podspec import PullSecrets
 
 
 class TrainingJobRef(ApiModel):
@@ -46,8 +47,8 @@ class ModelSource(ApiModel):
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": cast(JsonValue, MODEL_SOURCE_RULES)})
 
-    uri: str | None = Field(default=None, pattern=STORAGE_URI, max_length=2048)
-    """URI of an ONNX file."""
+    uri: ModelSourceUri | None = None
+    """URI of an ONNX file: s3://, pvc://claim/path, file://, or http(s):// (downloaded once per replica)."""
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     """Expected SHA-256 of the file at uri; the server refuses a file that differs."""
     from_training_job: TrainingJobRef | None = None
@@ -136,6 +137,11 @@ class InferenceServiceSpec(ApiModel):
     """Extra environment for the server; credentials by Secret reference only."""
     pod_metadata: PodMetadata = Field(default_factory=PodMetadata)
     """Labels and annotations for the pods."""
+    service_account_name: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253)
+    """ServiceAccount the server runs as (the identity a cloud maps to a role for reading the model); its
+    Kubernetes API token is not mounted. Empty runs as the namespace's default ServiceAccount."""
+    image_pull_secrets: PullSecrets = Field(default_factory=list)
+    """Secrets (of type kubernetes.io/dockerconfigjson) for pulling a private image."""
 
 
 INFERENCE_SERVICE_RULES: list[dict[str, str]] = [

@@ -6,19 +6,26 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from tandem.api.artifact import ModelArtifact
 from tandem.api.base import ApiModel
 from tandem.api.common import (
     CONDITIONS_SCHEMA_EXTRA,
     DNS_SUBDOMAIN,
-    STORAGE_URI,
     Condition,
     EnvVar,
     PodMetadata,
     Quantity,
+    StorageUri,
     Usage,
+)
+from tandem.api.podspec import (
+    MOUNTS_NAME_VOLUMES_RULES,
+    PullSecrets,
+    VolumeMounts,
+    Volumes,
+    check_mounts_name_volumes,
 )
 
 
@@ -45,14 +52,15 @@ class ModelExport(ApiModel):
     opset: int | None = Field(default=None, ge=7, le=30)
     """ONNX opset; empty lets the exporter choose."""
     sample_input_shape: list[Annotated[int, Field(ge=1)]] | None = Field(default=None, min_length=1, max_length=8)
-    """Shape of one sample input without the batch dimension, for tracing and the parity check."""
+    """Shape of one sample input without the batch dimension. The exporter traces and checks parity on random
+    inputs of this shape when the training script passes no sample, and refuses a sample of another shape."""
 
 
 class ModelOutput(ApiModel):
     """Where the model goes and in what form."""
 
-    output: str = Field(pattern=STORAGE_URI, max_length=2048)
-    """Folder URI for model.onnx and metadata.json: s3://, gs://, pvc://claim/path or file://."""
+    output: StorageUri
+    """Folder URI for model.onnx and metadata.json: s3://, pvc://claim/path or file://."""
     export: ModelExport = Field(default_factory=ModelExport)
     """Export settings."""
 
@@ -60,10 +68,18 @@ class ModelOutput(ApiModel):
 class Checkpointing(ApiModel):
     """Periodic checkpoints, so a retried worker resumes instead of starting over."""
 
-    uri: str | None = Field(default=None, pattern=STORAGE_URI, max_length=2048)
+    uri: StorageUri | None = None
     """Folder URI for checkpoints."""
     resume: bool = True
     """Resume from the newest checkpoint when one exists."""
+
+
+class Dataset(ApiModel):
+    """The data a run reads, named once in the spec instead of in each script's arguments."""
+
+    uri: StorageUri
+    """pvc://claim/path (the claim is mounted read-only unless the model or checkpoints go to it too), s3://
+    or file://; the workers get it as TANDEM_DATASET_URI."""
 
 
 class TrainingJobSpec(ApiModel):
@@ -99,6 +115,23 @@ class TrainingJobSpec(ApiModel):
     """Hold the run (or pause a running one) without deleting the resource."""
     queue: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=63)
     """Kueue LocalQueue; the run is admitted by Kueue when set."""
+    service_account_name: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253)
+    """ServiceAccount the workers run as: the identity that IRSA or Workload Identity maps to a cloud role.
+    Its Kubernetes API token is not mounted. Empty runs as the namespace's default ServiceAccount."""
+    image_pull_secrets: PullSecrets = Field(default_factory=list)
+    """Secrets (of type kubernetes.io/dockerconfigjson) for pulling a private image."""
+    volumes: Volumes = Field(default_factory=list)
+    """Extra volumes for the workers (a claim, a ConfigMap with the user's script, a Secret); each is mounted
+    by an entry of volumeMounts."""
+    volume_mounts: VolumeMounts = Field(default_factory=list)
+    """Where each extra volume appears in the trainer container."""
+    dataset: Dataset | None = None
+    """Training data, given to the workers as TANDEM_DATASET_URI."""
+
+    @model_validator(mode="after")
+    def _mounts_name_volumes(self) -> TrainingJobSpec:
+        check_mounts_name_volumes(self.volumes, self.volume_mounts)
+        return self
 
 
 TRAINING_JOB_RULES: list[dict[str, str]] = [
@@ -112,6 +145,7 @@ TRAINING_JOB_RULES: list[dict[str, str]] = [
         "message": "spec.queue is immutable",
         "fieldPath": ".queue",
     },
+    *MOUNTS_NAME_VOLUMES_RULES,
 ]
 
 

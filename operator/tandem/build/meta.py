@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from tandem.api.podspec import LocalObjectReference
 from tandem.api.resources import API_VERSION
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "tandem"}
@@ -60,11 +61,38 @@ def env_list(pairs: dict[str, str]) -> list[dict[str, Any]]:
     return [{"name": key, "value": value} for key, value in pairs.items()]
 
 
-def pvc_volumes(claims: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Volumes and mounts for the claims that pvc:// URIs name, at the path tandem.storage resolves."""
+def pvc_volumes(
+    claims: list[str], read_only: frozenset[str] = frozenset()
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Volumes and mounts for the claims that pvc:// URIs name, at the path tandem.storage resolves.
+
+    Claims in `read_only` are only read (a dataset), so they are mounted read-only and a bug in a training
+    script cannot overwrite the data.
+    """
     unique = sorted(set(claims))
-    volumes = [
-        {"name": dns_name("pvc", claim), "persistentVolumeClaim": {"claimName": claim}} for claim in unique
-    ]
-    mounts = [{"name": dns_name("pvc", claim), "mountPath": f"{PVC_MOUNT_ROOT}/{claim}"} for claim in unique]
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    for claim in unique:
+        name = dns_name("pvc", claim)
+        source: dict[str, Any] = {"claimName": claim}
+        mount: dict[str, Any] = {"name": name, "mountPath": f"{PVC_MOUNT_ROOT}/{claim}"}
+        if claim in read_only:
+            source["readOnly"] = True
+            mount["readOnly"] = True
+        volumes.append({"name": name, "persistentVolumeClaim": source})
+        mounts.append(mount)
     return volumes, mounts
+
+
+def pod_identity(service_account: str | None, pull_secrets: list[LocalObjectReference]) -> dict[str, Any]:
+    """The pod spec fields that say who the pod is and how its image is pulled.
+
+    The API token stays unmounted even with a ServiceAccount: cloud identity (IRSA, Workload Identity) comes
+    through its own projected token or metadata server, and a workload has no business with the API server.
+    """
+    fields: dict[str, Any] = {"automountServiceAccountToken": False}
+    if service_account:
+        fields["serviceAccountName"] = service_account
+    if pull_secrets:
+        fields["imagePullSecrets"] = [secret.to_wire() for secret in pull_secrets]
+    return fields

@@ -30,6 +30,7 @@ from tandem.build.meta import (
     env_list,
     object_meta,
     owner_reference,
+    pod_identity,
     pod_security_context,
     pvc_volumes,
     restricted_security_context,
@@ -178,7 +179,8 @@ def profile_job(profile: ProfileTarget, config: OperatorConfig) -> dict[str, Any
             "containers": [container],
             "volumes": volumes,
             "securityContext": pod_security_context(),
-            "automountServiceAccountToken": False,
+            # The profiler pulls the same image and reads the same model as the service's replicas.
+            **pod_identity(spec.service_account_name, spec.image_pull_secrets),
         }
     )
     pod_labels = {

@@ -17,6 +17,7 @@ from tandem.build.meta import (
     env_list,
     object_meta,
     owner_reference,
+    pod_identity,
     pod_security_context,
     pvc_volumes,
     restricted_security_context,
@@ -126,7 +127,7 @@ def deployment(serving: Serving, config: OperatorConfig) -> dict[str, Any]:
             "containers": [container],
             "volumes": volumes,
             "securityContext": pod_security_context(),
-            "automountServiceAccountToken": False,
+            **pod_identity(spec.service_account_name, spec.image_pull_secrets),
             "terminationGracePeriodSeconds": 30,
         }
     )

@@ -21,6 +21,7 @@ from tandem.build.meta import (
     env_list,
     object_meta,
     owner_reference,
+    pod_identity,
     pod_security_context,
     pvc_volumes,
     restricted_security_context,
@@ -128,9 +129,27 @@ def _tandem_env(run: TrainingRun) -> dict[str, str]:
         env["TANDEM_CHECKPOINT_RESUME"] = str(spec.checkpoint.resume).lower()
     if spec.model.export.opset is not None:
         env["TANDEM_EXPORT_OPSET"] = str(spec.model.export.opset)
+    if spec.dataset is not None:
+        env["TANDEM_DATASET_URI"] = spec.dataset.uri
     if spec.model.export.sample_input_shape is not None:
         env["TANDEM_SAMPLE_INPUT_SHAPE"] = ",".join(map(str, spec.model.export.sample_input_shape))
     return env
+
+
+def _volumes(spec: TrainingJobSpec, checkpoint_uri: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Claims of the pvc:// URIs, scratch space, then the user's own volumes as the spec declares them.
+
+    A dataset claim is mounted read-only unless the model or the checkpoints are written to it as well.
+    """
+    written = {claim for uri in (spec.model.output, checkpoint_uri) if uri and (claim := pvc_claim(uri))}
+    dataset = pvc_claim(spec.dataset.uri) if spec.dataset is not None else None
+    read = {dataset} - written if dataset else set()
+    volumes, mounts = pvc_volumes(sorted(written | read), read_only=frozenset(read))
+    volumes += [{"name": "tmp", "emptyDir": {}}, {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    mounts += [{"name": "tmp", "mountPath": "/tmp"}, {"name": "dshm", "mountPath": "/dev/shm"}]
+    volumes += [volume.to_wire() for volume in spec.volumes]
+    mounts += [mount.to_wire() for mount in spec.volume_mounts]
+    return volumes, mounts
 
 
 def failure_policy() -> dict[str, Any]:
@@ -154,10 +173,7 @@ def training_job(
 ) -> dict[str, Any]:
     """The Indexed Job for one run."""
     spec = run.spec
-    claims = [claim for uri in (spec.model.output, run.checkpoint_uri) if uri and (claim := pvc_claim(uri))]
-    volumes, mounts = pvc_volumes(claims)
-    volumes += [{"name": "tmp", "emptyDir": {}}, {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
-    mounts += [{"name": "tmp", "mountPath": "/tmp"}, {"name": "dshm", "mountPath": "/dev/shm"}]
+    volumes, mounts = _volumes(spec, run.checkpoint_uri)
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": spec.image or config.trainer_image,
@@ -178,7 +194,7 @@ def training_job(
         "containers": [container],
         "volumes": volumes,
         "securityContext": pod_security_context(),
-        "automountServiceAccountToken": False,
+        **pod_identity(spec.service_account_name, spec.image_pull_secrets),
     }
     if spec.workers > 1:
         pod_spec["subdomain"] = run.job_name

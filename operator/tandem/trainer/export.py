@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +20,7 @@ import onnx
 import torch
 
 from tandem.api.artifact import TensorDatatype, TensorSpec
-from tandem.trainer.failures import ExportFailed, ParityCheckFailed
+from tandem.trainer.failures import ExportFailed, InvalidConfiguration, ParityCheckFailed
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,48 @@ ONNX_TO_V2: dict[int, TensorDatatype] = {
     onnx.TensorProto.STRING: TensorDatatype.BYTES,
 }
 """ONNX element types and their Open Inference Protocol names."""
+
+
+SAMPLE_SHAPE_ENV = "TANDEM_SAMPLE_INPUT_SHAPE"
+"""spec.model.export.sampleInputShape as the operator passes it: the dimensions, comma-separated."""
+
+
+def declared_sample_shape() -> list[int] | None:
+    """The per-sample input shape the TrainingJob declares, or None when it declares none."""
+    raw = os.environ.get(SAMPLE_SHAPE_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        shape = [int(part) for part in raw.split(",")]
+    except ValueError:
+        raise InvalidConfiguration(f"{SAMPLE_SHAPE_ENV}={raw!r} is not a comma-separated list of sizes") from None
+    if min(shape) < 1:
+        raise InvalidConfiguration(f"{SAMPLE_SHAPE_ENV}={raw!r}: every size must be at least 1")
+    return shape
+
+
+def random_samples(shape: Sequence[int], seed: int = 0) -> tuple[torch.Tensor, list[npt.NDArray[np.float32]]]:
+    """Standard-normal fp32 inputs of a per-sample shape: a batch of 4 to trace, batches of 1 and 3 for parity.
+
+    For a script that has no real inputs at hand when it exports; parity on random inputs still catches a
+    graph that computes something else, a batch size baked in, or an operator onnxruntime gets wrong.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    trace, one, three = (torch.randn(size, *shape, generator=generator) for size in (4, 1, 3))
+    return trace, [one.numpy(), three.numpy()]
+
+
+def check_sample_shape(sample: torch.Tensor, declared: Sequence[int] | None) -> None:
+    """Refuse an export sample whose per-sample shape differs from the one the TrainingJob declares.
+
+    The declared shape is what users were told the model takes; exporting another one would publish a
+    model whose inputs nobody expects.
+    """
+    if declared is not None and list(sample.shape[1:]) != list(declared):
+        raise InvalidConfiguration(
+            f"the export sample has per-sample shape {list(sample.shape[1:])}, but "
+            f"spec.model.export.sampleInputShape declares {list(declared)}"
+        )
 
 
 def export_onnx(

@@ -21,7 +21,7 @@ from tandem import storage
 from tandem.api.artifact import TERMINATION_MESSAGE_LIMIT, ModelArtifact
 from tandem.trainer import export
 from tandem.trainer.distributed import DistContext, run_on_main
-from tandem.trainer.failures import OutputUnwritable, write_termination_message
+from tandem.trainer.failures import InvalidConfiguration, OutputUnwritable, write_termination_message
 
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
@@ -90,24 +90,49 @@ def write_artifact(output_uri: str, proto: onnx.ModelProto, artifact_fields: dic
     return artifact
 
 
+def _samples(
+    sample: torch.Tensor | None, parity_batches: Sequence[npt.NDArray[np.float32]] | None
+) -> tuple[torch.Tensor, Sequence[npt.NDArray[np.float32]]]:
+    """The trace sample and parity batches: the script's own, or random ones of the declared shape."""
+    declared = export.declared_sample_shape()
+    if sample is None:
+        if declared is None:
+            raise InvalidConfiguration(
+                "no export sample: pass sample= to export_and_publish or set spec.model.export.sampleInputShape"
+            )
+        sample, generated = export.random_samples(declared)
+        return sample, parity_batches or generated
+    export.check_sample_shape(sample, declared)
+    if parity_batches is None:
+        batch = sample.detach().to("cpu", torch.float32).numpy()
+        parity_batches = [batch[:1], batch]
+    return sample, parity_batches
+
+
 def export_and_publish(
     ctx: DistContext,
     model: torch.nn.Module,
-    sample: torch.Tensor,
-    parity_batches: Sequence[npt.NDArray[np.float32]],
+    sample: torch.Tensor | None = None,
+    parity_batches: Sequence[npt.NDArray[np.float32]] | None = None,
+    *,
     output_uri: str,
     metrics: dict[str, float],
-    *,
     opset: int | None = None,
     input_name: str = "input",
     output_name: str = "output",
     tolerance: float = export.PARITY_TOLERANCE,
 ) -> ModelArtifact | None:
-    """Export, check and publish on rank 0; every rank raises if that fails. Returns the artifact on rank 0."""
+    """Export, check and publish on rank 0; every rank raises if that fails. Returns the artifact on rank 0.
+
+    `sample` (a batch of at least 2) is traced; `parity_batches` are compared between torch and onnxruntime.
+    Without a sample, random inputs of spec.model.export.sampleInputShape stand in; without parity batches,
+    the sample's first row and the whole sample are compared.
+    """
 
     def publish() -> ModelArtifact:
-        proto = export.export_onnx(model, sample, input_name=input_name, output_name=output_name, opset=opset)
-        diff = export.parity_max_abs_diff(model, proto.SerializeToString(), parity_batches, tolerance)
+        traced, batches = _samples(sample, parity_batches)
+        proto = export.export_onnx(model, traced, input_name=input_name, output_name=output_name, opset=opset)
+        diff = export.parity_max_abs_diff(model, proto.SerializeToString(), batches, tolerance)
         inputs, outputs = export.signature(proto)
         fields: dict[str, object] = {
             "opset": export.opset_of(proto),
