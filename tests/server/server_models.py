@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -59,11 +60,12 @@ def linear_expected(rows: np.ndarray) -> np.ndarray:
     return rows.astype(np.float32) @ LINEAR_WEIGHT + LINEAR_BIAS
 
 
-def identity_model(path: Path) -> Path:
-    """One Identity per V2 datatype: input `in_<DT>` [-1, 2] -> output `out_<DT>`."""
-    nodes = [helper.make_node("Identity", [f"in_{name}"], [f"out_{name}"]) for name in IDENTITY_TYPES]
-    inputs = [helper.make_tensor_value_info(f"in_{n}", t, ["batch", 2]) for n, t in IDENTITY_TYPES.items()]
-    outputs = [helper.make_tensor_value_info(f"out_{n}", t, ["batch", 2]) for n, t in IDENTITY_TYPES.items()]
+def identity_model(path: Path, names: Iterable[str] = IDENTITY_TYPES) -> Path:
+    """One Identity per V2 datatype (or per one of `names`): input `in_<DT>` [-1, 2] -> output `out_<DT>`."""
+    types = {name: IDENTITY_TYPES[name] for name in names}
+    nodes = [helper.make_node("Identity", [f"in_{name}"], [f"out_{name}"]) for name in types]
+    inputs = [helper.make_tensor_value_info(f"in_{n}", t, ["batch", 2]) for n, t in types.items()]
+    outputs = [helper.make_tensor_value_info(f"out_{n}", t, ["batch", 2]) for n, t in types.items()]
     graph = helper.make_graph(nodes, "identity", inputs, outputs)
     return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]), path)
 

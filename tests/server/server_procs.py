@@ -24,6 +24,7 @@ def start(
         "TANDEM_MODEL_NAME": name,
         "TANDEM_MODEL_URI": model.as_uri(),
         "TANDEM_HTTP_PORT": str(port),
+        "TANDEM_GRPC_PORT": str(free_port()),
         "TANDEM_METRICS_PORT": str(free_port()),
         "TANDEM_HOST": "127.0.0.1",
         "TANDEM_THREADS": "1",

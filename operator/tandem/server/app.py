@@ -1,9 +1,9 @@
-"""Assembles the server (model, data plane, REST routes, HTTP listeners) and runs its lifecycle.
+"""Assembles the server (model, data plane, REST routes on the HTTP front, the gRPC front) and runs its lifecycle.
 
 Order matters for Kubernetes: listen first, so the liveness probe passes while a large model downloads;
 load and warm up in a worker thread; only then does /v2/health/ready answer 200. A model that cannot be
 loaded (unreadable URI, sha256 mismatch, onnxruntime refusal) is logged and the process exits 1 without
-ever becoming ready. SIGTERM: not ready, stop accepting, finish in-flight requests, exit 0.
+ever becoming ready. SIGTERM: not ready, stop accepting, finish in-flight requests (REST and gRPC at once), exit 0.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from tandem.server.config import ServerConfig
 from tandem.server.dataplane import DataPlane
 from tandem.server.errors import ModelLoadError
+from tandem.server.grpcserver import GrpcFront
 from tandem.server.httpserver import HttpServer, Request, Response, error_response
 from tandem.server.logs import AccessLog
 from tandem.server.metrics import ServerMetrics
@@ -30,7 +31,9 @@ class InferenceServer:
         self.config = config
         self.metrics = ServerMetrics()
         self.executor = ThreadPoolExecutor(max_workers=max(1, config.workers), thread_name_prefix="ort")
-        self.dataplane = DataPlane(self.executor, self.metrics.batch)
+        self.dataplane = DataPlane(
+            self.executor, self.metrics.batch, max_in_flight=max(1, config.workers) + config.max_queued_requests
+        )
         self.model = OnnxModel(
             config.model_name,
             config.model_uri,
@@ -42,8 +45,23 @@ class InferenceServer:
         self.shared_metrics_port = config.metrics_port == config.http_port
         self.rest = RestApp(self.dataplane, self.metrics, serve_metrics=self.shared_metrics_port)
         self.access_log = access_log if access_log is not None else (AccessLog() if config.access_log else None)
-        self.http = HttpServer(self.rest, max_request_bytes=config.max_request_bytes, access_log=self.access_log)
+        self.http = HttpServer(
+            self.rest,
+            max_request_bytes=config.max_request_bytes,
+            access_log=self.access_log,
+            idle_timeout_s=config.idle_timeout_s,
+            header_timeout_s=config.header_timeout_s,
+            body_timeout_s=config.body_timeout_s,
+            max_connections=config.max_connections,
+        )
+        self.grpc = GrpcFront(
+            self.dataplane,
+            self.metrics,
+            max_message_bytes=config.max_request_bytes,
+            idle_timeout_s=config.idle_timeout_s,
+        )
         self.http_port = config.http_port
+        self.grpc_port = config.grpc_port
         self.metrics_port = config.metrics_port
         self._stop = asyncio.Event()
 
@@ -53,11 +71,15 @@ class InferenceServer:
         return error_response(404, f"only /metrics is served on this port, not {request.path}")
 
     async def start(self) -> None:
-        """Listen on the HTTP (and metrics) port; the model is not loaded yet."""
+        """Listen on the HTTP, gRPC (and metrics) ports; the model is not loaded yet."""
         self.http_port = await self.http.listen(self.config.host, self.config.http_port)
+        self.grpc_port = await self.grpc.listen(self.config.host, self.config.grpc_port)
         if not self.shared_metrics_port:
             self.metrics_port = await self.http.listen(self.config.host, self.config.metrics_port, self._metrics_only)
-        log.info("listening", extra={"http_port": self.http_port, "metrics_port": self.metrics_port})
+        log.info(
+            "listening",
+            extra={"http_port": self.http_port, "grpc_port": self.grpc_port, "metrics_port": self.metrics_port},
+        )
 
     async def load(self) -> None:
         """Load and warm up the model in a worker thread; ModelLoadError if it cannot be served."""
@@ -65,7 +87,7 @@ class InferenceServer:
         await loop.run_in_executor(self.executor, self.model.load)
         if self.config.batching:
             self.dataplane.enable_batching(
-                self.model, self.config.max_batch_size, self.config.max_batch_delay_ms / 1000
+                self.model, self.config.max_batch_size, self.config.max_batch_delay_ms / 1000, self.config.workers
             )
         self.metrics.model_ready.labels(self.model.name).set(1)
         log.info("ready", extra={"model": self.model.name, "sha256": self.model.sha256})
@@ -97,8 +119,11 @@ class InferenceServer:
 
     async def shutdown(self) -> None:
         self.rest.draining = True
+        self.grpc.draining = True
         self.metrics.model_ready.labels(self.model.name).set(0)
-        drained = await self.http.drain(self.config.drain_timeout_s)
+        drained, _ = await asyncio.gather(
+            self.http.drain(self.config.drain_timeout_s), self.grpc.drain(self.config.drain_timeout_s)
+        )
         if self.access_log is not None:
             self.access_log.flush()
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -1,18 +1,22 @@
-"""Dynamic batching: requests that arrive close together run as one onnxruntime call.
+"""Adaptive dynamic batching: requests that wait for a free onnxruntime run go together as one run.
 
-A request waits at most `max_delay_s` for company; a batch runs as soon as it holds `max_batch_size` rows.
-Only requests whose inputs agree on everything but dimension 0 (and on the outputs wanted) share a run,
-and only models whose every input and output has a dynamic dimension 0 are batched at all. Off by default:
-on a small CPU model, batch-1 latency is lowest unbatched; batching pays when one run of N rows costs much
-less than N runs.
+A request that finds a run slot free runs at once, alone: batching never makes an idle server wait. Requests
+that arrive while every slot is busy queue, and when a slot frees, as many as fit in `max_batch_size` rows
+run together. So the batch size follows the load: 1 at low concurrency, up to `max_batch_size` when requests
+pile up, which is when one run of N rows (far cheaper than N runs on a CPU) pays. `max_delay_s` > 0 adds
+Triton's classic behaviour on top: a free slot waits up to that long for a batch to fill.
+
+Only requests whose inputs agree on everything but dimension 0 (and on the outputs wanted) share a run, and
+only models whose every input and output has a dynamic dimension 0 are batched at all.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,16 +30,22 @@ class _Pending:
     names: tuple[str, ...]
     rows: int
     future: asyncio.Future[list[np.ndarray]]
+    arrived: float
+    key: tuple[object, ...] = field(init=False)
+    """Requests share a run only when their keys are equal: the outputs, and each input's dtype and row shape."""
+
+    def __post_init__(self) -> None:
+        self.key = (self.names, tuple((name, a.dtype.str, a.shape[1:]) for name, a in self.feeds.items()))
 
 
 def batchable(model: OnnxModel) -> bool:
-    """True when every input and output of the model has a dynamic (or absent-batch-safe) dimension 0."""
+    """True when every input and output of the model has a dynamic dimension 0."""
     signature = model.signature
     return all(spec.shape and spec.shape[0] == -1 for spec in (*signature.inputs, *signature.outputs))
 
 
 class Batcher:
-    """Collects requests for one model and runs them together in the executor."""
+    """Collects requests for one model and runs them, together when they had to wait, in the executor."""
 
     def __init__(
         self,
@@ -43,16 +53,21 @@ class Batcher:
         executor: ThreadPoolExecutor,
         max_batch_size: int,
         max_delay_s: float,
+        runs: int = 1,
         observe_rows: Callable[[int], None] = lambda rows: None,
     ) -> None:
         self.model = model
         self.max_batch_size = max(1, max_batch_size)
         self.max_delay_s = max(0.0, max_delay_s)
+        self.runs = max(1, runs)
+        """Batches in flight at once; more would only queue in the executor, where they cannot grow."""
         self._executor = executor
         self._observe_rows = observe_rows
         self._enabled = batchable(model)
-        self._queue: list[_Pending] = []
+        self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
+        self._running: set[asyncio.Task[None]] = set()
+        """Batches in flight; the set also keeps their tasks referenced until they finish."""
         self._timer: asyncio.TimerHandle | None = None
 
     def accepts(self, feeds: dict[str, np.ndarray]) -> bool:
@@ -65,31 +80,48 @@ class Batcher:
     async def submit(self, feeds: dict[str, np.ndarray], names: Sequence[str]) -> list[np.ndarray]:
         loop = asyncio.get_running_loop()
         rows = int(next(iter(feeds.values())).shape[0])
-        pending = _Pending(feeds, tuple(names), rows, loop.create_future())
-        if self._queued_rows + rows > self.max_batch_size:
-            self._flush()
+        pending = _Pending(feeds, tuple(names), rows, loop.create_future(), loop.time())
         self._queue.append(pending)
         self._queued_rows += rows
-        if self._queued_rows >= self.max_batch_size:
-            self._flush()
-        elif self._timer is None:
-            self._timer = loop.call_later(self.max_delay_s, self._flush)
+        self._pump()
         return await pending.future
 
-    def _flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        queue, self._queue, self._queued_rows = self._queue, [], 0
-        groups: dict[tuple[object, ...], list[_Pending]] = {}
-        for pending in queue:
-            key = (
-                pending.names,
-                tuple((name, array.dtype.str, array.shape[1:]) for name, array in pending.feeds.items()),
-            )
-            groups.setdefault(key, []).append(pending)
-        for group in groups.values():
-            asyncio.get_running_loop().create_task(self._run(group))
+    def _pump(self) -> None:
+        """Start batches while a run slot is free and requests wait (after the delay, if one is set)."""
+        loop = asyncio.get_running_loop()
+        while self._queue and len(self._running) < self.runs:
+            if self.max_delay_s > 0 and self._queued_rows < self.max_batch_size:
+                due = self._queue[0].arrived + self.max_delay_s
+                if loop.time() < due:
+                    if self._timer is None:
+                        self._timer = loop.call_at(due, self._on_timer)
+                    return
+            task = loop.create_task(self._run(self._take()))
+            self._running.add(task)
+            task.add_done_callback(self._finished)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._pump()
+
+    def _take(self) -> list[_Pending]:
+        """The oldest request and those queued after it that can share its run, up to max_batch_size rows."""
+        first = self._queue.popleft()
+        group, rows, kept = [first], first.rows, deque[_Pending]()
+        while self._queue:
+            pending = self._queue.popleft()
+            if pending.key == first.key and rows + pending.rows <= self.max_batch_size:
+                group.append(pending)
+                rows += pending.rows
+            else:
+                kept.append(pending)
+        self._queue = kept
+        self._queued_rows -= rows
+        return group
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._pump()
 
     async def _run(self, group: list[_Pending]) -> None:
         names = list(group[0].names)

@@ -12,10 +12,19 @@ import sys
 
 import click
 
-from tandem.server.config import DEFAULT_MAX_REQUEST_BYTES
+from tandem.server import config as defaults
 from tandem.server.options import model_options, runtime_options
 
 log = logging.getLogger("tandem.server")
+
+
+def _raise_open_files_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit (as Go programs do): 1024 would cap open connections first."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
 
 
 def _install_loop() -> None:
@@ -32,7 +41,11 @@ def _install_loop() -> None:
 @model_options
 @click.option("--model-version", envvar="TANDEM_MODEL_VERSION", default=None, help="V2 model version.")
 @click.option("--host", envvar="TANDEM_HOST", default="0.0.0.0", show_default=True)
-@click.option("--http-port", envvar="TANDEM_HTTP_PORT", type=int, default=8080, show_default=True)
+@click.option("--http-port", envvar="TANDEM_HTTP_PORT", type=int, default=8080, show_default=True, help="V2 REST.")
+@click.option(
+    "--grpc-port", envvar="TANDEM_GRPC_PORT", type=int, default=defaults.DEFAULT_GRPC_PORT, show_default=True,
+    help="V2 gRPC (inference.GRPCInferenceService).",
+)  # fmt: skip
 @click.option(
     "--metrics-port",
     envvar="TANDEM_METRICS_PORT",
@@ -53,10 +66,35 @@ def _install_loop() -> None:
     "--max-request-bytes",
     envvar="TANDEM_MAX_REQUEST_BYTES",
     type=click.IntRange(min=1),
-    default=DEFAULT_MAX_REQUEST_BYTES,
+    default=defaults.DEFAULT_MAX_REQUEST_BYTES,
     show_default=True,
     help="Larger request bodies get 413.",
 )
+@click.option(
+    "--idle-timeout", envvar="TANDEM_IDLE_TIMEOUT_S", type=click.FloatRange(min=0, min_open=True),
+    default=defaults.DEFAULT_IDLE_TIMEOUT_S, show_default=True,
+    help="Seconds a keep-alive connection may sit idle (HTTP and gRPC).",
+)  # fmt: skip
+@click.option(
+    "--header-timeout", envvar="TANDEM_HEADER_TIMEOUT_S", type=click.FloatRange(min=0, min_open=True),
+    default=defaults.DEFAULT_HEADER_TIMEOUT_S, show_default=True,
+    help="Seconds from a request's first byte to the end of its headers; then 408.",
+)  # fmt: skip
+@click.option(
+    "--body-timeout", envvar="TANDEM_BODY_TIMEOUT_S", type=click.FloatRange(min=0, min_open=True),
+    default=defaults.DEFAULT_BODY_TIMEOUT_S, show_default=True,
+    help="Seconds from the end of the headers to the end of the body; then 408.",
+)  # fmt: skip
+@click.option(
+    "--max-connections", envvar="TANDEM_MAX_CONNECTIONS", type=click.IntRange(min=1),
+    default=defaults.DEFAULT_MAX_CONNECTIONS, show_default=True,
+    help="Open HTTP connections; one more is answered 503 with Retry-After.",
+)  # fmt: skip
+@click.option(
+    "--max-queued-requests", envvar="TANDEM_MAX_QUEUED_REQUESTS", type=click.IntRange(min=0),
+    default=defaults.DEFAULT_MAX_QUEUED_REQUESTS, show_default=True,
+    help="Infer requests waiting beyond the running ones; one more gets 503 + Retry-After (gRPC UNAVAILABLE).",
+)  # fmt: skip
 @click.option(
     "--drain-timeout",
     envvar="TANDEM_DRAIN_TIMEOUT_S",
@@ -73,6 +111,7 @@ def serve(
     model_version: str | None,
     host: str,
     http_port: int,
+    grpc_port: int,
     metrics_port: int,
     threads: int | None,
     workers: int,
@@ -80,23 +119,28 @@ def serve(
     max_batch_delay_ms: float,
     access_log: bool,
     max_request_bytes: int,
+    idle_timeout: float,
+    header_timeout: float,
+    body_timeout: float,
+    max_connections: int,
+    max_queued_requests: int,
     drain_timeout: float,
     log_level: str,
 ) -> None:
-    """Serve one ONNX model over the Open Inference Protocol (KServe V2) REST API."""
+    """Serve one ONNX model over the Open Inference Protocol (KServe V2), REST and gRPC."""
     from tandem.cgroup import default_threads
     from tandem.server.app import InferenceServer
-    from tandem.server.config import ServerConfig
     from tandem.server.logs import configure_logging
 
     configure_logging(log_level.upper())
-    config = ServerConfig(
+    config = defaults.ServerConfig(
         model_name=model_name,
         model_uri=model_uri,
         model_sha256=model_sha256 or None,
         model_version=model_version or None,
         host=host,
         http_port=http_port,
+        grpc_port=grpc_port,
         metrics_port=metrics_port,
         threads=threads or default_threads(),
         workers=workers,
@@ -104,9 +148,15 @@ def serve(
         max_batch_delay_ms=max_batch_delay_ms,
         access_log=access_log,
         max_request_bytes=max_request_bytes,
+        idle_timeout_s=idle_timeout,
+        header_timeout_s=header_timeout,
+        body_timeout_s=body_timeout,
+        max_connections=max_connections,
+        max_queued_requests=max_queued_requests,
         drain_timeout_s=drain_timeout,
     )
     log.info("starting", extra={"config": config.__dict__})
+    _raise_open_files_limit()
     _install_loop()
 
     async def main() -> int:

@@ -5,6 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+DEFAULT_GRPC_PORT = 8081
+"""KServe's gRPC port, so clients and probes written for KServe find it where they expect."""
+DEFAULT_IDLE_TIMEOUT_S = 75.0
+"""Longer than the idle timeouts of common proxies and load balancers (60 s), so the server is never the
+side that closes a keep-alive connection the proxy is about to reuse."""
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+"""From a request's first byte to the end of its headers: headers are small; only a slow-loris takes longer."""
+DEFAULT_BODY_TIMEOUT_S = 60.0
+"""From the end of the headers to the end of the body: a 64 MiB body at 1 MiB/s still fits."""
+DEFAULT_MAX_CONNECTIONS = 4096
+DEFAULT_MAX_QUEUED_REQUESTS = 256
+"""Infer requests waiting beyond the ones running: at a few thousand requests per second, well under 100 ms
+of queue, which absorbs any burst a Service spreads over a replica and refuses a flood before it is a
+latency disaster."""
 
 
 @dataclass(frozen=True)
@@ -15,6 +29,8 @@ class ServerConfig:
     model_version: str | None = None
     host: str = "0.0.0.0"
     http_port: int = 8080
+    grpc_port: int = DEFAULT_GRPC_PORT
+    """V2 gRPC port; 0 picks a free one."""
     metrics_port: int = 9090
     """Port for GET /metrics; equal to http_port to serve it beside the V2 routes instead."""
     threads: int = 1
@@ -23,10 +39,17 @@ class ServerConfig:
     """onnxruntime runs in flight at once (executor threads); see docs/server.md for why 2."""
     max_batch_size: int = 0
     """Dynamic batching: rows per batched run; 0 or 1 turns batching off."""
-    max_batch_delay_ms: float = 2.0
-    """Dynamic batching: longest a request waits for others."""
+    max_batch_delay_ms: float = 0.0
+    """Dynamic batching: how long a free run waits for a batch to fill; 0 runs whatever is waiting at once."""
     access_log: bool = True
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    """Open HTTP connections; one more is answered 503 with Retry-After."""
+    max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS
+    """Infer requests (REST and gRPC) waiting beyond the `workers` running; one more gets 503 / UNAVAILABLE."""
     drain_timeout_s: float = 25.0
     """On SIGTERM, how long in-flight requests may take before connections are cut (pods get 30 s)."""
     spinning: bool = False

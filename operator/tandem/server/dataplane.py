@@ -1,8 +1,9 @@
 """Protocol-free inference: find the model, check the request against its signature, run, select outputs.
 
 Every check happens here, before onnxruntime sees the data, so a wrong name, datatype, shape or element
-count is a 400 naming the tensor rather than an onnxruntime error or a crash. The REST adapter (and any
-future gRPC adapter) only translates bytes to `InferRequest` and `InferResponse` back.
+count is a 400 naming the tensor rather than an onnxruntime error or a crash. The REST and gRPC adapters only
+translate their wire format to `InferRequest` and `InferResponse` back, so both protocols share one decode,
+validate and run path, and one bound on the requests waiting for it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 from tandem.api.artifact import TensorSpec
 from tandem.server import tensors
 from tandem.server.batching import Batcher
-from tandem.server.errors import InvalidInput, ModelNotFound, ModelNotReady
+from tandem.server.errors import InvalidInput, ModelNotFound, ModelNotReady, Overloaded
 from tandem.server.model import PLATFORM, OnnxModel
 from tandem.server.wire import InferRequest, InferResponse, RequestOutput, ResponseOutput
 
@@ -39,20 +40,29 @@ class DataPlane:
         self,
         executor: ThreadPoolExecutor,
         observe_batch: Callable[[str, int], None] = lambda model, rows: None,
+        *,
+        max_in_flight: int | None = None,
     ) -> None:
         self._models: dict[str, OnnxModel] = {}
         self._executor = executor
         self._batchers: dict[str, Batcher] = {}
         self.observe_batch = observe_batch
         """Called with (model, rows) for every onnxruntime run; metrics hook."""
+        self.max_in_flight = max_in_flight
+        """Infer requests admitted at once (running plus waiting); beyond it, Overloaded. None: no bound."""
+        self.in_flight = 0
 
-    def enable_batching(self, model: OnnxModel, max_batch_size: int, max_delay_s: float) -> None:
-        """Queue requests for `model` and run them together; only if its dimension 0 is dynamic everywhere."""
+    def enable_batching(self, model: OnnxModel, max_batch_size: int, max_delay_s: float, runs: int = 1) -> None:
+        """Queue requests for `model` and run them together; only if its dimension 0 is dynamic everywhere.
+
+        `runs` is how many batches may run at once: the executor's threads.
+        """
         self._batchers[model.name] = Batcher(
             model,
             self._executor,
             max_batch_size,
             max_delay_s,
+            runs,
             lambda rows: self.observe_batch(model.name, rows),
         )
 
@@ -67,12 +77,17 @@ class DataPlane:
         return bool(self._models) and all(model.ready for model in self._models.values())
 
     def model(self, name: str, version: str | None = None) -> OnnxModel:
-        """The named model; 404 if it is unknown or the version is not the one served."""
+        """The named model; 404 if it is unknown, or a version is asked for that is not the one served.
+
+        A model served without a version has none to match: asking for any version of it is a 404 too, so a
+        client pinned to a version never silently gets another model.
+        """
         model = self._models.get(name)
         if model is None:
             raise ModelNotFound(f"model '{name}' is not served here")
-        if version is not None and model.version is not None and version != model.version:
-            raise ModelNotFound(f"model '{name}' version '{version}' is not served here (have {model.version})")
+        if version is not None and version != model.version:
+            served = f"version {model.version}" if model.version is not None else "no version"
+            raise ModelNotFound(f"model '{name}' version '{version}' is not served here (it is served with {served})")
         return model
 
     def ready_model(self, name: str, version: str | None = None) -> OnnxModel:
@@ -139,6 +154,16 @@ class DataPlane:
         ]
 
     async def infer(self, request: InferRequest) -> InferResponse:
+        """Check, run and answer one request; Overloaded at once when `max_in_flight` are already admitted."""
+        if self.max_in_flight is not None and self.in_flight >= self.max_in_flight:
+            raise Overloaded(f"server busy: {self.in_flight} infer requests in flight; retry shortly")
+        self.in_flight += 1
+        try:
+            return await self._infer(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _infer(self, request: InferRequest) -> InferResponse:
         model = self.ready_model(request.model_name, request.model_version)
         feeds = self.decode(model, request)
         wanted = self.requested_outputs(model, request)

@@ -35,6 +35,17 @@ class ModelNotReady(ServerError):
     status = 503
 
 
+class Overloaded(ServerError):
+    """More infer requests are waiting than the configured bound (503 with Retry-After; gRPC UNAVAILABLE).
+
+    Refusing at once is kinder than queueing without end: the client (or the Service's next endpoint) can
+    retry elsewhere, while a request queued behind thousands of others would time out anyway.
+    """
+
+    status = 503
+    retry_after_s = 1
+
+
 class PayloadTooLarge(ServerError):
     """The request body exceeds the configured maximum (413)."""
 

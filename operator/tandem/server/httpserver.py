@@ -1,4 +1,4 @@
-"""A lean HTTP/1.1 server on asyncio and httptools: keep-alive, pipelining, size limits, graceful drain.
+"""A lean HTTP/1.1 server on asyncio and httptools: keep-alive, pipelining, limits, timeouts, graceful drain.
 
 Why not a framework: at thousands of small requests per second on one core, ASGI layers (scope dicts,
 send/receive coroutines, middleware) cost more than the inference of a small model. This server parses with
@@ -6,6 +6,13 @@ httptools (llhttp, the parser of Node.js), hands a complete `Request` to one han
 `Response` with a precomputed status line. The handler may answer directly (health, metadata) or return an
 awaitable (inference), in which case later pipelined requests on that connection wait their turn, and
 other connections go on being served.
+
+Defences against clients that hold resources without using them, each with a default in `config`:
+- timeouts: a connection idle between requests is closed; a request whose headers (or body) do not arrive
+  in time gets 408 and the connection is closed. One sweep per tick checks every connection's deadline,
+  cheaper than a timer per request at thousands of requests per second.
+- a bound on open connections: one more is answered 503 with Retry-After and closed at once.
+- per connection, pipelined requests beyond a small queue stop the server reading from it (backpressure).
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from http import HTTPStatus
 from typing import Any, cast
 
 import httptools
+
+from tandem.server import config
 
 log = logging.getLogger("tandem.server.httpserver")
 
@@ -78,16 +87,28 @@ class HttpServer:
         self,
         handler: Handler,
         *,
-        max_request_bytes: int = 64 * 1024 * 1024,
+        max_request_bytes: int = config.DEFAULT_MAX_REQUEST_BYTES,
         access_log: AccessLogger | None = None,
+        idle_timeout_s: float = config.DEFAULT_IDLE_TIMEOUT_S,
+        header_timeout_s: float = config.DEFAULT_HEADER_TIMEOUT_S,
+        body_timeout_s: float = config.DEFAULT_BODY_TIMEOUT_S,
+        max_connections: int = config.DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         self.handler = handler
         self.max_request_bytes = max_request_bytes
         self.access_log = access_log
+        self.idle_timeout_s = idle_timeout_s
+        self.header_timeout_s = header_timeout_s
+        self.body_timeout_s = body_timeout_s
+        self.max_connections = max_connections
         self.connections: set[HttpConnection] = set()
         self.draining = False
+        self.refused = 0
+        """Connections turned away with 503 because `max_connections` were open."""
         self._servers: list[asyncio.AbstractServer] = []
         self._idle = asyncio.Event()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._tick = min(1.0, max(0.05, min(idle_timeout_s, header_timeout_s, body_timeout_s) / 4))
 
     async def listen(self, host: str, port: int, handler: Handler | None = None) -> int:
         """Start accepting on host:port (0 picks a free port); returns the bound port."""
@@ -97,6 +118,8 @@ class HttpServer:
             lambda: HttpConnection(self, chosen), host, port, reuse_address=True, backlog=1024
         )
         self._servers.append(server)
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(self._tick, self._sweep)
         sockets: tuple[Any, ...] = tuple(server.sockets or ())
         bound: int = sockets[0].getsockname()[1] if sockets else port
         return bound
@@ -106,6 +129,9 @@ class HttpServer:
         self.draining = True
         for server in self._servers:
             server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for connection in list(self.connections):
             connection.close_if_idle()
         try:
@@ -119,6 +145,13 @@ class HttpServer:
                 connection.abort()
             return False
         return True
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for connection in list(self.connections):
+            connection.check_deadline(now)
+        self._sweeper = loop.call_later(self._tick, self._sweep)
 
     def _forget(self, connection: HttpConnection) -> None:
         self.connections.discard(connection)
@@ -145,11 +178,23 @@ class HttpConnection(asyncio.Protocol):
         self._size = 0
         self._too_large = False
         self._keep_alive = True
+        self._loop = asyncio.get_running_loop()
+        self.deadline: float | None = self._loop.time() + server.idle_timeout_s
+        """loop.time() by which the connection must make progress: the next request, its headers, its body."""
+        self.waiting_for = "idle"
 
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        if len(self.server.connections) >= self.server.max_connections:
+            self.server.refused += 1
+            response = error_response(503, f"server at its limit of {self.server.max_connections} connections")
+            response.headers.append(("retry-after", "1"))
+            self.closing = True
+            self.transport.write(_head(response, False) + response.body)
+            self.transport.close()
+            return
         self.server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -169,6 +214,8 @@ class HttpConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.in_message = True
+        self.deadline = self._loop.time() + self.server.header_timeout_s
+        self.waiting_for = "headers"
         self._url = b""
         self._headers = {}
         self._body = []
@@ -182,6 +229,8 @@ class HttpConnection(asyncio.Protocol):
         self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
+        self.deadline = self._loop.time() + self.server.body_timeout_s
+        self.waiting_for = "body"
         self._keep_alive = self.parser.should_keep_alive()
         length = self._headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.server.max_request_bytes:
@@ -201,6 +250,7 @@ class HttpConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.in_message = False
+        self.deadline = None
         method = self.parser.get_method().decode("latin-1")
         path = self._url.split(b"?", 1)[0].decode("latin-1")
         if self._too_large:
@@ -240,6 +290,9 @@ class HttpConnection(asyncio.Protocol):
         if self.paused and self.transport is not None and not self.closing:
             self.paused = False
             self.transport.resume_reading()
+        if not self.in_message and not self.queue:
+            self.deadline = self._loop.time() + self.server.idle_timeout_s
+            self.waiting_for = "idle"
 
     async def _finish(self, request: Request, pending: Awaitable[Response], keep_alive: bool) -> None:
         try:
@@ -257,7 +310,9 @@ class HttpConnection(asyncio.Protocol):
             return
         keep_alive = keep_alive and not self.server.draining
         head = _head(response, keep_alive)
-        if len(response.body) < 16384:
+        if request.method == "HEAD":
+            transport.write(head)  # the headers a GET would get, content-length included; no body
+        elif len(response.body) < 16384:
             transport.write(head + response.body)
         else:
             transport.writelines([head, response.body])
@@ -275,6 +330,18 @@ class HttpConnection(asyncio.Protocol):
             self.transport.write(_head(response, False) + response.body)
             self.closing = True
             self.transport.close()
+
+    def check_deadline(self, now: float) -> None:
+        """Close the connection if it missed its deadline: quietly when idle, with 408 mid-request."""
+        if self.deadline is None or now < self.deadline or self.transport is None:
+            return
+        if self.waiting_for == "idle":
+            self.closing = True
+            self.transport.close()
+        elif self.busy or self.queue:
+            self.abort()  # a stalled pipelined request behind one in progress: no clean place for a 408
+        else:
+            self._fail(408, f"request {self.waiting_for} not received within the timeout")
 
     def close_if_idle(self) -> None:
         if not self.busy and not self.queue and not self.in_message and self.transport is not None:

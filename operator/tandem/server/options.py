@@ -55,9 +55,9 @@ def runtime_options(command: F) -> F:
                 "--max-batch-delay-ms",
                 envvar="TANDEM_MAX_BATCH_DELAY_MS",
                 type=click.FloatRange(min=0),
-                default=2.0,
+                default=0.0,
                 show_default=True,
-                help="Dynamic batching: longest wait for more requests.",
+                help="Dynamic batching: how long a free run waits for a batch to fill (0: never waits).",
             ),
         ]
     ):

@@ -8,24 +8,16 @@ from __future__ import annotations
 
 import logging
 import time
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as _package_version
 from typing import Any
 
-from tandem.server import codec
+from tandem.server import codec, serverinfo
 from tandem.server.dataplane import DataPlane
-from tandem.server.errors import InvalidInput, ServerError
+from tandem.server.errors import InvalidInput, Overloaded, ServerError
 from tandem.server.httpserver import Request, Response, error_response
 from tandem.server.metrics import CONTENT_TYPE, ServerMetrics
 
 log = logging.getLogger("tandem.server.rest")
 
-SERVER_NAME = "tandem"
-try:
-    SERVER_VERSION = _package_version("tandem")
-except PackageNotFoundError:  # running from a source tree without an install
-    SERVER_VERSION = "0+unknown"
-EXTENSIONS = ["binary_tensor_data", "model_repository"]
 HEADER_LENGTH = "inference-header-content-length"
 
 _OK_EMPTY = Response(200, b"")
@@ -59,7 +51,10 @@ class RestApp:
     def _v2(self, request: Request, parts: list[str]) -> Response | Any:
         if not parts or parts == [""]:
             return self._get(request) or Response(
-                200, codec.dumps({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS})
+                200,
+                codec.dumps(
+                    {"name": serverinfo.NAME, "version": serverinfo.VERSION, "extensions": serverinfo.EXTENSIONS}
+                ),
             )
         if parts[0] == "health" and len(parts) == 2:
             if parts[1] == "live":
@@ -123,6 +118,10 @@ class RestApp:
                 decoded.id = request.headers["x-request-id"]
             result = await self.dataplane.infer(decoded)
             body, json_length = codec.encode_response(result)
+        except Overloaded as exc:
+            response = error_response(exc.status, exc.message)
+            response.headers.append(("retry-after", str(exc.retry_after_s)))
+            return response
         except ServerError as exc:
             return error_response(exc.status, exc.message)
         except Exception:

@@ -1,0 +1,160 @@
+"""The Open Inference Protocol V2 gRPC service (`inference.GRPCInferenceService`) on grpcio's asyncio server.
+
+It runs in the same event loop as the HTTP front and calls the same data plane, so a request decodes,
+validates and runs exactly as its REST twin does. Requests arrive as bytes and are parsed here, not by grpcio:
+grpcio answers a request it cannot deserialize with INTERNAL, and a malformed request is the client's fault
+(INVALID_ARGUMENT). Every error the data plane raises maps to the gRPC code of its V2 status; the repository
+calls are not served, and grpcio answers them UNIMPLEMENTED. Infer requests are counted in the same metrics
+as REST, under the HTTP status their V2 error carries.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from tandem.server import grpccodec, proto, serverinfo
+from tandem.server.dataplane import DataPlane
+from tandem.server.errors import ServerError
+from tandem.server.metrics import ServerMetrics
+
+log = logging.getLogger("tandem.server.grpc")
+
+STATUS_CODES: dict[int, grpc.StatusCode] = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+"""V2 error status -> gRPC code. 503 (not ready, or overloaded) is UNAVAILABLE, which clients retry."""
+
+Method = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+class GrpcFront:
+    """Serves V2 gRPC for a data plane; `listen` starts it, `drain` stops it after in-flight calls finish."""
+
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        metrics: ServerMetrics,
+        *,
+        max_message_bytes: int,
+        idle_timeout_s: float,
+    ) -> None:
+        self.dataplane = dataplane
+        self.metrics = metrics
+        self.max_message_bytes = max_message_bytes
+        self.idle_timeout_s = idle_timeout_s
+        self.draining = False
+        """Set on SIGTERM: ServerReady answers false; in-flight calls complete."""
+        self._server: grpc.aio.Server | None = None
+
+    async def listen(self, host: str, port: int) -> int:
+        """Start serving on host:port (0 picks a free port); returns the bound port."""
+        options = [
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", -1),
+            # A second server on the same port must fail, not silently share it.
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_connection_idle_ms", int(self.idle_timeout_s * 1000)),
+        ]
+        server = grpc.aio.server(options=options)
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(proto.SERVICE, self._handlers())])
+        bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        await server.start()
+        self._server = server
+        return bound
+
+    async def drain(self, timeout: float) -> None:
+        """Refuse new calls, give in-flight ones `timeout` seconds, then cancel what is left."""
+        self.draining = True
+        if self._server is not None:
+            await self._server.stop(timeout)
+
+    def _handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        methods: dict[str, Method] = {
+            "ServerLive": self._server_live,
+            "ServerReady": self._server_ready,
+            "ModelReady": self._model_ready,
+            "ServerMetadata": self._server_metadata,
+            "ModelMetadata": self._model_metadata,
+            "ModelInfer": self._model_infer,
+        }
+        return {
+            name: grpc.unary_unary_rpc_method_handler(_guarded(method), response_serializer=_serialize)
+            for name, method in methods.items()
+        }
+
+    async def _server_live(self, data: bytes, context: grpc.aio.ServicerContext) -> Any:
+        return proto.ServerLiveResponse(live=True)
+
+    async def _server_ready(self, data: bytes, context: grpc.aio.ServicerContext) -> Any:
+        return proto.ServerReadyResponse(ready=self.dataplane.ready() and not self.draining)
+
+    async def _model_ready(self, data: bytes, context: grpc.aio.ServicerContext) -> Any:
+        request = _parse(proto.ModelReadyRequest, data)
+        model = self.dataplane.model(request.name, request.version or None)
+        return proto.ModelReadyResponse(ready=model.ready)
+
+    async def _server_metadata(self, data: bytes, context: grpc.aio.ServicerContext) -> Any:
+        return proto.ServerMetadataResponse(
+            name=serverinfo.NAME, version=serverinfo.VERSION, extensions=serverinfo.EXTENSIONS
+        )
+
+    async def _model_metadata(self, data: bytes, context: grpc.aio.ServicerContext) -> Any:
+        request = _parse(proto.ModelMetadataRequest, data)
+        return grpccodec.metadata_response(self.dataplane.metadata(request.name, request.version or None))
+
+    async def _model_infer(self, data: bytes, context: grpc.aio.ServicerContext) -> Any:
+        started = time.perf_counter()
+        message = _parse(proto.ModelInferRequest, data)
+        name = message.model_name
+        label = name if name in {model.name for model in self.dataplane.models} else "_unknown"
+        self.metrics.started(label)
+        status = 500
+        try:
+            response = grpccodec.encode_response(await self.dataplane.infer(grpccodec.decode_request(message)))
+            status = 200
+            return response
+        except ServerError as exc:
+            status = exc.status
+            raise
+        finally:
+            self.metrics.finished(label, status, time.perf_counter() - started)
+
+
+class _BadMessage(ServerError):
+    status = 400
+
+
+def _parse(message_type: Any, data: bytes) -> Any:
+    try:
+        return message_type.FromString(data)
+    except DecodeError as exc:
+        raise _BadMessage(f"request is not a valid {message_type.DESCRIPTOR.name}: {exc}") from None
+
+
+def _serialize(message: Any) -> bytes:
+    data: bytes = message.SerializeToString()
+    return data
+
+
+def _guarded(method: Method) -> Method:
+    """The method with every ServerError answered by its gRPC code and message, and bugs by INTERNAL."""
+
+    async def call(data: bytes, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(data, context)
+        except ServerError as exc:
+            await context.abort(STATUS_CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
+        except Exception:
+            log.exception("gRPC call failed", extra={"method": method.__name__})
+            await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
+
+    return call
