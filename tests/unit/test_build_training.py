@@ -4,6 +4,7 @@ from typing import Any
 
 import pytest
 
+from tandem.api.artifact import EXIT_PEER_LOST
 from tandem.api.computepool import ComputePoolSpec
 from tandem.api.trainingjob import TrainingJobSpec
 from tandem.build.meta import dns_name
@@ -421,3 +422,9 @@ def test_an_object_store_dataset_mounts_nothing(
     job = _job(_run(training_spec_body, dataset={"uri": "s3://data/digits.csv"}), pools, config)
     assert not [v for v in _pod(job)["volumes"] if "persistentVolumeClaim" in v]
     assert _env(job)["TANDEM_DATASET_URI"] == "s3://data/digits.csv"
+
+
+def test_a_worker_stopped_by_a_lost_peer_is_replaced_without_counting(single: dict[str, Any]) -> None:
+    rules = single["spec"]["podFailurePolicy"]["rules"]
+    [ignored] = [rule for rule in rules if rule["action"] == "Ignore" and "onExitCodes" in rule]
+    assert ignored["onExitCodes"] == {"containerName": "trainer", "operator": "In", "values": [EXIT_PEER_LOST]}

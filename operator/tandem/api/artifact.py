@@ -24,6 +24,9 @@ EXIT_PERMANENT = 3
 """A failure no retry can fix (NaN loss, failed parity check, missing dataset)."""
 EXIT_RETRYABLE = 4
 """A failure that may pass on retry (storage unreachable)."""
+EXIT_PEER_LOST = 5
+"""This worker was well, but a peer of its process group was lost: the whole group restarts together from the
+last checkpoint, and only the peer's own failure counts against the backoff limit."""
 
 
 class TensorDatatype(StrEnum):

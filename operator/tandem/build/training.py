@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tandem.api.artifact import EXIT_PERMANENT, EXIT_USAGE
+from tandem.api.artifact import EXIT_PEER_LOST, EXIT_PERMANENT, EXIT_USAGE
 from tandem.api.computepool import ComputePoolSpec
 from tandem.api.trainingjob import TrainingJobSpec
 from tandem.build.meta import (
@@ -155,7 +155,9 @@ def _volumes(spec: TrainingJobSpec, checkpoint_uri: str | None) -> tuple[list[di
 def failure_policy() -> dict[str, Any]:
     """Fail the run at once on the trainer's permanent exit codes; don't count node disruptions as failures.
 
-    Without it a NaN loss or a failed parity check would be retried backoffLimit times for nothing.
+    Without it a NaN loss or a failed parity check would be retried backoffLimit times for nothing. A worker
+    that exits EXIT_PEER_LOST stopped because a peer was lost: it is replaced without counting, so one lost
+    worker restarts the whole group (from the last checkpoint) at the price of one retry, the peer's own.
     """
     return {
         "rules": [
@@ -164,6 +166,10 @@ def failure_policy() -> dict[str, Any]:
                 "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_USAGE, EXIT_PERMANENT]},
             },
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            {
+                "action": "Ignore",
+                "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_PEER_LOST]},
+            },
         ]
     }
 

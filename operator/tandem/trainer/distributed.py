@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from tandem.cgroup import default_threads
-from tandem.trainer.failures import InvalidConfiguration, PeerFailed, TrainerError
+from tandem.trainer.failures import InvalidConfiguration, PeerFailed, RendezvousFailed, TrainerError
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -99,9 +99,14 @@ def init_from_env(device: str = "auto", timeout: timedelta | None = None) -> Dis
     if world_size > 1:
         backend = "nccl" if chosen.type == "cuda" else "gloo"
         if not dist.is_initialized():
-            dist.init_process_group(
-                backend=backend, init_method="env://", rank=rank, world_size=world_size, timeout=timeout
-            )
+            try:
+                dist.init_process_group(
+                    backend=backend, init_method="env://", rank=rank, world_size=world_size, timeout=timeout
+                )
+            except Exception as exc:
+                where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+                message = f"rank {rank} of {world_size} could not join the group at {where}: {exc}"
+                raise RendezvousFailed(message) from exc
     log.info("rank %d of %d on %s (backend %s)", rank, world_size, chosen, backend or "none")
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=chosen, backend=backend)
 

@@ -2,7 +2,8 @@
 
 The operator reads the reason from the termination message (a TrainingFailure) and may act on the exit code
 without reading anything (a Job podFailurePolicy): exit 3 marks a failure that a retry cannot fix, exit 4 one
-that may pass on retry (storage), exit 1 an unexpected crash.
+that may pass on retry (storage, rendezvous), exit 5 a worker whose peer was lost (restarted with the group,
+not counted), exit 1 an unexpected crash.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ from contextlib import contextmanager
 
 from tandem.api.artifact import (
     EXIT_CRASH,
+    EXIT_PEER_LOST,
     EXIT_PERMANENT,
     EXIT_RETRYABLE,
     TERMINATION_MESSAGE_LIMIT,
@@ -91,6 +94,44 @@ class InvalidConfiguration(TrainerError):
     reason = "InvalidConfiguration"
 
 
+class RendezvousFailed(TrainerError):
+    """The process group did not form: a peer never came, or the rendezvous address is unreachable."""
+
+    reason = "RendezvousFailed"
+    exit_code = EXIT_RETRYABLE
+
+
+class PeerLost(TrainerError):
+    """A peer of the formed process group went away (killed, crashed, evicted) in the middle of a collective.
+
+    Exit EXIT_PEER_LOST tells the Job's podFailurePolicy to replace this worker without counting it, so the
+    whole group starts again together, from the last checkpoint, and the retry budget pays once: for the peer.
+    """
+
+    reason = "PeerLost"
+    exit_code = EXIT_PEER_LOST
+
+
+LOST_PEER_MESSAGES = re.compile(
+    r"Connection (closed|reset) by peer|gloo/transport/.*(Read|Write) error|remote process exited|"
+    r"NCCL communicator was aborted"
+)
+"""What torch.distributed says when a peer of a formed group disappears. gloo raises a plain RuntimeError
+(through DDP's autograd hooks too), so the message, not the type, is what tells this apart from a bug."""
+LOST_PEER_TYPES = ("DistBackendError", "DistNetworkError")
+
+
+def lost_peer(exc: BaseException) -> bool:
+    """Whether an exception raised after the group formed means that a peer went away.
+
+    Only for errors after `init_from_env` returned: a group that never formed is a RendezvousFailed, which
+    counts, so a peer that never comes cannot restart the others forever.
+    """
+    return type(exc).__name__ in LOST_PEER_TYPES or (
+        isinstance(exc, RuntimeError) and LOST_PEER_MESSAGES.search(str(exc)) is not None
+    )
+
+
 class PeerFailed(TrainerError):
     """Another rank failed a step that every rank waited on; this rank reports the same reason and code."""
 
@@ -136,6 +177,11 @@ def reported_failures() -> Iterator[None]:
         write_termination_message(exc.failure().to_wire())
         sys.exit(exc.exit_code)
     except Exception as exc:
+        if lost_peer(exc):
+            lost = PeerLost(f"a peer of the process group was lost: {exc}")
+            log.error("training stopped (%s): %s; the worker group restarts from its last checkpoint", lost.reason, exc)
+            write_termination_message(lost.failure().to_wire())
+            sys.exit(lost.exit_code)
         log.error("training crashed: %s", "".join(traceback.format_exception(exc)))
         error = f"{type(exc).__name__}: {exc}"[:MESSAGE_LIMIT]
         write_termination_message(TrainingFailure(reason="InternalError", error=error).to_wire())

@@ -1,0 +1,93 @@
+"""Gang semantics in the trainer: a worker whose peer is lost exits EXIT_PEER_LOST, and the group resumes together.
+
+The workers here are started as the operator starts them, one process each with WORLD_SIZE, RANK and
+MASTER_ADDR in the environment (not under torchrun, whose agent would stop the survivors itself), so the
+survivor sees exactly what a pod sees when its peer's container is killed.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from trainer_support import SMALL_RUN, read_termination, trainer_command, trainer_env
+
+from support.cluster import free_port
+from tandem.api.artifact import EXIT_PEER_LOST, EXIT_RETRYABLE
+from tandem.trainer.checkpoint import POINTER_FILE
+from tandem.trainer.failures import lost_peer
+
+
+def _worker(rank: int, port: int, args: list[str], termination: Path, **extra: str) -> subprocess.Popen[str]:
+    env = trainer_env(
+        termination,
+        {"WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+         "MASTER_PORT": str(port), **extra},
+    )  # fmt: skip
+    return subprocess.Popen(
+        trainer_command(args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+@pytest.mark.slow
+def test_a_killed_peer_stops_the_survivor_with_peer_lost_and_the_restarted_group_resumes(tmp_path: Path) -> None:
+    args = [
+        *SMALL_RUN,
+        "--output", f"file://{tmp_path}/out",
+        "--checkpoint-uri", f"file://{tmp_path}/ckpt",
+        "--checkpoint-every", "25",
+    ]  # fmt: skip
+    pointer = tmp_path / "ckpt" / POINTER_FILE
+    port = free_port()
+    survivor = _worker(0, port, args, tmp_path / "survivor")
+    victim = _worker(1, port, args, tmp_path / "victim")
+    deadline = time.monotonic() + 240
+    while not pointer.exists():
+        assert survivor.poll() is None and victim.poll() is None, "a worker ended before the first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    log, _ = survivor.communicate(timeout=120)
+    assert survivor.returncode == EXIT_PEER_LOST, log
+    failure = read_termination(tmp_path / "survivor")
+    assert failure is not None and failure["reason"] == "PeerLost", failure
+    killed_at = json.loads(pointer.read_text())["step"]
+
+    port = free_port()
+    group = [_worker(rank, port, args, tmp_path / f"restarted-{rank}") for rank in (0, 1)]
+    logs = [worker.communicate(timeout=300)[0] for worker in group]
+    assert [worker.returncode for worker in group] == [0, 0], logs
+    published = read_termination(tmp_path / "restarted-0")
+    assert published is not None
+    assert published["metrics"]["resumed_from_step"] >= killed_at
+
+
+def test_a_peer_that_never_comes_is_a_counted_rendezvous_failure(tmp_path: Path) -> None:
+    """Not PeerLost: a lonely worker must not be restarted for free forever."""
+    alone = _worker(0, free_port(), [*SMALL_RUN, "--output", f"file://{tmp_path}/out"], tmp_path / "alone",
+                    TANDEM_DIST_TIMEOUT_SECONDS="3")  # fmt: skip
+    log, _ = alone.communicate(timeout=120)
+    assert alone.returncode == EXIT_RETRYABLE, log
+    failure = read_termination(tmp_path / "alone")
+    assert failure is not None and failure["reason"] == "RendezvousFailed", failure
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "[../gloo/transport/tcp/pair.cc:561] Connection closed by peer [10.0.0.7]:15258",
+        "[../gloo/transport/tcp/pair.cc:545] Read error [10.0.0.7]:38104: Connection reset by peer",
+    ],
+)
+def test_gloo_errors_of_a_vanished_peer_are_lost_peers(message: str) -> None:
+    assert lost_peer(RuntimeError(message))
+
+
+def test_other_runtime_errors_are_not_lost_peers() -> None:
+    assert not lost_peer(RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x3 and 6x3)"))
+    assert not lost_peer(ValueError("Connection reset by peer"))
