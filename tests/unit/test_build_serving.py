@@ -12,6 +12,7 @@ from tandem.build.serving import (
     autoscaler,
     deployment,
     disruption_budget,
+    grpc_address,
     service,
     service_url,
 )
@@ -226,6 +227,21 @@ def test_deployment_is_deterministic(
     assert deployment(_serving(serving_spec_body, pools), config) == deployment(
         _serving(serving_spec_body, pools), config
     )
+
+
+def test_the_service_carries_v2_grpc_to_the_servers_grpc_port(
+    serving_spec_body: dict[str, Any], pools: dict[str, ComputePoolSpec], config: OperatorConfig
+) -> None:
+    serving = _serving(serving_spec_body, pools)
+    container = _container(deployment(serving, config))
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    (port,) = [port for port in service(serving)["spec"]["ports"] if port["name"] == "grpc"]
+    assert (port["port"], port["targetPort"], port["appProtocol"]) == (8081, "grpc", "kubernetes.io/h2c")
+    assert {"name": "grpc", "containerPort": int(env["TANDEM_GRPC_PORT"])} in container["ports"]
+
+
+def test_grpc_address_is_the_services_host_and_grpc_port() -> None:
+    assert grpc_address(service_url("digits", "ml", "cluster.local")) == "digits.ml.svc.cluster.local:8081"
 
 
 def test_service_url_is_the_in_cluster_v2_model_endpoint() -> None:

@@ -102,6 +102,7 @@ def test_completed_rollout_is_ready(now: datetime) -> None:
     assert ready is not None
     assert ready.status == ConditionStatus.TRUE
     assert (status.replicas, status.ready_replicas, status.url) == (2, 2, URL)
+    assert status.grpc_address == "digits.ml.svc.cluster.local:8081"
     assert "Ready" in [event.reason for event in events]
 
 

@@ -227,7 +227,9 @@ class InferenceServiceStatus(ApiModel):
     )
     """ModelResolved, PlacementDecided, Ready."""
     url: str | None = None
-    """In-cluster base URL of the V2 endpoint."""
+    """In-cluster base URL of the V2 REST endpoint."""
+    grpc_address: str | None = None
+    """In-cluster host:port of the V2 gRPC endpoint (inference.GRPCInferenceService)."""
     model: ServedModel | None = None
     """The model being served."""
     placement: PlacementStatus | None = None

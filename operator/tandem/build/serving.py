@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from tandem.api.computepool import ComputePoolSpec
 from tandem.api.inferenceservice import InferenceServiceSpec, ServedModel
@@ -29,6 +30,8 @@ from tandem.storage import pvc_claim
 KIND = "InferenceService"
 CONTAINER = "server"
 HTTP_PORT = 8080
+GRPC_PORT = 8081
+"""V2 gRPC, in the container and on the Service: KServe's port, where its clients look."""
 METRICS_PORT = 9090
 MODEL_SHA_ANNOTATION = "tandem.dev/model-sha256"
 
@@ -67,12 +70,18 @@ def service_url(name: str, namespace: str, cluster_domain: str) -> str:
     return f"http://{name}.{namespace}.svc.{cluster_domain}/v2/models/{name}"
 
 
+def grpc_address(url: str) -> str:
+    """host:port of the V2 gRPC endpoint on the same Service as the REST `url` (gRPC targets are not URLs)."""
+    return f"{urlsplit(url).hostname}:{GRPC_PORT}"
+
+
 def _server_env(serving: Serving) -> dict[str, str]:
     runtime = serving.spec.runtime
     env = {
         "TANDEM_MODEL_NAME": serving.name,
         "TANDEM_MODEL_URI": serving.model.uri,
         "TANDEM_HTTP_PORT": str(HTTP_PORT),
+        "TANDEM_GRPC_PORT": str(GRPC_PORT),
         "TANDEM_METRICS_PORT": str(METRICS_PORT),
         "TANDEM_PVC_ROOT": PVC_MOUNT_ROOT,
         "TANDEM_MAX_BATCH_SIZE": str(runtime.max_batch_size),
@@ -109,6 +118,7 @@ def deployment(serving: Serving, config: OperatorConfig) -> dict[str, Any]:
         "env": env_list(_server_env(serving)) + [variable.to_wire() for variable in spec.env],
         "ports": [
             {"name": "http", "containerPort": HTTP_PORT},
+            {"name": "grpc", "containerPort": GRPC_PORT},
             {"name": "metrics", "containerPort": METRICS_PORT},
         ],
         "resources": resource_requirements(
@@ -159,6 +169,8 @@ def service(serving: Serving) -> dict[str, Any]:
             "selector": serving.selector,
             "ports": [
                 {"name": "http", "port": 80, "targetPort": "http"},
+                # h2c: gRPC over cleartext HTTP/2, so meshes and gateways route it as gRPC, not HTTP/1.1
+                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "appProtocol": "kubernetes.io/h2c"},
                 {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics"},
             ],
         },

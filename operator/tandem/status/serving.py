@@ -13,6 +13,7 @@ from tandem.api.inferenceservice import (
     ServicePhase,
 )
 from tandem.api.trainingjob import TrainingJobStatus, TrainingPhase
+from tandem.build.serving import grpc_address
 from tandem.errors import Problem
 from tandem.status.conditions import Event, find, set_condition
 
@@ -77,6 +78,7 @@ def serving_status(
         events.append(Event("Normal", "ModelResolved", f"serving {model.uri} (version {model.version})"))
     status.model = model
     status.url = url
+    status.grpc_address = grpc_address(url)
     status.conditions = set_condition(
         status.conditions, "ModelResolved", True, "ModelFound", f"{model.uri} version {model.version}",
         generation, now,
