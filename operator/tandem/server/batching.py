@@ -134,12 +134,16 @@ class Batcher:
         loop = asyncio.get_running_loop()
         try:
             arrays = await loop.run_in_executor(self._executor, self.model.predict, feeds, names)
-            if any(array.ndim == 0 or array.shape[0] != total for array in arrays):
+            if len(group) > 1 and any(array.ndim == 0 or array.shape[0] != total for array in arrays):
                 raise InferenceFailed("model output is not batched along dimension 0; disable batching")
         except Exception as exc:
             for pending in group:
                 if not pending.future.done():
                     pending.future.set_exception(exc)
+            return
+        if len(group) == 1:  # a lone request gets the outputs as they are, as it would unbatched
+            if not group[0].future.done():
+                group[0].future.set_result(arrays)
             return
         start = 0
         for pending in group:
