@@ -69,3 +69,17 @@ def default_threads(root: Path = CGROUP_ROOT) -> int:
     if limit is None:
         return max(1, cpus)
     return max(1, min(cpus, math.ceil(limit)))
+
+
+def sized_runtime(threads: int | None, workers: int | None, cores: int) -> tuple[int, int]:
+    """(onnxruntime intra-op threads, runs in flight) for a container of `cores` CPUs; given values are kept.
+
+    Threads times runs should fill the cores and no more: more threads than cores only queue for the CPU
+    quota, and every busy thread takes time from the event loop that parses the next request. So threads
+    default to 1 and runs in flight to the cores left per run: with one thread a run, one run per core, the
+    fastest configuration under load measured on 2 CPUs (benchmarks/README.md: 12-15% more requests/s at
+    concurrency 8 than 2 threads x 2 runs, equal at 64). Setting threads to the core count gives one run in
+    flight using every core, which is what a single request's latency wants.
+    """
+    chosen_threads = threads or 1
+    return chosen_threads, workers or max(1, cores // chosen_threads)

@@ -51,3 +51,21 @@ def test_threads_without_a_limit_use_every_usable_cpu(tmp_path: Path, monkeypatc
     (tmp_path / "cpu.max").write_text("max 100000\n")
     assert cgroup.default_threads(tmp_path) == 6
     assert cgroup.default_threads(tmp_path / "missing") == 6
+
+
+@pytest.mark.parametrize(
+    ("threads", "workers", "cores", "sized"),
+    [
+        (None, None, 2, (1, 2)),  # one single-threaded run per core: the fastest under load
+        (None, None, 1, (1, 1)),
+        (2, None, 2, (2, 1)),  # threads take the cores: one run in flight
+        (3, None, 8, (3, 2)),
+        (8, None, 2, (8, 1)),  # never fewer than one run
+        (None, 5, 2, (1, 5)),  # what is given is kept
+        (4, 3, 2, (4, 3)),
+    ],
+)
+def test_threads_times_runs_in_flight_fill_the_cores(
+    threads: int | None, workers: int | None, cores: int, sized: tuple[int, int]
+) -> None:
+    assert cgroup.sized_runtime(threads, workers, cores) == sized

@@ -96,7 +96,7 @@ class Runtime(ApiModel):
     """Server runtime settings."""
 
     threads: int | None = Field(default=None, ge=1, le=256)
-    """onnxruntime intra-op threads; empty matches the CPU limit."""
+    """onnxruntime threads per run; runs in flight fill the CPU limit. Empty: 1, the fastest under load."""
     max_batch_size: int = Field(default=1, ge=1, le=1024)
     """Dynamic batching: largest batch formed from concurrent requests; 1 turns batching off."""
     max_batch_delay_ms: float = Field(default=0, ge=0, le=1000)

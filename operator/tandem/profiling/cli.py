@@ -63,7 +63,7 @@ def profile(
     model_uri: str,
     model_sha256: str | None,
     threads: int | None,
-    workers: int,
+    workers: int | None,
     max_batch_size: int,
     max_batch_delay_ms: float,
     device: str,
@@ -72,13 +72,14 @@ def profile(
     termination_message_path: str | None,
 ) -> None:
     """Measure latency percentiles and throughput of one replica; print JSON."""
-    from tandem.cgroup import available_cpus, default_threads
+    from tandem.cgroup import available_cpus, default_threads, sized_runtime
     from tandem.profiling.measure import ProfileError, ProfileSettings, load_model
     from tandem.profiling.measure import profile as measure
     from tandem.profiling.result import Device, ProfileFailure
 
+    threads, workers = sized_runtime(threads, workers, default_threads())
     settings = ProfileSettings(
-        threads=threads or default_threads(),
+        threads=threads,
         concurrency=workers,
         max_batch_size=max(1, max_batch_size),
         max_batch_delay_ms=max_batch_delay_ms,

@@ -118,7 +118,7 @@ def serve(
     grpc_port: int,
     metrics_port: int,
     threads: int | None,
-    workers: int,
+    workers: int | None,
     max_batch_size: int,
     max_batch_delay_ms: float,
     access_log: bool,
@@ -132,11 +132,12 @@ def serve(
     log_level: str,
 ) -> None:
     """Serve one ONNX model over the Open Inference Protocol (KServe V2), REST and gRPC."""
-    from tandem.cgroup import default_threads
+    from tandem.cgroup import default_threads, sized_runtime
     from tandem.server.app import InferenceServer
     from tandem.server.logs import configure_logging
 
     configure_logging(log_level.upper())
+    threads, workers = sized_runtime(threads, workers, default_threads())
     config = defaults.ServerConfig(
         model_name=model_name,
         model_uri=model_uri,
@@ -146,7 +147,7 @@ def serve(
         http_port=http_port,
         grpc_port=grpc_port,
         metrics_port=metrics_port,
-        threads=threads or default_threads(),
+        threads=threads,
         workers=workers,
         max_batch_size=max_batch_size,
         max_batch_delay_ms=max_batch_delay_ms,

@@ -34,9 +34,9 @@ class ServerConfig:
     metrics_port: int = 9090
     """Port for GET /metrics; equal to http_port to serve it beside the V2 routes instead."""
     threads: int = 1
-    """onnxruntime intra-op threads."""
+    """onnxruntime intra-op threads per run; `tandem serve` sizes it and `workers` with cgroup.sized_runtime."""
     workers: int = 2
-    """onnxruntime runs in flight at once (executor threads); see docs/server.md for why 2."""
+    """onnxruntime runs in flight at once (executor threads)."""
     max_batch_size: int = 0
     """Dynamic batching: rows per batched run; 0 or 1 turns batching off."""
     max_batch_delay_ms: float = 0.0

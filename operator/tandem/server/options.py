@@ -33,15 +33,15 @@ def runtime_options(command: F) -> F:
                 envvar="TANDEM_THREADS",
                 type=click.IntRange(min=1),
                 default=None,
-                help="onnxruntime intra-op threads [default: the cgroup CPU limit, rounded up].",
+                help="onnxruntime intra-op threads per run [default: 1].",
             ),
             click.option(
                 "--workers",
                 envvar="TANDEM_WORKERS",
                 type=click.IntRange(min=1),
-                default=2,
-                show_default=True,
-                help="onnxruntime runs in flight at once.",
+                default=None,
+                help="onnxruntime runs in flight at once [default: the cgroup CPU limit, rounded up, divided by "
+                "--threads].",
             ),
             click.option(
                 "--max-batch-size",
