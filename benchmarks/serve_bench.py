@@ -2,16 +2,20 @@
 """Inference server benchmark: Tandem's server against KServe and MLServer and the in-process limit.
 
 One run builds two ONNX models (an MLP 784-1024-1024-10 and a small CNN on 3x64x64), starts each server in
-turn wrapping an onnxruntime session with the same intra-op thread count, drives batch-1 JSON V2 infer
-requests at each concurrency with wrk, and measures onnxruntime alone in-process. Ratios come from the same
-run, because the machine is shared and absolute numbers drift. Prints a markdown table and writes it to
+turn wrapping an onnxruntime session with the same intra-op thread count, drives batch-1 V2 infer requests at
+each concurrency: REST with wrk (JSON bodies), gRPC with ghz (ModelInferRequest with raw_input_contents, what
+tritonclient sends), and measures onnxruntime alone in-process. Ratios come from the same run, because the
+machine is shared and absolute numbers drift. Prints a markdown table and writes it to
 benchmarks/results/serve.md.
 
 Peers live in their own virtual environments (kserve and mlserver conflict) under
-$HOME/.cache/tandem/bench-venvs, created here when missing. Needs `wrk` on PATH (apt-get install wrk).
+$HOME/.cache/tandem/bench-venvs, created here when missing. Needs `wrk` on PATH (apt-get install wrk) and, for
+gRPC, `ghz` on PATH or in ~/go/bin (go install github.com/bojand/ghz/cmd/ghz@v0.120.0).
 
     python benchmarks/serve_bench.py                      # everything, 10 s per point
     python benchmarks/serve_bench.py --servers tandem --duration 5 --variant "w1=--workers 1"
+    python benchmarks/serve_bench.py --servers tandem,kserve --protocols rest,grpc --concurrency 1,8,64 \
+        --variant "tandem+batching=--max-batch-size 32"
 """
 
 from __future__ import annotations
@@ -33,16 +37,19 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "serve.md"
 BENCH_VENVS = Path(os.environ.get("TANDEM_BENCH_VENVS", Path.home() / ".cache/tandem/bench-venvs"))
+PROTO = ROOT / "operator" / "tandem" / "server" / "proto" / "grpc_predict_v2.proto"
 PEER_PACKAGES = {
-    "kserve": ["kserve==0.21.0", "onnxruntime", "numpy"],
+    # fsspec: for Tandem's own model loader, when asgi_front.py runs Tandem's REST app under uvicorn in this venv
+    "kserve": ["kserve==0.21.0", "onnxruntime", "numpy", "fsspec"],
     # mlserver 1.7.1 dies with uvloop >= 0.22 (SeldonIO/MLServer#2286)
     "mlserver": ["mlserver==1.7.1", "uvloop==0.21.0", "onnxruntime", "numpy"],
 }
@@ -79,7 +86,7 @@ class OnnxModel(kserve.Model):
 
 if __name__ == "__main__":
     kserve.ModelServer(http_port=int(os.environ["BENCH_PORT"]), grpc_port=int(os.environ["BENCH_GRPC_PORT"]),
-                       enable_grpc=False, workers=1).start([OnnxModel(os.environ["BENCH_NAME"])])
+                       enable_grpc=True, workers=1).start([OnnxModel(os.environ["BENCH_NAME"])])
 """
 
 MLSERVER_RUNTIME = """
@@ -126,6 +133,7 @@ class Point:
     errors: int = 0
     cpu_ms: float = 0.0
     """CPU time (all threads, user + system) per request or run: the cost that survives a busy machine."""
+    protocol: str = "rest"
 
 
 def log(message: str) -> None:
@@ -185,6 +193,18 @@ def request_body(shape: list[int]) -> bytes:
     return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+def grpc_body(model: str, shape: list[int]) -> bytes:
+    """A serialized ModelInferRequest with the same values in raw_input_contents (ghz's --binary-file)."""
+    import numpy as np
+
+    from tandem.server import proto
+
+    data = np.random.default_rng(0).standard_normal(int(np.prod(shape))).astype(np.float32)
+    request = proto.ModelInferRequest(model_name=model, raw_input_contents=[data.tobytes()])
+    request.inputs.add(name="input", datatype="FP32", shape=shape)
+    return bytes(request.SerializeToString())
+
+
 def in_process(path: Path, shape: list[int], threads: int, seconds: float) -> Point:
     import numpy as np
     import onnxruntime as ort
@@ -238,24 +258,36 @@ class Launch:
     env: dict[str, str]
     cwd: Path
     port: int
+    grpc_port: int | None = None
 
 
-def tandem_launch(model: Path, name: str, threads: int, work: Path, extra: str) -> Launch:
-    port = free_port()
+def tandem_launch(model: Path, name: str, work: Path, extra: str) -> Launch:
+    """Tandem with its own defaults (threads and runs in flight sized from the CPU limit) plus `extra` flags."""
+    port, grpc_port = free_port(), free_port()
     tandem = Path(sys.executable).parent / "tandem"
     command = [str(tandem), "serve", "--model-name", name, "--model-uri", model.as_uri(), "--http-port",
-               str(port), "--metrics-port", str(port), "--threads", str(threads), *shlex.split(extra)]  # fmt: skip
-    return Launch(command, {}, work, port)
+               str(port), "--metrics-port", str(port), "--grpc-port", str(grpc_port), "--no-access-log",
+               *shlex.split(extra)]  # fmt: skip
+    return Launch(command, {}, work, port, grpc_port)
 
 
 def kserve_launch(model: Path, name: str, threads: int, work: Path) -> Launch:
     python = ensure_venv("kserve")
     script = work / "kserve_model.py"
     script.write_text(KSERVE_MODEL)
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     env = {"BENCH_MODEL": str(model), "BENCH_NAME": name, "BENCH_THREADS": str(threads),
-           "BENCH_PORT": str(port), "BENCH_GRPC_PORT": str(free_port())}  # fmt: skip
-    return Launch([str(python), str(script)], env, work, port)
+           "BENCH_PORT": str(port), "BENCH_GRPC_PORT": str(grpc_port)}  # fmt: skip
+    return Launch([str(python), str(script)], env, work, port, grpc_port)
+
+
+def uvicorn_launch(model: Path, name: str, threads: int, work: Path) -> Launch:
+    """Tandem's REST app behind uvicorn (benchmarks/asgi_front.py), in the KServe venv, which has uvicorn."""
+    python = ensure_venv("kserve")
+    port = free_port()
+    env = {"BENCH_MODEL": str(model), "BENCH_NAME": name, "BENCH_THREADS": str(threads), "BENCH_PORT": str(port),
+           "PYTHONPATH": str(ROOT / "operator")}  # fmt: skip
+    return Launch([str(python), str(ROOT / "benchmarks" / "asgi_front.py")], env, work, port)
 
 
 def mlserver_launch(model: Path, name: str, threads: int, work: Path) -> Launch:
@@ -370,78 +402,161 @@ def wrk(
     return rps, p50, p99, errors, total
 
 
+def ghz_path() -> str | None:
+    found = shutil.which("ghz")
+    fallback = Path.home() / "go" / "bin" / "ghz"
+    return found or (str(fallback) if fallback.exists() else None)
+
+
+def wrk_load(
+    url: str, body_file: Path, work: Path, connections: int, seconds: float
+) -> tuple[float, float, float, int, int]:
+    return wrk(url, body_file, connections, seconds, work)
+
+
+def ghz(port: int, body_file: Path, concurrency: int, seconds: float) -> tuple[float, float, float, int, int]:
+    """gRPC ModelInfer load: one connection per 8 concurrent calls, one OS thread (as wrk -t1).
+
+    --duration-stop wait: calls in flight when the time is up finish and count, instead of being cut and
+    reported as errors.
+    """
+    command = [
+        str(ghz_path()), "--insecure", "--proto", str(PROTO), "--call", "inference.GRPCInferenceService/ModelInfer",
+        "--binary-file", str(body_file), "--metadata", "{}", "-c", str(concurrency),
+        "--connections", str(max(1, concurrency // 8)), "-z", f"{max(1, round(seconds))}s", "--timeout", "10s",
+        "--duration-stop", "wait",
+        "--format", "json", f"127.0.0.1:{port}",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "GOMAXPROCS": "1"})
+    if not result.stdout:
+        raise RuntimeError(f"ghz failed: {result.stderr[-500:]}")
+    report = json.loads(result.stdout)
+    latencies = {entry["percentage"]: entry["latency"] / 1e6 for entry in report.get("latencyDistribution") or []}
+    codes = report.get("statusCodeDistribution") or {}
+    errors = sum(count for code, count in codes.items() if code != "OK")
+    return report["rps"], latencies.get(50, 0.0), latencies.get(99, 0.0), errors, int(report["count"])
+
+
+def check_grpc_answer(port: int, body: bytes) -> None:
+    import grpc
+
+    from tandem.server import proto
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")(body, timeout=30)
+    response = proto.ModelInferResponse.FromString(reply)
+    shape = list(response.outputs[0].shape)
+    size = len(response.raw_output_contents[0]) if response.raw_output_contents else 0
+    values = len(response.outputs[0].contents.fp32_contents)
+    if shape != [1, 10] or (size != 40 and values != 10):
+        raise RuntimeError(f"unexpected gRPC answer on port {port}: {str(response)[:300]}")
+
+
 # report
+
+
+PROTOCOL_NAMES = {"rest": "REST", "grpc": "gRPC"}
 
 
 def table(points: list[Point], threads: int, concurrencies: list[int]) -> str:
     lines = [
-        "| model | server | concurrency | req/s | p50 ms | p99 ms | vs KServe | vs in-process "
+        "| model | protocol | server | concurrency | req/s | p50 ms | p99 ms | vs KServe | vs in-process "
         "| CPU ms/req | KServe CPU/req ÷ this |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for model in ("mlp", "cnn"):
         limit = next((p for p in points if p.model == model and p.server.startswith("onnxruntime")), None)
-        for concurrency in concurrencies:
-            kserve = next(
-                (p for p in points if p.model == model and p.server == "kserve" and p.concurrency == concurrency),
-                None,
-            )
-            for point in points:
-                if point.model != model or point.concurrency != concurrency or point.server.startswith("onnx"):
-                    continue
-                vs_kserve = f"{point.rps / kserve.rps:.2f}x" if kserve and kserve.rps else "-"
-                vs_limit = f"{point.rps / limit.rps:.0%}" if limit else "-"
-                errors = f" ({point.errors} errors)" if point.errors else ""
-                cpu_vs = f"{kserve.cpu_ms / point.cpu_ms:.2f}x" if kserve and point.cpu_ms else "-"
-                lines.append(
-                    f"| {model} | {point.server}{errors} | {concurrency} | {point.rps:,.0f} | {point.p50_ms:.2f} "
-                    f"| {point.p99_ms:.2f} | {vs_kserve} | {vs_limit} | {point.cpu_ms:.2f} | {cpu_vs} |"
-                )
+        for protocol in PROTOCOL_NAMES:
+            for concurrency in concurrencies:
+                kserve = find(points, model, "kserve", concurrency, protocol)
+                for point in points:
+                    if (point.model, point.concurrency, point.protocol) != (model, concurrency, protocol):
+                        continue
+                    if point.server.startswith("onnx"):
+                        continue
+                    vs_kserve = f"{point.rps / kserve.rps:.2f}x" if kserve and kserve.rps else "-"
+                    vs_limit = f"{point.rps / limit.rps:.0%}" if limit else "-"
+                    errors = f" ({point.errors} errors)" if point.errors else ""
+                    cpu_vs = f"{kserve.cpu_ms / point.cpu_ms:.2f}x" if kserve and point.cpu_ms else "-"
+                    lines.append(
+                        f"| {model} | {PROTOCOL_NAMES[protocol]} | {point.server}{errors} | {concurrency} "
+                        f"| {point.rps:,.0f} | {point.p50_ms:.2f} | {point.p99_ms:.2f} | {vs_kserve} | {vs_limit} "
+                        f"| {point.cpu_ms:.2f} | {cpu_vs} |"
+                    )
         if limit:
             lines.append(
-                f"| {model} | {limit.server} | - | {limit.rps:,.0f} | {limit.p50_ms:.2f} | {limit.p99_ms:.2f} "
+                f"| {model} | - | {limit.server} | - | {limit.rps:,.0f} | {limit.p50_ms:.2f} | {limit.p99_ms:.2f} "
                 f"| - | 100% | {limit.cpu_ms:.2f} | - |"
             )
     return "\n".join(lines)
 
 
-def targets(points: list[Point], concurrency: int) -> list[str]:
-    def find(model: str, server: str) -> Point | None:
-        return next(
-            (p for p in points if p.model == model and p.server == server and p.concurrency == concurrency),
-            None,
-        )
+def find(points: list[Point], model: str, server: str, concurrency: int, protocol: str = "rest") -> Point | None:
+    return next(
+        (p for p in points if (p.model, p.server, p.concurrency, p.protocol) == (model, server, concurrency, protocol)),
+        None,
+    )
 
+
+GRID_LABEL = re.compile(r"t(\d+)w(\d+)")
+"""Variants named t<threads>w<workers>: the configuration grid the default is judged against."""
+
+
+def targets(points: list[Point], concurrencies: list[int]) -> list[str]:
     out: list[str] = []
+    top = max(concurrencies)
     for model, want_kserve, want_limit in (("mlp", 3.0, None), ("cnn", 2.0, 0.75)):
-        tandem, kserve = find(model, "tandem"), find(model, "kserve")
         limit = next((p for p in points if p.model == model and p.server.startswith("onnxruntime")), None)
-        if tandem and kserve:
-            ratio = tandem.rps / kserve.rps
-            verdict = "met" if ratio >= want_kserve else "NOT met"
-            out.append(f"- {model}: Tandem/KServe at c={concurrency} = {ratio:.2f}x (target {want_kserve}x: {verdict})")
-            if tandem.cpu_ms:
+        for protocol in PROTOCOL_NAMES:
+            tandem, kserve = find(points, model, "tandem", top, protocol), find(points, model, "kserve", top, protocol)
+            name = PROTOCOL_NAMES[protocol]
+            if tandem and kserve:
+                ratio = tandem.rps / kserve.rps
+                # the targets are REST's; over gRPC both servers stand on the same grpcio
+                verdict = ("met" if ratio >= want_kserve else "NOT met") if protocol == "rest" else "no target"
+                target = f"target {want_kserve}x: {verdict}" if protocol == "rest" else verdict
+                out.append(f"- {model} {name}: Tandem/KServe at c={top} = {ratio:.2f}x ({target})")
+                if tandem.cpu_ms:
+                    out.append(
+                        f"- {model} {name}: KServe spends {kserve.cpu_ms / tandem.cpu_ms:.2f}x Tandem's CPU time per "
+                        f"request at c={top} ({kserve.cpu_ms:.2f} vs {tandem.cpu_ms:.2f} ms)"
+                    )
+            if tandem and limit and want_limit and protocol == "rest":
+                ratio = tandem.rps / limit.rps
+                verdict = "met" if ratio >= want_limit else "NOT met"
+                out.append(f"- {model}: Tandem/in-process = {ratio:.0%} (target {want_limit:.0%}: {verdict})")
+            batched = find(points, model, "tandem+batching", top, protocol)
+            if batched and limit and model == "mlp":
+                verdict = "met" if batched.rps > limit.rps else "NOT met"
                 out.append(
-                    f"- {model}: KServe spends {kserve.cpu_ms / tandem.cpu_ms:.2f}x Tandem's CPU time per request "
-                    f"at c={concurrency} ({kserve.cpu_ms:.2f} vs {tandem.cpu_ms:.2f} ms)"
+                    f"- {model} {name}: batching on at c={top} serves {batched.rps:,.0f} req/s, "
+                    f"{batched.rps / limit.rps:.2f}x the in-process batch-1 limit (target > 1x: {verdict})"
                 )
-        if tandem and limit and want_limit:
-            ratio = tandem.rps / limit.rps
-            verdict = "met" if ratio >= want_limit else "NOT met"
-            out.append(f"- {model}: Tandem/in-process = {ratio:.0%} (target {want_limit:.0%}: {verdict})")
+        for concurrency in concurrencies:
+            grid = [p for p in points if p.model == model and p.concurrency == concurrency and p.protocol == "rest"]
+            grid = [p for p in grid if p.server == "tandem" or GRID_LABEL.fullmatch(p.server)]
+            default = find(points, model, "tandem", concurrency)
+            if default and len(grid) > 1:
+                best = max(grid, key=lambda p: p.rps)
+                ratio = default.rps / best.rps
+                verdict = "met" if ratio >= 0.95 else "NOT met"
+                out.append(
+                    f"- {model} REST c={concurrency}: the default configuration serves {ratio:.0%} of the best "
+                    f"measured ({best.server}, {best.rps:,.0f} req/s) (target >= 95%: {verdict})"
+                )
     return out
 
 
 def medians(points: list[Point]) -> list[Point]:
     """One point per (model, server, concurrency): the median of the rounds, which shrugs off a noisy one."""
-    groups: dict[tuple[str, str, int], list[Point]] = {}
+    groups: dict[tuple[str, str, int, str], list[Point]] = {}
     for point in points:
-        groups.setdefault((point.model, point.server, point.concurrency), []).append(point)
+        groups.setdefault((point.model, point.server, point.concurrency, point.protocol), []).append(point)
     return [
         Point(model, server, concurrency, statistics.median(p.rps for p in group),
               statistics.median(p.p50_ms for p in group), statistics.median(p.p99_ms for p in group),
-              sum(p.errors for p in group), statistics.median(p.cpu_ms for p in group))
-        for (model, server, concurrency), group in groups.items()
+              sum(p.errors for p in group), statistics.median(p.cpu_ms for p in group), protocol)
+        for (model, server, concurrency, protocol), group in groups.items()
     ]  # fmt: skip
 
 
@@ -466,9 +581,12 @@ def main() -> int:
     parser.add_argument("--servers", default="tandem,kserve,mlserver")
     parser.add_argument("--models", default="mlp,cnn")
     parser.add_argument("--concurrency", default="1,8")
+    parser.add_argument("--protocols", default="rest", help="rest, grpc or rest,grpc (gRPC needs ghz)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured point")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring")
-    parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads, all servers")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="onnxruntime intra-op threads of the peers and the in-process limit"
+    )
     parser.add_argument("--variant", action="append", default=[], help='extra Tandem run: "label=--flags"')
     parser.add_argument("--tandem-args", default="", help="flags for the main Tandem run")
     parser.add_argument("--rounds", type=int, default=1, help="repeat everything; report medians")
@@ -476,6 +594,10 @@ def main() -> int:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk not found: apt-get install -y wrk", file=sys.stderr)
+        return 2
+    protocols = args.protocols.split(",")
+    if "grpc" in protocols and ghz_path() is None:
+        print("ghz not found: go install github.com/bojand/ghz/cmd/ghz@v0.120.0", file=sys.stderr)
         return 2
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     servers = args.servers.split(",")
@@ -489,6 +611,8 @@ def main() -> int:
             path, shape = built[model]
             body_file = work / f"{model}.json"
             body_file.write_bytes(request_body(shape))
+            grpc_file = work / f"{model}.binpb"
+            grpc_file.write_bytes(grpc_body(model, shape))
             log(f"{model}: in-process onnxruntime, {args.threads} threads")
             points.append(in_process(path, shape, args.threads, max(3.0, args.duration / 2)))
             runs: list[tuple[str, Launch]] = []
@@ -497,12 +621,14 @@ def main() -> int:
                     runs += [
                         (
                             label if label != "tandem" else "tandem",
-                            tandem_launch(path, model, args.threads, work, flags),
+                            tandem_launch(path, model, work, flags),
                         )
                         for label, flags in variants
                     ]
                 elif server == "kserve":
                     runs.append(("kserve", kserve_launch(path, model, args.threads, work)))
+                elif server == "tandem-uvicorn":
+                    runs.append(("tandem-uvicorn", uvicorn_launch(path, model, args.threads, work)))
                 elif server == "mlserver":
                     runs.append(("mlserver", mlserver_launch(path, model, args.threads, work)))
             for label, launch in runs:
@@ -510,26 +636,36 @@ def main() -> int:
                 try:
                     with running(launch, model, logfile) as (base, pgid):
                         url = f"{base}/v2/models/{model}/infer"
-                        check_answer(url, body_file.read_bytes())
-                        wrk(url, body_file, max(concurrencies), args.warmup, work)
-                        for concurrency in concurrencies:
-                            cpu_before = group_cpu_seconds(pgid)
-                            rps, p50, p99, errors, total = wrk(url, body_file, concurrency, args.duration, work)
-                            cpu_ms = (group_cpu_seconds(pgid) - cpu_before) * 1000 / max(1, total)
-                            log(f"{model} {label} c={concurrency}: {rps:,.0f} req/s p50 {p50:.2f} ms p99 {p99:.2f} ms")
-                            points.append(Point(model, label, concurrency, rps, p50, p99, errors, cpu_ms))
+                        loads: list[tuple[str, Callable[[int, float], tuple[float, float, float, int, int]]]] = []
+                        if "rest" in protocols:
+                            check_answer(url, body_file.read_bytes())
+                            loads.append(("rest", partial(wrk_load, url, body_file, work)))
+                        if "grpc" in protocols and launch.grpc_port is not None:
+                            check_grpc_answer(launch.grpc_port, grpc_file.read_bytes())
+                            loads.append(("grpc", partial(ghz, launch.grpc_port, grpc_file)))
+                        for protocol, load in loads:
+                            load(max(concurrencies), args.warmup)
+                            for concurrency in concurrencies:
+                                cpu_before = group_cpu_seconds(pgid)
+                                rps, p50, p99, errors, total = load(concurrency, args.duration)
+                                cpu_ms = (group_cpu_seconds(pgid) - cpu_before) * 1000 / max(1, total)
+                                log(f"{model} {label} {protocol} c={concurrency}: {rps:,.0f} req/s "
+                                    f"p50 {p50:.2f} ms p99 {p99:.2f} ms")  # fmt: skip
+                                points.append(Point(model, label, concurrency, rps, p50, p99, errors, cpu_ms, protocol))
                 except Exception as exc:
                     log(f"{model} {label} failed: {exc}")
                     tail = logfile.read_text(errors="replace")[-2000:] if logfile.exists() else ""
                     print(tail, file=sys.stderr)
     points = medians(points)
     report = table(points, args.threads, concurrencies)
-    verdicts = targets(points, max(concurrencies))
+    verdicts = targets(points, concurrencies)
     header = (
-        f"Measured {time.strftime('%Y-%m-%d %H:%M %Z')} on {machine()}; batch-1 JSON V2 requests from wrk "
-        f"(1 thread), {args.duration:g} s per point, median of {args.rounds} round(s), "
-        f"onnxruntime with {args.threads} intra-op threads in "
-        "every server. Ratios are from this one run."
+        f"Measured {time.strftime('%Y-%m-%d %H:%M %Z')} on {machine()}; batch-1 V2 requests, REST as JSON from wrk "
+        f"(1 thread), gRPC as raw_input_contents from ghz (1 OS thread, a connection per 8 calls), "
+        f"{args.duration:g} s per point, median of {args.rounds} round(s), "
+        f"onnxruntime with {args.threads} intra-op threads in the peers and the in-process limit; Tandem with its "
+        "defaults (sized from the CPU limit), variants t<threads>w<workers> with those settings. "
+        "Ratios are from this one run."
     )
     output = f"{header}\n\n{report}\n\n" + "\n".join(verdicts) + "\n"
     print(output)
