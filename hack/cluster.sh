@@ -8,10 +8,12 @@
 #   hack/cluster.sh down     stop every component (by recorded pid, whole process group), check ports closed
 #   hack/cluster.sh status   show components, ports and nodes; exit 1 when the cluster is not running
 #   hack/cluster.sh env      print `export KUBECONFIG=...`
+#   hack/cluster.sh kueue up|down   start or stop Kueue's manager in the running cluster (hack/lib/kueue.sh)
 #
 # Environment: TANDEM_CLUSTER_DIR (state dir, default <repo>/.tandem/cluster), TANDEM_GPU_NODES (2),
 # TANDEM_CPU_NODES (3), TANDEM_REAL_NODES (1: start the real nodes; 0: kwok nodes only, no root needed for
-# networking), TANDEM_BIN_DIR (use these binaries instead of hack/build-tools.sh).
+# networking), TANDEM_BIN_DIR (use these binaries instead of hack/build-tools.sh), TANDEM_KUEUE (1: also run
+# Kueue's manager, built by hack/build-kueue.sh, or taken from TANDEM_KUEUE_DIR).
 # See docs/dev-cluster.md.
 set -euo pipefail
 
@@ -19,17 +21,21 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SAY_AS=cluster
 # shellcheck source=hack/lib/common.sh
 . "$ROOT/hack/lib/common.sh"
+# shellcheck source=hack/lib/kueue.sh
+. "$ROOT/hack/lib/kueue.sh"
 RUN_DIR="$DIR"
 GPU_NODES="${TANDEM_GPU_NODES:-2}"
 CPU_NODES="${TANDEM_CPU_NODES:-3}"
 REAL_NODES="${TANDEM_REAL_NODES:-1}"
+KUEUE="${TANDEM_KUEUE:-0}"
 STAGES="$ROOT/hack/kwok/stages.yaml"
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 NODES_SCRIPT="$ROOT/hack/nodes.sh"
 
 # --- processes -------------------------------------------------------------------------------------
 
-stop_all() { stop $(printf '%s\n' "${COMPONENTS[@]}" | tac); }
+# Kueue, optional, goes first: it is a client of the others.
+stop_all() { stop kueue $(printf '%s\n' "${COMPONENTS[@]}" | tac); }
 
 # --- certificates ----------------------------------------------------------------------------------
 
@@ -197,6 +203,7 @@ running() {
 cmd_up() {
   if running; then
     say "already running ($DIR)"
+    if [ "$KUEUE" = 1 ]; then load_state; kueue_up; fi
     return 0
   fi
   local t0=$SECONDS
@@ -236,6 +243,7 @@ cmd_up() {
     say "real nodes (kubelet + containerd), kube-proxy, CoreDNS"
     BIN="$BIN" API_PORT="$API_PORT" "$NODES_SCRIPT" up
   fi
+  if [ "$KUEUE" = 1 ]; then kueue_up; fi
   UP_OK=1
   say "cluster ready in $((SECONDS - t0))s; KUBECONFIG=$DIR/kubeconfig"
 }
@@ -249,6 +257,7 @@ cmd_down() {
   # shellcheck disable=SC1091
   [ -f "$DIR/state.env" ] && . "$DIR/state.env" \
     && ports="$ETCD_PORT $ETCD_PEER_PORT $API_PORT $KCM_PORT $SCHED_PORT"
+  kueue_down
   "$NODES_SCRIPT" down
   stop_all
   local port deadline=$((SECONDS + 10))
@@ -270,6 +279,8 @@ cmd_status() {
     pid="$(pid_of "$name")"
     if alive "$pid"; then echo "$name: running (pid $pid)"; else echo "$name: stopped"; ok=1; fi
   done
+  pid="$(pid_of kueue)"
+  if alive "$pid"; then echo "kueue: running (pid $pid)"; fi
   echo "ports: etcd=$ETCD_PORT apiserver=$API_PORT controller-manager=$KCM_PORT scheduler=$SCHED_PORT"
   echo "kubeconfig: $DIR/kubeconfig"
   [ "$ok" -eq 0 ] && kc get nodes -L tandem.dev/pool
@@ -278,13 +289,31 @@ cmd_status() {
 
 cmd_env() { echo "export KUBECONFIG=$DIR/kubeconfig"; }
 
+# state.env of the running cluster: BIN and the ports, for commands that join it.
+load_state() {
+  [ -f "$DIR/state.env" ] || die "no cluster in $DIR"
+  # shellcheck disable=SC1091
+  . "$DIR/state.env"
+}
+
+cmd_kueue() {
+  running || die "the cluster in $DIR is not running"
+  load_state
+  case "${1:-}" in
+    up) kueue_up ;;
+    down) kueue_down ;;
+    *) echo "usage: $0 kueue up|down" >&2; exit 2 ;;
+  esac
+}
+
 main() {
   case "${1:-}" in
     up) cmd_up ;;
     down) cmd_down ;;
     status) cmd_status ;;
     env) cmd_env ;;
-    *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+    kueue) cmd_kueue "${2:-}" ;;
+    *) echo "usage: $0 up|down|status|env|kueue up|down" >&2; exit 2 ;;
   esac
 }
 

@@ -21,6 +21,10 @@ say "control-plane binaries (cold: builds Kubernetes, kubelet, CoreDNS from Go m
 TANDEM_BIN_DIR="$(hack/build-tools.sh | tail -n 1)"
 export TANDEM_BIN_DIR
 
+say "Kueue manager for the queueing tests (cold: 4-10 min from its Go module; warm: seconds)"
+TANDEM_KUEUE_DIR="$(hack/build-kueue.sh | tail -n 1)"
+export TANDEM_KUEUE_DIR
+
 say "waiting for the container images"
 wait "$images"
 

@@ -16,7 +16,15 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 # tests/ is on sys.path (pytest's rootdir-of-conftest insertion), so helpers import as `support.*`.
-from support.cluster import ExternalCluster, LocalCluster, build_binaries, chosen, running, wait_until
+from support.cluster import (
+    KUEUE_BUILD_SCRIPT,
+    ExternalCluster,
+    LocalCluster,
+    build_binaries,
+    chosen,
+    running,
+    wait_until,
+)
 from support.tandem import ensure_pools, install_crds
 
 
@@ -28,12 +36,16 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """Build missing control-plane binaries before any test runs.
 
     A cold build takes 15-30 minutes; doing it here keeps it out of the per-test timeout, and only when
-    a selected test needs a cluster (uses the `cluster` fixture or is marked `cluster`).
+    a selected test needs a cluster (uses the `cluster` fixture or is marked `cluster`); Kueue's manager
+    (4-10 minutes cold) only when a selected test uses the `kueue` fixture.
     """
-    if os.environ.get("TANDEM_KUBECONFIG") or os.environ.get("TANDEM_BIN_DIR"):
+    if os.environ.get("TANDEM_KUBECONFIG"):
         return
-    if _wants_cluster(session.items):
+    if not os.environ.get("TANDEM_BIN_DIR") and _wants_cluster(session.items):
         os.environ["TANDEM_BIN_DIR"] = str(build_binaries())
+    wants_kueue = any("kueue" in getattr(item, "fixturenames", ()) for item in session.items)
+    if not os.environ.get("TANDEM_KUEUE_DIR") and wants_kueue:
+        os.environ["TANDEM_KUEUE_DIR"] = str(build_binaries(KUEUE_BUILD_SCRIPT))
 
 
 @pytest.fixture(scope="session")

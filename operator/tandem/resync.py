@@ -30,8 +30,14 @@ def _false_condition(body: Mapping[str, Any], kind: str) -> bool:
 
 
 def training_due(body: Mapping[str, Any]) -> bool:
-    """A TrainingJob needs the resync unless its status is current and it is finished or suspended."""
+    """A TrainingJob needs the resync unless its status is current and it is finished or suspended.
+
+    A run queued in Kueue (spec.queue) is not settled: Kueue's verdict on it (pending for quota, inadmissible,
+    preempted) and the Workload a suspended run must deactivate (tandem.queueing) appear on its Workload,
+    which no watch of the operator follows; only admission touches the Job."""
     if not _current(body) or _false_condition(body, "PoolResolved"):
+        return True
+    if (body.get("spec") or {}).get("queue") and (body.get("status") or {}).get("phase") == "Queued":
         return True
     return (body.get("status") or {}).get("phase") not in SETTLED_TRAINING
 

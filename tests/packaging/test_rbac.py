@@ -36,9 +36,11 @@ NAMESPACED: set[Rule] = (
     | _grants("apps", ("deployments",), WORKLOAD)
     | _grants("autoscaling", ("horizontalpodautoscalers",), WORKLOAD)
     | _grants("policy", ("poddisruptionbudgets",), WORKLOAD)
+    | _grants("kueue.x-k8s.io", ("workloads",), ("list", "patch"))
     | EVENTS
 )
-"""Children the operator applies (server-side apply is PATCH), reads and deletes; pods for worker status."""
+"""Children the operator applies (server-side apply is PATCH), reads and deletes; pods for worker status;
+Kueue's Workloads of queued runs, read for the status and deactivated while suspended (tandem.queueing)."""
 
 LEASE: set[Rule] = {
     ("coordination.k8s.io", "leases", "create"),

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_SCRIPT = REPO_ROOT / "hack" / "cluster.sh"
 BUILD_SCRIPT = REPO_ROOT / "hack" / "build-tools.sh"
+KUEUE_BUILD_SCRIPT = REPO_ROOT / "hack" / "build-kueue.sh"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 
 T = TypeVar("T")
@@ -85,15 +86,16 @@ def pid_is_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def build_binaries() -> Path:
-    """Build (or find cached) control-plane binaries and return their directory.
+def build_binaries(script: Path = BUILD_SCRIPT) -> Path:
+    """Build (or find cached) control-plane binaries, or Kueue's (`KUEUE_BUILD_SCRIPT`), and return their
+    directory.
 
     Separate from `LocalCluster.up` so a cold build (15-30 min) can run before pytest's per-test timeout
     starts counting.
     """
-    proc = subprocess.run([str(BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True, check=False)
+    proc = subprocess.run([str(script)], stdout=subprocess.PIPE, text=True, check=False)
     if proc.returncode != 0:
-        raise ClusterError(f"{BUILD_SCRIPT} failed with exit code {proc.returncode}")
+        raise ClusterError(f"{script} failed with exit code {proc.returncode}")
     return Path(proc.stdout.strip().splitlines()[-1])
 
 
@@ -135,9 +137,9 @@ class LocalCluster:
         )
         return env
 
-    def _run(self, command: str, timeout: float) -> str:
+    def _run(self, command: str, timeout: float, *args: str) -> str:
         proc = subprocess.run(
-            [str(CLUSTER_SCRIPT), command],
+            [str(CLUSTER_SCRIPT), command, *args],
             env=self.env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -146,7 +148,8 @@ class LocalCluster:
             check=False,
         )
         if proc.returncode != 0:
-            raise ClusterError(f"hack/cluster.sh {command} failed ({proc.returncode}):\n{proc.stdout}")
+            invocation = " ".join([command, *args])
+            raise ClusterError(f"hack/cluster.sh {invocation} failed ({proc.returncode}):\n{proc.stdout}")
         return proc.stdout
 
     def up(self, timeout: float = 600.0) -> str:
@@ -156,6 +159,10 @@ class LocalCluster:
     def down(self, timeout: float = 120.0) -> str:
         """Stop every component; the script fails if a port stays open."""
         return self._run("down", timeout)
+
+    def kueue(self, action: str, timeout: float = 300.0) -> str:
+        """Start ("up") or stop ("down") Kueue's manager in this running cluster (hack/lib/kueue.sh)."""
+        return self._run("kueue", timeout, action)
 
     def is_running(self) -> bool:
         try:

@@ -21,6 +21,12 @@ def test_finished_and_suspended_training_jobs_are_left_alone() -> None:
         assert not training_due(_body(phase)), phase
 
 
+def test_a_run_queued_in_kueue_is_looked_at_for_kueues_verdict_on_its_workload() -> None:
+    for suspend in (False, True):
+        assert training_due({**_body("Queued"), "spec": {"queue": "gpu", "suspend": suspend}}), suspend
+    assert not training_due({**_body("Succeeded"), "spec": {"queue": "gpu"}})
+
+
 def test_pending_and_running_training_jobs_are_looked_at() -> None:
     assert training_due(_body("Pending"))
     assert training_due(_body("Running"))

@@ -107,6 +107,9 @@ app.kubernetes.io/part-of: tandem
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [list, patch]
 {{ include "tandem.eventRules" . }}
 {{- end -}}
 

@@ -18,16 +18,19 @@ from tandem.api.trainingjob import TrainingJobStatus, TrainingPhase, WorkerCount
 from tandem.build.training import CONTAINER, TrainingRun
 from tandem.status import usage
 from tandem.status.conditions import Event, set_condition
+from tandem.status.queueing import queued_reason
 
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
 
 @dataclass(frozen=True)
 class ObservedRun:
-    """The child Job of the current generation (None if absent) and its pods."""
+    """The child Job of the current generation (None if absent), its pods, and Kueue's Workload for it (a run
+    with spec.queue, once Kueue has made one)."""
 
     job: dict[str, Any] | None
     pods: list[dict[str, Any]] = field(default_factory=list)
+    workload: dict[str, Any] | None = None
 
 
 def _job_condition(job: dict[str, Any], kind: str) -> dict[str, Any] | None:
@@ -102,9 +105,10 @@ def _timestamp(value: Any) -> datetime | None:
 
 
 def _phase(
-    job: dict[str, Any], pods: list[dict[str, Any]], artifact: ModelArtifact | None
+    run: TrainingRun, observed: ObservedRun, artifact: ModelArtifact | None
 ) -> tuple[TrainingPhase, str, str]:
     """Phase, reason and message for an observed Job."""
+    job, pods = observed.job or {}, observed.pods
     if (failed := _job_condition(job, "Failed")) is not None:
         detail = failure_message(pods) or failed.get("message") or "the Job failed"
         return TrainingPhase.FAILED, str(failed.get("reason") or "JobFailed"), detail
@@ -117,7 +121,7 @@ def _phase(
             )
         return TrainingPhase.SUCCEEDED, "ModelPublished", f"model {artifact.uri} sha256 {artifact.sha256[:12]}"
     if (job.get("spec") or {}).get("suspend"):
-        return TrainingPhase.QUEUED, "Suspended", "the Job is suspended (spec.suspend or waiting for Kueue)"
+        return TrainingPhase.QUEUED, *queued_reason(run.spec.suspend, run.spec.queue, observed.workload)
     running = [pod for pod in pods if (pod.get("status") or {}).get("phase") == "Running"]
     workers = (job.get("spec") or {}).get("parallelism") or 1
     if running:
@@ -178,7 +182,7 @@ def training_status(
         return status.model_copy(update={"phase": TrainingPhase.PENDING}), events
 
     artifact = read_artifact(observed.pods)
-    phase, reason, message = _phase(job, observed.pods, artifact)
+    phase, reason, message = _phase(run, observed, artifact)
     job_status = job.get("status") or {}
     status.workers = WorkerCounts(
         active=int(job_status.get("active") or 0),

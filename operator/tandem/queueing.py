@@ -1,0 +1,62 @@
+"""Kueue's Workload of a queued training run: read for the status, deactivated while spec.suspend is set.
+
+Kueue owns a queued Job's `spec.suspend`: it unsuspends the Job when it admits the Workload, suspends it when
+it evicts it (preemption), and starts again an admitted Job that someone else suspended. A queued run is
+therefore held the way Kueue provides for: its Workload's `spec.active: false`, which evicts it, releases
+its quota and suspends the Job; `spec.active: true` puts it back in its queue. A run without a queue is held
+by its Job's `spec.suspend`, as before.
+
+Kueue's API is optional (its CRDs may not be installed), so this module talks to it apart from tandem.kube's
+table of the operator's own children: an absent API reads as "no Workload". Every call goes through the same
+ApiClient, deadline and leadership fence as tandem.kube's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from tandem.kube import Kube, NotLeading
+
+GROUP = "kueue.x-k8s.io"
+VERSION = "v1beta2"
+WORKLOADS = "workloads"
+JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
+"""Kueue labels the Workload it creates for a Job with the Job's uid."""
+
+
+def workload_of(kube: Kube, job: dict[str, Any]) -> dict[str, Any] | None:
+    """The Workload Kueue made for `job`, or None (not made yet, or Kueue's API absent)."""
+    meta = job.get("metadata") or {}
+    uid = meta.get("uid")
+    if not uid:
+        return None
+    try:
+        found = cast(dict[str, Any], client.CustomObjectsApi(kube.api).list_namespaced_custom_object(
+            GROUP, VERSION, meta["namespace"], WORKLOADS, label_selector=f"{JOB_UID_LABEL}={uid}",
+            _request_timeout=kube.timeout,
+        ))
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    items: list[dict[str, Any]] = found.get("items") or []
+    # Kueue keeps one Workload per Job; the newest wins while it replaces an outdated one.
+    return max(items, key=lambda item: item["metadata"].get("creationTimestamp") or "", default=None)
+
+
+def hold(kube: Kube, workload: dict[str, Any], suspend: bool) -> dict[str, Any]:
+    """Deactivate the Workload while the run is suspended, reactivate it after; unchanged, no write."""
+    active = not suspend
+    if bool((workload.get("spec") or {}).get("active", True)) == active:
+        return workload
+    meta = workload["metadata"]
+    if kube.fence is not None and not kube.fence():
+        raise NotLeading(f"Workload {meta['name']} not patched: leadership is not assured")
+    patched = client.CustomObjectsApi(kube.api).patch_namespaced_custom_object(
+        GROUP, VERSION, meta["namespace"], WORKLOADS, meta["name"], {"spec": {"active": active}},
+        _request_timeout=kube.timeout,
+    )
+    return cast(dict[str, Any], patched)

@@ -1,0 +1,276 @@
+"""TrainingJobs queued by the real Kueue manager (hack/build-kueue.sh, run by hack/cluster.sh kueue up).
+
+The queues are those of examples/queueing/queues.yaml: a ClusterQueue per pool (the gpu one holds 8
+nvidia.com/gpu), a LocalQueue `gpu` in the test's namespace, and the WorkloadPriorityClass `urgent`. kwok
+plays the kubelet, so a worker "runs" for its tandem.dev/fake-duration; what is real is Kueue's admission,
+quota, preemption and its suspending and unsuspending of the Job, and the operator's reading of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+
+from support.cluster import ExternalCluster, LocalCluster, wait_until
+from support.tandem import REPO, artifact_message, body, condition, create, get, patch_spec, wait_for
+from tandem.api.resources import GROUP as TRAINING_JOB_GROUP
+from tandem.api.resources import TRAINING_JOB
+from tandem.api.resources import VERSION as TRAINING_JOB_VERSION
+
+pytestmark = pytest.mark.cluster
+
+GROUP, VERSION = "kueue.x-k8s.io", "v1beta2"
+PLURALS = {
+    "ResourceFlavor": "resourceflavors",
+    "ClusterQueue": "clusterqueues",
+    "WorkloadPriorityClass": "workloadpriorityclasses",
+    "LocalQueue": "localqueues",
+}
+QUEUES = [doc for doc in yaml.safe_load_all((REPO / "examples" / "queueing" / "queues.yaml").read_text()) if doc]
+GPU_QUOTA = 8
+"""nvidia.com/gpu in the example's gpu ClusterQueue."""
+
+
+def kueue_api(api: k8s.ApiClient) -> k8s.CustomObjectsApi:
+    return k8s.CustomObjectsApi(api)
+
+
+@pytest.fixture(scope="module")
+def kueue(cluster: LocalCluster | ExternalCluster, kube: k8s.ApiClient) -> Iterator[None]:
+    """Kueue's manager in the session's cluster for this module, with the example's cluster-wide queues.
+
+    A cluster of one's own (TANDEM_KUBECONFIG) must run it already: `TANDEM_KUEUE=1 hack/cluster.sh up`.
+    """
+    if isinstance(cluster, LocalCluster):
+        cluster.kueue("up")
+    else:
+        hooks = k8s.AdmissionregistrationV1Api(kube).list_mutating_webhook_configuration().items
+        if not any(hook.metadata.name == "kueue-mutating-webhook-configuration" for hook in hooks):
+            pytest.fail("TANDEM_KUBECONFIG's cluster runs no Kueue: start it with TANDEM_KUEUE=1 hack/cluster.sh up")
+    custom = kueue_api(kube)
+    shared = [doc for doc in QUEUES if doc["kind"] != "LocalQueue"]
+    for doc in shared:
+        try:
+            custom.create_cluster_custom_object(GROUP, VERSION, PLURALS[doc["kind"]], doc)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+    yield
+    for doc in shared:  # while the manager runs: it holds finalizers on queues and flavors
+        custom.delete_cluster_custom_object(GROUP, VERSION, PLURALS[doc["kind"]], doc["metadata"]["name"])
+    for doc in shared:
+        wait_until(
+            lambda d=doc: not [
+                item for item in custom.list_cluster_custom_object(GROUP, VERSION, PLURALS[d["kind"]])["items"]
+                if item["metadata"]["name"] == d["metadata"]["name"]
+            ],
+            timeout=60,
+            what=f"{doc['kind']} {doc['metadata']['name']} deleted",
+        )
+    if isinstance(cluster, LocalCluster):
+        cluster.kueue("down")
+
+
+@pytest.fixture
+def queues(kueue: None, kube: k8s.ApiClient, namespace: str) -> Iterator[str]:
+    """The example's LocalQueues in the test's namespace; afterwards its Jobs and their Workloads are gone
+    before the namespace goes (Kueue must still run to release their finalizers)."""
+    custom = kueue_api(kube)
+    for doc in QUEUES:
+        if doc["kind"] == "LocalQueue":
+            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "localqueues", doc)
+    yield namespace
+    # TrainingJobs first, or the operator makes their Jobs (and Kueue their Workloads) again.
+    k8s.CustomObjectsApi(kube).delete_collection_namespaced_custom_object(
+        TRAINING_JOB_GROUP, TRAINING_JOB_VERSION, namespace, TRAINING_JOB.plural
+    )
+    k8s.BatchV1Api(kube).delete_collection_namespaced_job(namespace, propagation_policy="Background")
+    wait_until(lambda: not workloads(kube, namespace), timeout=60, what=f"Workloads in {namespace} deleted")
+
+
+def workloads(api: k8s.ApiClient, namespace: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = kueue_api(api).list_namespaced_custom_object(
+        GROUP, VERSION, namespace, "workloads"
+    )["items"]
+    return items
+
+
+def workload_of_job(api: k8s.ApiClient, namespace: str, job_name: str) -> dict[str, Any] | None:
+    for item in workloads(api, namespace):
+        if any(owner["name"] == job_name for owner in item["metadata"].get("ownerReferences") or []):
+            return item
+    return None
+
+
+def training(name: str, gpus_per_worker: int, workers: int = 2, duration: str = "3s", **extra: Any) -> dict[str, Any]:
+    annotations = {
+        "tandem.dev/fake-duration": duration,
+        "tandem.dev/fake-termination-message": artifact_message(f"s3://models/{name}/model.onnx", "a" * 64),
+    }
+    spec = {
+        "workers": workers,
+        "resources": {"gpus": gpus_per_worker, "cpu": "2", "memory": "4Gi"},
+        "model": {"output": f"s3://models/{name}"},
+        "podMetadata": {"annotations": annotations},
+        "queue": "gpu",
+        **extra,
+    }
+    return body(TRAINING_JOB, name, {key: value for key, value in spec.items() if value is not None})
+
+
+def phase_is(*phases: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda obj: (obj.get("status") or {}).get("phase") in phases
+
+
+def queued_because(reason: str) -> Callable[[dict[str, Any]], bool]:
+    def check(obj: dict[str, Any]) -> bool:
+        running = condition(obj, "Running") or {}
+        return phase_is("Queued")(obj) and running.get("reason") == reason
+
+    return check
+
+
+def job_of(api: k8s.ApiClient, namespace: str, name: str) -> k8s.V1Job:
+    tj = get(api, TRAINING_JOB, namespace, name)
+    job: k8s.V1Job = k8s.BatchV1Api(api).read_namespaced_job(tj["status"]["jobName"], namespace)
+    return job
+
+
+def test_a_queued_run_waits_suspended_until_kueue_admits_it_then_runs(
+    operator: Any, queues: str, tandem_api: k8s.ApiClient
+) -> None:
+    namespace = queues
+    custom = kueue_api(tandem_api)
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "localqueues", "gpu",
+                                          {"spec": {"stopPolicy": "Hold"}})
+    create(tandem_api, TRAINING_JOB, namespace, training("held", gpus_per_worker=4))
+
+    held = wait_for(tandem_api, TRAINING_JOB, namespace, "held", queued_because("Inadmissible"), "Inadmissible")
+    assert "LocalQueue gpu is inactive" in condition(held, "Running")["message"]  # type: ignore[index]
+    job = job_of(tandem_api, namespace, "held")
+    assert job.spec.suspend is True
+    assert job.metadata.labels["kueue.x-k8s.io/queue-name"] == "gpu"
+
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "localqueues", "gpu",
+                                          {"spec": {"stopPolicy": "None"}})
+    wait_for(tandem_api, TRAINING_JOB, namespace, "held", phase_is("Running", "Succeeded"), "admitted and running")
+    admitted = workload_of_job(tandem_api, namespace, job.metadata.name)
+    assert admitted is not None
+    assert admitted["status"]["admission"]["clusterQueue"] == "gpu"
+    assert admitted["status"]["admission"]["podSetAssignments"][0]["flavors"]["nvidia.com/gpu"] == "gpu"
+    wait_for(tandem_api, TRAINING_JOB, namespace, "held", phase_is("Succeeded"), "Succeeded", timeout=120)
+
+
+def test_a_run_beyond_the_quota_waits_until_the_first_finishes(
+    operator: Any, queues: str, tandem_api: k8s.ApiClient
+) -> None:
+    namespace = queues
+    create(tandem_api, TRAINING_JOB, namespace, training("first", gpus_per_worker=GPU_QUOTA // 2, duration="25s"))
+    wait_for(tandem_api, TRAINING_JOB, namespace, "first", phase_is("Running"), "Running", timeout=120)
+    create(tandem_api, TRAINING_JOB, namespace, training("second", gpus_per_worker=GPU_QUOTA // 2))
+
+    second = wait_for(tandem_api, TRAINING_JOB, namespace, "second", queued_because("Pending"), "Pending for quota")
+    assert "insufficient" in condition(second, "Running")["message"]  # type: ignore[index]
+    assert get(tandem_api, TRAINING_JOB, namespace, "first")["status"]["phase"] == "Running"
+    assert job_of(tandem_api, namespace, "second").spec.suspend is True
+
+    wait_for(tandem_api, TRAINING_JOB, namespace, "first", phase_is("Succeeded"), "Succeeded", timeout=120)
+    wait_for(tandem_api, TRAINING_JOB, namespace, "second", phase_is("Succeeded"), "admitted after the first",
+             timeout=120)
+
+
+def test_an_unknown_queue_is_a_clear_condition_and_nothing_runs(
+    operator: Any, queues: str, tandem_api: k8s.ApiClient
+) -> None:
+    namespace = queues
+    create(tandem_api, TRAINING_JOB, namespace, training("lost", gpus_per_worker=1, queue="no-such-queue"))
+
+    lost = wait_for(tandem_api, TRAINING_JOB, namespace, "lost", queued_because("Inadmissible"), "Inadmissible")
+    assert condition(lost, "Running")["message"] == (  # type: ignore[index]
+        "Kueue cannot admit the run: LocalQueue no-such-queue doesn't exist"
+    )
+    assert job_of(tandem_api, namespace, "lost").spec.suspend is True
+    assert not k8s.CoreV1Api(tandem_api).list_namespaced_pod(namespace).items
+
+
+def test_suspending_a_queued_run_releases_its_quota_and_resuming_queues_it_again(
+    operator: Any, queues: str, tandem_api: k8s.ApiClient
+) -> None:
+    namespace = queues
+    create(tandem_api, TRAINING_JOB, namespace, training("paused", gpus_per_worker=GPU_QUOTA // 2, duration="20s"))
+    wait_for(tandem_api, TRAINING_JOB, namespace, "paused", phase_is("Running"), "Running", timeout=120)
+
+    patch_spec(tandem_api, TRAINING_JOB, namespace, "paused", {"suspend": True})
+    wait_for(tandem_api, TRAINING_JOB, namespace, "paused", queued_because("Suspended"), "Suspended")
+    job_name = job_of(tandem_api, namespace, "paused").metadata.name
+    wait_until(lambda: job_of(tandem_api, namespace, "paused").spec.suspend, timeout=60, what="Job suspended")
+    assert (workload_of_job(tandem_api, namespace, job_name) or {})["spec"]["active"] is False
+
+    # The quota it held is free: a run that needs all of it is admitted and finishes meanwhile.
+    create(tandem_api, TRAINING_JOB, namespace, training("meanwhile", gpus_per_worker=GPU_QUOTA // 2))
+    wait_for(tandem_api, TRAINING_JOB, namespace, "meanwhile", phase_is("Succeeded"), "Succeeded", timeout=120)
+    assert get(tandem_api, TRAINING_JOB, namespace, "paused")["status"]["phase"] == "Queued"
+
+    patch_spec(tandem_api, TRAINING_JOB, namespace, "paused", {"suspend": False})
+    wait_for(tandem_api, TRAINING_JOB, namespace, "paused", phase_is("Running"), "Running again", timeout=120)
+    assert job_of(tandem_api, namespace, "paused").metadata.name == job_name  # the same run, not a new one
+    wait_for(tandem_api, TRAINING_JOB, namespace, "paused", phase_is("Succeeded"), "Succeeded", timeout=120)
+
+
+def test_suspend_and_resume_without_a_queue(operator: Any, tandem_api: k8s.ApiClient, namespace: str) -> None:
+    create(tandem_api, TRAINING_JOB, namespace, training("plain", gpus_per_worker=1, duration="15s", queue=None))
+    wait_for(tandem_api, TRAINING_JOB, namespace, "plain", phase_is("Running"), "Running", timeout=120)
+
+    patch_spec(tandem_api, TRAINING_JOB, namespace, "plain", {"suspend": True})
+    wait_for(tandem_api, TRAINING_JOB, namespace, "plain", queued_because("Suspended"), "Suspended")
+    assert job_of(tandem_api, namespace, "plain").spec.suspend is True
+
+    patch_spec(tandem_api, TRAINING_JOB, namespace, "plain", {"suspend": False})
+    wait_for(tandem_api, TRAINING_JOB, namespace, "plain", phase_is("Succeeded"), "Succeeded", timeout=120)
+
+
+def urgent_job(name: str, gpus: int) -> k8s.V1Job:
+    """A plain batch Job in the same queue with the WorkloadPriorityClass `urgent`."""
+    labels = {"kueue.x-k8s.io/queue-name": "gpu", "kueue.x-k8s.io/priority-class": "urgent"}
+    container = k8s.V1Container(
+        name="work", image="busybox", resources=k8s.V1ResourceRequirements(limits={"nvidia.com/gpu": str(gpus)})
+    )
+    pod = k8s.V1PodSpec(
+        restart_policy="Never",
+        containers=[container],
+        tolerations=[k8s.V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
+    )
+    template = k8s.V1PodTemplateSpec(
+        metadata=k8s.V1ObjectMeta(annotations={"tandem.dev/fake-duration": "3s"}), spec=pod
+    )
+    return k8s.V1Job(
+        metadata=k8s.V1ObjectMeta(name=name, labels=labels),
+        spec=k8s.V1JobSpec(template=template, suspend=True, backoff_limit=0),
+    )
+
+
+def test_an_urgent_workload_preempts_a_run_which_resumes_after_it(
+    operator: Any, queues: str, tandem_api: k8s.ApiClient
+) -> None:
+    namespace = queues
+    create(tandem_api, TRAINING_JOB, namespace, training("ordinary", gpus_per_worker=GPU_QUOTA // 2, duration="30s"))
+    wait_for(tandem_api, TRAINING_JOB, namespace, "ordinary", phase_is("Running"), "Running", timeout=120)
+
+    batch = k8s.BatchV1Api(tandem_api)
+    batch.create_namespaced_job(namespace, urgent_job("urgent", GPU_QUOTA))
+    preempted = wait_for(tandem_api, TRAINING_JOB, namespace, "ordinary", queued_because("Preempted"), "Preempted")
+    assert "LocalQueue gpu" in condition(preempted, "Running")["message"]  # type: ignore[index]
+    assert job_of(tandem_api, namespace, "ordinary").spec.suspend is True
+
+    wait_until(
+        lambda: (batch.read_namespaced_job_status("urgent", namespace).status.succeeded or 0) == 1,
+        timeout=120,
+        what="urgent Job succeeded",
+    )
+    wait_for(tandem_api, TRAINING_JOB, namespace, "ordinary", phase_is("Running"), "resumed", timeout=120)
+    wait_for(tandem_api, TRAINING_JOB, namespace, "ordinary", phase_is("Succeeded"), "Succeeded", timeout=120)
