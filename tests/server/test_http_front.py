@@ -23,7 +23,7 @@ from tandem.server.model import OnnxModel
 from tandem.server.rest import RestApp
 
 BODY = orjson.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]})
-IDLE_S, HEADER_S, BODY_S = 2.0, 1.0, 1.0
+IDLE_S, HEADER_S, BODY_S = 3.0, 2.0, 2.0
 IDLE_CONNECTIONS = 1000
 
 
@@ -126,7 +126,7 @@ def test_a_thousand_idle_connections_neither_block_a_normal_client_nor_outlive_t
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4 * IDLE_CONNECTIONS), hard))
     idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(IDLE_CONNECTIONS)]
     try:
-        assert normal_client_latency(port) < 1.0
+        assert normal_client_latency(port) < IDLE_S  # served while all the idle ones are still open
         selector = selectors.DefaultSelector()
         for sock in idle:
             selector.register(sock, selectors.EVENT_READ)
@@ -139,7 +139,7 @@ def test_a_thousand_idle_connections_neither_block_a_normal_client_nor_outlive_t
     finally:
         for sock in idle:
             sock.close()
-    assert normal_client_latency(port) < 1.0
+    assert normal_client_latency(port) < IDLE_S
 
 
 def test_connections_beyond_the_limit_get_503_with_retry_after(model_dir: Path) -> None:
