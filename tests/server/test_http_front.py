@@ -1,5 +1,6 @@
 """The HTTP front against clients that hold resources without using them: timeouts close them, bounds shed
-them with 503 and Retry-After, and a normal client is served throughout."""
+them with 503 and Retry-After, and a normal client is served throughout. Also what the front answers that a
+client could misread: HEAD, a version that is not served, the extensions it advertises."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 import server_procs as servers
+from server_support import InProcessClient
 
 from tandem.server.dataplane import DataPlane
 from tandem.server.httpserver import Request, Response
@@ -181,3 +183,15 @@ def test_infer_requests_beyond_the_queue_bound_get_503_with_retry_after(model_di
     assert [reply.status for reply in replies] == [200, 200, 503, 503]
     assert ("retry-after", "1") in replies[2].headers
     assert b"server busy" in replies[2].body
+
+
+def test_a_version_of_a_model_served_without_one_is_404(identity: InProcessClient) -> None:
+    for path in ("/v2/models/identity/versions/1", "/v2/models/identity/versions/1/ready"):
+        reply = identity.get(path)
+        assert reply.status == 404, path
+        assert "is served with no version" in reply.json()["error"]
+    assert identity.get("/v2/models/identity").status == 200
+
+
+def test_only_implemented_extensions_are_advertised(identity: InProcessClient) -> None:
+    assert identity.get("/v2").json()["extensions"] == ["binary_tensor_data"]
