@@ -174,8 +174,11 @@ def test_a_run_beyond_the_quota_waits_until_the_first_finishes(
     wait_for(tandem_api, TRAINING_JOB, namespace, "first", phase_is("Running"), "Running", timeout=120)
     create(tandem_api, TRAINING_JOB, namespace, training("second", gpus_per_worker=GPU_QUOTA // 2))
 
-    second = wait_for(tandem_api, TRAINING_JOB, namespace, "second", queued_because("Pending"), "Pending for quota")
-    assert "insufficient" in condition(second, "Running")["message"]  # type: ignore[index]
+    wait_for(
+        tandem_api, TRAINING_JOB, namespace, "second",
+        lambda obj: queued_because("Pending")(obj) and "insufficient" in (condition(obj, "Running") or {})["message"],
+        "Pending for quota, in Kueue's words",
+    )
     assert get(tandem_api, TRAINING_JOB, namespace, "first")["status"]["phase"] == "Running"
     assert job_of(tandem_api, namespace, "second").spec.suspend is True
 
@@ -220,6 +223,24 @@ def test_suspending_a_queued_run_releases_its_quota_and_resuming_queues_it_again
     wait_for(tandem_api, TRAINING_JOB, namespace, "paused", phase_is("Running"), "Running again", timeout=120)
     assert job_of(tandem_api, namespace, "paused").metadata.name == job_name  # the same run, not a new one
     wait_for(tandem_api, TRAINING_JOB, namespace, "paused", phase_is("Succeeded"), "Succeeded", timeout=120)
+
+
+def test_a_run_created_suspended_in_a_queue_is_held_until_resumed(
+    operator: Any, queues: str, tandem_api: k8s.ApiClient
+) -> None:
+    namespace = queues
+    create(tandem_api, TRAINING_JOB, namespace, training("later", gpus_per_worker=1, suspend=True))
+    # Held once the operator has seen Kueue's Workload (docs/queueing.md: Kueue may start it a moment before).
+    wait_until(
+        lambda: (workload_of_job(tandem_api, namespace, "later-g1") or {}).get("spec", {}).get("active") is False
+        and job_of(tandem_api, namespace, "later").spec.suspend,
+        timeout=60,
+        what="Workload deactivated and Job suspended",
+    )
+    wait_for(tandem_api, TRAINING_JOB, namespace, "later", queued_because("Suspended"), "Suspended")
+
+    patch_spec(tandem_api, TRAINING_JOB, namespace, "later", {"suspend": False})
+    wait_for(tandem_api, TRAINING_JOB, namespace, "later", phase_is("Succeeded"), "Succeeded", timeout=120)
 
 
 def test_suspend_and_resume_without_a_queue(operator: Any, tandem_api: k8s.ApiClient, namespace: str) -> None:
