@@ -33,7 +33,7 @@ die() { say "error: $*"; exit 1; }
 # --- what each image is ------------------------------------------------------------------------------------
 lock_of() { case $1 in operator) echo operator ;; trainer) echo train ;; server) echo serve ;; *) return 1 ;; esac; }
 command_of() { case $1 in operator) echo operator ;; trainer) echo "train digits" ;; server) echo serve ;; esac; }
-ports_of() { case $1 in operator) echo "8000 8080" ;; trainer) echo 29500 ;; server) echo "8080 8000" ;; esac; }
+ports_of() { case $1 in operator) echo "8000 8080" ;; trainer) echo 29500 ;; server) echo "8080 8081 9090" ;; esac; }
 describe() {
   case $1 in
     operator) echo "Tandem operator: reconciles ComputePools, TrainingJobs and InferenceServices" ;;

@@ -58,22 +58,31 @@ def trained(images: dict[str, Image], tmp_path_factory: pytest.TempPathFactory) 
     return Trained(volume, proc.returncode, proc.stdout + proc.stderr, json.loads(text) if text else {})
 
 
+@dataclass(frozen=True)
+class Served:
+    rest: str
+    """host:port of V2 REST."""
+    grpc: str
+    """host:port of V2 gRPC."""
+
+
 @pytest.fixture
-def served(images: dict[str, Image], trained: Trained) -> Iterator[str]:
-    """The server image serving the trained model from the read-only volume; yields its address."""
+def served(images: dict[str, Image], trained: Trained) -> Iterator[Served]:
+    """The server image serving the trained model from the read-only volume; yields its addresses."""
     assert trained.exit_code == 0, trained.output[-4000:]
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     # Host networking, bound to loopback only: nothing leaves the machine and no bridge is needed.
     container = Pod(images["server"], memory="512m", network="host").start(
         "serve", "--model-name", "digits", f"--model-uri=file://{MODEL_MOUNT}/digits/v1/model.onnx",
         f"--model-sha256={trained.message['sha256']}", "--host", "127.0.0.1", f"--http-port={port}",
+        f"--grpc-port={grpc_port}", f"--metrics-port={free_port()}",
         volumes={trained.volume: f"{MODEL_MOUNT}:ro"},
     )
     client = v2.InferenceServerClient(url=f"127.0.0.1:{port}")
     try:
         wait_until(lambda: _ready(client) or _exited(container), timeout=120, what="the server container to be ready")
         assert state(container)["Running"], logs(container)
-        yield f"127.0.0.1:{port}"
+        yield Served(f"127.0.0.1:{port}", f"127.0.0.1:{grpc_port}")
     finally:
         client.close()
         remove(container)
@@ -103,12 +112,12 @@ def test_trainer_image_trains_exports_checks_and_publishes_into_the_mounted_volu
     assert "Traceback" not in trained.output
 
 
-def test_server_image_serves_the_trained_model_to_tritonclient(served: str, trained: Trained) -> None:
+def test_server_image_serves_the_trained_model_to_tritonclient(served: Served, trained: Trained) -> None:
     from tandem.trainer.digits import load_split
 
     split = load_split(None)
     pixels, labels = split.test_x.numpy(), split.test_y.numpy()
-    client = v2.InferenceServerClient(url=served)
+    client = v2.InferenceServerClient(url=served.rest)
     try:
         tensor = v2.InferInput("input", list(pixels.shape), "FP32")
         tensor.set_data_from_numpy(pixels.astype(np.float32), binary_data=True)
@@ -123,6 +132,23 @@ def test_server_image_serves_the_trained_model_to_tritonclient(served: str, trai
     accuracy = float((logits.argmax(axis=1) == labels).mean())
     # The trainer measured the same held-out digits with torch: at most a tie may flip one of them.
     assert accuracy == pytest.approx(trained.message["metrics"]["accuracy"], abs=1.5 / len(labels))
+
+
+def test_server_image_serves_v2_grpc_beside_rest(served: Served, trained: Trained) -> None:
+    import tritonclient.grpc as v2grpc
+
+    model = trained.volume / "digits" / "v1" / "model.onnx"
+    pixels = np.random.default_rng(0).random((4, 64), dtype=np.float32)
+    client = v2grpc.InferenceServerClient(url=served.grpc)
+    try:
+        assert client.is_server_ready() and client.is_model_ready("digits")
+        tensor = v2grpc.InferInput("input", list(pixels.shape), "FP32")
+        tensor.set_data_from_numpy(pixels)
+        result = client.infer("digits", [tensor], outputs=[v2grpc.InferRequestedOutput("logits")])
+    finally:
+        client.close()
+    expected = onnxruntime.InferenceSession(str(model)).run(["logits"], {"input": pixels})[0]
+    np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_server_image_without_its_model_exits_with_a_clear_error(images: dict[str, Image], tmp_path: Path) -> None:
