@@ -4,7 +4,14 @@ by the API server, not by the operator.
 kopf filters watch events by label on the client: the operator would receive every Job and Deployment in
 the cluster and drop most of them. Here the API server applies the label selector (`tandem.dev/trainingjob`
 present, `tandem.dev/inferenceservice` present), so only the operator's own children travel. Each event adds
-the owner's key to the work queue; the reconcile reads what it needs itself.
+the owner's key to the work queue.
+
+Each watch also keeps what it received, as an informer's store: the reconcile reads a child from it instead of
+asking the API server again (an event's object is no longer thrown away and fetched once more). The store
+keeps what the reconcile reads (metadata without managedFields, spec without the pod template, status), so
+ten thousand Jobs cost a few megabytes. An object is stored before its owner is queued: the reconcile an
+event causes sees at least that event's version. Writes made from a store's view stay safe when it lags:
+status is written conditionally on the owner's resourceVersion, children by idempotent apply or create.
 
 Informer rules, as client-go's reflector: a paginated list gives the resourceVersion to watch from; the watch
 resumes from the last version seen (bookmarks included) when the server ends it; a 410 Gone (the version is
@@ -80,6 +87,26 @@ class ChildWatch:
         """Set once a list has given the version to watch from: every later change reaches the watch."""
         self._watch: watch.Watch | None = None
         self._list = self._list_function(api, kind, namespace)
+        self._store: dict[tuple[str, str], dict[str, Any]] = {}
+        self._store_lock = threading.Lock()
+
+    def covers(self, kind: str, namespace: str) -> bool:
+        """Whether this watch's store answers for a child of this kind in this namespace."""
+        return kind == self.kind and self.namespace in (None, namespace) and self.listed.is_set()
+
+    def get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The child as the watch last received it; None when it does not exist (as far as the watch knows)."""
+        with self._store_lock:
+            return self._store.get((namespace, name))
+
+    def _keep(self, event_type: str, obj: dict[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        with self._store_lock:
+            if event_type == "DELETED":
+                self._store.pop(key, None)
+            else:
+                self._store[key] = stored(self.kind, obj)
 
     @staticmethod
     def _list_function(api: client.ApiClient, kind: str, namespace: str | None) -> Callable[..., Any]:
@@ -95,22 +122,30 @@ class ChildWatch:
         return (self.owner_kind, str(meta.get("namespace") or ""), owner) if owner else None
 
     def list_version(self, queue_owners: bool) -> str:
-        """List the children (paginated); the resourceVersion to watch from. Queues their owners if asked."""
+        """List the children (paginated) into a new store; the resourceVersion to watch from. Queues their owners
+        if asked, once the store holds what they will read."""
         token = ""
+        store: dict[tuple[str, str], dict[str, Any]] = {}
         while True:
             response = self._list(
                 *self._args(), label_selector=self.owner_label, limit=PAGE, _continue=token or None,
                 _preload_content=False, _request_timeout=TIMEOUT,
             )
             page = json.loads(response.data or b"{}")
-            if queue_owners:
-                for item in page.get("items") or []:
-                    owner = self._owner(item)
-                    if owner is not None:
-                        self.enqueue(owner)
+            for item in page.get("items") or []:
+                meta = item.get("metadata") or {}
+                store[(str(meta.get("namespace") or ""), str(meta.get("name") or ""))] = stored(self.kind, item)
             token = (page.get("metadata") or {}).get("continue") or ""
             if not token:
-                return str((page.get("metadata") or {}).get("resourceVersion") or "")
+                break
+        with self._store_lock:
+            self._store = store
+        if queue_owners:
+            for item in store.values():
+                owner = self._owner(item)
+                if owner is not None:
+                    self.enqueue(owner)
+        return str((page.get("metadata") or {}).get("resourceVersion") or "")
 
     def run(self) -> None:
         version: str | None = None
@@ -131,6 +166,7 @@ class ChildWatch:
                     obj = event.get("object") or {}
                     version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
                     if event.get("type") != "BOOKMARK":
+                        self._keep(str(event.get("type")), obj)
                         if self.trace is not None:
                             self.trace(obj)
                         owner = self._owner(obj)
@@ -168,3 +204,10 @@ class ChildWatch:
         self.stopped.set()
         if self._watch is not None:
             self._watch.stop()
+
+
+def stored(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+    """What a store keeps of a child: what the reconcile reads of it, not the pod template nor managedFields."""
+    meta = {key: value for key, value in (obj.get("metadata") or {}).items() if key != "managedFields"}
+    spec = {key: value for key, value in (obj.get("spec") or {}).items() if key != "template"}
+    return {"kind": kind, "metadata": meta, "spec": spec, "status": obj.get("status") or {}}

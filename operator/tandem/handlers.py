@@ -24,6 +24,7 @@ import functools
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Hashable, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -36,6 +37,7 @@ from tandem import backoff, metrics, resync
 from tandem.api.resources import COMPUTE_POOL, GROUP, INFERENCE_SERVICE, TRAINING_JOB, VERSION, Resource
 from tandem.children import ChildWatch
 from tandem.config import OperatorConfig
+from tandem.events import EventRecorder
 from tandem.exclusive import Exclusive, Key
 from tandem.kube import Kube, NotLeading, api_client, load_config
 from tandem.reconcile import Outcome, reconcile_pool, reconcile_serving, reconcile_training
@@ -54,6 +56,9 @@ CHILDREN = (
     ("HorizontalPodAutoscaler", "tandem.dev/inferenceservice", "InferenceService"),
 )
 """(child kind, label naming its owner, owner kind): watched by tandem.children, the owner queued on change."""
+
+CACHE_SYNC_SECONDS = 60.0
+"""How long the workers wait at start for the child watches' first lists."""
 
 _state: dict[str, Any] = {}
 exclusive = Exclusive()
@@ -106,24 +111,42 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.connect_timeout = 5
     settings.watching.chunk_size = 500
     load_config()
-    _state["kube"] = Kube(api_client(), fence=_state.get("fence"))
+    _state["kube"] = Kube(api_client(), fence=_state.get("fence"), stores=_store_for)
     _state["config"] = OperatorConfig.from_env()
+    recorder = EventRecorder(kube)
+    recorder.start()
+    _state["events"] = recorder
     stop = threading.Event()
     _state["resync_stop"] = stop
     interval = float(os.environ.get("TANDEM_RESYNC_SECONDS", "30"))
     work = WorkQueue(process, workers=int(os.environ.get("TANDEM_WORKERS", "16")), name="reconcile")
     _state["queue"] = work
-    work.start()
-    # Children are watched with a server-side label selector (kopf would filter them on the client).
+    # Children are watched with a server-side label selector (kopf would filter them on the client); their
+    # stores are the reconcile's view of them, so workers start once each has listed (client-go's
+    # WaitForCacheSync). A watch that cannot list in time is read around (Kube.read asks the API server).
     watches = [
         ChildWatch(kube().api, kind, label, owner, enqueue, namespace)
         for kind, label, owner in CHILDREN
         for namespace in (config().namespaces or (None,))
     ]
+    _state["child_watches"] = watches
     for child_watch in watches:
         child_watch.start()
-    _state["child_watches"] = watches
+    deadline = time.monotonic() + CACHE_SYNC_SECONDS
+    for child_watch in watches:
+        if not child_watch.listed.wait(max(0.0, deadline - time.monotonic())):
+            log.warning("%s watch has not listed within %ss; reading them from the API server meanwhile",
+                        child_watch.kind, CACHE_SYNC_SECONDS)
+    work.start()
     threading.Thread(target=resync_forever, args=(stop, interval), name="tandem-resync", daemon=True).start()
+
+
+def _store_for(kind: str, namespace: str) -> ChildWatch | None:
+    """The child watch whose store holds children of this kind in this namespace, once it has listed."""
+    for child_watch in _state.get("child_watches") or []:
+        if child_watch.covers(kind, namespace):
+            return child_watch
+    return None
 
 
 @kopf.on.cleanup()
@@ -136,6 +159,9 @@ def stop_resync(**_: Any) -> None:
     work: WorkQueue | None = _state.get("queue")
     if work is not None:
         work.stop()
+    recorder: EventRecorder | None = _state.get("events")
+    if recorder is not None:
+        recorder.stop()
 
 
 # ---- the one reconcile path -------------------------------------------------------------------------
@@ -230,15 +256,10 @@ def _run(
 
 
 def _post_event(body: Mapping[str, Any], type: str, reason: str, message: str) -> None:
-    """An Event about the resource, posted by the worker itself (fenced like every write): kopf.event needs
-    kopf's per-object task context, which the queue's workers do not run in. Best effort, as kopf's own: an
-    event that cannot be posted (its namespace is being deleted, the API server is away) is logged, and the
-    reconcile that produced it stands."""
-    try:
-        kube().post_event(dict(body), type, reason, message)
-    except (ApiException, urllib3.exceptions.HTTPError, NotLeading) as exc:
-        meta = body.get("metadata") or {}
-        log.warning("event %s for %s/%s not posted: %s", reason, meta.get("namespace"), meta.get("name"), exc)
+    """An Event about the resource, handed to tandem.events' poster: kopf.event needs kopf's per-object task
+    context, which the queue's workers do not run in, and a reconcile need not wait for an event to be stored."""
+    recorder: EventRecorder = _state["events"]
+    recorder.record(body, type, reason, message)
 
 
 def _forget(kind: str, namespace: str | None, name: str) -> None:
@@ -297,8 +318,9 @@ def queue() -> WorkQueue:
     return work
 
 
-def enqueue(key: Key, body: Mapping[str, Any] | None = None) -> None:
+def enqueue(key: Key, body: Mapping[str, Any] | None = None, urgent: bool = False) -> None:
     """Queue a key; with the body of the watch event that called for it, the worker needs no read of its own.
+    `urgent` (a new object, a changed spec) goes before the follow-ups of children and the resync.
 
     Only bodies of queued keys are kept (the newest the watch delivered replaces an older one), so memory
     follows the queue's length, not the number of objects. A key queued without one (a child's event, the
@@ -307,7 +329,7 @@ def enqueue(key: Key, body: Mapping[str, Any] | None = None) -> None:
     if body is not None:
         with _bodies_lock:
             _bodies[key] = dict(body)
-    queue().add(key)
+    queue().add(key, urgent=urgent)
 
 
 def _newer(key: Key, body: Mapping[str, Any]) -> None:
@@ -368,7 +390,12 @@ def _step(kind: str) -> Step:
 def _pending(type: str | None, body: Mapping[str, Any]) -> bool:
     """Whether a watch event calls for a reconcile: the initial listing (kopf's resume), a new object, or a
     spec not yet reconciled. Status-only changes (our own writes among them) do not."""
-    if type in (None, "ADDED"):
+    return type is None or _spec_news(type, body)
+
+
+def _spec_news(type: str | None, body: Mapping[str, Any]) -> bool:
+    """A new object or a spec not yet reconciled: urgent work, unlike the initial listing of settled ones."""
+    if type == "ADDED":
         return True
     status = body.get("status") or {}
     return bool(status.get("observedGeneration") != (body.get("metadata") or {}).get("generation"))
@@ -405,18 +432,36 @@ def _route(key: Key, type: str | None, body: Mapping[str, Any]) -> bool:
         _forget(*key)
         return False
     if _pending(type, body):
-        enqueue(key, body)
+        enqueue(key, body, urgent=_spec_news(type, body))
     else:
         _newer(key, body)
     return True
 
 
+@kopf.index(GROUP, VERSION, "inferenceservices")
+def service_keys(namespace: str, name: str, **_: Any) -> dict[None, tuple[str, str]]:
+    """Every InferenceService, for a pool change that may move them."""
+    return {None: (namespace, name)}
+
+
 @kopf.on.event(GROUP, VERSION, "computepools")
 async def pool_event(
-    name: str, type: str | None, body: kopf.Body, pool_index: kopf.Index[str, Any], **_: Any
+    name: str,
+    type: str | None,
+    body: kopf.Body,
+    pool_index: kopf.Index[str, Any],
+    service_keys: kopf.Index[None, tuple[str, str]],
+    **_: Any,
 ) -> None:
+    """A pool's spec came, changed or went: besides the pool, every InferenceService decides again (a price,
+    selector or toleration it was placed by may have changed; a cheaper pool may exist), since a Ready
+    service is otherwise reconciled only when its own objects change or its usage is due."""
     _state["pool_index"] = pool_index
+    changed = type == "DELETED" or _pending(type, body)
     _route(("ComputePool", "", name), type, body)
+    if changed:
+        for namespace, service in service_keys.get(None, []):
+            enqueue(("InferenceService", namespace, service))
 
 
 @kopf.on.event("", "v1", "nodes")

@@ -17,7 +17,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import urllib3
 from kubernetes import client
@@ -39,6 +39,7 @@ _PATHS: dict[tuple[str, str], tuple[str, str]] = {
     ("batch/v1", "Job"): ("/apis/batch/v1", "jobs"),
     ("v1", "Service"): ("/api/v1", "services"),
     ("v1", "Pod"): ("/api/v1", "pods"),
+    ("v1", "Event"): ("/api/v1", "events"),
     ("apps/v1", "Deployment"): ("/apis/apps/v1", "deployments"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"): ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
     ("policy/v1", "PodDisruptionBudget"): ("/apis/policy/v1", "poddisruptionbudgets"),
@@ -71,18 +72,28 @@ def api_client(configuration: client.Configuration | None = None) -> client.ApiC
     return client.ApiClient(configuration)
 
 
+class Store(Protocol):
+    """Objects of one kind as a watch last received them (tandem.children.ChildWatch)."""
+
+    def get(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+
 class Kube:
-    """A thin client over one ApiClient; every method is one API call (a list: one per page)."""
+    """A thin client over one ApiClient; every method is one API call (a list: one per page), except `read`,
+    which answers from the operator's watches when they cover the object."""
 
     def __init__(
         self,
         api: client.ApiClient | None = None,
         timeout: tuple[float, float] = TIMEOUT,
         fence: Callable[[], bool] | None = None,
+        stores: Callable[[str, str], Store | None] | None = None,
     ) -> None:
+        """`stores(kind, namespace)` gives the watch store that holds children of that kind there, if any."""
         self.api = api or api_client()
         self.timeout = timeout
         self.fence = fence
+        self.stores = stores
 
     def _call(
         self,
@@ -155,6 +166,18 @@ class Kube:
                 return None
             raise
 
+    def read(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """A child as the operator's watch last received it (no API call), else as the API server has it now.
+
+        For the reconcile's view of its children, as controllers read from an informer cache: what it lacks
+        of the object (the pod template, managedFields) the reconcile does not read, and a store that lags
+        behind costs at most an idempotent write or a reconcile more, never a lost change.
+        """
+        store = self.stores(kind, namespace) if self.stores is not None else None
+        if store is not None:
+            return store.get(namespace, name)
+        return self.get(api_version, kind, namespace, name)
+
     def list_objects(
         self, api_version: str, kind: str, namespace: str, selector: dict[str, str]
     ) -> list[dict[str, Any]]:
@@ -184,10 +207,10 @@ class Kube:
             if exc.status != 404:
                 raise
 
-    def post_event(self, involved: dict[str, Any], type: str, reason: str, message: str) -> None:
-        """A core/v1 Event about `involved` (a resource body), as kopf.event would post it.
+    def post_event(self, involved: dict[str, Any], type: str, reason: str, message: str) -> dict[str, Any]:
+        """A core/v1 Event about `involved` (a resource body), as kopf.event would post it; returns it as stored.
 
-        For code that runs outside kopf's handler tasks (the resync thread), where kopf's event queue is not
+        Posted by tandem.events' thread, outside kopf's handler tasks, where kopf's event queue is not
         reachable. Cluster-scoped objects' events go to the default namespace, as kopf does.
         """
         meta = involved.get("metadata") or {}
@@ -212,7 +235,12 @@ class Kube:
             "lastTimestamp": stamp,
             "count": 1,
         }
-        self._call("POST", f"/api/v1/namespaces/{namespace}/events", body=event)
+        return self._call("POST", f"/api/v1/namespaces/{namespace}/events", body=event)
+
+    def count_event(self, namespace: str, name: str, count: int) -> None:
+        """An Event seen again: its count and lastTimestamp move, as client-go's EventCorrelator records it."""
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.merge_patch("v1", "Event", namespace, name, {"count": count, "lastTimestamp": stamp})
 
     def nodes(self, selector: dict[str, str] | None = None) -> list[dict[str, Any]]:
         """Nodes, only those with the given labels when a selector is given (the API server filters)."""

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, ValidationError
 
-from tandem import costing, placement
+from tandem import costing, placement, queueing
 from tandem.api.computepool import ComputePoolSpec, ComputePoolStatus
 from tandem.api.inferenceservice import (
     InferenceServiceSpec,
@@ -188,7 +188,7 @@ def reconcile_training(
         return _training_problem(kube, body, previous, generation, problem)
     pool = parsed_pools[pool_name]
     spec_hash = run_spec_hash(spec)
-    recorded = kube.get("batch/v1", "Job", namespace, previous.job_name) if previous.job_name else None
+    recorded = kube.read("batch/v1", "Job", namespace, previous.job_name) if previous.job_name else None
     job = recorded if _made_for(recorded, spec_hash) else None
     run_generation = _run_generation(job) if job is not None else generation
     run = training_build.TrainingRun(name=name, namespace=namespace, uid=uid, generation=run_generation, spec=spec)
@@ -215,14 +215,18 @@ def reconcile_training(
         if created:
             message = f"Job {run.job_name} with {spec.workers} workers on ComputePool {pool_name}"
             events.append(Event("Normal", "Created", message))
-    if job is not None and not created and bool((job.get("spec") or {}).get("suspend")) != spec.suspend \
+    # Kueue owns a queued Job's suspend (tandem.queueing): a queued run is held through its Workload instead.
+    workload = queueing.workload_of(kube, job) if job is not None and not created and spec.queue else None
+    if workload is not None:
+        workload = queueing.hold(kube, workload, spec.suspend)
+    elif job is not None and not created and bool((job.get("spec") or {}).get("suspend")) != spec.suspend \
             and spec.queue is None:
         job = kube.merge_patch("batch/v1", "Job", namespace, run.job_name, {"spec": {"suspend": spec.suspend}})
     # A Job created a moment ago has no pods yet, nor has a suspended Job whose status counts none; their events
     # bring the next reconcile. (Ten thousand queued runs cost no pod list each.)
     has_pods = job is not None and not created and may_have_pods(job)
     pods = kube.list_objects("v1", "Pod", namespace, {"job-name": run.job_name}) if has_pods else []
-    status, status_events = training_status(previous, run, pool_name, pool, ObservedRun(job, pods), now())
+    status, status_events = training_status(previous, run, pool_name, pool, ObservedRun(job, pods, workload), now())
     status.observed_generation = generation
     written, _ = write_status(kube, TRAINING_JOB, namespace, name, previous, status, version(body))
     return Outcome(written, events + status_events)
@@ -501,7 +505,7 @@ def _apply_serving_children(
     digest = children_hash([deployment, *others])
     if spec_current:
         meta = deployment["metadata"]
-        stored = kube.get("apps/v1", "Deployment", meta["namespace"], meta["name"])
+        stored = kube.read("apps/v1", "Deployment", meta["namespace"], meta["name"])
         applied = ((stored or {}).get("metadata") or {}).get("annotations") or {}
         if (
             stored is not None
@@ -518,7 +522,7 @@ def _apply_serving_children(
 
 def _exists(kube: Kube, obj: dict[str, Any]) -> bool:
     meta = obj["metadata"]
-    return kube.get(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"]) is not None
+    return kube.read(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"]) is not None
 
 
 def settle_usage(

@@ -7,7 +7,11 @@ queue guarantees what controller-runtime guarantees:
   reconcile (which reads the object fresh, so it sees what all ten announced);
 * a key is processed by at most one worker at a time: added while being processed, it is queued again
   and taken only after the running reconcile ends;
-* a failed key comes back after a delay (`add(key, delay)`), the caller's backoff.
+* a failed key comes back after a delay (`add(key, delay)`), the caller's backoff;
+* an urgent key (`add(key, urgent=True)`: an object that is new or whose spec changed) is taken before every
+  other waiting key, as controller-runtime's priority queue puts fresh events before its resyncs. Under a
+  burst the work that creates children is not queued behind the status updates that follow earlier ones, so
+  the time from a create to its children stays short whatever the backlog of follow-ups.
 
 Watch handlers never wait for a reconcile, so a slow API server does not back up kopf's event streams.
 """
@@ -31,8 +35,11 @@ class WorkQueue:
         self._process = process
         self._workers = workers
         self._name = name
+        self._urgent: deque[Hashable] = deque()
         self._ready: deque[Hashable] = deque()
-        self._dirty: set[Hashable] = set()
+        self._dirty: dict[Hashable, bool] = {}
+        """Keys waiting to be taken, and whether each is urgent. The deques may hold stale entries (a key
+        promoted to urgent stays in `_ready` too); _take skips those, so neither deque is ever searched."""
         self._processing: set[Hashable] = set()
         self._attempts: dict[Hashable, int] = {}
         self._later: list[tuple[float, int, Hashable]] = []
@@ -41,18 +48,26 @@ class WorkQueue:
         self._stopped = False
         self._threads: list[threading.Thread] = []
 
-    def add(self, key: Hashable, delay: float = 0.0) -> None:
-        """Queue `key` now, or after `delay` seconds; a key already waiting is not queued twice."""
+    def add(self, key: Hashable, delay: float = 0.0, urgent: bool = False) -> None:
+        """Queue `key` now, or after `delay` seconds; a key already waiting is not queued twice, but an urgent
+        add moves it ahead."""
         with self._cond:
             if self._stopped:
                 return
             if delay > 0:
                 heapq.heappush(self._later, (time.monotonic() + delay, next(self._order), key))
-            elif key not in self._dirty:
-                self._dirty.add(key)
-                if key not in self._processing:
-                    self._ready.append(key)
+            else:
+                self._mark(key, urgent)
             self._cond.notify()
+
+    def _mark(self, key: Hashable, urgent: bool) -> None:
+        """Make `key` wait (once), in the urgent line if asked; a key being processed waits for _done."""
+        waiting = key in self._dirty
+        if waiting and (self._dirty[key] or not urgent):
+            return
+        self._dirty[key] = urgent
+        if key not in self._processing:
+            (self._urgent if urgent else self._ready).append(key)
 
     def __len__(self) -> int:
         with self._cond:
@@ -83,29 +98,30 @@ class WorkQueue:
         now = time.monotonic()
         while self._later and self._later[0][0] <= now:
             _, _, key = heapq.heappop(self._later)
-            if key not in self._dirty:
-                self._dirty.add(key)
-                if key not in self._processing:
-                    self._ready.append(key)
+            self._mark(key, urgent=False)
         return self._later[0][0] - now if self._later else None
 
     def _take(self) -> Hashable | None:
         with self._cond:
             while not self._stopped:
                 wait = self._promote_due()
-                if self._ready:
-                    key = self._ready.popleft()
-                    self._dirty.discard(key)
-                    self._processing.add(key)
-                    return key
-                self._cond.wait(wait)
+                line = self._urgent or self._ready
+                if not line:
+                    self._cond.wait(wait)
+                    continue
+                key = line.popleft()
+                if key not in self._dirty or key in self._processing:
+                    continue  # stale: taken already from the other line, or waiting for its worker to finish
+                del self._dirty[key]
+                self._processing.add(key)
+                return key
             return None
 
     def _done(self, key: Hashable) -> None:
         with self._cond:
             self._processing.discard(key)
             if key in self._dirty:  # added again while it was being processed
-                self._ready.append(key)
+                (self._urgent if self._dirty[key] else self._ready).append(key)
                 self._cond.notify()
 
     def _work(self) -> None:

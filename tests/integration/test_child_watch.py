@@ -2,7 +2,9 @@
 
 Expected outcome: a Job without the `tandem.dev/trainingjob` label, created before a labelled one, never
 reaches the watch (one watch stream delivers in resourceVersion order, so by the time the labelled Job's
-event arrives, the unlabelled one's would have); the labelled Job's event queues its owner TrainingJob.
+event arrives, the unlabelled one's would have); the labelled Job's event queues its owner TrainingJob. The
+watch's store answers for the Jobs it received, as the API server last sent them, before their owner is
+queued, and forgets a deleted one.
 """
 
 from __future__ import annotations
@@ -75,3 +77,23 @@ def test_only_the_operators_own_jobs_reach_its_watch(
     wait_until(lambda: ("TrainingJob", namespace, "ours") in recorder.keys, timeout=30, what="the owner queued")
     assert recorder.received == {"ours-g1"}  # the other Job never travelled: the API server filtered it
     assert {name for _, _, name in recorder.keys} == {"ours"}
+
+
+def test_the_store_holds_a_child_before_its_owner_is_queued_and_forgets_it_when_deleted(
+    kube: k8s.ApiClient, namespace: str, watched: tuple[ChildWatch, Recorder]
+) -> None:
+    child_watch, _ = watched
+    batch = k8s.BatchV1Api(kube)
+    assert child_watch.listed.wait(30)
+    assert child_watch.covers("Job", namespace) and not child_watch.covers("Deployment", namespace)
+    seen_when_queued: list[dict[str, Any] | None] = []
+    child_watch.enqueue = lambda key: seen_when_queued.append(child_watch.get(namespace, "kept-g1"))
+    created = batch.create_namespaced_job(namespace, job("kept-g1", {"tandem.dev/trainingjob": "kept"}))
+
+    wait_until(lambda: bool(seen_when_queued), timeout=30, what="the owner queued")
+    first = seen_when_queued[0]
+    assert first is not None and first["metadata"]["uid"] == created.metadata.uid
+    assert first["spec"]["suspend"] is True and "template" not in first["spec"]
+    assert "managedFields" not in first["metadata"]
+    batch.delete_namespaced_job("kept-g1", namespace, propagation_policy="Background")
+    wait_until(lambda: child_watch.get(namespace, "kept-g1") is None, timeout=30, what="the Job forgotten")

@@ -26,6 +26,7 @@ from support.tandem import body, create, get, patch_spec
 from tandem import handlers
 from tandem.api.resources import TRAINING_JOB
 from tandem.config import OperatorConfig
+from tandem.events import EventRecorder
 from tandem.exclusive import Exclusive
 from tandem.kube import Kube
 from tandem.reconcile import Outcome
@@ -51,6 +52,9 @@ def queue(tandem_api: k8s.ApiClient, monkeypatch: pytest.MonkeyPatch) -> Iterato
     """The handlers' queue and reconcile path wired to the test cluster, without kopf: the test is the watch."""
     monkeypatch.setitem(handlers._state, "kube", Kube(tandem_api))
     monkeypatch.setitem(handlers._state, "config", OperatorConfig())
+    recorder = EventRecorder(handlers.kube)
+    monkeypatch.setitem(handlers._state, "events", recorder)
+    recorder.start()
     monkeypatch.delitem(handlers._state, "pool_index", raising=False)
     monkeypatch.setattr(handlers, "exclusive", Exclusive())
     work = WorkQueue(handlers.process, workers=2)
@@ -58,6 +62,7 @@ def queue(tandem_api: k8s.ApiClient, monkeypatch: pytest.MonkeyPatch) -> Iterato
     work.start()
     yield work
     work.stop()
+    recorder.stop()
 
 
 def reconciles(obj: Mapping[str, Any]) -> Outcome | None:

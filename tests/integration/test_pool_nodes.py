@@ -1,5 +1,6 @@
 """A ComputePool counts its nodes from the operator's node watch: at once when a node comes or goes, and
-without listing nodes on each resync pass (measured by the API server's own apiserver_request_total)."""
+without listing nodes on each resync pass (measured by the API server's own apiserver_request_total). A change
+of a pool's spec re-decides the InferenceServices at once, Ready ones included, without waiting for a resync."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from support.apiserver import requests
 from support.cluster import wait_until
 from support.tandem import body, create, get, resource_api
 from tandem import handlers
-from tandem.api.resources import COMPUTE_POOL, GROUP, VERSION
+from tandem.api.resources import COMPUTE_POOL, GROUP, INFERENCE_SERVICE, VERSION
 
 pytestmark = pytest.mark.cluster
 
@@ -79,3 +80,34 @@ def test_a_resync_pass_lists_no_nodes(tandem_api: k8s.ApiClient, operator: KopfR
     after = requests(tandem_api)
     assert after[("LIST", "nodes", "")] - before[("LIST", "nodes", "")] < passes
     assert after[("GET", "computepools", "")] - before[("GET", "computepools", "")] >= 2 * passes  # looked at
+
+
+def placement_of(api: k8s.ApiClient, namespace: str, name: str) -> tuple[Any, Any]:
+    status = get(api, INFERENCE_SERVICE, namespace, name).get("status") or {}
+    return status.get("phase"), (status.get("placement") or {}).get("costPerHour")
+
+
+def test_a_price_change_reprices_a_ready_service_without_waiting_for_a_resync(
+    tandem_api: k8s.ApiClient, namespace: str, hour_resync_operator: KopfRunner
+) -> None:
+    core = k8s.CoreV1Api(tandem_api)
+    label = f"price-{uuid.uuid4().hex[:8]}"
+    pool = {"nodeSelector": {"tandem.dev/pool": label}, "price": {"coreHour": 1.0}}
+    create(tandem_api, COMPUTE_POOL, None, body(COMPUTE_POOL, label, pool))
+    try:
+        core.create_node(kwok_node(f"{label}-0", label))
+        service = {"model": {"uri": "s3://models/price/model.onnx"}, "pool": label,
+                   "resources": {"cpu": "500m", "memory": "128Mi"}}
+        create(tandem_api, INFERENCE_SERVICE, namespace, body(INFERENCE_SERVICE, "priced", service))
+        wait_until(lambda: placement_of(tandem_api, namespace, "priced") == ("Ready", 0.5), timeout=60,
+                   what="the service Ready at 0.5 an hour")
+        wait_until(handlers.queue().idle, timeout=30, what="the operator's queue drained")
+        resource_api(tandem_api).patch_cluster_custom_object(
+            GROUP, VERSION, COMPUTE_POOL.plural, label, {"spec": {"price": {"coreHour": 3.0}}}
+        )
+        wait_until(lambda: placement_of(tandem_api, namespace, "priced") == ("Ready", 1.5), timeout=30,
+                   what="the service repriced at 1.5 an hour")
+    finally:
+        for node in core.list_node(label_selector=f"tandem.dev/pool={label}").items:
+            core.delete_node(node.metadata.name)
+        resource_api(tandem_api).delete_cluster_custom_object(GROUP, VERSION, COMPUTE_POOL.plural, label)

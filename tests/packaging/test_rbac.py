@@ -107,6 +107,6 @@ def test_every_kind_the_operator_client_knows_is_granted(helm: Path) -> None:
     granted = rbac_rules(render(helm))["cluster"]
     for prefix, plural in _PATHS.values():
         group = "" if prefix == "/api/v1" else prefix.split("/")[2]
-        verbs = ("get", "list", "watch") if plural == "pods" else WORKLOAD
+        verbs = {"pods": ("get", "list", "watch"), "events": ("create", "patch")}.get(plural, WORKLOAD)
         missing = [verb for verb in verbs if (group, plural, verb) not in granted]
         assert not missing, f"{group or 'core'}/{plural}: {missing} not granted"

@@ -40,6 +40,8 @@ class FakeKube:
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         return self.objects.get((kind, namespace, name))
 
+    read = get  # no watch stores: every read is a GET, as Kube.read without them
+
     def list_objects(
         self, api_version: str, kind: str, namespace: str, selector: dict[str, str]
     ) -> list[dict[str, Any]]:

@@ -64,6 +64,8 @@ class FakeKube(Kube):
         stored = self.objects.get((api_version, kind, namespace, name))
         return copy.deepcopy(stored) if stored is not None else None
 
+    read = get  # no watch stores: every read is a GET, as Kube.read without them
+
     def list_objects(
         self, api_version: str, kind: str, namespace: str, selector: dict[str, str]
     ) -> list[dict[str, Any]]:

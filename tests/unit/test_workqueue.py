@@ -1,4 +1,5 @@
-"""The work queue: a key waits at most once, one worker per key at a time, failed keys come back later."""
+"""The work queue: a key waits at most once, one worker per key at a time, failed keys come back later, urgent
+keys go first."""
 
 from __future__ import annotations
 
@@ -103,3 +104,41 @@ def test_other_keys_go_on_while_one_is_held(queue: WorkQueue, recorder: Recorder
     queue.add("fast")
     wait_until(lambda: ("fast", 0) in recorder.seen, timeout=5, what="the other key processed")
     recorder.hold["slow"].set()
+
+
+def test_urgent_keys_are_taken_before_every_other_waiting_key_and_each_once() -> None:
+    recorder = Recorder()
+    work = WorkQueue(recorder, workers=1)
+    recorder.hold["first"] = threading.Event()
+    work.start()
+    try:
+        work.add("first")
+        assert recorder.entered.setdefault("first", threading.Event()).wait(5)
+        for key in ("resync-a", "resync-b", "resync-c"):
+            work.add(key)
+        work.add("new", urgent=True)
+        work.add("resync-c", urgent=True)  # a waiting key whose spec changed moves ahead
+        work.add("new")  # a plain add of an urgent key leaves it urgent
+        recorder.hold["first"].set()
+        wait_until(work.idle, timeout=5, what="the queue drained")
+    finally:
+        work.stop()
+    assert [key for key, _ in recorder.seen] == ["first", "new", "resync-c", "resync-a", "resync-b"]
+
+
+def test_a_key_made_urgent_while_processed_runs_again_first() -> None:
+    recorder = Recorder()
+    work = WorkQueue(recorder, workers=1)
+    recorder.hold["busy"] = threading.Event()
+    work.start()
+    try:
+        work.add("busy")
+        assert recorder.entered.setdefault("busy", threading.Event()).wait(5)
+        work.add("waiting")
+        work.add("busy", urgent=True)
+        recorder.hold.pop("busy").set()
+        wait_until(work.idle, timeout=5, what="the queue drained")
+    finally:
+        work.stop()
+    assert [key for key, _ in recorder.seen] == ["busy", "busy", "waiting"]
+    assert recorder.most_inside == 1
