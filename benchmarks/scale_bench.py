@@ -51,6 +51,7 @@ from operator_bench import (
     request_table,
     start_cluster,
     stop_cluster,
+    wait_for_operator,
 )
 
 from support.tandem import body, create, ensure_pools, install_crds
@@ -236,7 +237,7 @@ def run(
 
     threading.Thread(target=sample, daemon=True).start()
     try:
-        time.sleep(5)  # let the operator connect and list before the burst
+        wait_for_operator(api)
         print(f"[scale] operator: {jobs} TrainingJobs and {services} InferenceServices", flush=True)
         requests_before = apiserver_requests(api)
         started = time.perf_counter()

@@ -17,13 +17,24 @@ if [[ "$("$uv" --version 2>/dev/null)" != "uv $UV_VERSION "* ]]; then
   "$CACHE/uv/bin/pip" install -q "uv==$UV_VERSION" >&2
 fi
 key=$(cat "$root/uv.lock" "$root/pyproject.toml" | sha256sum | cut -c1-12)
-if [ "$(cat "$venv/.tandem-lock" 2>/dev/null)" != "$key" ]; then
+stamp="$key with bytecode"
+fresh=""
+if [ "$(cat "$venv/.tandem-lock" 2>/dev/null)" != "$stamp" ]; then
   say "installing uv.lock into $venv (first time: torch is a large download, several minutes)"
+  fresh=1
 fi
 # --frozen: install the lock as it is, never re-resolve. The project itself is installed editable, pointing
 # at this clone (a no-op when it already does).
 UV_PROJECT_ENVIRONMENT="$venv" "$uv" sync --frozen --quiet --python "$(command -v python3)" \
   --extra operator --extra train --extra serve --extra dev --directory "$root" >&2
-echo "$key" > "$venv/.tandem-lock"
+# Every module's bytecode, written once per install (about 2 minutes): the operators, servers and trainers the
+# tests start then import the Kubernetes client, torch and onnxruntime from .pyc files instead of compiling them
+# again in each process, as they would where PYTHONDONTWRITEBYTECODE is set. Some packages ship files that are
+# not Python (templates, Python 2 samples): compileall fails on those and nothing imports them.
+if [ -n "$fresh" ]; then
+  say "compiling the environment's bytecode"
+  "$venv/bin/python" -m compileall -q -j 0 "$venv/lib" >/dev/null || true
+fi
+echo "$stamp" > "$venv/.tandem-lock"
 say "environment ready: $venv"
 echo "$venv"
