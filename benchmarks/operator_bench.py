@@ -262,7 +262,8 @@ def run(api: k8s.ApiClient, kubeconfig: Path, count: int) -> dict[str, Any]:
         latencies = [seen[name] - created[name] for name in created]
         rss, peak = memory_kib(operator.pid)
         operator_cpu = cpu_seconds(operator.pid) - cpu_before
-        processes = cpu_table(processes_before, cpu_by_process(operator.pid), total)
+        processes_after = cpu_by_process(operator.pid)
+        processes = cpu_table(processes_before, processes_after, time.perf_counter() - burst_start)
     finally:
         operator.terminate()
         operator.wait(timeout=60)
@@ -314,7 +315,8 @@ def main() -> None:
     print()
     print("\n".join(result["requests"]))
     print()
-    print("CPU time of each process from the first TrainingJob create until the last child Job exists:")
+    print("CPU time of each process from the first TrainingJob create until the last child Job exists (and the")
+    print("scrape after it):")
     print()
     print("\n".join(result["processes"]))
 
