@@ -76,7 +76,7 @@ class EventRecorder:
     def record(self, involved: Mapping[str, Any], type: str, reason: str, message: str) -> None:
         """Queue an event about `involved` (a resource body); never blocks."""
         try:
-            self._queue.put_nowait(_Record(dict(involved), type, reason, message))
+            self._queue.put_nowait(_Record(reference(involved), type, reason, message))
         except queue.Full:
             meta = involved.get("metadata") or {}
             log.warning("event %s for %s/%s dropped: too many waiting", reason, meta.get("namespace"), meta.get("name"))
@@ -128,3 +128,13 @@ class EventRecorder:
         self._posted.move_to_end(key)
         while len(self._posted) > REMEMBERED:
             self._posted.popitem(last=False)
+
+
+def reference(involved: Mapping[str, Any]) -> dict[str, Any]:
+    """What an Event names of its object: a waiting event keeps this, not the object's whole body."""
+    meta = involved.get("metadata") or {}
+    return {
+        "apiVersion": involved.get("apiVersion"),
+        "kind": involved.get("kind"),
+        "metadata": {key: meta.get(key) for key in ("name", "namespace", "uid")},
+    }
