@@ -182,7 +182,9 @@ class ChildWatch:
                 if exc.status == 410:
                     version, relisted = None, True  # too old: list again, and queue what may have been missed
                     continue
-                log.warning("watching %ss failed (%s %s); retrying", self.kind, exc.status, exc.reason)
+                log.warning(
+                    "watching %ss failed (%s %s: %s); retrying", self.kind, exc.status, exc.reason, refusal(exc)
+                )
                 self.stopped.wait(backoff.delay(attempt))
                 attempt += 1
             except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
@@ -204,6 +206,15 @@ class ChildWatch:
         self.stopped.set()
         if self._watch is not None:
             self._watch.stop()
+
+
+def refusal(exc: ApiException) -> str:
+    """The API server's own words for a refused request (for a 403: which user cannot do what, so that an RBAC
+    gap is plain in the log), else its status body as sent."""
+    try:
+        return str(json.loads(exc.body or b"{}").get("message") or "")
+    except (ValueError, AttributeError):
+        return str(exc.body or "")[:300]
 
 
 def stored(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
