@@ -387,14 +387,9 @@ def _step(kind: str) -> Step:
     return lambda body: reconcile_serving(kube(), body, pools(), config())
 
 
-def _pending(type: str | None, body: Mapping[str, Any]) -> bool:
-    """Whether a watch event calls for a reconcile: the initial listing (kopf's resume), a new object, or a
-    spec not yet reconciled. Status-only changes (our own writes among them) do not."""
-    return type is None or _spec_news(type, body)
-
-
 def _spec_news(type: str | None, body: Mapping[str, Any]) -> bool:
-    """A new object or a spec not yet reconciled: urgent work, unlike the initial listing of settled ones."""
+    """A new object or a spec not yet reconciled: urgent work. Besides these, only kopf's initial listing
+    (type None) calls for a reconcile; status-only changes (our own writes among them) do not."""
     if type == "ADDED":
         return True
     status = body.get("status") or {}
@@ -431,8 +426,9 @@ def _route(key: Key, type: str | None, body: Mapping[str, Any]) -> bool:
     if type == "DELETED":
         _forget(*key)
         return False
-    if _pending(type, body):
-        enqueue(key, body, urgent=_spec_news(type, body))
+    news = _spec_news(type, body)
+    if type is None or news:
+        enqueue(key, body, urgent=news)
     else:
         _newer(key, body)
     return True
@@ -457,7 +453,7 @@ async def pool_event(
     selector or toleration it was placed by may have changed; a cheaper pool may exist), since a Ready
     service is otherwise reconciled only when its own objects change or its usage is due."""
     _state["pool_index"] = pool_index
-    changed = type == "DELETED" or _pending(type, body)
+    changed = type == "DELETED" or _spec_news(type, body)
     _route(("ComputePool", "", name), type, body)
     if changed:
         for namespace, service in service_keys.get(None, []):
