@@ -106,39 +106,41 @@ def test_other_keys_go_on_while_one_is_held(queue: WorkQueue, recorder: Recorder
     recorder.hold["slow"].set()
 
 
-def test_urgent_keys_are_taken_before_every_other_waiting_key_and_each_once() -> None:
-    recorder = Recorder()
+@pytest.fixture
+def one_worker(recorder: Recorder) -> Iterator[WorkQueue]:
+    """A started queue with one worker: the order keys are taken in is the order they are processed in."""
     work = WorkQueue(recorder, workers=1)
-    recorder.hold["first"] = threading.Event()
     work.start()
-    try:
-        work.add("first")
-        assert recorder.entered.setdefault("first", threading.Event()).wait(5)
-        for key in ("resync-a", "resync-b", "resync-c"):
-            work.add(key)
-        work.add("new", urgent=True)
-        work.add("resync-c", urgent=True)  # a waiting key whose spec changed moves ahead
-        work.add("new")  # a plain add of an urgent key leaves it urgent
-        recorder.hold["first"].set()
-        wait_until(work.idle, timeout=5, what="the queue drained")
-    finally:
-        work.stop()
+    yield work
+    work.stop()
+
+
+def busy_with(work: WorkQueue, recorder: Recorder, key: str) -> None:
+    """Make the worker hold `key` until recorder.hold[key] is set."""
+    recorder.hold[key] = threading.Event()
+    work.add(key)
+    assert recorder.entered.setdefault(key, threading.Event()).wait(5)
+
+
+def test_urgent_keys_are_taken_before_every_other_waiting_key_and_each_once(
+    one_worker: WorkQueue, recorder: Recorder
+) -> None:
+    busy_with(one_worker, recorder, "first")
+    for key in ("resync-a", "resync-b", "resync-c"):
+        one_worker.add(key)
+    one_worker.add("new", urgent=True)
+    one_worker.add("resync-c", urgent=True)  # a waiting key whose spec changed moves ahead
+    one_worker.add("new")  # a plain add of an urgent key leaves it urgent
+    recorder.hold["first"].set()
+    wait_until(one_worker.idle, timeout=5, what="the queue drained")
     assert [key for key, _ in recorder.seen] == ["first", "new", "resync-c", "resync-a", "resync-b"]
 
 
-def test_a_key_made_urgent_while_processed_runs_again_first() -> None:
-    recorder = Recorder()
-    work = WorkQueue(recorder, workers=1)
-    recorder.hold["busy"] = threading.Event()
-    work.start()
-    try:
-        work.add("busy")
-        assert recorder.entered.setdefault("busy", threading.Event()).wait(5)
-        work.add("waiting")
-        work.add("busy", urgent=True)
-        recorder.hold.pop("busy").set()
-        wait_until(work.idle, timeout=5, what="the queue drained")
-    finally:
-        work.stop()
+def test_a_key_made_urgent_while_processed_runs_again_first(one_worker: WorkQueue, recorder: Recorder) -> None:
+    busy_with(one_worker, recorder, "busy")
+    one_worker.add("waiting")
+    one_worker.add("busy", urgent=True)
+    recorder.hold.pop("busy").set()
+    wait_until(one_worker.idle, timeout=5, what="the queue drained")
     assert [key for key, _ in recorder.seen] == ["busy", "busy", "waiting"]
     assert recorder.most_inside == 1
