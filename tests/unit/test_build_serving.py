@@ -3,11 +3,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from tandem.api.computepool import ComputePoolSpec
 from tandem.api.inferenceservice import InferenceServiceSpec, ServedModel
 from tandem.build.serving import (
     MODEL_SHA_ANNOTATION,
+    REQUESTS_IN_FLIGHT_METRIC,
+    REQUESTS_PER_SECOND_METRIC,
     Serving,
     autoscaler,
     deployment,
@@ -116,6 +119,77 @@ def test_autoscaler_spans_min_to_max_on_cpu_utilisation(
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 5)
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "digits"}
     assert hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 60
+
+
+def test_the_cpu_autoscaler_keeps_the_controllers_default_pace_unless_told(
+    serving_spec_body: dict[str, Any], pools: dict[str, ComputePoolSpec]
+) -> None:
+    """No behaviour written by default: the controller's own 5-minute scale-down stabilisation holds."""
+    hpa = autoscaler(_serving(serving_spec_body, pools, replicas={"min": 1, "max": 3}))
+    assert hpa is not None
+    assert hpa["spec"]["metrics"] == [
+        {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}
+    ]
+    assert "behavior" not in hpa["spec"]
+
+
+def test_the_autoscaler_scales_on_requests_per_second_per_replica(
+    serving_spec_body: dict[str, Any], pools: dict[str, ComputePoolSpec]
+) -> None:
+    """A Pods metric averaged over the replicas, named as the chart's prometheus-adapter rules name it."""
+    autoscaling = {"metric": "requestsPerSecond", "targetRequestsPerSecond": 12.5}
+    serving = _serving(serving_spec_body, pools, replicas={"min": 1, "max": 3}, autoscaling=autoscaling)
+    hpa = autoscaler(serving)
+    assert hpa is not None
+    assert hpa["spec"]["metrics"] == [
+        {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": REQUESTS_PER_SECOND_METRIC},
+                "target": {"type": "AverageValue", "averageValue": "12500m"},
+            },
+        }
+    ]
+
+
+def test_the_autoscaler_scales_on_requests_in_flight_per_replica(
+    serving_spec_body: dict[str, Any], pools: dict[str, ComputePoolSpec]
+) -> None:
+    autoscaling = {"metric": "requestsInFlight", "targetRequestsInFlight": 4}
+    serving = _serving(serving_spec_body, pools, replicas={"min": 1, "max": 3}, autoscaling=autoscaling)
+    hpa = autoscaler(serving)
+    assert hpa is not None
+    assert hpa["spec"]["metrics"] == [
+        {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": REQUESTS_IN_FLIGHT_METRIC},
+                "target": {"type": "AverageValue", "averageValue": "4000m"},
+            },
+        }
+    ]
+
+
+@pytest.mark.parametrize("metric", ["cpu", "requestsPerSecond"])
+def test_the_scale_down_stabilisation_window_is_the_specs_for_every_metric(
+    serving_spec_body: dict[str, Any], pools: dict[str, ComputePoolSpec], metric: str
+) -> None:
+    autoscaling = {"metric": metric, "targetRequestsPerSecond": 5, "scaleDownStabilizationSeconds": 10}
+    hpa = autoscaler(_serving(serving_spec_body, pools, replicas={"min": 1, "max": 3}, autoscaling=autoscaling))
+    assert hpa is not None
+    assert hpa["spec"]["behavior"] == {"scaleDown": {"stabilizationWindowSeconds": 10}}
+
+
+@pytest.mark.parametrize(
+    ("metric", "target"),
+    [("requestsPerSecond", "targetRequestsPerSecond"), ("requestsInFlight", "targetRequestsInFlight")],
+)
+def test_a_request_metric_without_its_target_is_refused(
+    serving_spec_body: dict[str, Any], pools: dict[str, ComputePoolSpec], metric: str, target: str
+) -> None:
+    """The operator refuses what the CRD's CEL rule refuses, with the same message."""
+    with pytest.raises(ValidationError, match=f"spec.autoscaling.{target} is required with metric {metric}"):
+        _serving(serving_spec_body, pools, replicas={"min": 1, "max": 3}, autoscaling={"metric": metric})
 
 
 def test_no_autoscaler_when_min_equals_max(

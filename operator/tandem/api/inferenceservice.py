@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, cast
+from typing import Annotated, Self, cast
 
-from pydantic import ConfigDict, Field, JsonValue
+from pydantic import ConfigDict, Field, JsonValue, model_validator
 
 from tandem.api.base import ApiModel
 from tandem.api.common import (
@@ -74,11 +74,59 @@ class Replicas(ApiModel):
     """Most replicas."""
 
 
-class Autoscaling(ApiModel):
-    """HorizontalPodAutoscaler target, used when replicas.max > replicas.min."""
+class AutoscalingMetric(StrEnum):
+    """What the HorizontalPodAutoscaler scales on."""
 
+    CPU = "cpu"
+    REQUESTS_PER_SECOND = "requestsPerSecond"
+    REQUESTS_IN_FLIGHT = "requestsInFlight"
+
+
+AUTOSCALING_RULES: list[dict[str, str]] = [
+    {
+        "rule": "self.metric != 'requestsPerSecond' || has(self.targetRequestsPerSecond)",
+        "message": "spec.autoscaling.targetRequestsPerSecond is required with metric requestsPerSecond",
+        "fieldPath": ".targetRequestsPerSecond",
+    },
+    {
+        "rule": "self.metric != 'requestsInFlight' || has(self.targetRequestsInFlight)",
+        "message": "spec.autoscaling.targetRequestsInFlight is required with metric requestsInFlight",
+        "fieldPath": ".targetRequestsInFlight",
+    },
+]
+
+
+class Autoscaling(ApiModel):
+    """HorizontalPodAutoscaler metric, target and pace, used when replicas.max > replicas.min.
+
+    cpu reads the resource metrics API (metrics-server). requestsPerSecond and requestsInFlight read the
+    servers' own request metrics as custom metrics (custom.metrics.k8s.io, served by prometheus-adapter with
+    the rules of the chart's autoscaling.prometheusAdapter option): for requests of a millisecond or less, CPU
+    utilisation says little about load, the request rate says it directly.
+    """
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": cast(JsonValue, AUTOSCALING_RULES)})
+
+    metric: AutoscalingMetric = AutoscalingMetric.CPU
+    """cpu (the default), requestsPerSecond or requestsInFlight, each averaged over the replicas."""
     target_cpu_utilization: int = Field(default=70, ge=1, le=100)
-    """Average CPU utilisation, percent of the request, that the autoscaler aims at."""
+    """Average CPU utilisation, percent of the request, that the autoscaler aims at (metric cpu)."""
+    target_requests_per_second: float | None = Field(default=None, gt=0, le=1_000_000)
+    """Infer requests per second per replica that the autoscaler aims at (metric requestsPerSecond)."""
+    target_requests_in_flight: float | None = Field(default=None, gt=0, le=100_000)
+    """Infer requests being answered at once per replica, on average, that the autoscaler aims at (metric
+    requestsInFlight); suits models whose requests take long enough to be seen in flight."""
+    scale_down_stabilization_seconds: int | None = Field(default=None, ge=0, le=3600)
+    """How long the autoscaler keeps to the highest replica count it recommended before it removes replicas.
+    Empty: Kubernetes' default, 300 seconds."""
+
+    @model_validator(mode="after")
+    def _target_for_the_metric(self) -> Self:
+        if self.metric is AutoscalingMetric.REQUESTS_PER_SECOND and self.target_requests_per_second is None:
+            raise ValueError(AUTOSCALING_RULES[0]["message"])
+        if self.metric is AutoscalingMetric.REQUESTS_IN_FLIGHT and self.target_requests_in_flight is None:
+            raise ValueError(AUTOSCALING_RULES[1]["message"])
+        return self
 
 
 class ServingResources(ApiModel):

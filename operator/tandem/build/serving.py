@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tandem.api.computepool import ComputePoolSpec
-from tandem.api.inferenceservice import InferenceServiceSpec, ServedModel
+from tandem.api.inferenceservice import Autoscaling, AutoscalingMetric, InferenceServiceSpec, ServedModel
 from tandem.build.meta import (
     MANAGED_BY,
     PVC_MOUNT_ROOT,
@@ -177,32 +177,58 @@ def service(serving: Serving) -> dict[str, Any]:
     }
 
 
+REQUESTS_PER_SECOND_METRIC = "tandem_inference_requests_per_second"
+"""Custom metric (custom.metrics.k8s.io, per pod) of infer requests per second: the rate of the servers'
+tandem_inference_requests_total, as the chart's prometheus-adapter rules name it."""
+REQUESTS_IN_FLIGHT_METRIC = "tandem_inference_requests_in_flight"
+"""Custom metric (per pod) of infer requests in flight: the servers' tandem_inference_in_flight gauge averaged
+over the adapter's rate window, as the chart's prometheus-adapter rules name it."""
+
+
+def _milli(value: float) -> str:
+    """A Kubernetes quantity for a per-replica target, exact to a thousandth (2.5 -> "2500m")."""
+    return f"{round(value * 1000)}m"
+
+
+def _autoscaler_metric(autoscaling: Autoscaling) -> dict[str, Any]:
+    if autoscaling.metric is AutoscalingMetric.CPU:
+        target = {"type": "Utilization", "averageUtilization": autoscaling.target_cpu_utilization}
+        return {"type": "Resource", "resource": {"name": "cpu", "target": target}}
+    if autoscaling.metric is AutoscalingMetric.REQUESTS_PER_SECOND:
+        name, value = REQUESTS_PER_SECOND_METRIC, autoscaling.target_requests_per_second
+    else:
+        name, value = REQUESTS_IN_FLIGHT_METRIC, autoscaling.target_requests_in_flight
+    assert value is not None  # the API refuses a request metric without its target
+    return {
+        "type": "Pods",
+        "pods": {"metric": {"name": name}, "target": {"type": "AverageValue", "averageValue": _milli(value)}},
+    }
+
+
 def autoscaler(serving: Serving) -> dict[str, Any] | None:
-    """An HPA between replicas.min and replicas.max; None when they are equal."""
+    """An HPA between replicas.min and replicas.max on spec.autoscaling's metric; None when they are equal.
+
+    Request metrics are Pods metrics: the HPA averages them over the Deployment's pods and compares the
+    average with the per-replica target, as it does CPU utilisation. Only a scale-down stabilisation window
+    that the spec sets is written; otherwise the controller's default (5 minutes) holds.
+    """
     if not serving.autoscaled:
         return None
     spec = serving.spec
+    hpa_spec: dict[str, Any] = {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": serving.name},
+        "minReplicas": spec.replicas.min,
+        "maxReplicas": spec.replicas.max,
+        "metrics": [_autoscaler_metric(spec.autoscaling)],
+    }
+    window = spec.autoscaling.scale_down_stabilization_seconds
+    if window is not None:
+        hpa_spec["behavior"] = {"scaleDown": {"stabilizationWindowSeconds": window}}
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
         "metadata": serving.meta(),
-        "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": serving.name},
-            "minReplicas": spec.replicas.min,
-            "maxReplicas": spec.replicas.max,
-            "metrics": [
-                {
-                    "type": "Resource",
-                    "resource": {
-                        "name": "cpu",
-                        "target": {
-                            "type": "Utilization",
-                            "averageUtilization": spec.autoscaling.target_cpu_utilization,
-                        },
-                    },
-                }
-            ],
-        },
+        "spec": hpa_spec,
     }
 
 
