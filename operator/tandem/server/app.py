@@ -39,7 +39,11 @@ class InferenceServer:
             config.model_uri,
             sha256=config.model_sha256,
             version=config.model_version,
-            session=SessionSettings(intra_op_threads=config.threads, spinning=config.spinning),
+            session=SessionSettings(
+                intra_op_threads=config.threads,
+                spinning=config.spinning,
+                execution_provider=config.execution_provider,
+            ),
         )
         self.dataplane.add(self.model)
         self.shared_metrics_port = config.metrics_port == config.http_port
@@ -90,7 +94,17 @@ class InferenceServer:
                 self.model, self.config.max_batch_size, self.config.max_batch_delay_ms / 1000, self.config.workers
             )
         self.metrics.model_ready.labels(self.model.name).set(1)
-        log.info("ready", extra={"model": self.model.name, "sha256": self.model.sha256})
+        self.metrics.execution_provider.labels(
+            self.model.name, self.model.version or "", self.model.execution_provider or "cpu"
+        ).set(1)
+        log.info(
+            "ready",
+            extra={
+                "model": self.model.name,
+                "sha256": self.model.sha256,
+                "execution_provider": self.model.execution_provider,
+            },
+        )
 
     def stop(self) -> None:
         """Ask `run` to drain and return (what SIGTERM and SIGINT do)."""

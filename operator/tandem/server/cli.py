@@ -121,6 +121,7 @@ def serve(
     workers: int | None,
     max_batch_size: int,
     max_batch_delay_ms: float,
+    execution_provider: str,
     access_log: bool,
     max_request_bytes: int,
     idle_timeout: float,
@@ -135,6 +136,7 @@ def serve(
     from tandem.cgroup import default_threads, sized_runtime
     from tandem.server.app import InferenceServer
     from tandem.server.logs import configure_logging
+    from tandem.server.providers import ExecutionProvider
 
     configure_logging(log_level.upper())
     threads, workers = sized_runtime(threads, workers, default_threads())
@@ -151,6 +153,7 @@ def serve(
         workers=workers,
         max_batch_size=max_batch_size,
         max_batch_delay_ms=max_batch_delay_ms,
+        execution_provider=ExecutionProvider(execution_provider),
         access_log=access_log,
         max_request_bytes=max_request_bytes,
         idle_timeout_s=idle_timeout,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tandem.server.providers import ExecutionProvider
+
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
 DEFAULT_GRPC_PORT = 8081
 """KServe's gRPC port, so clients and probes written for KServe find it where they expect."""
@@ -41,6 +43,8 @@ class ServerConfig:
     """Dynamic batching: rows per batched run; 0 or 1 turns batching off."""
     max_batch_delay_ms: float = 0.0
     """Dynamic batching: how long a free run waits for a batch to fill; 0 runs whatever is waiting at once."""
+    execution_provider: ExecutionProvider = ExecutionProvider.AUTO
+    """onnxruntime provider to ask for; `providers.plan_providers` decides what `auto` and a fallback give."""
     access_log: bool = True
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S

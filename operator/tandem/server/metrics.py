@@ -53,6 +53,12 @@ class ServerMetrics:
             ["model"],
             registry=self.registry,
         )
+        self.execution_provider = Gauge(
+            "tandem_model_execution_provider",
+            "1 for the onnxruntime execution provider (cpu, cuda, tensorrt) that runs the model after any fallback.",
+            ["model", "version", "provider"],
+            registry=self.registry,
+        )
         self._requests: dict[tuple[str, int], Counter] = {}
         self._latency: dict[str, Histogram] = {}
         self._batch: dict[str, Histogram] = {}

@@ -19,6 +19,7 @@ from tandem import storage
 from tandem.api.artifact import TensorSpec
 from tandem.server import datatypes
 from tandem.server.errors import InferenceFailed, ModelLoadError
+from tandem.server.providers import ExecutionProvider, open_session, running_provider
 
 log = logging.getLogger("tandem.server.model")
 
@@ -56,6 +57,8 @@ class SessionSettings:
     """Threads for one operator; match the container's CPU limit."""
     spinning: bool = False
     """Let idle intra-op threads busy-wait. Off: on few cores the spinning steals CPU from HTTP parsing."""
+    execution_provider: ExecutionProvider = ExecutionProvider.AUTO
+    """auto: CUDA (TensorRT first where it loads) when the container sees a GPU, CPU otherwise (`providers`)."""
 
 
 def _dims(shape: Sequence[Any] | None) -> list[int]:
@@ -112,6 +115,8 @@ class OnnxModel:
         self.settings = session or SessionSettings()
         self.state = ModelState.NEW
         self.sha256: str | None = None
+        self.execution_provider: str | None = None
+        """The provider the session runs on (cpu, cuda, tensorrt), once loaded."""
         self._session: Any = None
         self._signature: Signature | None = None
         self._bf16_inputs: frozenset[str] = frozenset()
@@ -153,6 +158,7 @@ class OnnxModel:
                 "refusing to serve a model that is not the one the InferenceService names"
             )
         self._session = self._open(data)
+        self.execution_provider = running_provider(self._session)
         self._signature = signature_of(self._session)
         self._bf16_inputs = frozenset(s.name for s in self._signature.inputs if s.datatype == "BF16")
         self._bf16 = any(s.datatype == "BF16" for s in (*self._signature.inputs, *self._signature.outputs))
@@ -176,6 +182,8 @@ class OnnxModel:
                 "load_s": round(fetched - started, 3),
                 "warmup_s": round(time.perf_counter() - fetched, 3),
                 "threads": self.settings.intra_op_threads,
+                "execution_provider": self.execution_provider,
+                "requested_provider": self.settings.execution_provider.value,
             },
         )
 
@@ -189,7 +197,7 @@ class OnnxModel:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.settings.spinning else "0")
         try:
-            return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+            return open_session(ort, data, options, self.settings.execution_provider, self.name)
         except Exception as exc:
             raise ModelLoadError(f"onnxruntime cannot open {self.uri}: {exc}") from exc
 

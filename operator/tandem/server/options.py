@@ -25,7 +25,7 @@ def model_options(command: F) -> F:
 
 
 def runtime_options(command: F) -> F:
-    """onnxruntime threads, runs in flight and dynamic batching."""
+    """onnxruntime threads, runs in flight, dynamic batching and execution provider."""
     for option in reversed(
         [
             click.option(
@@ -58,6 +58,16 @@ def runtime_options(command: F) -> F:
                 default=0.0,
                 show_default=True,
                 help="Dynamic batching: how long a free run waits for a batch to fill (0: never waits).",
+            ),
+            click.option(
+                "--execution-provider",
+                envvar="TANDEM_EXECUTION_PROVIDER",
+                type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),
+                default="auto",
+                show_default=True,
+                help="onnxruntime execution provider. auto: CUDA (TensorRT first where it loads) when the "
+                "container sees a GPU, else CPU. A forced provider that cannot load falls back to CPU with a "
+                "warning.",
             ),
         ]
     ):
