@@ -6,23 +6,20 @@ therefore held the way Kueue provides for: its Workload's `spec.active: false`, 
 its quota and suspends the Job; `spec.active: true` puts it back in its queue. A run without a queue is held
 by its Job's `spec.suspend`, as before.
 
-Kueue's API is optional (its CRDs may not be installed), so this module talks to it apart from tandem.kube's
-table of the operator's own children: an absent API reads as "no Workload". Every call goes through the same
-ApiClient, deadline and leadership fence as tandem.kube's.
+Kueue's API is optional (its CRDs may not be installed): an absent API reads as "no Workload". The calls go
+through tandem.kube like every other (its path table, deadline and leadership fence).
 """
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
-from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tandem.kube import Kube, NotLeading
+from tandem.kube import Kube
 
-GROUP = "kueue.x-k8s.io"
-VERSION = "v1beta2"
-WORKLOADS = "workloads"
+API_VERSION = "kueue.x-k8s.io/v1beta2"
+KIND = "Workload"
 JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
 """Kueue labels the Workload it creates for a Job with the Job's uid."""
 
@@ -34,15 +31,11 @@ def workload_of(kube: Kube, job: dict[str, Any]) -> dict[str, Any] | None:
     if not uid:
         return None
     try:
-        found = cast(dict[str, Any], client.CustomObjectsApi(kube.api).list_namespaced_custom_object(
-            GROUP, VERSION, meta["namespace"], WORKLOADS, label_selector=f"{JOB_UID_LABEL}={uid}",
-            _request_timeout=kube.timeout,
-        ))
+        items = kube.list_objects(API_VERSION, KIND, meta["namespace"], {JOB_UID_LABEL: uid})
     except ApiException as exc:
         if exc.status == 404:
             return None
         raise
-    items: list[dict[str, Any]] = found.get("items") or []
     # Kueue keeps one Workload per Job; the newest wins while it replaces an outdated one.
     return max(items, key=lambda item: item["metadata"].get("creationTimestamp") or "", default=None)
 
@@ -53,10 +46,4 @@ def hold(kube: Kube, workload: dict[str, Any], suspend: bool) -> dict[str, Any]:
     if bool((workload.get("spec") or {}).get("active", True)) == active:
         return workload
     meta = workload["metadata"]
-    if kube.fence is not None and not kube.fence():
-        raise NotLeading(f"Workload {meta['name']} not patched: leadership is not assured")
-    patched = client.CustomObjectsApi(kube.api).patch_namespaced_custom_object(
-        GROUP, VERSION, meta["namespace"], WORKLOADS, meta["name"], {"spec": {"active": active}},
-        _request_timeout=kube.timeout,
-    )
-    return cast(dict[str, Any], patched)
+    return kube.merge_patch(API_VERSION, KIND, meta["namespace"], meta["name"], {"spec": {"active": active}})

@@ -37,10 +37,12 @@ NAMESPACED: set[Rule] = (
     | _grants("autoscaling", ("horizontalpodautoscalers",), WORKLOAD)
     | _grants("policy", ("poddisruptionbudgets",), WORKLOAD)
     | _grants("kueue.x-k8s.io", ("workloads",), ("list", "patch"))
+    | _grants("", ("serviceaccounts",), ("get",))
     | EVENTS
 )
 """Children the operator applies (server-side apply is PATCH), reads and deletes; pods for worker status;
-Kueue's Workloads of queued runs, read for the status and deactivated while suspended (tandem.queueing)."""
+Kueue's Workloads of queued runs, read for the status and deactivated while suspended (tandem.queueing);
+the ServiceAccount a run names, looked up before its Job is made (never its token: serviceaccounts/token)."""
 
 LEASE: set[Rule] = {
     ("coordination.k8s.io", "leases", "create"),
@@ -107,6 +109,11 @@ def test_every_kind_the_operator_client_knows_is_granted(helm: Path) -> None:
     granted = rbac_rules(render(helm))["cluster"]
     for prefix, plural in _PATHS.values():
         group = "" if prefix == "/api/v1" else prefix.split("/")[2]
-        verbs = {"pods": ("get", "list", "watch"), "events": ("create", "patch")}.get(plural, WORKLOAD)
+        verbs = {
+            "pods": ("get", "list", "watch"),
+            "events": ("create", "patch"),
+            "serviceaccounts": ("get",),
+            "workloads": ("list", "patch"),
+        }.get(plural, WORKLOAD)
         missing = [verb for verb in verbs if (group, plural, verb) not in granted]
         assert not missing, f"{group or 'core'}/{plural}: {missing} not granted"

@@ -81,7 +81,7 @@ app.kubernetes.io/part-of: tandem
 {{- default (include "tandem.fullname" .) .Values.leaderElection.leaseName -}}
 {{- end -}}
 
-{{/* Namespaced rules: the watched custom resources, their children, and events. */}}
+{{/* Namespaced rules: the watched custom resources, their children, Kueue Workloads, the ServiceAccounts runs name, and events. */}}
 {{- define "tandem.namespacedRules" -}}
 - apiGroups: [tandem.dev]
   resources: [trainingjobs, inferenceservices]
@@ -110,6 +110,9 @@ app.kubernetes.io/part-of: tandem
 - apiGroups: [kueue.x-k8s.io]
   resources: [workloads]
   verbs: [list, patch]
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [get]
 {{ include "tandem.eventRules" . }}
 {{- end -}}
 
