@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from tandem.api.trainingjob import TrainingJobSpec
 from tandem.build.meta import dns_name
 from tandem.build.training import (
     COMPLETION_INDEX,
+    KUEUE_PRIORITY_LABEL,
     KUEUE_QUEUE_LABEL,
     TrainingRun,
     training_job,
@@ -162,6 +164,14 @@ def test_queue_sets_the_kueue_label_and_starts_suspended(
     job = _job(_run(training_spec_body, queue="team-a"), pools, config)
     assert job["metadata"]["labels"][KUEUE_QUEUE_LABEL] == "team-a"
     assert job["spec"]["suspend"] is True
+
+
+def test_a_priority_class_labels_the_job_for_kueue_and_the_pods_keep_their_priority(
+    training_spec_body: dict[str, Any], pools: dict[str, ComputePoolSpec], config: OperatorConfig
+) -> None:
+    job = _job(_run(training_spec_body, queue="team-a", priorityClass="urgent"), pools, config)
+    assert job["metadata"]["labels"][KUEUE_PRIORITY_LABEL] == "urgent"
+    assert "priorityClassName" not in _pod(job)
 
 
 def test_without_a_queue_the_job_runs_unsuspended(single: dict[str, Any]) -> None:
@@ -424,7 +434,9 @@ def test_an_object_store_dataset_mounts_nothing(
     assert _env(job)["TANDEM_DATASET_URI"] == "s3://data/digits.csv"
 
 
-def test_a_worker_stopped_by_a_lost_peer_is_replaced_without_counting(single: dict[str, Any]) -> None:
+def test_a_worker_stopped_by_a_lost_peer_or_by_sigterm_is_replaced_without_counting(single: dict[str, Any]) -> None:
     rules = single["spec"]["podFailurePolicy"]["rules"]
     [ignored] = [rule for rule in rules if rule["action"] == "Ignore" and "onExitCodes" in rule]
-    assert ignored["onExitCodes"] == {"containerName": "trainer", "operator": "In", "values": [EXIT_PEER_LOST]}
+    assert ignored["onExitCodes"] == {
+        "containerName": "trainer", "operator": "In", "values": [EXIT_PEER_LOST, 128 + signal.SIGTERM]
+    }

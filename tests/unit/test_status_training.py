@@ -309,3 +309,74 @@ def test_pod_on_a_cpu_pool_uses_no_gpu_seconds(pools: dict[str, ComputePoolSpec]
     assert (used.gpu_seconds, used.core_seconds) == (0, 50)
     assert used.estimated_cost == pytest.approx(50 / 3600 * 0.04, abs=1e-6)
     assert used.energy_wh == pytest.approx(50 / 3600 * 8, abs=1e-6)
+
+
+def _stopped(step: int | None) -> str:
+    checkpoint = {"step": step, "uri": f"pvc://models/ckpt/v1/step-{step:09d}.pt"} if step is not None else None
+    message = {"reason": "Stopped", "error": "stopped by signal 15", "checkpoint": checkpoint}
+    return json.dumps({key: value for key, value in message.items() if value is not None})
+
+
+def test_a_preempted_run_shows_the_checkpoint_step_its_stopped_worker_reported(
+    run: TrainingRun, gpu: ComputePoolSpec, now: datetime
+) -> None:
+    stopped = [
+        _pod("Failed", index=0, message=_stopped(50), exit_code=143),
+        _pod("Failed", index=1, message=_stopped(None), exit_code=143),
+    ]
+    status = _status(run, gpu, ObservedRun(_job(suspend=True), stopped), now)
+    assert status.phase == TrainingPhase.QUEUED
+    assert status.checkpoint is not None
+    assert (status.checkpoint.step, status.checkpoint.uri) == (50, "pvc://models/ckpt/v1/step-000000050.pt")
+    assert status.checkpoint.resumed_from_step is None
+
+
+def test_the_reported_checkpoint_stays_once_the_stopped_pods_are_gone_and_names_it_in_the_queued_message(
+    run: TrainingRun, gpu: ComputePoolSpec, now: datetime
+) -> None:
+    reported = _status(run, gpu, ObservedRun(_job(suspend=True), [_pod("Failed", message=_stopped(50))]), now)
+    later = _status(run, gpu, ObservedRun(_job(suspend=True)), now, previous=reported)
+    assert later.checkpoint == reported.checkpoint
+    running = find(later.conditions, "Running")
+    assert running is not None
+    assert running.message.endswith("; it resumes from checkpoint step 50")
+
+
+def test_an_older_report_never_moves_the_checkpoint_back(run: TrainingRun, gpu: ComputePoolSpec, now: datetime) -> None:
+    newer = _status(run, gpu, ObservedRun(_job(suspend=True), [_pod("Failed", message=_stopped(75))]), now)
+    again = _status(run, gpu, ObservedRun(_job(suspend=True), [_pod("Failed", message=_stopped(50))]), now,
+                    previous=newer)
+    assert again.checkpoint is not None and again.checkpoint.step == 75
+
+
+def test_a_resumed_run_that_finished_shows_the_step_it_resumed_from(
+    run: TrainingRun, gpu: ComputePoolSpec, now: datetime
+) -> None:
+    before = _status(run, gpu, ObservedRun(_job(suspend=True), [_pod("Failed", message=_stopped(50))]), now)
+    artifact = {**ARTIFACT, "metrics": {"steps": 540.0, "resumed_from_step": 50.0}}
+    pods = [_pod("Succeeded", message=json.dumps(artifact), started=now, finished=now)]
+    after = _status(run, gpu, ObservedRun(_job("Complete", succeeded=1), pods), now, previous=before)
+    assert after.phase == TrainingPhase.SUCCEEDED
+    assert after.checkpoint is not None
+    assert (after.checkpoint.step, after.checkpoint.resumed_from_step) == (50, 50)
+
+
+def test_a_run_that_never_stopped_has_no_checkpoint_status(
+    run: TrainingRun, gpu: ComputePoolSpec, now: datetime
+) -> None:
+    artifact = {**ARTIFACT, "metrics": {"steps": 540.0, "resumed_from_step": 0.0}}
+    pods = [_pod("Succeeded", message=json.dumps(artifact), started=now, finished=now)]
+    assert _status(run, gpu, ObservedRun(_job("Complete", succeeded=1), pods), now).checkpoint is None
+
+
+def test_a_new_generation_forgets_the_previous_runs_checkpoint(
+    run: TrainingRun, gpu: ComputePoolSpec, now: datetime
+) -> None:
+    first = _status(run, gpu, ObservedRun(_job(suspend=True), [_pod("Failed", message=_stopped(50))]), now)
+    rerun = TrainingRun(name=run.name, namespace=run.namespace, uid=run.uid, generation=2, spec=run.spec)
+    assert _status(rerun, gpu, ObservedRun(None), now, previous=first).checkpoint is None
+
+
+def test_a_stopped_worker_is_described_in_words_if_the_job_then_fails() -> None:
+    message = failure_message([_pod("Failed", message=_stopped(50), exit_code=143)])
+    assert message == "worker 0 exited with code 143: Stopped: stopped by signal 15"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -115,6 +115,10 @@ class TrainingJobSpec(ApiModel):
     """Hold the run (or pause a running one) without deleting the resource."""
     queue: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=63)
     """Kueue LocalQueue; the run is admitted by Kueue when set."""
+    priority_class: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253)
+    """Kueue WorkloadPriorityClass of a queued run (needs spec.queue; immutable). Kueue admits higher priorities
+    first and, where the ClusterQueue allows it, preempts lower-priority runs that hold the quota a higher one
+    needs; a preempted run waits in its queue and resumes from its last checkpoint. Empty: priority 0."""
     service_account_name: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253)
     """ServiceAccount the workers run as: the identity that IRSA or Workload Identity maps to a cloud role.
     Its Kubernetes API token is not mounted. Empty runs as the namespace's default ServiceAccount."""
@@ -145,6 +149,17 @@ TRAINING_JOB_RULES: list[dict[str, str]] = [
         "message": "spec.queue is immutable",
         "fieldPath": ".queue",
     },
+    {
+        "rule": "!has(self.priorityClass) || has(self.queue)",
+        "message": "spec.priorityClass needs spec.queue: priorities are Kueue's, within a queue",
+        "fieldPath": ".priorityClass",
+    },
+    {
+        "rule": "has(oldSelf.priorityClass) == has(self.priorityClass)"
+        " && (!has(self.priorityClass) || self.priorityClass == oldSelf.priorityClass)",
+        "message": "spec.priorityClass is immutable",
+        "fieldPath": ".priorityClass",
+    },
     *MOUNTS_NAME_VOLUMES_RULES,
 ]
 
@@ -168,6 +183,39 @@ class WorkerCounts(ApiModel):
     """Worker pod failures, retries included."""
 
 
+class CheckpointReport(ApiModel):
+    """A checkpoint as a worker reported it in its termination message when it stopped (preempted, suspended,
+    deleted, or failed after checkpointing): where the next start of the same run resumes from."""
+
+    step: int = Field(ge=0)
+    """Optimizer step the checkpoint was taken after."""
+    uri: str | None = None
+    """The checkpoint file."""
+
+
+class WorkerStopped(ApiModel):
+    """What a worker stopped by SIGTERM writes to its termination message instead of an artifact: the reason,
+    and the newest checkpoint of the run (none when it had saved none yet)."""
+
+    reason: Literal["Stopped"] = "Stopped"
+    """Always Stopped."""
+    error: str
+    """What stopped it and where it was, in words."""
+    checkpoint: CheckpointReport | None = None
+    """The newest checkpoint saved by this run, from which it resumes."""
+
+
+class CheckpointStatus(ApiModel):
+    """Checkpoint progress of the current run, as its workers reported it."""
+
+    step: int = Field(ge=0)
+    """Step of the newest checkpoint a worker reported: where the run resumes after a preemption or a suspend."""
+    uri: str | None = None
+    """The checkpoint file."""
+    resumed_from_step: int | None = Field(default=None, ge=0)
+    """The step the run that finished resumed from (its model's resumed_from_step metric); 0: it started fresh."""
+
+
 class TrainingJobStatus(ApiModel):
     """What the operator observed of the current run."""
 
@@ -187,6 +235,8 @@ class TrainingJobStatus(ApiModel):
     """When the current run finished."""
     workers: WorkerCounts = Field(default_factory=WorkerCounts)
     """Worker pods by state."""
+    checkpoint: CheckpointStatus | None = None
+    """Checkpoint progress of the current run, once a worker has reported one."""
     model: ModelArtifact | None = None
     """The newest model this TrainingJob produced; kept while a re-run trains the next one."""
     model_generation: int | None = None

@@ -37,6 +37,10 @@ DEFAULT_COMMAND = ["tandem", "train", "digits"]
 COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
+"""Names the WorkloadPriorityClass Kueue gives the Job's Workload (a Kueue-only priority: pods keep theirs)."""
+EXIT_STOPPED = 128 + 15
+"""Exit code of a process ended by SIGTERM, which the trainer also exits with when it stops on one."""
 JOB_NAME_LIMIT = 63 - len("-127")
 """The Job controller names each pod's hostname <job>-<index> (index < 128 workers) and a hostname is a DNS label."""
 
@@ -157,7 +161,10 @@ def failure_policy() -> dict[str, Any]:
 
     Without it a NaN loss or a failed parity check would be retried backoffLimit times for nothing. A worker
     that exits EXIT_PEER_LOST stopped because a peer was lost: it is replaced without counting, so one lost
-    worker restarts the whole group (from the last checkpoint) at the price of one retry, the peer's own.
+    worker restarts the whole group (from the last checkpoint) at the price of one retry, the peer's own. A
+    worker stopped by SIGTERM (Kueue's preemption suspends the Job, which deletes its pods; a suspend; a pod
+    deleted by hand) did not fail either: the Job controller counts a deleted pod as failed unless a rule
+    ignores it, and preemptions would otherwise use up the retry budget.
     """
     return {
         "rules": [
@@ -168,7 +175,11 @@ def failure_policy() -> dict[str, Any]:
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
             {
                 "action": "Ignore",
-                "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_PEER_LOST]},
+                "onExitCodes": {
+                    "containerName": CONTAINER,
+                    "operator": "In",
+                    "values": [EXIT_PEER_LOST, EXIT_STOPPED],
+                },
             },
         ]
     }
@@ -208,6 +219,8 @@ def training_job(
     job_labels = dict(labels)
     if spec.queue:
         job_labels[KUEUE_QUEUE_LABEL] = spec.queue
+    if spec.queue and spec.priority_class:
+        job_labels[KUEUE_PRIORITY_LABEL] = spec.priority_class
     job_spec: dict[str, Any] = {
         "completions": spec.workers,
         "parallelism": spec.workers,

@@ -1,7 +1,9 @@
 """TrainingJob status from the observed child Job and its pods.
 
 The phase is a summary of conditions; the artifact comes from worker 0's termination message, which the
-trainer writes after it has exported, checked and uploaded the model.
+trainer writes after it has exported, checked and uploaded the model. The checkpoint a preempted (or
+suspended) run resumes from comes the same way: a worker stopped by SIGTERM names the newest checkpoint in its
+termination message (WorkerStopped), read while its pod still exists, and kept in status after it is gone.
 """
 
 from __future__ import annotations
@@ -14,13 +16,22 @@ from pydantic import ValidationError
 
 from tandem.api.artifact import ModelArtifact, TrainingFailure
 from tandem.api.computepool import ComputePoolSpec
-from tandem.api.trainingjob import TrainingJobStatus, TrainingPhase, WorkerCounts
+from tandem.api.trainingjob import (
+    CheckpointReport,
+    CheckpointStatus,
+    TrainingJobStatus,
+    TrainingPhase,
+    WorkerCounts,
+    WorkerStopped,
+)
 from tandem.build.training import CONTAINER, TrainingRun
 from tandem.status import usage
 from tandem.status.conditions import Event, set_condition
 from tandem.status.queueing import queued_reason
 
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+RESUMING = ("Preempted", "Evicted", "Suspended")
+"""Queued reasons of a run that ran and will resume: their message names the checkpoint it resumes from."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +81,42 @@ def read_artifact(pods: list[dict[str, Any]]) -> ModelArtifact | None:
     return None
 
 
+def read_checkpoint(pods: list[dict[str, Any]]) -> CheckpointReport | None:
+    """The newest checkpoint that workers stopped by SIGTERM reported (only rank 0 knows one), if any."""
+    newest: CheckpointReport | None = None
+    for pod in pods:
+        message = (_terminated(pod) or {}).get("message")
+        if not message:
+            continue
+        try:
+            reported = WorkerStopped.model_validate_json(message).checkpoint
+        except ValidationError:
+            continue
+        if reported is not None and (newest is None or reported.step > newest.step):
+            newest = reported
+    return newest
+
+
+def checkpoint_progress(
+    previous: CheckpointStatus | None, reported: CheckpointReport | None, artifact: ModelArtifact | None
+) -> CheckpointStatus | None:
+    """The run's checkpoint status: the newest step reported so far, and the step the finished run resumed
+    from (the resumed_from_step metric that the built-in trainer, and scripts that follow it, publish)."""
+    status = previous.model_copy() if previous is not None else None
+    if reported is not None and (status is None or reported.step >= status.step):
+        status = CheckpointStatus(
+            step=reported.step, uri=reported.uri, resumed_from_step=status.resumed_from_step if status else None
+        )
+    resumed = (artifact.metrics if artifact is not None else {}).get("resumed_from_step")
+    if resumed is not None:
+        resumed_step = int(resumed)
+        if status is None:
+            # Nothing was reported while it ran: a run that resumed did so from a checkpoint at that step.
+            return CheckpointStatus(step=resumed_step, resumed_from_step=resumed_step) if resumed_step else None
+        status.resumed_from_step = resumed_step
+    return status
+
+
 def failure_message(pods: list[dict[str, Any]]) -> str | None:
     """What the newest failed worker said: a TrainingFailure's error, else its raw termination message.
 
@@ -93,7 +140,11 @@ def failure_message(pods: list[dict[str, Any]]) -> str | None:
             failure = TrainingFailure.model_validate_json(message)
             text = f"{failure.reason}: {failure.error}"
         except ValidationError:
-            text = message[-1024:]
+            try:
+                stopped = WorkerStopped.model_validate_json(message)
+                text = f"{stopped.reason}: {stopped.error}"
+            except ValidationError:
+                text = message[-1024:]
         return f"worker {_index(pod) or '?'} exited with code {exit_code}: {text}"
     return None
 
@@ -163,6 +214,7 @@ def training_status(
             "start_time": None,
             "completion_time": None,
             "workers": WorkerCounts(),
+            "checkpoint": None,
             "run_usage": usage.priced(0, 0, pool),
         },
         deep=True,
@@ -183,6 +235,9 @@ def training_status(
 
     artifact = read_artifact(observed.pods)
     phase, reason, message = _phase(run, observed, artifact)
+    status.checkpoint = checkpoint_progress(status.checkpoint, read_checkpoint(observed.pods), artifact)
+    if phase == TrainingPhase.QUEUED and reason in RESUMING and status.checkpoint is not None:
+        message += f"; it resumes from checkpoint step {status.checkpoint.step}"
     job_status = job.get("status") or {}
     status.workers = WorkerCounts(
         active=int(job_status.get("active") or 0),

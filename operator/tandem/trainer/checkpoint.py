@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from tandem import storage
-from tandem.trainer.failures import CheckpointUnreadable, OutputUnwritable
+from tandem.trainer.failures import CheckpointUnreadable, OutputUnwritable, note_checkpoint
 
 POINTER_FILE = "latest.json"
 log = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ class CheckpointStore:
                 storage.remove(storage.join(self.uri, old))
             except storage.StorageError as exc:
                 log.warning("could not delete old checkpoint %s: %s", old, exc)
+        note_checkpoint(step, file_uri)
         log.info("checkpoint saved at step %d: %s", step, file_uri)
         return file_uri
 
@@ -93,4 +94,5 @@ class CheckpointStore:
             state: dict[str, Any] = payload["state"]
         except (storage.StorageError, RuntimeError, KeyError, TypeError, ValueError, EOFError) as exc:
             raise CheckpointUnreadable(f"checkpoint {file_uri} named by {POINTER_FILE} is unreadable: {exc}") from exc
+        note_checkpoint(step, file_uri)
         return Checkpoint(step=step, state=state, uri=file_uri)

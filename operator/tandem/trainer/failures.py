@@ -3,7 +3,11 @@
 The operator reads the reason from the termination message (a TrainingFailure) and may act on the exit code
 without reading anything (a Job podFailurePolicy): exit 3 marks a failure that a retry cannot fix, exit 4 one
 that may pass on retry (storage, rendezvous), exit 5 a worker whose peer was lost (restarted with the group,
-not counted), exit 1 an unexpected crash.
+not counted), exit 143 a worker stopped by SIGTERM (not counted either), exit 1 an unexpected crash.
+
+A worker stopped by SIGTERM (Kueue's preemption suspends the Job, whose pods are then deleted; a suspend; a
+deleted pod) writes a WorkerStopped message naming the newest checkpoint of the run: that is how the
+operator learns, without storage credentials, the step a preempted run will resume from.
 """
 
 from __future__ import annotations
@@ -12,10 +16,13 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import FrameType
 
 from tandem.api.artifact import (
     EXIT_CRASH,
@@ -25,12 +32,15 @@ from tandem.api.artifact import (
     TERMINATION_MESSAGE_LIMIT,
     TrainingFailure,
 )
+from tandem.api.trainingjob import CheckpointReport, WorkerStopped
 
 TERMINATION_PATH_ENV = "TANDEM_TERMINATION_MESSAGE_PATH"
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
 
 MESSAGE_LIMIT = TERMINATION_MESSAGE_LIMIT // 2
 """Longest error text kept, so the failure JSON always fits the termination message."""
+EXIT_STOPPED = 128 + signal.SIGTERM
+"""A worker stopped by SIGTERM: the code a process killed by it has, which the Job's podFailurePolicy ignores."""
 
 log = logging.getLogger(__name__)
 
@@ -163,13 +173,53 @@ def write_termination_message(payload: dict[str, object]) -> None:
         log.warning("could not write the termination message to %s: %s", path, exc)
 
 
+_newest_checkpoint: CheckpointReport | None = None
+
+
+def note_checkpoint(step: int, uri: str) -> None:
+    """Remember a complete checkpoint of this run (saved, or resumed from), for the message a stop writes."""
+    global _newest_checkpoint
+    if _newest_checkpoint is None or step >= _newest_checkpoint.step:
+        _newest_checkpoint = CheckpointReport(step=step, uri=uri)
+
+
+def newest_checkpoint() -> CheckpointReport | None:
+    """The newest checkpoint this process saved or resumed from, if any."""
+    return _newest_checkpoint
+
+
+def stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """Write a WorkerStopped message naming the newest checkpoint, then exit EXIT_STOPPED at once.
+
+    No exception is raised: one could land inside another failure's reporting, or be swallowed by the
+    script; nor is a checkpoint saved here, since the peers are being stopped too and a collective save
+    would wait for them. A save the signal interrupts leaves the previous checkpoint in force (CheckpointStore
+    writes atomically), and that is the one named.
+    """
+    checkpoint = _newest_checkpoint
+    where = (
+        f"the run resumes from checkpoint step {checkpoint.step}"
+        if checkpoint
+        else "this worker knows of no checkpoint (rank 0 saves them)"
+    )
+    stopped = WorkerStopped(error=f"stopped by signal {signum}; {where}", checkpoint=checkpoint)
+    log.warning("training stopped (%s): %s", stopped.reason, stopped.error)
+    write_termination_message(stopped.to_wire())
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(EXIT_STOPPED)
+
+
 @contextmanager
 def reported_failures() -> Iterator[None]:
     """Turn any exception into a TrainingFailure termination message, a log line and a process exit.
 
     Wraps a whole run: known failures exit with their code; anything else is a crash (exit 1) whose
-    message still names the exception, so `kubectl describe` says more than 'Error'.
+    message still names the exception, so `kubectl describe` says more than 'Error'. SIGTERM, while the
+    run is inside, ends it with a WorkerStopped message (stop_on_sigterm).
     """
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, stop_on_sigterm) if main else None
     try:
         yield
     except TrainerError as exc:
@@ -186,3 +236,6 @@ def reported_failures() -> Iterator[None]:
         error = f"{type(exc).__name__}: {exc}"[:MESSAGE_LIMIT]
         write_termination_message(TrainingFailure(reason="InternalError", error=error).to_wire())
         sys.exit(EXIT_CRASH)
+    finally:
+        if main and previous is not None:
+            signal.signal(signal.SIGTERM, previous)

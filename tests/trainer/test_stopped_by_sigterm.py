@@ -1,0 +1,86 @@
+"""A worker stopped by SIGTERM (Kueue preempting its run, a suspend, a deleted pod) says where the run resumes.
+
+The message is how the operator learns the checkpoint step of a preempted run (TrainingJob
+status.checkpoint); exit 143 is what the Job's podFailurePolicy ignores, so preemptions cost no retries.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from trainer_support import SMALL_RUN, read_termination, run_trainer_process, trainer_command, trainer_env
+
+from tandem.build.training import EXIT_STOPPED as POLICY_IGNORES
+from tandem.trainer.checkpoint import POINTER_FILE
+from tandem.trainer.failures import EXIT_STOPPED
+
+SMALL_RUN_STEPS = 540
+
+
+def test_the_stop_exit_code_is_the_one_the_job_failure_policy_ignores() -> None:
+    assert EXIT_STOPPED == POLICY_IGNORES == 128 + signal.SIGTERM
+
+
+@pytest.mark.slow
+def test_a_run_stopped_by_sigterm_reports_its_newest_checkpoint_and_the_next_start_resumes_from_it(
+    tmp_path: Path,
+) -> None:
+    args = [
+        *SMALL_RUN,
+        "--output", f"file://{tmp_path}/out",
+        "--checkpoint-uri", f"file://{tmp_path}/ckpt",
+        "--checkpoint-every", "25",
+    ]  # fmt: skip
+    pointer = tmp_path / "ckpt" / POINTER_FILE
+    stopped_message = tmp_path / "stopped-termination"
+    worker = subprocess.Popen(
+        trainer_command(args), env=trainer_env(stopped_message), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 240
+    while not pointer.exists():
+        assert worker.poll() is None, "the run ended before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.005)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=60) == EXIT_STOPPED
+
+    saved = json.loads(pointer.read_text())["step"]
+    message = read_termination(stopped_message)
+    assert message is not None
+    assert message["reason"] == "Stopped"
+    assert message["checkpoint"] == {"step": saved, "uri": f"file://{tmp_path}/ckpt/step-{saved:09d}.pt"}
+    assert f"resumes from checkpoint step {saved}" in message["error"]
+    assert 0 < saved < SMALL_RUN_STEPS
+    assert not (tmp_path / "out" / "model.onnx").exists()
+
+    resumed = run_trainer_process(args, tmp_path / "resumed-termination")
+    assert resumed.returncode == 0, resumed.log
+    assert resumed.termination is not None
+    assert resumed.termination["metrics"]["resumed_from_step"] == saved
+    assert resumed.termination["metrics"]["steps"] == SMALL_RUN_STEPS
+
+
+@pytest.mark.slow
+def test_a_run_stopped_before_its_first_checkpoint_says_it_knows_of_none(tmp_path: Path) -> None:
+    args = [*SMALL_RUN, "--output", f"file://{tmp_path}/out"]
+    stopped_message = tmp_path / "stopped-termination"
+    worker = subprocess.Popen(
+        trainer_command(args), env=trainer_env(stopped_message), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert worker.stdout is not None
+    for line in worker.stdout:  # stopped once it trains, not while Python is still importing torch
+        if "epoch 1/" in line:
+            break
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=60) == EXIT_STOPPED
+    message = read_termination(stopped_message)
+    assert message is not None
+    assert message["reason"] == "Stopped"
+    assert "checkpoint" not in message
+    assert "knows of no checkpoint" in message["error"]
