@@ -196,14 +196,19 @@ def reconcile_training(
         TrainingPhase.SUCCEEDED,
         TrainingPhase.FAILED,
     )
+    if job is None and recorded is not None and previous.job_name == run.job_name:
+        job = recorded  # this run's Job, made under another spec hash (an older operator): adopt it
+    if job is None and not finished_before and (
+        problem := missing_service_account(kube, namespace, spec.service_account_name)
+    ):
+        # Before the previous run is replaced: nothing changes until the run can really start.
+        return _training_problem(kube, body, previous, generation, problem, condition="Running")
     events: list[Event] = []
     if previous.job_name and previous.job_name != run.job_name:
         kube.delete("batch/v1", "Job", namespace, previous.job_name)
         kube.delete("v1", "Service", namespace, previous.job_name)
         replaced = f"spec changed: run {previous.job_name} replaced by {run.job_name}"
         events.append(Event("Normal", "RunReplaced", replaced))
-    if job is None and recorded is not None and previous.job_name == run.job_name:
-        job = recorded  # this run's Job, made under another spec hash (an older operator): adopt it
     created = False
     if job is None and not finished_before:
         desired = training_build.training_job(run, placement.pod_placement(pool_name, pool), pool, config)
@@ -232,13 +237,43 @@ def reconcile_training(
     return Outcome(written, events + status_events)
 
 
+def missing_service_account(kube: Kube, namespace: str, account: str | None) -> Problem | None:
+    """ServiceAccountNotFound when spec.serviceAccountName names a ServiceAccount that does not exist (yet).
+
+    Without this a training Job would be made and its pods never created (the API server refuses a pod whose
+    ServiceAccount is missing), which shows only in the Job's events. The run is held with a condition that
+    names the account instead; the resync looks again, so creating the account later lets it start. An
+    operator whose role predates the `get serviceaccounts` rule skips the check rather than stop every run.
+    """
+    if not account:
+        return None
+    try:
+        if kube.get("v1", "ServiceAccount", namespace, account) is not None:
+            return None
+    except ApiException as exc:
+        if exc.status == 403:
+            return None
+        raise
+    return Problem(
+        "ServiceAccountNotFound",
+        f"ServiceAccount {account} (spec.serviceAccountName) does not exist in namespace {namespace}: create it, "
+        "or name another; the run starts once it exists",
+    )
+
+
 def _training_problem(
-    kube: Kube, body: Mapping[str, Any], previous: TrainingJobStatus, generation: int, problem: Problem
+    kube: Kube,
+    body: Mapping[str, Any],
+    previous: TrainingJobStatus,
+    generation: int,
+    problem: Problem,
+    condition: str = "PoolResolved",
 ) -> Outcome:
+    """The previous status with `condition` False for `problem`, and a Warning when that is news."""
     namespace, name, _, _ = _meta(body)
     status = previous.model_copy(deep=True)
     status.conditions = set_condition(
-        status.conditions, "PoolResolved", False, problem.reason, problem.message, generation, now()
+        status.conditions, condition, False, problem.reason, problem.message, generation, now()
     )
     status.phase = status.phase or TrainingPhase.PENDING
     status.observed_generation = generation

@@ -482,3 +482,45 @@ def test_a_suspended_job_still_counting_pods_has_them_listed(kube: FakeKube, loo
     kube.set_status("batch/v1", "Job", "digits-g2", {"terminating": 1})
     loop.reconcile()
     assert kube.writes("list") == [("list", "Pod", "[('job-name', 'digits-g2')]")]
+
+
+def test_a_missing_service_account_holds_the_run_with_a_condition_that_names_it(
+    kube: FakeKube, loop: TrainingLoop
+) -> None:
+    loop.change_spec(serviceAccountName="trainer-identity")
+    outcome = loop.reconcile()
+    assert kube.writes("create") == []
+    assert outcome.status["phase"] == "Pending"
+    condition = _condition(outcome, "Running")
+    assert (condition["status"], condition["reason"]) == ("False", "ServiceAccountNotFound")
+    assert "ServiceAccount trainer-identity" in condition["message"] and "namespace ml" in condition["message"]
+    assert [(event.type, event.reason) for event in outcome.events] == [("Warning", "ServiceAccountNotFound")]
+
+
+def test_creating_the_service_account_later_lets_the_held_run_start(kube: FakeKube, loop: TrainingLoop) -> None:
+    loop.change_spec(serviceAccountName="trainer-identity")
+    loop.reconcile()
+    kube.objects[("v1", "ServiceAccount", "ml", "trainer-identity")] = {"metadata": {"name": "trainer-identity"}}
+    outcome = loop.reconcile()
+    assert kube.writes("create") == [("create", "Job", "digits-g2")]
+    job = kube.objects[("batch/v1", "Job", "ml", "digits-g2")]
+    assert job["spec"]["template"]["spec"]["serviceAccountName"] == "trainer-identity"
+    assert _condition(outcome, "Running")["reason"] == "WorkersPending"
+
+
+def test_a_spec_change_to_a_missing_service_account_keeps_the_previous_run(kube: FakeKube, loop: TrainingLoop) -> None:
+    loop.reconcile()
+    loop.change_spec(serviceAccountName="not-yet")
+    outcome = loop.reconcile()
+    assert kube.writes("delete") == []
+    assert outcome.status["jobName"] == "digits-g1"
+    assert _condition(outcome, "Running")["reason"] == "ServiceAccountNotFound"
+
+
+def test_the_service_account_is_looked_up_only_until_the_job_exists(kube: FakeKube, loop: TrainingLoop) -> None:
+    kube.objects[("v1", "ServiceAccount", "ml", "trainer-identity")] = {"metadata": {"name": "trainer-identity"}}
+    loop.change_spec(serviceAccountName="trainer-identity")
+    loop.reconcile()
+    del kube.objects[("v1", "ServiceAccount", "ml", "trainer-identity")]
+    outcome = loop.reconcile()
+    assert _condition(outcome, "Running")["reason"] == "WorkersPending"
