@@ -168,11 +168,9 @@ def open_session(ort: Any, data: bytes, options: Any, requested: ExecutionProvid
         break
     running = list(session.get_providers())
     if running and running[0] != providers[0]:
-        log.warning(
-            "execution provider fallback",
-            extra={"model": model, "reason": f"onnxruntime dropped {short_name(providers[0])} at session creation",
-                   "providers": running},
-        )  # fmt: skip
+        dropped = short_name(providers[0])
+        reason = f"onnxruntime dropped {dropped} at session creation (its own error line before this one says why)"
+        log.warning("execution provider fallback", extra={"model": model, "reason": reason, "providers": running})
     return session
 
 
