@@ -27,7 +27,7 @@ TRT_BUILD = (TENSORRT, CUDA, CPU)
 # requested, offered by onnxruntime, GPU visible -> providers asked for, warns
 PLANS = [
     ("auto-cpu-build-no-gpu", AUTO, CPU_BUILD, False, (CPU,), False),
-    ("auto-cpu-build-on-a-gpu-node", AUTO, CPU_BUILD, True, (CPU,), False),
+    ("auto-cpu-build-on-a-gpu-node-warns-of-an-idle-gpu", AUTO, CPU_BUILD, True, (CPU,), True),
     ("auto-gpu-build-on-a-cpu-node", AUTO, CUDA_BUILD, False, (CPU,), False),
     ("auto-gpu-build-on-a-gpu-node", AUTO, CUDA_BUILD, True, (CUDA, CPU), False),
     ("auto-tensorrt-first-where-it-loads", AUTO, TRT_BUILD, True, (TENSORRT, CUDA, CPU), False),

@@ -61,9 +61,10 @@ class ProviderPlan:
 
 
 def plan_providers(requested: ExecutionProvider, available: Collection[str], gpu_visible: bool) -> ProviderPlan:
-    """The providers to ask for: `auto` uses the GPU only when both onnxruntime and the container have one;
-    a forced `cuda` or `tensorrt` is tried whenever onnxruntime has the provider (the device check is a
-    heuristic the user may know better than), and falls back, with a warning, when it has not."""
+    """The providers to ask for: `auto` uses the GPU only when both onnxruntime and the container have one (and
+    warns when only the container has one: a GPU paid for and idle); a forced `cuda` or `tensorrt` is tried
+    whenever onnxruntime has the provider (the device check is a heuristic the user may know better than), and
+    falls back, with a warning, when it has not."""
     cuda = (CUDA,) if CUDA in available else ()
     tensorrt = (TENSORRT,) if TENSORRT in available else ()
     if requested is ExecutionProvider.CPU:
@@ -71,6 +72,9 @@ def plan_providers(requested: ExecutionProvider, available: Collection[str], gpu
     if requested is ExecutionProvider.AUTO:
         if cuda and gpu_visible:
             return ProviderPlan((*tensorrt, *cuda, CPU))
+        if gpu_visible:  # a GPU the replica holds and cannot use: the CPU image on a GPU node, most likely
+            return ProviderPlan((CPU,), "a GPU is visible but this onnxruntime has no CUDAExecutionProvider "
+                                        "(the CPU server image on a GPU node?); running on CPU")  # fmt: skip
         return ProviderPlan((CPU,))
     if requested is ExecutionProvider.CUDA and cuda:
         return ProviderPlan((*cuda, CPU))
