@@ -199,10 +199,10 @@ def reconcile_training(
     if job is None and recorded is not None and previous.job_name == run.job_name:
         job = recorded  # this run's Job, made under another spec hash (an older operator): adopt it
     if job is None and not finished_before and (
-        problem := missing_service_account(kube, namespace, spec.service_account_name)
+        missing := missing_service_account(kube, namespace, spec.service_account_name)
     ):
         # Before the previous run is replaced: nothing changes until the run can really start.
-        return _training_problem(kube, body, previous, generation, problem, condition="Running")
+        return _training_problem(kube, body, previous, generation, missing, condition="Running")
     events: list[Event] = []
     if previous.job_name and previous.job_name != run.job_name:
         kube.delete("batch/v1", "Job", namespace, previous.job_name)
