@@ -30,6 +30,14 @@ def test_a_queued_job_before_kueue_made_its_workload_waits_for_kueue() -> None:
     assert queued_reason(False, "gpu", None)[0] == "WaitingForKueue"
 
 
+def test_a_run_waiting_for_kueue_with_a_priority_class_names_the_class_to_check() -> None:
+    assert queued_reason(False, "gpu", None, "urgnet") == (
+        "WaitingForKueue",
+        "queued for LocalQueue gpu; Kueue has not taken the Job in yet "
+        "(it takes none in whose WorkloadPriorityClass urgnet does not exist)",
+    )
+
+
 def test_an_unknown_queue_is_inadmissible_with_kueues_message() -> None:
     unknown = workload(("QuotaReserved", "False", "Inadmissible", "LocalQueue nope doesn't exist"))
     assert queued_reason(False, "nope", unknown) == (

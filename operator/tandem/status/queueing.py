@@ -22,15 +22,24 @@ def _is(condition: dict[str, Any] | None, status: str) -> bool:
     return condition is not None and condition.get("status") == status
 
 
-def queued_reason(suspend: bool, queue: str | None, workload: dict[str, Any] | None) -> tuple[str, str]:
-    """Reason and message for a run whose Job is suspended."""
+def queued_reason(
+    suspend: bool, queue: str | None, workload: dict[str, Any] | None, priority_class: str | None = None
+) -> tuple[str, str]:
+    """Reason and message for a run whose Job is suspended.
+
+    Kueue makes no Workload for a Job whose WorkloadPriorityClass does not exist (it says so only in its own
+    log), so a run with a priority class that waits for Kueue names the class as a thing to check.
+    """
     if suspend:
         held = f"; its Kueue Workload is deactivated, holding no quota in LocalQueue {queue}" if queue else ""
         return "Suspended", f"spec.suspend is set{held}"
     if queue is None:
         return "Suspended", "the Job is suspended"
     if workload is None:
-        return "WaitingForKueue", f"queued for LocalQueue {queue}; Kueue has not taken the Job in yet"
+        waiting = f"queued for LocalQueue {queue}; Kueue has not taken the Job in yet"
+        if priority_class:
+            waiting += f" (it takes none in whose WorkloadPriorityClass {priority_class} does not exist)"
+        return "WaitingForKueue", waiting
     reserved = _condition(workload, "QuotaReserved")
     evicted = _condition(workload, "Evicted")
     if _is(reserved, "False") and (reserved or {}).get("reason") == "Inadmissible":

@@ -172,7 +172,8 @@ def _phase(
             )
         return TrainingPhase.SUCCEEDED, "ModelPublished", f"model {artifact.uri} sha256 {artifact.sha256[:12]}"
     if (job.get("spec") or {}).get("suspend"):
-        return TrainingPhase.QUEUED, *queued_reason(run.spec.suspend, run.spec.queue, observed.workload)
+        spec = run.spec
+        return TrainingPhase.QUEUED, *queued_reason(spec.suspend, spec.queue, observed.workload, spec.priority_class)
     running = [pod for pod in pods if (pod.get("status") or {}).get("phase") == "Running"]
     workers = (job.get("spec") or {}).get("parallelism") or 1
     if running:
