@@ -119,8 +119,10 @@ def parse_pools(pools: Mapping[str, Any]) -> dict[str, ComputePoolSpec]:
 
 
 def run_spec_hash(spec: TrainingJobSpec) -> str:
-    """Hash of what defines a run; suspend is left out so that pausing a run does not restart it."""
-    payload = spec.model_dump(mode="json", by_alias=True, exclude={"suspend"})
+    """Hash of what defines a run. Suspend and the priority class are left out: pausing a run or changing its
+    priority does not restart it. Fields at their defaults are left out too, so a field added to the API later
+    leaves the hash of every existing spec (and so its run) as it was."""
+    payload = spec.model_dump(mode="json", by_alias=True, exclude={"suspend", "priority_class"}, exclude_defaults=True)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -222,6 +224,8 @@ def reconcile_training(
             events.append(Event("Normal", "Created", message))
     # Kueue owns a queued Job's suspend (tandem.queueing): a queued run is held through its Workload instead.
     workload = queueing.workload_of(kube, job) if job is not None and not created and spec.queue else None
+    if job is not None and not created and spec.queue:
+        job = _prioritise(kube, job, spec.priority_class)
     if workload is not None:
         workload = queueing.hold(kube, workload, spec.suspend)
     elif job is not None and not created and bool((job.get("spec") or {}).get("suspend")) != spec.suspend \
@@ -235,6 +239,20 @@ def reconcile_training(
     status.observed_generation = generation
     written, _ = write_status(kube, TRAINING_JOB, namespace, name, previous, status, version(body))
     return Outcome(written, events + status_events)
+
+
+def _prioritise(kube: Kube, job: dict[str, Any], priority_class: str | None) -> dict[str, Any]:
+    """The Job labelled with the run's WorkloadPriorityClass; Kueue moves its Workload's priority to match.
+
+    Only a change from one class to another reaches here (the CRD refuses adding or removing one, as Kueue's
+    webhook refuses both for a running Job); unchanged, no write.
+    """
+    labels = (job.get("metadata") or {}).get("labels") or {}
+    if not priority_class or labels.get(training_build.KUEUE_PRIORITY_LABEL) == priority_class:
+        return job
+    meta = job["metadata"]
+    patch = {"metadata": {"labels": {training_build.KUEUE_PRIORITY_LABEL: priority_class}}}
+    return kube.merge_patch("batch/v1", "Job", meta["namespace"], meta["name"], patch)
 
 
 def missing_service_account(kube: Kube, namespace: str, account: str | None) -> Problem | None:

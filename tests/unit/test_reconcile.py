@@ -524,3 +524,27 @@ def test_the_service_account_is_looked_up_only_until_the_job_exists(kube: FakeKu
     del kube.objects[("v1", "ServiceAccount", "ml", "trainer-identity")]
     outcome = loop.reconcile()
     assert _condition(outcome, "Running")["reason"] == "WorkersPending"
+
+
+def test_a_new_priority_class_relabels_the_queued_job_without_a_new_run(kube: FakeKube, loop: TrainingLoop) -> None:
+    loop.change_spec(queue="gpu", priorityClass="ordinary")
+    loop.reconcile()
+    loop.change_spec(priorityClass="urgent")
+    outcome = loop.reconcile()
+    assert kube.writes("create") == [("create", "Job", "digits-g2")]
+    assert kube.writes("merge_patch", "Job") == [("merge_patch", "Job", "digits-g2")]
+    assert kube.objects[("batch/v1", "Job", "ml", "digits-g2")]["metadata"]["labels"][
+        "kueue.x-k8s.io/priority-class"
+    ] == "urgent"
+    assert outcome.status["jobName"] == "digits-g2"
+    loop.reconcile()
+    assert len(kube.writes("merge_patch", "Job")) == 1
+
+
+def test_the_run_hash_ignores_fields_at_their_defaults_so_new_api_fields_keep_existing_runs() -> None:
+    from tandem.api.trainingjob import TrainingJobSpec
+
+    plain = TrainingJobSpec.model_validate({"model": {"output": "s3://models/digits"}})
+    explicit = TrainingJobSpec.model_validate({"model": {"output": "s3://models/digits"}, "workers": 1, "env": []})
+    assert reconcile.run_spec_hash(plain) == reconcile.run_spec_hash(explicit)
+    assert reconcile.run_spec_hash(plain) != reconcile.run_spec_hash(plain.model_copy(update={"workers": 2}))

@@ -116,9 +116,10 @@ class TrainingJobSpec(ApiModel):
     queue: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=63)
     """Kueue LocalQueue; the run is admitted by Kueue when set."""
     priority_class: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253)
-    """Kueue WorkloadPriorityClass of a queued run (needs spec.queue; immutable). Kueue admits higher priorities
-    first and, where the ClusterQueue allows it, preempts lower-priority runs that hold the quota a higher one
-    needs; a preempted run waits in its queue and resumes from its last checkpoint. Empty: priority 0."""
+    """Kueue WorkloadPriorityClass of a queued run (needs spec.queue). Kueue admits higher priorities first and,
+    where the ClusterQueue allows it, preempts lower-priority runs that hold the quota a higher one needs; a
+    preempted run waits in its queue and resumes from its last checkpoint. It may change to another class
+    (the run goes on, at the new priority) but not be added or removed later. Empty: priority 0."""
     service_account_name: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253)
     """ServiceAccount the workers run as: the identity that IRSA or Workload Identity maps to a cloud role.
     Its Kubernetes API token is not mounted. Empty runs as the namespace's default ServiceAccount."""
@@ -155,9 +156,8 @@ TRAINING_JOB_RULES: list[dict[str, str]] = [
         "fieldPath": ".priorityClass",
     },
     {
-        "rule": "has(oldSelf.priorityClass) == has(self.priorityClass)"
-        " && (!has(self.priorityClass) || self.priorityClass == oldSelf.priorityClass)",
-        "message": "spec.priorityClass is immutable",
+        "rule": "has(oldSelf.priorityClass) == has(self.priorityClass)",
+        "message": "spec.priorityClass cannot be added or removed once the TrainingJob exists; it may change",
         "fieldPath": ".priorityClass",
     },
     *MOUNTS_NAME_VOLUMES_RULES,
