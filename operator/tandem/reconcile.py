@@ -45,6 +45,7 @@ from tandem.profiling import observed as profiles
 from tandem.quantity import parse_quantity
 from tandem.status.conditions import Event, find, set_condition
 from tandem.status.pools import pool_status
+from tandem.status.queueing import evicted
 from tandem.status.serving import problem_status, resolve_model, serving_status
 from tandem.status.training import ObservedRun, training_status
 
@@ -232,8 +233,10 @@ def reconcile_training(
             and spec.queue is None:
         job = kube.merge_patch("batch/v1", "Job", namespace, run.job_name, {"spec": {"suspend": spec.suspend}})
     # A Job created a moment ago has no pods yet, nor has a suspended Job whose status counts none; their events
-    # bring the next reconcile. (Ten thousand queued runs cost no pod list each.)
-    has_pods = job is not None and not created and may_have_pods(job)
+    # bring the next reconcile. (Ten thousand queued runs cost no pod list each.) A run Kueue evicted is the
+    # exception: its stopped workers count nowhere in the Job's status (their exit is ignored), yet one may
+    # still be there to report the checkpoint the run resumes from.
+    has_pods = job is not None and not created and (may_have_pods(job) or evicted(workload))
     pods = kube.list_objects("v1", "Pod", namespace, {"job-name": run.job_name}) if has_pods else []
     status, status_events = training_status(previous, run, pool_name, pool, ObservedRun(job, pods, workload), now())
     status.observed_generation = generation

@@ -548,3 +548,27 @@ def test_the_run_hash_ignores_fields_at_their_defaults_so_new_api_fields_keep_ex
     explicit = TrainingJobSpec.model_validate({"model": {"output": "s3://models/digits"}, "workers": 1, "env": []})
     assert reconcile.run_spec_hash(plain) == reconcile.run_spec_hash(explicit)
     assert reconcile.run_spec_hash(plain) != reconcile.run_spec_hash(plain.model_copy(update={"workers": 2}))
+
+
+def test_a_preempted_run_has_its_pods_listed_for_the_checkpoint_its_stopped_worker_reports(
+    kube: FakeKube, loop: TrainingLoop
+) -> None:
+    loop.change_spec(queue="gpu")
+    loop.reconcile()
+    kube.set_status("batch/v1", "Job", "digits-g2", {"conditions": [{"type": "Suspended", "status": "True"}]})
+    kube.objects[("kueue.x-k8s.io/v1beta2", "Workload", "ml", "job-digits-g2")] = {
+        "metadata": {"name": "job-digits-g2", "namespace": "ml", "labels": {"kueue.x-k8s.io/job-uid": "job-uid"}},
+        "spec": {"active": True},
+        "status": {"conditions": [
+            {"type": "Evicted", "status": "True", "reason": "Preempted", "message": "Preempted to accommodate"},
+            {"type": "QuotaReserved", "status": "False", "reason": "Pending", "message": "Preempted to accommodate"},
+        ]},
+    }
+    kube.objects[("batch/v1", "Job", "ml", "digits-g2")]["metadata"]["uid"] = "job-uid"
+    stopped = '{"reason":"Stopped","error":"stopped by signal 15","checkpoint":{"step":500}}'
+    kube.add_pod("digits-g2", "Failed", message=stopped)
+    outcome = loop.reconcile()
+    assert ("list", "Pod", "[('job-name', 'digits-g2')]") in kube.calls
+    assert outcome.status["checkpoint"] == {"step": 500, "uri": None, "resumedFromStep": None}
+    assert _condition(outcome, "Running")["reason"] == "Preempted"
+    assert _condition(outcome, "Running")["message"].endswith("; it resumes from checkpoint step 500")

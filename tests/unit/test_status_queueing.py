@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tandem.status.queueing import queued_reason
+from tandem.status.queueing import evicted, queued_reason
 
 
 def workload(*conditions: tuple[str, str, str, str], active: bool = True) -> dict[str, Any]:
@@ -63,3 +63,13 @@ def test_a_preempted_run_says_so_until_it_has_quota_again() -> None:
     readmitted = workload(("Evicted", "True", "Preempted", "..."), ("QuotaReserved", "True", "QuotaReserved", ""),
                           ("Admitted", "True", "Admitted", ""))
     assert queued_reason(False, "gpu", readmitted)[0] == "Admitted"
+
+
+def test_an_evicted_run_waiting_for_quota_again_is_evicted_until_readmitted() -> None:
+    preempted = workload(("Evicted", "True", "Preempted", "..."), ("QuotaReserved", "False", "Pending", "..."))
+    readmitted = workload(("Evicted", "True", "Preempted", "..."), ("QuotaReserved", "True", "QuotaReserved", ""))
+    never_admitted = workload(("QuotaReserved", "False", "Pending", "insufficient unused quota"))
+    assert evicted(preempted)
+    assert not evicted(readmitted)
+    assert not evicted(never_admitted)
+    assert not evicted(None)

@@ -51,3 +51,9 @@ def queued_reason(
         return "Admitted", f"admitted by Kueue from LocalQueue {queue}; the Job is starting"
     detail = (reserved or {}).get("message") if _is(reserved, "False") else None
     return "Pending", f"waiting in LocalQueue {queue}" + (f": {detail}" if detail else "")
+
+
+def evicted(workload: dict[str, Any] | None) -> bool:
+    """Whether Kueue evicted the run (preempted it, or deactivated for spec.suspend) and has not admitted it
+    again: its Job is suspended, but its stopped workers may still be there to report their checkpoint."""
+    return _is(_condition(workload, "Evicted"), "True") and not _is(_condition(workload, "QuotaReserved"), "True")
