@@ -194,7 +194,8 @@ def stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
     No exception is raised: one could land inside another failure's reporting, or be swallowed by the
     script; nor is a checkpoint saved here, since the peers are being stopped too and a collective save
     would wait for them. A save the signal interrupts leaves the previous checkpoint in force (CheckpointStore
-    writes atomically), and that is the one named.
+    writes atomically), and that is the one named; a signal in the instant between a save's pointer write and
+    its note here names the one before it, and the run then resumes a checkpoint later than it said.
     """
     checkpoint = _newest_checkpoint
     where = (
