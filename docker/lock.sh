@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Refreshes every lock together: uv.lock (the development environment and CI) and, exported from it,
-# docker/requirements-{operator,serve,train}.txt (each image's dependencies pinned with hashes). Because the
+# docker/requirements-{operator,serve,serve-gpu,train}.txt (each image's dependencies pinned with hashes). Because the
 # image locks are cut from uv.lock, the tests, the images and the Dockerfiles install the same versions.
 # `docker/lock.sh` keeps what still resolves; `docker/lock.sh --upgrade` moves everything to the newest release.
 set -euo pipefail
@@ -14,5 +14,6 @@ export_lock() {  # image name, the extra it runs
 }
 export_lock operator operator
 export_lock serve serve
+export_lock serve-gpu serve-gpu
 export_lock train train
-echo "locked: uv.lock and docker/requirements-{operator,serve,train}.txt"
+echo "locked: uv.lock and docker/requirements-{operator,serve,serve-gpu,train}.txt"

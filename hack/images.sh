@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Builds Tandem's three images with no base image and no registry, the way this machine allows: a root
+# Builds Tandem's four images with no base image and no registry, the way this machine allows: a root
 # filesystem from Debian packages (mmdebstrap), the image's hash-locked wheels (docker/requirements-*.txt,
 # cut from uv.lock) and the project's own wheel, assembled by buildah FROM scratch and saved as OCI archives.
 #
-#   hack/images.sh build [operator|trainer|server ...]    build (or reuse) images; prints NAME REF ARCHIVE
+#   hack/images.sh build [operator|trainer|server|server-gpu ...]  build (or reuse) images; prints NAME REF ARCHIVE
 #   hack/images.sh load [--containerd SOCKET] [NAME ...]  load the archives into podman, or into a containerd
 #   hack/images.sh list                                    the images of this tree: name, ref, size, archive
 #   hack/images.sh push REGISTRY [NAME ...]                copy the archives to REGISTRY/tandem-NAME:TAG
 #
 # Each image has three layers, each cached outside the clone under a key that hashes its inputs: the Debian
-# root filesystem (shared by all three), the locked dependencies, and the project. An unchanged image is not
+# root filesystem (shared by all four), the locked dependencies, and the project. An unchanged image is not
 # rebuilt; a code change rebuilds only the top layer. Every image is tagged twice: <version> (what the chart
 # and the operator default to) and <version>-<content key> (what tests and pinned deployments use).
 # Progress goes to stderr; stdout carries only results. Needs root (mmdebstrap and buildah own their storage).
@@ -20,7 +20,7 @@ IMAGES="$CACHE/images"
 REPOSITORY="${TANDEM_IMAGE_REPOSITORY:-localhost}"
 SUITE=bookworm
 PYTHON_SITE=/usr/local/lib/python3.11/dist-packages
-ALL=(operator trainer server)
+ALL=(operator trainer server server-gpu)
 # Debian packages of the root filesystem: Python, the C++ and OpenMP runtimes that numpy, onnxruntime and torch
 # link against, and CA certificates for object stores. `essential` brings no apt. usr-is-merged stands in for
 # usrmerge, which would pull in the whole of perl (45 MB) for a job mmdebstrap's merged-usr hook already did.
@@ -31,14 +31,21 @@ say() { printf '[images %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 
 # --- what each image is ------------------------------------------------------------------------------------
-lock_of() { case $1 in operator) echo operator ;; trainer) echo train ;; server) echo serve ;; *) return 1 ;; esac; }
-command_of() { case $1 in operator) echo operator ;; trainer) echo "train digits" ;; server) echo serve ;; esac; }
-ports_of() { case $1 in operator) echo "8000 8080" ;; trainer) echo 29500 ;; server) echo "8080 8081 9090" ;; esac; }
+lock_of() {
+  case $1 in operator) echo operator ;; trainer) echo train ;; server) echo serve ;; server-gpu) echo serve-gpu ;;
+    *) return 1 ;; esac
+}
+command_of() { case $1 in operator) echo operator ;; trainer) echo "train digits" ;; server|server-gpu) echo serve ;; esac; }
+ports_of() { case $1 in operator) echo "8000 8080" ;; trainer) echo 29500 ;; server|server-gpu) echo "8080 8081 9090" ;; esac; }
+# Environment beyond what every image sets. The GPU server asks the NVIDIA container runtime for the driver's
+# compute libraries (libcuda); which GPUs it sees (NVIDIA_VISIBLE_DEVICES) is the device plugin's to set per pod.
+env_of() { case $1 in server-gpu) echo NVIDIA_DRIVER_CAPABILITIES=compute,utility ;; esac; }
 describe() {
   case $1 in
     operator) echo "Tandem operator: reconciles ComputePools, TrainingJobs and InferenceServices" ;;
     trainer) echo "Tandem trainer: PyTorch training, ONNX export and publishing (torch with its CUDA libraries)" ;;
     server) echo "Tandem model server: ONNX models over the Open Inference Protocol V2 (onnxruntime, no torch)" ;;
+    server-gpu) echo "Tandem model server for GPU nodes: onnxruntime with CUDA 13 and cuDNN 9 (NVIDIA's wheels); CPU without a GPU" ;;
   esac
 }
 
@@ -54,7 +61,7 @@ source_key() {
     | xargs -0 sha256sum; sha256sum pyproject.toml docker/tandem-entrypoint)
 }
 image_key() {
-  { deps_key "$1"; source_key; describe "$1"; command_of "$1"; ports_of "$1"; sed -n '/^assemble()/,/^}/p' "$0"; } \
+  { deps_key "$1"; source_key; describe "$1"; command_of "$1"; ports_of "$1"; env_of "$1"; sed -n '/^assemble()/,/^}/p' "$0"; } \
     | hash_of
 }
 ref_of() { echo "$REPOSITORY/tandem-$1:$VERSION-$(image_key "$1" | cut -c1-12)"; }
@@ -145,7 +152,7 @@ layer() {  # ref, parent ref or "scratch", kind: tar|dir, path
 }
 
 assemble() {  # name, deps ref, final ref, project layer directory
-  local name=$1 ctr label cmd port
+  local name=$1 ctr label cmd port env
   ctr=$(buildah from --quiet --pull=never "$2")
   buildah copy --quiet "$ctr" "$4" / >/dev/null
   label=(--label "org.opencontainers.image.title=tandem-$name"
@@ -156,6 +163,7 @@ assemble() {  # name, deps ref, final ref, project layer directory
     --label "dev.tandem.content-key=$(image_key "$name")")
   cmd=$(command_of "$name" | sed 's/\([^ ]*\)/"\1"/g; s/ /, /g')
   for port in $(ports_of "$name"); do label+=(--port "$port"); done
+  for env in $(env_of "$name"); do label+=(--env "$env"); done
   buildah config "${label[@]}" --user 65532:65532 --workingdir /tmp --entrypoint '["tandem"]' --cmd "[$cmd]" \
     --env PYTHONDONTWRITEBYTECODE=1 --env PYTHONUNBUFFERED=1 --env HOME=/tmp --env LANG=C.UTF-8 "$ctr"
   buildah commit --quiet --rm "$ctr" "$3" >/dev/null
@@ -164,6 +172,13 @@ assemble() {  # name, deps ref, final ref, project layer directory
 human() { numfmt --to=si --suffix=B "$1"; }
 image_size() {  # uncompressed bytes of all layers of an image
   podman image inspect --format '{{.Size}}' "$1"
+}
+
+heavy_deps() {
+  case $1 in
+    trainer) echo ' (torch and CUDA: several GB)' ;;
+    server-gpu) echo ' (onnxruntime-gpu with the CUDA and cuDNN wheels: about 2.5 GB)' ;;
+  esac
 }
 
 build_one() {
@@ -181,7 +196,7 @@ build_one() {
       layer "$base" scratch tar "$work/base.tar"
     fi
     if ! have_image "$deps"; then
-      say "$name: dependencies from docker/requirements-$(lock_of "$name").txt$([ "$name" = trainer ] && echo ' (torch and CUDA: several GB)')"
+      say "$name: dependencies from docker/requirements-$(lock_of "$name").txt$(heavy_deps "$name")"
       mkdir -p "$work/deps"
       build_deps "$name" "$work/deps"
       layer "$deps" "$base" dir "$work/deps"
@@ -213,7 +228,10 @@ prune_superseded() {  # name, refs to keep
 }
 
 names() { if [ $# -eq 0 ]; then printf '%s\n' "${ALL[@]}"; else printf '%s\n' "$@"; fi; }
-check_names() { local n; for n in "$@"; do lock_of "$n" >/dev/null || die "unknown image '$n' (operator, trainer, server)"; done; }
+check_names() {
+  local n
+  for n in "$@"; do lock_of "$n" >/dev/null || die "unknown image '$n' (operator, trainer, server, server-gpu)"; done
+}
 
 cmd_build() {
   check_names "$@"; ensure_tools; mkdir -p "$IMAGES"
@@ -254,12 +272,12 @@ cmd_load() {
 cmd_list() {
   ensure_tools
   local name ref size archive
-  printf '%-9s %-52s %9s  %s\n' IMAGE REF SIZE ARCHIVE
+  printf '%-10s %-56s %9s  %s\n' IMAGE REF SIZE ARCHIVE
   for name in "${ALL[@]}"; do
     ref=$(ref_of "$name") archive=$(archive_of "$name")
     if have_image "$ref"; then size=$(human "$(image_size "$ref")"); else size="-"; fi
     [ -s "$archive" ] || archive="- (not built from this tree: hack/images.sh build $name)"
-    printf '%-9s %-52s %9s  %s\n' "$name" "$ref" "$size" "$archive"
+    printf '%-10s %-56s %9s  %s\n' "$name" "$ref" "$size" "$archive"
   done
 }
 

@@ -1,10 +1,12 @@
-"""Dockerfiles: Debian's Python, non-root UID 65532, the right lock each, no torch in the server image, and the
-same packages, wheels, pruning and entrypoint as hack/images.sh, so the two ways of building cannot drift."""
+"""Dockerfiles: Debian's Python, non-root UID 65532, the right lock each, no torch in the server images, no CUDA in
+the CPU server image, and the same packages, wheels, pruning and entrypoint as hack/images.sh, so the two ways of
+building cannot drift."""
 
 from __future__ import annotations
 
 import re
 import shutil
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,8 @@ from pkgtools import REPO, run
 
 DOCKER = REPO / "docker"
 IMAGES = {"operator": ("operator", ["operator"]), "trainer": ("train", ["train", "digits"]),
-          "server": ("serve", ["serve"])}
+          "server": ("serve", ["serve"]), "server-gpu": ("serve-gpu", ["serve"])}
+LOCKS = ("operator", "serve", "serve-gpu", "train")
 
 
 def pinned(name: str) -> dict[str, str]:
@@ -71,7 +74,7 @@ def test_dockerfile_and_images_sh_install_the_same_packages_wheels_and_entrypoin
 def test_image_locks_are_cut_from_the_one_uv_lock() -> None:
     lock = (REPO / "uv.lock").read_text()
     pins = dict(re.findall(r'^name = "([^"]+)"\nversion = "([^"]+)"', lock, flags=re.M))
-    for name in ("operator", "serve", "train"):
+    for name in LOCKS:
         for package, version in pinned(name).items():
             assert pins.get(package.lower().replace("_", "-")) == version, (name, package)
 
@@ -85,8 +88,41 @@ def test_each_lock_carries_its_extra_and_only_the_trainer_has_torch() -> None:
     assert {"torch", "onnx", "onnxruntime"} <= set(train)
 
 
+def test_the_cpu_server_carries_no_cuda_and_the_gpu_server_the_cuda_build_of_onnxruntime() -> None:
+    serve, gpu = pinned("serve"), pinned("serve-gpu")
+    assert "onnxruntime-gpu" not in serve
+    assert not [package for package in serve if package.startswith("nvidia-")]
+    assert "onnxruntime" not in gpu  # one module, two wheels: both installed, one would overwrite the other
+    assert {"onnxruntime-gpu", "nvidia-cuda-runtime", "nvidia-cublas", "nvidia-cudnn-cu13"} <= set(gpu)
+    assert not {"torch", "kubernetes", "kopf"} & set(gpu)
+
+
+def test_the_gpu_server_lock_is_the_cpu_server_lock_with_onnxruntime_swapped_for_its_cuda_build() -> None:
+    serve, gpu = pinned("serve"), pinned("serve-gpu")
+    cuda = {package for package in gpu if package.startswith("nvidia-")} | {"onnxruntime-gpu"}
+    assert {k: v for k, v in gpu.items() if k not in cuda} == {k: v for k, v in serve.items() if k != "onnxruntime"}
+
+
+def test_the_serve_gpu_extra_is_serve_with_onnxruntime_gpu_and_never_installs_beside_the_cpu_build() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    extras = project["project"]["optional-dependencies"]
+    assert [r for r in extras["serve-gpu"] if not r.startswith("onnxruntime-gpu")] == [
+        r for r in extras["serve"] if not r.startswith("onnxruntime")]
+    conflicts = project["tool"]["uv"]["conflicts"]
+    for cpu_extra in ("serve", "train"):  # both install onnxruntime
+        assert [{"extra": cpu_extra}, {"extra": "serve-gpu"}] in conflicts
+
+
+def test_the_gpu_server_asks_the_nvidia_runtime_for_compute_and_leaves_the_devices_to_the_device_plugin() -> None:
+    text = (DOCKER / "server-gpu.Dockerfile").read_text()
+    assert "ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility" in text
+    assert "server-gpu) echo NVIDIA_DRIVER_CAPABILITIES=compute,utility ;;" in IMAGES_SH
+    assert "NVIDIA_VISIBLE_DEVICES" not in text.replace("(NVIDIA_VISIBLE_DEVICES)", "")
+    assert "NVIDIA" not in (DOCKER / "server.Dockerfile").read_text()
+
+
 def test_every_lock_line_is_hash_pinned() -> None:
-    for name in ("operator", "serve", "train"):
+    for name in LOCKS:
         text = (DOCKER / f"requirements-{name}.txt").read_text()
         requirements = [line for line in text.splitlines() if line and not line.startswith((" ", "#"))]
         assert requirements and all("==" in line and line.endswith("\\") for line in requirements), name
