@@ -96,7 +96,7 @@ def remove(container: str) -> None:
 
 @pytest.fixture(scope="session")
 def images() -> dict[str, Image]:
-    """The three images of this tree, built by the documented entry point (seconds when nothing changed)."""
+    """The four images of this tree, built by the documented entry point (seconds when nothing changed)."""
     if os.geteuid() != 0:
         pytest.skip("building and running the images needs root (mmdebstrap, buildah, podman)")
     if shutil.which("podman") is None and shutil.which("apt-get") is None:
@@ -109,7 +109,7 @@ def images() -> dict[str, Image]:
     for line in proc.stdout.splitlines():
         name, ref, archive = line.split()
         built[name] = Image(name, ref, Path(archive))
-    assert set(built) == {"operator", "trainer", "server"}, proc.stdout
+    assert set(built) == {"operator", "trainer", "server", "server-gpu"}, proc.stdout
     return built
 
 

@@ -11,10 +11,11 @@ from images.conftest import REPO, Image, Pod, podman
 
 pytestmark = pytest.mark.images
 
-LOCKS = {"operator": "operator", "trainer": "train", "server": "serve"}
-COMMANDS = {"operator": ["operator"], "trainer": ["train", "digits"], "server": ["serve"]}
-SIZE_LIMITS_MB = {"operator": 250, "server": 350}
-"""Uncompressed size targets; the trainer is as large as torch and its CUDA libraries make it."""
+LOCKS = {"operator": "operator", "trainer": "train", "server": "serve", "server-gpu": "serve-gpu"}
+COMMANDS = {"operator": ["operator"], "trainer": ["train", "digits"], "server": ["serve"], "server-gpu": ["serve"]}
+SIZE_LIMITS_MB = {"operator": 250, "server": 350, "server-gpu": 3000}
+"""Uncompressed size targets; the trainer is as large as torch and its CUDA libraries make it, the GPU server as
+onnxruntime-gpu with cuBLAS and cuDNN (about 2.5 GB, nearly all of it NVIDIA's libraries)."""
 
 LIST_DISTRIBUTIONS = (
     "import importlib.metadata as m, json;"
@@ -42,7 +43,7 @@ def python(image: Image, code: str) -> str:
     return proc.stdout
 
 
-@pytest.mark.parametrize("name", ["operator", "trainer", "server"])
+@pytest.mark.parametrize("name", sorted(LOCKS))
 def test_image_runs_tandem_as_65532_with_oci_labels_and_version_and_content_tags(
     images: dict[str, Image], name: str
 ) -> None:
@@ -64,7 +65,7 @@ def test_image_runs_tandem_as_65532_with_oci_labels_and_version_and_content_tags
     assert image.archive.is_file() and image.archive.name.endswith(".oci.tar")
 
 
-@pytest.mark.parametrize("name", ["operator", "trainer", "server"])
+@pytest.mark.parametrize("name", sorted(LOCKS))
 def test_image_holds_exactly_its_locked_distributions_and_tandem(images: dict[str, Image], name: str) -> None:
     installed = {normalized(d.split("==")[0]) + "==" + d.split("==")[1]
                  for d in json.loads(python(images[name], LIST_DISTRIBUTIONS))}
@@ -76,6 +77,31 @@ def test_server_image_has_onnxruntime_and_neither_torch_nor_the_kubernetes_clien
     found = python(images["server"], "import importlib.util as u; print([m for m in "
                    "('onnxruntime', 'numpy', 'uvloop', 'torch', 'kubernetes', 'kopf') if u.find_spec(m)])")
     assert found.strip() == "['onnxruntime', 'numpy', 'uvloop']"
+
+
+def test_cpu_server_image_carries_no_cuda(images: dict[str, Image]) -> None:
+    out = python(images["server"], (
+        "import onnxruntime, os; print(onnxruntime.get_available_providers()); "
+        "print(os.path.exists('/usr/local/lib/python3.11/dist-packages/nvidia'))"
+    ))
+    assert out.splitlines() == ["['AzureExecutionProvider', 'CPUExecutionProvider']", "False"]
+
+
+def test_gpu_server_image_has_onnxruntimes_cuda_build_with_its_libraries_and_no_torch(images: dict[str, Image]) -> None:
+    # The GPU nodes bring the NVIDIA driver (libcuda); the CUDA runtime, cuBLAS and cuDNN it loads are here.
+    out = python(images["server-gpu"], (
+        "import onnxruntime, glob, os, importlib.util as u; print(onnxruntime.get_available_providers()); "
+        "print(sorted({os.path.basename(p).split('.so')[0] for p in glob.glob("
+        "'/usr/local/lib/python3.11/dist-packages/nvidia/**/lib*.so*', recursive=True)})); "
+        "print([m for m in ('torch', 'kubernetes', 'kopf') if u.find_spec(m)])"
+    ))
+    available, libraries, unwanted = out.splitlines()
+    assert "CUDAExecutionProvider" in available
+    for library in ("libcudart", "libcublas", "libcublasLt", "libcurand", "libcudnn"):
+        assert f"'{library}'" in libraries
+    assert unwanted == "[]"
+    env = inspect(images["server-gpu"].ref)["Config"]["Env"]  # type: ignore[index]
+    assert "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in env
 
 
 def test_operator_image_has_kopf_and_the_client_and_no_ml_runtime(images: dict[str, Image]) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,6 +151,70 @@ def test_server_image_serves_v2_grpc_beside_rest(served: Served, trained: Traine
         client.close()
     expected = onnxruntime.InferenceSession(str(model)).run(["logits"], {"input": pixels})[0]
     np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-5, atol=1e-5)
+
+
+def _serve(image: Image, trained: Trained, *args: str) -> tuple[str, int, int]:
+    """Start a server image on the trained digits model; (container, REST port, metrics port) once it is ready."""
+    port, metrics_port = free_port(), free_port()
+    container = Pod(image, memory="2g", network="host").start(
+        "serve", "--model-name", "digits", f"--model-uri=file://{MODEL_MOUNT}/digits/v1/model.onnx",
+        "--host", "127.0.0.1", f"--http-port={port}", f"--grpc-port={free_port()}", f"--metrics-port={metrics_port}",
+        *args, volumes={trained.volume: f"{MODEL_MOUNT}:ro"},
+    )
+    client = v2.InferenceServerClient(url=f"127.0.0.1:{port}")
+    try:
+        wait_until(lambda: _ready(client) or _exited(container), timeout=180, what="the server container to be ready")
+    finally:
+        client.close()
+    assert state(container)["Running"], logs(container)
+    return container, port, metrics_port
+
+
+def _providers_in_metrics(metrics_port: int) -> list[str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    return re.findall(r'^tandem_model_execution_provider\{model="digits",provider="(\w+)",version=""\} 1\.0$', text,
+                      flags=re.M)
+
+
+def _warnings(output: str) -> list[dict[str, Any]]:
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    return [line for line in lines if line.get("level") == "warning"]
+
+
+@pytest.mark.parametrize("requested", ["auto", "cuda"])
+def test_gpu_server_image_without_a_gpu_serves_on_cpu(
+    images: dict[str, Image], trained: Trained, requested: str
+) -> None:
+    """The GPU image on a node without a GPU (this machine): auto picks CPU quietly; a forced cuda tries the CUDA
+    provider for real, which cannot load without the driver, and falls back to CPU with a warning. Both serve."""
+    assert trained.exit_code == 0, trained.output[-4000:]
+    container, port, metrics_port = _serve(images["server-gpu"], trained, f"--execution-provider={requested}")
+    try:
+        pixels = np.random.default_rng(0).random((4, 64), dtype=np.float32)
+        client = v2.InferenceServerClient(url=f"127.0.0.1:{port}")
+        try:
+            tensor = v2.InferInput("input", list(pixels.shape), "FP32")
+            tensor.set_data_from_numpy(pixels, binary_data=True)
+            result = client.infer("digits", [tensor], outputs=[v2.InferRequestedOutput("logits", binary_data=True)])
+        finally:
+            client.close()
+        model = trained.volume / "digits" / "v1" / "model.onnx"
+        expected = onnxruntime.InferenceSession(str(model)).run(["logits"], {"input": pixels})[0]
+        np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-5, atol=1e-5)
+        assert _providers_in_metrics(metrics_port) == ["cpu"]
+        output = logs(container)
+    finally:
+        remove(container)
+    warnings = _warnings(output)
+    if requested == "auto":
+        assert warnings == [], output[-4000:]
+    else:
+        assert [w["message"] for w in warnings] == ["execution provider fallback"], output[-4000:]
+        # Without a driver onnxruntime-gpu drops CUDA at session creation, after its own line naming libcuda.so.1.
+        assert "dropped cuda" in warnings[0]["reason"], warnings[0]
+        assert "libcuda.so.1" in output
+    assert "Traceback" not in output
 
 
 def test_server_image_without_its_model_exits_with_a_clear_error(images: dict[str, Image], tmp_path: Path) -> None:
