@@ -19,7 +19,9 @@ class OperatorConfig:
     trainer_image: str = "localhost/tandem-trainer:0.1.0"
     """Image for TrainingJob workers that name none."""
     server_image: str = "localhost/tandem-server:0.1.0"
-    """Image for InferenceService replicas that name none."""
+    """Image for InferenceService replicas on CPU pools that name none (onnxruntime without CUDA)."""
+    server_gpu_image: str = "localhost/tandem-server-gpu:0.1.0"
+    """Image for InferenceService replicas on accelerator pools that name none (onnxruntime with CUDA)."""
     cluster_domain: str = "cluster.local"
     """DNS domain of the cluster, for status.url."""
     extra_pod_labels: dict[str, str] = field(default_factory=dict)
@@ -36,6 +38,7 @@ class OperatorConfig:
             namespaces=_split(env.get("TANDEM_NAMESPACES", "")),
             trainer_image=env.get("TANDEM_TRAINER_IMAGE", defaults.trainer_image),
             server_image=env.get("TANDEM_SERVER_IMAGE", defaults.server_image),
+            server_gpu_image=env.get("TANDEM_SERVER_GPU_IMAGE", defaults.server_gpu_image),
             cluster_domain=env.get("TANDEM_CLUSTER_DOMAIN", defaults.cluster_domain),
             extra_pod_labels=labels,
         )

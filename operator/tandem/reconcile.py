@@ -23,14 +23,11 @@ from typing import Any, TypeVar
 from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, ValidationError
 
-from tandem import costing, placement, queueing
+from tandem import costing, placement, queueing, serving_plan
 from tandem.api.computepool import ComputePoolSpec, ComputePoolStatus
 from tandem.api.inferenceservice import (
     InferenceServiceSpec,
     InferenceServiceStatus,
-    Placement,
-    PlacementStatus,
-    Replicas,
     ServedModel,
 )
 from tandem.api.resources import COMPUTE_POOL, INFERENCE_SERVICE, TRAINING_JOB, Resource
@@ -307,36 +304,6 @@ def _training_job_status(kube: Kube, namespace: str, name: str) -> TrainingJobSt
     return None if body is None else _parse_status(TrainingJobStatus, body)
 
 
-@dataclass
-class AutoDecision:
-    """placement: auto after looking at the profiles: a decision, or what is still being measured."""
-
-    decision: costing.Decision | None
-    waiting: list[str] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
-
-
-def auto_candidates(spec: InferenceServiceSpec, pools: Mapping[str, ComputePoolSpec]) -> list[str]:
-    """The pools auto placement measures: the CPU serving pool, and a GPU pool when one exists.
-
-    Each is the pool that placement cpu or gpu would choose, so auto never considers a pool the explicit
-    placements would not use.
-    """
-    names: list[str] = []
-    for kind in (Placement.CPU, Placement.GPU):
-        probe = spec.model_copy(
-            update={"placement": kind, "pool": None, "resources": spec.resources.model_copy(update={"gpus": 0})}
-        )
-        try:
-            name, _ = placement.serving_pool(probe, pools)
-        except placement.PlacementError:
-            continue
-        names.append(name)
-    if not names:
-        raise placement.PlacementError("NoMatchingPool", "placement auto needs at least one ComputePool; none exists")
-    return names
-
-
 def _profile_on(
     kube: Kube, target: profiling_build.ProfileTarget, config: OperatorConfig
 ) -> tuple[profiles.Observation, list[Event]]:
@@ -356,62 +323,27 @@ def _profile_on(
     return profiles.observe(job, pods, target.model.sha256), []
 
 
-def decide_auto(
+def gather_profiles(
     kube: Kube,
     body: Mapping[str, Any],
     spec: InferenceServiceSpec,
     model: ServedModel,
     pools: Mapping[str, ComputePoolSpec],
     config: OperatorConfig,
-) -> AutoDecision:
-    """Profile the model on each candidate pool (cached per model, pool and settings), then decide.
-
-    The decision itself is tandem.costing.decide, a pure function of the SLO, the prices and the measured
-    figures; it is recomputed on every reconcile, so a new model (new profiles) or a changed SLO re-decides.
-    """
+) -> tuple[dict[str, profiles.Observation], list[Event]]:
+    """The profile of the model on each pool auto placement measures: cached per model, pool and settings,
+    started as a Job where there is none yet."""
     namespace, name, uid, _ = _meta(body)
-    if spec.slo is None:
-        raise Problem("SloRequired", "placement auto needs spec.slo (p99LatencyMs and targetRequestsPerSecond)")
-    cores = float(parse_quantity(spec.resources.cpu))
-    outcome = AutoDecision(decision=None)
-    candidates: list[costing.Candidate] = []
-    for pool_name in auto_candidates(spec, pools):
+    found: dict[str, profiles.Observation] = {}
+    events: list[Event] = []
+    for pool_name in serving_plan.profile_pools(spec, pools):
         pool = pools[pool_name]
         target = profiling_build.target(
             name, namespace, uid, spec, model, placement.pod_placement(pool_name, pool), pool, config
         )
-        observation, events = _profile_on(kube, target, config)
-        outcome.events += events
-        if observation.state == profiles.ProfileState.RUNNING:
-            outcome.waiting.append(f"{pool_name} (Job {observation.job})")
-            continue
-        rates = costing.replica_rates(cores, target.accelerators, pool)
-        candidates.append(profiles.candidate(pool_name, bool(pool.accelerator), rates, observation))
-    if outcome.waiting:
-        return outcome
-    try:
-        outcome.decision = costing.decide(
-            spec.slo, candidates, min_replicas=spec.replicas.min, max_replicas=spec.replicas.max
-        )
-    except costing.NoCandidate as error:
-        raise Problem("NoUsableProfile", str(error)) from error
-    return outcome
-
-
-def decide_placement(spec: InferenceServiceSpec, pools: Mapping[str, ComputePoolSpec]) -> PlacementStatus:
-    """Pool and reason for cpu, gpu or an explicit pool; priced at the minimum replica count."""
-    pool_name, reason = placement.serving_pool(spec, pools)
-    pool = pools[pool_name]
-    cores = float(parse_quantity(spec.resources.cpu))
-    accelerators = placement.serving_accelerators(spec, pool)
-    hourly = spec.replicas.min * (cores * pool.price.core_hour + accelerators * pool.price.accelerator_hour)
-    return PlacementStatus(pool=pool_name, reason=reason, cost_per_hour=round(hourly, 6))
-
-
-def _with_replicas(spec: InferenceServiceSpec, replicas: int) -> InferenceServiceSpec:
-    """The spec with at least the replicas the auto decision needs for the SLO's load."""
-    minimum = max(spec.replicas.min, replicas)
-    return spec.model_copy(update={"replicas": Replicas(min=minimum, max=max(spec.replicas.max, minimum))})
+        found[pool_name], started = _profile_on(kube, target, config)
+        events += started
+    return found, events
 
 
 def _serving_usage(
@@ -467,19 +399,20 @@ def _profiling(
     previous: InferenceServiceStatus,
     generation: int,
     model: ServedModel,
-    auto: AutoDecision,
+    awaiting: serving_plan.AwaitingProfiles,
+    events: list[Event],
 ) -> Outcome:
     """Status while profiles run: PlacementDecided False (Profiling); a Deployment already serving keeps on."""
     namespace, name, _, _ = _meta(body)
     at = now()
-    message = "profiling model " + (model.version or model.uri) + " on " + ", ".join(auto.waiting)
+    message = "profiling model " + (model.version or model.uri) + " on " + ", ".join(awaiting.waiting)
     status = problem_status(previous, generation, "PlacementDecided", Problem("Profiling", message), at)
     status.conditions = set_condition(
         status.conditions, "ModelResolved", True, "ModelFound", f"{model.uri} version {model.version}",
         generation, at,
     )
     written, _ = write_status(kube, INFERENCE_SERVICE, namespace, name, previous, status, version(body))
-    return Outcome(written, auto.events)
+    return Outcome(written, events)
 
 
 def reconcile_serving(
@@ -498,29 +431,26 @@ def reconcile_serving(
     except Problem as problem:
         return _serving_problem(kube, body, previous, generation, "ModelResolved", problem)
     parsed_pools = parse_pools(pools)
-    auto: AutoDecision | None = None
+    observations: dict[str, profiles.Observation] = {}
+    profiling_events: list[Event] = []
     try:
-        if spec.placement == Placement.AUTO and spec.pool is None:
-            auto = decide_auto(kube, body, spec, model, parsed_pools, config)
-            if auto.decision is None:
-                return _profiling(kube, body, previous, generation, model, auto)
-            decision = auto.decision.status()
-            deployed_spec = _with_replicas(spec, auto.decision.replicas)
-        else:
-            decision = decide_placement(spec, parsed_pools)
-            deployed_spec = spec
+        if serving_plan.is_auto(spec):
+            observations, profiling_events = gather_profiles(kube, body, spec, model, parsed_pools, config)
+        planned = serving_plan.plan(spec, parsed_pools, observations)
     except Problem as problem:
         return _serving_problem(kube, body, previous, generation, "PlacementDecided", problem)
-    pool = parsed_pools[decision.pool]
+    if isinstance(planned, serving_plan.AwaitingProfiles):
+        return _profiling(kube, body, previous, generation, model, planned, profiling_events)
+    pool = parsed_pools[planned.pool]
     serving = serving_build.Serving(
         name=name,
         namespace=namespace,
         uid=uid,
-        spec=deployed_spec,
+        spec=spec.model_copy(update={"replicas": planned.replicas}),
         model=model,
-        placement=placement.pod_placement(decision.pool, pool),
+        placement=placement.pod_placement(planned.pool, pool),
         pool=pool,
-        accelerators=placement.serving_accelerators(spec, pool),
+        accelerators=planned.accelerators,
     )
     deployment = _apply_serving_children(kube, serving, config, spec_current=previous.observed_generation == generation)
     if serving_build.autoscaler(serving) is None and previous.observed_generation not in (None, generation):
@@ -528,9 +458,9 @@ def reconcile_serving(
     url = serving_build.service_url(name, namespace, config.cluster_domain)
     at = now()
     ledger = _serving_usage(previous, spec, parsed_pools, at)
-    status, events = serving_status(ledger, generation, model, decision, url, deployment, at)
-    if auto is not None and auto.decision is not None:
-        events = auto.events + _auto_conditions(previous, status, auto.decision, generation, at, events)
+    status, events = serving_status(ledger, generation, model, planned.status, url, deployment, at)
+    if planned.decision is not None:
+        events = profiling_events + _auto_conditions(previous, status, planned.decision, generation, at, events)
     status = settle_usage(previous, status, at)
     written, _ = write_status(kube, INFERENCE_SERVICE, namespace, name, previous, status, version(body))
     return Outcome(written, events)

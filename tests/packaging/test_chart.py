@@ -28,6 +28,7 @@ OPTION_SETS: dict[str, dict[str, Any]] = {
         "accelerator": "nvidia.com/gpu", "nodeSelector": {"pool": "spot"}, "price": {"acceleratorHour": 1.2}}}}},
     "workload-settings": {"operator": {
         "trainerImage": "r.example.com/trainer:1", "serverImage": "r.example.com/server:1",
+        "serverGpuImage": "r.example.com/server-gpu:1",
         "clusterDomain": "corp.local", "podLabels": {"team": "ml", "cost": "gpu"}, "verbose": True,
         "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}]}},
     "scheduling": {"nodeSelector": {"tandem.dev/pool": "cpu"}, "tolerations": [{"key": "x", "operator": "Exists"}],
@@ -103,6 +104,7 @@ def test_operator_env_carries_every_setting(helm: Path) -> None:
     assert env["TANDEM_NAMESPACES"] == "team-a,team-b"
     assert env["TANDEM_TRAINER_IMAGE"] == "r.example.com/trainer:1"
     assert env["TANDEM_SERVER_IMAGE"] == "r.example.com/server:1"
+    assert env["TANDEM_SERVER_GPU_IMAGE"] == "r.example.com/server-gpu:1"
     assert env["TANDEM_CLUSTER_DOMAIN"] == "corp.local"
     assert env["TANDEM_POD_LABELS"] == "cost=gpu,team=ml"
     assert env["TANDEM_VERBOSE"] == "true"
@@ -113,6 +115,7 @@ def test_workload_images_default_to_the_operator_repository_and_app_version(helm
     env = env_of(operator_container(render(helm, {"image": {"repository": "r.example.com/x/tandem-operator"}})))
     assert env["TANDEM_TRAINER_IMAGE"] == "r.example.com/x/tandem-trainer:0.1.0"
     assert env["TANDEM_SERVER_IMAGE"] == "r.example.com/x/tandem-server:0.1.0"
+    assert env["TANDEM_SERVER_GPU_IMAGE"] == "r.example.com/x/tandem-server-gpu:0.1.0"
 
 
 def test_one_replica_runs_without_leader_election_and_recreates_on_rollout(helm: Path) -> None:

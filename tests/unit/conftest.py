@@ -56,7 +56,7 @@ def serving_spec_body() -> dict[str, Any]:
 
 @pytest.fixture
 def config() -> OperatorConfig:
-    return OperatorConfig(trainer_image="trainer:test", server_image="server:test")
+    return OperatorConfig(trainer_image="trainer:test", server_image="server:test", server_gpu_image="server-gpu:test")
 
 
 @pytest.fixture

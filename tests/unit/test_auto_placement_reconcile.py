@@ -140,11 +140,14 @@ def test_first_reconcile_starts_a_profile_per_candidate_pool_and_deploys_nothing
     assert condition(outcome.status, "ModelResolved")["status"] == "True"
     assert outcome.status["phase"] == "Pending"
     assert [event.reason for event in outcome.events] == ["Profiling", "Profiling"]
-    gpu_container = jobs["gpu"]["spec"]["template"]["spec"]["containers"][0]
-    assert gpu_container["resources"]["requests"]["nvidia.com/gpu"] == "1"
-    assert {"name": "TANDEM_PROFILE_DEVICE", "value": "cuda"} in gpu_container["env"]
-    assert jobs["gpu"]["spec"]["template"]["spec"]["tolerations"]
-    assert "tolerations" not in jobs["cpu"]["spec"]["template"]["spec"]
+    gpu_pod, cpu_pod = (jobs[pool]["spec"]["template"]["spec"] for pool in ("gpu", "cpu"))
+    gpu_server, cpu_server = gpu_pod["initContainers"][0], cpu_pod["initContainers"][0]
+    assert gpu_server["resources"]["requests"]["nvidia.com/gpu"] == "1"
+    assert gpu_server["image"] == "server-gpu:test" and cpu_server["image"] == "server:test"
+    assert "nvidia.com/gpu" not in cpu_server["resources"]["requests"]
+    assert {"name": "TANDEM_PROFILE_DEVICE", "value": "cuda"} in gpu_pod["containers"][0]["env"]
+    assert gpu_pod["tolerations"]
+    assert "tolerations" not in cpu_pod
 
 
 @pytest.mark.parametrize(
@@ -306,6 +309,10 @@ def test_profile_job_is_deterministic_and_never_joins_the_service() -> None:
     assert "tandem.dev/inferenceservice" not in template["metadata"]["labels"]
     assert template["metadata"]["annotations"] == {"tandem.dev/fake-duration": "1s"}
     assert template["spec"]["volumes"][0]["persistentVolumeClaim"] == {"claimName": "models"}
+    server, profiler = template["spec"]["initContainers"][0], template["spec"]["containers"][0]
+    assert server["restartPolicy"] == "Always" and server["command"] == ["tandem", "serve"]
+    assert "livenessProbe" not in server and "lifecycle" not in server
+    assert profiler["command"] == ["tandem", "profile"] and "cpu" not in profiler["resources"]["limits"]
     faster = spec.model_copy(update={"runtime": spec.runtime.model_copy(update={"threads": 4})})
     other = profiling_build.target("svc", "ml", "uid", faster, model, pod_placement("cpu", pool), pool, config)
     assert other.settings != target.settings and other.job_name != target.job_name

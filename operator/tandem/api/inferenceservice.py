@@ -140,15 +140,26 @@ class ServingResources(ApiModel):
     """Accelerators per replica, only on a GPU pool."""
 
 
+class ExecutionProvider(StrEnum):
+    """Which onnxruntime execution provider runs the model."""
+
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+    TENSORRT = "tensorrt"
+
+
 class Runtime(ApiModel):
     """Server runtime settings."""
 
     threads: int | None = Field(default=None, ge=1, le=256)
     """onnxruntime threads per run; runs in flight fill the CPU limit. Empty: 1, the fastest under load."""
-    max_batch_size: int = Field(default=1, ge=1, le=1024)
-    """Dynamic batching: largest batch formed from concurrent requests; 1 turns batching off."""
+    max_batch_size: int | None = Field(default=None, ge=1, le=1024)
+    """Dynamic batching: largest batch formed from concurrent requests; 1 is off. Empty: off on CPU, 32 on a GPU."""
     max_batch_delay_ms: float = Field(default=0, ge=0, le=1000)
-    """Dynamic batching: longest wait for a batch to fill."""
+    """Dynamic batching: longest wait for a batch to fill (0: batch only what is already queued)."""
+    execution_provider: ExecutionProvider = ExecutionProvider.AUTO
+    """auto: CUDA (or TensorRT) when the replica sees a GPU, else CPU; a forced GPU provider falls back to CPU."""
 
 
 class Slo(ApiModel):

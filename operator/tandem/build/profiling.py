@@ -1,9 +1,11 @@
 """The batch/v1 Job that profiles an InferenceService's model on one candidate pool (placement: auto).
 
-The pod is a serving replica in all that affects speed: same image, same CPU and memory (so the server's
-cgroup-derived thread count is the same), same threads and batching settings, and on an accelerator pool one
-accelerator. It runs `tandem profile` instead of `tandem serve` and reports its JSON in the termination
-message, which the operator reads from pod status as it reads the trainer's artifact.
+The pod runs a serving replica's own server container (tandem.build.serving.server_container: same image,
+CPU and memory, threads, batching and execution provider, one accelerator on an accelerator pool) as a
+native sidecar, and `tandem profile` beside it, which sends it requests over loopback as clients would and
+reports its JSON in the termination message; the operator reads it from pod status as it reads the trainer's
+artifact. When the profiler exits the kubelet stops the server and the Job completes. The profiler has its
+own small request and no CPU limit, so the load it generates does not eat into the replica's CPU.
 
 Profiles are cached by labels: model (sha256), pool and a hash of the settings above. Any completed Job in the
 namespace with the same three labels answers for every service that serves that model there, so a second
@@ -18,26 +20,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from tandem.api.computepool import ComputePoolSpec
 from tandem.api.inferenceservice import InferenceServiceSpec, ServedModel
+from tandem.build import serving as serving_build
 from tandem.build.meta import (
     MANAGED_BY,
-    PVC_MOUNT_ROOT,
     dns_name,
     env_list,
     object_meta,
     owner_reference,
     pod_identity,
     pod_security_context,
-    pvc_volumes,
     restricted_security_context,
 )
+from tandem.cgroup import sized_runtime
 from tandem.config import OperatorConfig
-from tandem.placement import PodPlacement, resource_requirements
-from tandem.storage import pvc_claim
+from tandem.placement import PodPlacement
+from tandem.quantity import parse_quantity
 
 KIND = "InferenceService"
 CONTAINER = "profiler"
@@ -50,6 +53,8 @@ MODEL_SHA_ANNOTATION = "tandem.dev/model-sha256"
 MODEL_URI_ANNOTATION = "tandem.dev/model-uri"
 ACTIVE_DEADLINE_SECONDS = 600
 """Image pull, model download and the two timed phases (a few seconds) fit well inside ten minutes."""
+PROFILER_RESOURCES = {"requests": {"cpu": "250m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}}
+"""The load generator's own share: no CPU limit, so it is never what runs out first."""
 
 
 def model_key(model: ServedModel) -> str:
@@ -64,12 +69,19 @@ def model_key(model: ServedModel) -> str:
 
 def settings_key(spec: InferenceServiceSpec, image: str, accelerators: int) -> str:
     """Hash of everything besides the model and the pool that changes a replica's speed."""
+    runtime = serving_build.server_runtime(spec, accelerators)
     payload = {
         "image": image,
         "cpu": str(spec.resources.cpu),
         "memory": str(spec.resources.memory),
         "accelerators": accelerators,
-        "runtime": spec.runtime.model_dump(mode="json", by_alias=True),
+        "runtime": {
+            "threads": runtime.threads,
+            "maxBatchSize": runtime.max_batch_size,
+            "maxBatchDelayMs": runtime.max_batch_delay_ms,
+            "executionProvider": runtime.execution_provider,
+        },
+        "protocol": "http-v2",
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -132,51 +144,79 @@ def target(
         placement=placement,
         pool=pool,
         accelerators=accelerators,
-        image=spec.image or config.server_image,
+        image=serving_build.server_image(spec, accelerators, config),
     )
 
 
-def _env(profile: ProfileTarget) -> dict[str, str]:
-    runtime = profile.spec.runtime
+def concurrency(spec: InferenceServiceSpec, accelerators: int) -> int:
+    """Requests in flight that keep every run of a replica busy: runs in flight times rows per batch.
+
+    Runs in flight are what the server derives from its CPU limit (tandem.cgroup.sized_runtime on the limit
+    rounded up), so the operator knows them without asking the pod.
+    """
+    runtime = serving_build.server_runtime(spec, accelerators)
+    cores = max(1, math.ceil(float(parse_quantity(spec.resources.cpu))))
+    _, runs = sized_runtime(runtime.threads, None, cores)
+    return runs * runtime.max_batch_size
+
+
+def _profiler_env(profile: ProfileTarget) -> dict[str, str]:
+    runtime = serving_build.server_runtime(profile.spec, profile.accelerators)
     env = {
-        "TANDEM_MODEL_URI": profile.model.uri,
-        "TANDEM_PVC_ROOT": PVC_MOUNT_ROOT,
+        "TANDEM_MODEL_NAME": profile.service,
+        "TANDEM_PROFILE_URL": f"http://127.0.0.1:{serving_build.HTTP_PORT}",
+        "TANDEM_PROFILE_METRICS_URL": f"http://127.0.0.1:{serving_build.METRICS_PORT}/metrics",
+        "TANDEM_PROFILE_CONCURRENCY": str(concurrency(profile.spec, profile.accelerators)),
+        "TANDEM_PROFILE_DEVICE": "cuda" if profile.accelerators else "cpu",
+        "TANDEM_THREADS": str(runtime.threads or 1),
         "TANDEM_MAX_BATCH_SIZE": str(runtime.max_batch_size),
         "TANDEM_MAX_BATCH_DELAY_MS": str(runtime.max_batch_delay_ms),
-        "TANDEM_PROFILE_DEVICE": "cuda" if profile.accelerators else "cpu",
         "TANDEM_TERMINATION_MESSAGE_PATH": TERMINATION_MESSAGE_PATH,
     }
     if profile.model.sha256:
         env["TANDEM_MODEL_SHA256"] = profile.model.sha256
-    if runtime.threads is not None:
-        env["TANDEM_THREADS"] = str(runtime.threads)
     return env
 
 
+def _replica(profile: ProfileTarget) -> serving_build.Serving:
+    return serving_build.Serving(
+        name=profile.service,
+        namespace=profile.namespace,
+        uid=profile.uid,
+        spec=profile.spec,
+        model=profile.model,
+        placement=profile.placement,
+        pool=profile.pool,
+        accelerators=profile.accelerators,
+    )
+
+
 def profile_job(profile: ProfileTarget, config: OperatorConfig) -> dict[str, Any]:
-    """The Job that runs `tandem profile` once on the target pool, owned by the InferenceService."""
+    """The Job that profiles the target once on its pool, owned by the InferenceService."""
     spec = profile.spec
-    claim = pvc_claim(profile.model.uri)
-    volumes, mounts = pvc_volumes([claim] if claim else [])
-    volumes.append({"name": "tmp", "emptyDir": {}})
-    mounts.append({"name": "tmp", "mountPath": "/tmp"})
-    container: dict[str, Any] = {
+    replica = _replica(profile)
+    volumes, mounts = serving_build.server_volumes(replica)
+    server = serving_build.server_container(replica, config, mounts)
+    # A native sidecar: started (and ready) before the profiler, stopped once the profiler has exited.
+    server["restartPolicy"] = "Always"
+    for kept_out in ("livenessProbe", "lifecycle"):
+        server.pop(kept_out)
+    profiler: dict[str, Any] = {
         "name": CONTAINER,
         "image": profile.image,
         "command": ["tandem", "profile"],
-        "env": env_list(_env(profile)) + [variable.to_wire() for variable in spec.env],
-        "resources": resource_requirements(
-            spec.resources.cpu, spec.resources.memory, profile.accelerators, profile.pool
-        ),
+        "env": env_list(_profiler_env(profile)) + [variable.to_wire() for variable in spec.env],
+        "resources": PROFILER_RESOURCES,
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": restricted_security_context(),
-        "volumeMounts": mounts,
+        "volumeMounts": [mount for mount in mounts if mount["name"] == "tmp"],
     }
     pod_spec = profile.placement.apply(
         {
             "restartPolicy": "Never",
-            "containers": [container],
+            "initContainers": [server],
+            "containers": [profiler],
             "volumes": volumes,
             "securityContext": pod_security_context(),
             # The profiler pulls the same image and reads the same model as the service's replicas.

@@ -75,8 +75,47 @@ def grpc_address(url: str) -> str:
     return f"{urlsplit(url).hostname}:{GRPC_PORT}"
 
 
+GPU_MAX_BATCH_SIZE = 32
+"""Rows per run a GPU replica batches by default. A GPU answers a batch of 32 small requests in about the time
+of one, so batching is what makes a GPU replica worth its price; with no batch delay the batcher takes only
+what is already queued, so an idle replica's single requests wait for nothing."""
+
+
+@dataclass(frozen=True)
+class ServerRuntime:
+    """The settings a replica's server runs with once the placement's defaults are filled in."""
+
+    threads: int | None
+    max_batch_size: int
+    max_batch_delay_ms: float
+    execution_provider: str
+
+
+def server_runtime(spec: InferenceServiceSpec, accelerators: int) -> ServerRuntime:
+    """spec.runtime with its defaults for the pool: batching off on CPU, GPU_MAX_BATCH_SIZE on an accelerator."""
+    runtime = spec.runtime
+    default_batch = GPU_MAX_BATCH_SIZE if accelerators else 1
+    return ServerRuntime(
+        threads=runtime.threads,
+        max_batch_size=runtime.max_batch_size or default_batch,
+        max_batch_delay_ms=runtime.max_batch_delay_ms,
+        execution_provider=runtime.execution_provider.value,
+    )
+
+
+def server_image(spec: InferenceServiceSpec, accelerators: int, config: OperatorConfig) -> str:
+    """spec.image, else the operator's GPU server image on an accelerator pool and its CPU image elsewhere.
+
+    The CPU image carries onnxruntime without CUDA (hundreds of MB smaller, and nothing in it can look for a
+    GPU); only a replica that holds an accelerator gets the CUDA build.
+    """
+    if spec.image:
+        return spec.image
+    return config.server_gpu_image if accelerators else config.server_image
+
+
 def _server_env(serving: Serving) -> dict[str, str]:
-    runtime = serving.spec.runtime
+    runtime = server_runtime(serving.spec, serving.accelerators)
     env = {
         "TANDEM_MODEL_NAME": serving.name,
         "TANDEM_MODEL_URI": serving.model.uri,
@@ -86,6 +125,7 @@ def _server_env(serving: Serving) -> dict[str, str]:
         "TANDEM_PVC_ROOT": PVC_MOUNT_ROOT,
         "TANDEM_MAX_BATCH_SIZE": str(runtime.max_batch_size),
         "TANDEM_MAX_BATCH_DELAY_MS": str(runtime.max_batch_delay_ms),
+        "TANDEM_EXECUTION_PROVIDER": runtime.execution_provider,
     }
     if serving.model.sha256:
         env["TANDEM_MODEL_SHA256"] = serving.model.sha256
@@ -105,15 +145,22 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
     }
 
 
-def deployment(serving: Serving, config: OperatorConfig) -> dict[str, Any]:
-    spec = serving.spec
+def server_volumes(serving: Serving) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(pod volumes, server mounts): the model's claim, if any, and a writable /tmp on a read-only root."""
     claim = pvc_claim(serving.model.uri)
     volumes, mounts = pvc_volumes([claim] if claim else [])
     volumes.append({"name": "tmp", "emptyDir": {}})
     mounts.append({"name": "tmp", "mountPath": "/tmp"})
-    container: dict[str, Any] = {
+    return volumes, mounts
+
+
+def server_container(serving: Serving, config: OperatorConfig, mounts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The model server container of a replica: the profile Job runs this same container, so it measures
+    what a replica delivers (image, CPU limit, threads, batching, execution provider)."""
+    spec = serving.spec
+    return {
         "name": CONTAINER,
-        "image": spec.image or config.server_image,
+        "image": server_image(spec, serving.accelerators, config),
         "command": ["tandem", "serve"],
         "env": env_list(_server_env(serving)) + [variable.to_wire() for variable in spec.env],
         "ports": [
@@ -131,7 +178,16 @@ def deployment(serving: Serving, config: OperatorConfig) -> dict[str, Any]:
         "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
         "securityContext": restricted_security_context(),
         "volumeMounts": mounts,
+        # A model that cannot load ends the server with its reason in the log's last lines: the pod status
+        # (and a profile that waited for it) can then say why.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+
+
+def deployment(serving: Serving, config: OperatorConfig) -> dict[str, Any]:
+    spec = serving.spec
+    volumes, mounts = server_volumes(serving)
+    container = server_container(serving, config, mounts)
     pod_spec = serving.placement.apply(
         {
             "containers": [container],

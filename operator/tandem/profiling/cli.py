@@ -1,9 +1,10 @@
-"""`tandem profile`: measure one ONNX model with a replica's settings, print JSON, write the termination message.
+"""`tandem profile`: measure a running model server the way its clients reach it; print JSON and write the
+termination message.
 
-The operator runs it as a short Job on each candidate pool of a `placement: auto` InferenceService, with the
-same image, CPU limit, threads and batching as a serving replica, and reads the JSON back from the pod's
-termination message. Every option reads the TANDEM_* variable the serving Deployment uses for the same
-setting. Imports only click at import time, like `tandem serve`.
+The operator runs it in a profile Job beside the replica's own server container (a native sidecar in the same
+pod, so it talks to it on loopback) on each candidate pool of a `placement: auto` InferenceService, and reads
+the JSON back from the pod's termination message. It measures whatever answers at --url, so it also measures
+a server started by hand. Imports only click at import time, like `tandem serve`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import sys
 from pathlib import Path
 
 import click
-
-from tandem.server.options import model_options, runtime_options
 
 
 def _write_message(path: str | None, text: str) -> None:
@@ -27,69 +26,69 @@ def _write_message(path: str | None, text: str) -> None:
 
 
 @click.command("profile")
-@model_options
-@runtime_options
-@click.option(
-    "--device",
-    envvar="TANDEM_PROFILE_DEVICE",
-    type=click.Choice(["cpu", "cuda"]),
-    default="cpu",
-    show_default=True,
-    help="Device to ask onnxruntime for; the JSON says which one it got.",
-)
-@click.option(
-    "--latency-seconds",
-    envvar="TANDEM_PROFILE_LATENCY_SECONDS",
-    type=click.FloatRange(min=0),
-    default=2.0,
-    show_default=True,
-    help="Length of the batch-1 latency phase (at least 20 runs).",
-)
-@click.option(
-    "--throughput-seconds",
-    envvar="TANDEM_PROFILE_THROUGHPUT_SECONDS",
-    type=click.FloatRange(min=0.01),
-    default=3.0,
-    show_default=True,
-    help="Length of the closed-loop throughput phase.",
-)
-@click.option(
-    "--termination-message-path",
-    envvar="TANDEM_TERMINATION_MESSAGE_PATH",
-    default=None,
-    help="Also write the JSON here (the pod's terminationMessagePath).",
-)
+@click.option("--url", envvar="TANDEM_PROFILE_URL", default="http://127.0.0.1:8080", show_default=True,
+              help="The model server's HTTP address.")
+@click.option("--metrics-url", envvar="TANDEM_PROFILE_METRICS_URL", default="http://127.0.0.1:9090/metrics",
+              show_default=True, help="Its metrics, where it reports the execution provider the model runs on.")
+@click.option("--model-name", envvar="TANDEM_MODEL_NAME", default="model", show_default=True,
+              help="The served model's name.")
+@click.option("--model-sha256", envvar="TANDEM_MODEL_SHA256", default=None,
+              help="The model's sha256, as the server checked it; reported in the JSON.")
+@click.option("--concurrency", envvar="TANDEM_PROFILE_CONCURRENCY", type=click.IntRange(min=1), default=1,
+              show_default=True, help="Requests in flight in the throughput phase (runs in flight x batch size).")
+@click.option("--threads", envvar="TANDEM_THREADS", type=click.IntRange(min=1), default=1, show_default=True,
+              help="The server's intra-op threads, for the record.")
+@click.option("--max-batch-size", envvar="TANDEM_MAX_BATCH_SIZE", type=click.IntRange(min=0), default=1,
+              show_default=True, help="The server's dynamic batching, for the record.")
+@click.option("--max-batch-delay-ms", envvar="TANDEM_MAX_BATCH_DELAY_MS", type=click.FloatRange(min=0),
+              default=0.0, show_default=True, help="The server's batch delay, for the record.")
+@click.option("--device", envvar="TANDEM_PROFILE_DEVICE", type=click.Choice(["cpu", "cuda"]), default="cpu",
+              show_default=True, help="Device the replica should run on; the JSON says which one it got.")
+@click.option("--ready-seconds", envvar="TANDEM_PROFILE_READY_SECONDS", type=click.FloatRange(min=0),
+              default=300.0, show_default=True, help="How long to wait for the server to load its model.")
+@click.option("--latency-seconds", envvar="TANDEM_PROFILE_LATENCY_SECONDS", type=click.FloatRange(min=0),
+              default=2.0, show_default=True, help="Length of the one-at-a-time latency phase (at least 20).")
+@click.option("--throughput-seconds", envvar="TANDEM_PROFILE_THROUGHPUT_SECONDS",
+              type=click.FloatRange(min=0.01), default=3.0, show_default=True,
+              help="Length of the closed-loop throughput phase.")
+@click.option("--termination-message-path", envvar="TANDEM_TERMINATION_MESSAGE_PATH", default=None,
+              help="Also write the JSON here (the pod's terminationMessagePath).")
 def profile(
-    model_uri: str,
+    url: str,
+    metrics_url: str,
+    model_name: str,
     model_sha256: str | None,
-    threads: int | None,
-    workers: int | None,
+    concurrency: int,
+    threads: int,
     max_batch_size: int,
     max_batch_delay_ms: float,
     device: str,
+    ready_seconds: float,
     latency_seconds: float,
     throughput_seconds: float,
     termination_message_path: str | None,
 ) -> None:
-    """Measure latency percentiles and throughput of one replica; print JSON."""
-    from tandem.cgroup import available_cpus, default_threads, sized_runtime
-    from tandem.profiling.measure import ProfileError, ProfileSettings, load_model
+    """Measure latency percentiles and throughput of one running replica; print JSON."""
+    from tandem.profiling.measure import ProfileError, ProfileSettings
     from tandem.profiling.measure import profile as measure
     from tandem.profiling.result import Device, ProfileFailure
 
-    threads, workers = sized_runtime(threads, workers, default_threads())
     settings = ProfileSettings(
+        url=url.rstrip("/"),
+        metrics_url=metrics_url,
+        model=model_name,
+        sha256=(model_sha256 or "").lower() or None,
         threads=threads,
-        concurrency=workers,
+        concurrency=concurrency,
         max_batch_size=max(1, max_batch_size),
         max_batch_delay_ms=max_batch_delay_ms,
         device=Device(device),
+        ready_seconds=ready_seconds,
         latency_seconds=latency_seconds,
         throughput_seconds=throughput_seconds,
     )
     try:
-        data, sha256 = load_model(model_uri, model_sha256 or None)
-        result = measure(data, sha256, settings, cpus=available_cpus())
+        result = measure(settings)
     except ProfileError as exc:
         failure = ProfileFailure(error=str(exc)[:3000]).model_dump_json(by_alias=True)
         _write_message(termination_message_path, failure)

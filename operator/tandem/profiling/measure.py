@@ -1,197 +1,203 @@
-"""Timing one ONNX model the way a serving replica runs it.
+"""Timing one model the way a serving replica delivers it: requests to the real server, over HTTP.
 
-The model's bytes are fetched and sha256-checked with the server's own storage code and its V2 signature read
-with the server's `signature_of`, so a model that profiles is a model that serves. The session is opened here
-rather than through the server's OnnxModel because the server runs on CPU only, while a profile on a GPU pool
-must try onnxruntime's CUDA provider and report honestly whether it got it.
+The profile Job runs the replica's own server container (same image, CPU limit, threads, batching and
+execution provider) beside this profiler, which waits for it to be ready, reads the model's V2 metadata for
+its inputs, and sends batch-1 JSON requests as clients would. So the figures include what an in-process
+`session.run` loop leaves out (HTTP, JSON decoding, the event loop, dynamic batching) and come from the
+execution provider the replica really got, which the server reports on its metrics endpoint.
 
 Two bounded phases:
-- latency: one request at a time at batch 1, after a warm-up, for percentiles of an unloaded replica;
-- throughput: a closed loop of `concurrency` threads (the server's in-flight runs), each running batches of
-  `max_batch_size` rows back to back for a fixed time. Rows over wall time is the replica's saturation rate;
-  it leaves out the HTTP layer, which is why placement plans replicas below it (tandem.costing).
+- latency: one request at a time, after a warm-up, for percentiles of an unloaded replica;
+- throughput: a closed loop at the concurrency that keeps every run in flight busy (runs x batch rows),
+  answered requests over wall time, with the p99 a request sees at that load.
 """
 
 from __future__ import annotations
 
-import threading
+import json
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
+from importlib import metadata as distributions
 from typing import Any
 
 import numpy as np
 
-from tandem import storage
+from tandem.profiling.load import LoadError, closed_loop
 from tandem.profiling.result import Device, ProfileResult
 from tandem.server import datatypes
-from tandem.server.model import Signature, signature_of
 
-CUDA_PROVIDER = "CUDAExecutionProvider"
-CPU_PROVIDER = "CPUExecutionProvider"
+GPU_PROVIDERS = ("cuda", "tensorrt")
+"""How the server names the GPU providers in its execution-provider metric."""
+PROVIDER_METRIC = "tandem_model_execution_provider"
 
 
 class ProfileError(Exception):
-    """The model cannot be profiled: unreadable, a different sha256, or onnxruntime refuses it."""
+    """The replica could not be measured: it never became ready, or it refused the sample requests."""
 
 
 @dataclass(frozen=True)
 class ProfileSettings:
-    """The serving settings the profile reproduces, and how long each phase may take."""
+    """Where the replica's server listens, the settings it runs with, and how long each phase may take."""
 
+    url: str = "http://127.0.0.1:8080"
+    metrics_url: str = "http://127.0.0.1:9090/metrics"
+    model: str = "model"
+    sha256: str | None = None
     threads: int = 1
-    concurrency: int = 2
+    concurrency: int = 1
     max_batch_size: int = 1
     max_batch_delay_ms: float = 0.0
     device: Device = Device.CPU
+    ready_seconds: float = 300.0
     warmup_seconds: float = 0.5
     latency_seconds: float = 2.0
     max_latency_samples: int = 5000
     throughput_seconds: float = 3.0
 
 
-def load_model(uri: str, expected_sha256: str | None) -> tuple[bytes, str]:
-    """The model's bytes and their sha256; ProfileError if unreadable or not the expected file."""
+def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
     try:
-        data = storage.read_bytes(uri)
-    except storage.StorageError as exc:
-        raise ProfileError(f"cannot read model from {uri}: {exc}") from exc
-    digest = storage.sha256_hex(data)
-    if expected_sha256 and digest != expected_sha256.lower():
-        raise ProfileError(f"sha256 mismatch for {uri}: expected {expected_sha256}, got {digest}")
-    return data, digest
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
+            return int(reply.status), reply.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
 
 
-def open_session(data: bytes, settings: ProfileSettings) -> Any:
-    """An onnxruntime session with the server's options; CUDA first when asked for and available."""
-    import onnxruntime as ort
+def wait_ready(settings: ProfileSettings) -> None:
+    """Block until the server answers ready; ProfileError with its last answer when it never does.
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = settings.threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    providers = [CPU_PROVIDER]
-    if settings.device == Device.CUDA and CUDA_PROVIDER in ort.get_available_providers():
-        providers = [CUDA_PROVIDER, CPU_PROVIDER]
-    try:
-        return ort.InferenceSession(data, options, providers=providers)
-    except Exception as exc:
-        raise ProfileError(f"onnxruntime cannot open the model: {exc}") from exc
-
-
-def sample_feeds(signature: Signature, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Inputs of the declared shapes: the leading dynamic dimension is the batch, other dynamic ones 1.
-
-    Floating-point inputs are random rather than zero, so no kernel takes a zero or denormal shortcut.
+    A model that cannot load (unreadable, another sha256, refused by onnxruntime) ends the server process;
+    its reason is in the server container's log and its terminated state, which the operator reads.
     """
+    deadline = time.monotonic() + settings.ready_seconds
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        try:
+            status, body = _get(f"{settings.url}/v2/models/{settings.model}/ready", timeout=2.0)
+            if status == 200:
+                return
+            last = f"HTTP {status}: {body[:200].decode(errors='replace')}"
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.2)
+    raise ProfileError(
+        f"the model server did not become ready within {settings.ready_seconds:g}s (last answer: {last}); "
+        "the server container's log says why"
+    )
+
+
+def model_metadata(settings: ProfileSettings) -> dict[str, Any]:
+    status, body = _get(f"{settings.url}/v2/models/{settings.model}")
+    if status != 200:
+        raise ProfileError(f"model metadata answered HTTP {status}: {body[:300].decode(errors='replace')}")
+    document: dict[str, Any] = json.loads(body)
+    return document
+
+
+def sample_request(document: dict[str, Any], seed: int = 0) -> bytes:
+    """A batch-1 V2 JSON request of the declared inputs: dynamic dimensions 1, floats random (no zero shortcut)."""
     rng = np.random.default_rng(seed)
-    feeds: dict[str, np.ndarray] = {}
-    for spec in signature.inputs:
-        shape = tuple(
-            (batch if index == 0 else 1) if dim < 0 else dim for index, dim in enumerate(spec.shape)
-        )
-        dtype = datatypes.NUMPY_DTYPES[spec.datatype]
-        if spec.datatype == "BYTES":
-            feeds[spec.name] = np.full(shape, "", dtype=object)
-        elif spec.datatype in ("FP16", "FP32", "FP64"):
-            feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
+    inputs: list[dict[str, Any]] = []
+    for spec in document.get("inputs") or []:
+        shape = [1 if int(dim) < 0 else int(dim) for dim in spec["shape"]]
+        datatype = str(spec["datatype"])
+        size = int(np.prod(shape)) if shape else 1
+        data: list[Any]
+        if datatype == "BYTES":
+            data = [""] * size
+        elif datatype in ("FP16", "FP32", "FP64"):
+            data = [round(float(value), 6) for value in rng.standard_normal(size)]
+        elif datatype == "BOOL":
+            data = [False] * size
+        elif datatype in datatypes.NUMPY_DTYPES:
+            data = [0] * size
         else:
-            feeds[spec.name] = np.zeros(shape, dtype=dtype)
-    return feeds
+            raise ProfileError(f"input {spec.get('name')!r} has datatype {datatype}, which the profiler cannot fill")
+        inputs.append({"name": spec["name"], "shape": shape, "datatype": datatype, "data": data})
+    if not inputs:
+        raise ProfileError("the model's metadata lists no inputs")
+    return json.dumps({"inputs": inputs}, separators=(",", ":")).encode()
+
+
+def execution_providers(settings: ProfileSettings) -> list[str]:
+    """The providers the server says the model runs on (its metrics), or [] when it does not say."""
+    try:
+        status, body = _get(settings.metrics_url)
+    except OSError:
+        return []
+    if status != 200:
+        return []
+    found: list[str] = []
+    for line in body.decode(errors="replace").splitlines():
+        if not line.startswith(PROVIDER_METRIC + "{") or not line.rstrip().endswith(" 1.0"):
+            continue
+        labels = line[len(PROVIDER_METRIC) + 1 : line.rindex("}")]
+        for pair in labels.split(","):
+            key, _, value = pair.partition("=")
+            if key.strip() == "provider":
+                found.append(value.strip().strip('"'))
+    return found
 
 
 def percentile_ms(seconds: list[float], q: float) -> float:
     return round(float(np.percentile(np.asarray(seconds) * 1000.0, q)), 4)
 
 
-def time_runs(session: Any, feeds: dict[str, np.ndarray], seconds: float, max_samples: int) -> list[float]:
-    """Seconds of each run, one at a time, for up to `seconds` or `max_samples` runs (at least 20)."""
+def one_at_a_time(settings: ProfileSettings, body: bytes, seconds: float, max_samples: int) -> list[float]:
+    """Seconds of each request sent alone, for `seconds` (at least 20 requests, at most `max_samples`)."""
     timings: list[float] = []
     deadline = time.perf_counter() + seconds
     while len(timings) < max_samples and (len(timings) < 20 or time.perf_counter() < deadline):
-        started = time.perf_counter()
-        session.run(None, feeds)
-        timings.append(time.perf_counter() - started)
+        rest = max(0.05, deadline - time.perf_counter())
+        timings += closed_loop(settings.url, settings.model, body, 1, rest).latencies[: max_samples - len(timings)]
     return timings
 
 
-def closed_loop(
-    session: Any, feeds: dict[str, np.ndarray], concurrency: int, seconds: float
-) -> tuple[int, float, list[float]]:
-    """(runs completed, wall seconds, each run's seconds) with `concurrency` threads running back to back.
-
-    onnxruntime releases the GIL inside run(), so the threads overlap as the server's executor threads do.
-    """
-    start = threading.Barrier(concurrency + 1)
-    deadline: list[float] = [0.0]
-    per_thread: list[list[float]] = [[] for _ in range(concurrency)]
-
-    def worker(timings: list[float]) -> None:
-        start.wait()
-        while True:
-            began = time.perf_counter()
-            if began >= deadline[0]:
-                return
-            session.run(None, feeds)
-            timings.append(time.perf_counter() - began)
-
-    threads = [threading.Thread(target=worker, args=(timings,), daemon=True) for timings in per_thread]
-    for thread in threads:
-        thread.start()
-    began = time.perf_counter()
-    deadline[0] = began + seconds
-    start.wait()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - began
-    runs = [timing for timings in per_thread for timing in timings]
-    return len(runs), elapsed, runs
+def _onnxruntime_version() -> str:
+    for name in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            return distributions.version(name)
+        except distributions.PackageNotFoundError:
+            continue
+    return ""
 
 
-def profile(data: bytes, sha256: str, settings: ProfileSettings, cpus: int = 1) -> ProfileResult:
-    """Measure the model: batch-1 latency percentiles, then the closed-loop throughput of one replica."""
-    import onnxruntime as ort
-
-    session = open_session(data, settings)
-    providers = list(session.get_providers())
-    device = Device.CUDA if CUDA_PROVIDER in providers else Device.CPU
+def profile(settings: ProfileSettings) -> ProfileResult:
+    """Measure the replica: unloaded batch-1 latency, then closed-loop throughput at its concurrency."""
+    wait_ready(settings)
+    body = sample_request(model_metadata(settings))
+    try:
+        closed_loop(settings.url, settings.model, body, settings.concurrency, settings.warmup_seconds)
+        latencies = one_at_a_time(settings, body, settings.latency_seconds, settings.max_latency_samples)
+        loaded = closed_loop(settings.url, settings.model, body, settings.concurrency, settings.throughput_seconds)
+    except LoadError as exc:
+        raise ProfileError(f"the server refused the sample requests: {exc}") from exc
+    providers = execution_providers(settings)
+    device = Device.CUDA if any(provider in GPU_PROVIDERS for provider in providers) else Device.CPU
     note = None
-    if settings.device == Device.CUDA and device != Device.CUDA:
-        available = ", ".join(ort.get_available_providers())
-        note = f"CUDA requested but onnxruntime could not use it (available providers: {available}); ran on CPU"
-    try:
-        signature = signature_of(session)
-    except Exception as exc:
-        raise ProfileError(str(exc)) from exc
-    single = sample_feeds(signature, 1)
-    batch_size = max(1, settings.max_batch_size)
-    batched = sample_feeds(signature, batch_size, seed=1)
-    try:
-        time_runs(session, single, settings.warmup_seconds, 10_000)
-        if batch_size > 1:
-            time_runs(session, batched, settings.warmup_seconds / 2, 1_000)
-        latencies = time_runs(session, single, settings.latency_seconds, settings.max_latency_samples)
-        runs, elapsed, loaded = closed_loop(session, batched, settings.concurrency, settings.throughput_seconds)
-    except Exception as exc:
-        raise ProfileError(f"onnxruntime failed on sample inputs: {exc}") from exc
+    if not providers:
+        note = "the server did not report its execution provider; counted as CPU"
+    elif settings.device == Device.CUDA and device != Device.CUDA:
+        note = f"CUDA requested but the server runs the model on {', '.join(providers)}"
+    batch = max(1, settings.max_batch_size)
     return ProfileResult(
-        sha256=sha256,
+        sha256=settings.sha256,
         device=device,
         requested_device=settings.device,
         providers=providers,
         threads=settings.threads,
         concurrency=settings.concurrency,
-        max_batch_size=batch_size,
-        max_batch_delay_ms=settings.max_batch_delay_ms if batch_size > 1 else 0.0,
+        max_batch_size=batch,
+        max_batch_delay_ms=settings.max_batch_delay_ms if batch > 1 else 0.0,
         p50_latency_ms=percentile_ms(latencies, 50),
         p90_latency_ms=percentile_ms(latencies, 90),
         p99_latency_ms=percentile_ms(latencies, 99),
         latency_samples=len(latencies),
-        throughput_per_replica=round(runs * batch_size / elapsed, 2) if elapsed > 0 else 0.0,
-        loaded_p99_latency_ms=percentile_ms(loaded, 99) if loaded else 0.0,
-        throughput_seconds=round(elapsed, 3),
-        onnxruntime=str(ort.__version__),
-        cpus=max(1, cpus),
+        throughput_per_replica=round(loaded.rate, 2),
+        loaded_p99_latency_ms=percentile_ms(loaded.latencies, 99) if loaded.latencies else 0.0,
+        throughput_seconds=round(loaded.seconds, 3),
+        onnxruntime=_onnxruntime_version(),
         note=note,
     )

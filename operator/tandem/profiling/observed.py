@@ -72,7 +72,7 @@ def observe(job: dict[str, Any], pods: list[dict[str, Any]], expected_sha256: st
         except ValidationError as error:
             return Observation(ProfileState.FAILED, name, message=f"unreadable profile: {error.errors()[0]['msg']}")
         if expected_sha256 and result.sha256 != expected_sha256:
-            mismatch = f"profiled sha256 {result.sha256[:12]}, expected {expected_sha256[:12]}"
+            mismatch = f"profiled sha256 {(result.sha256 or 'unknown')[:12]}, expected {expected_sha256[:12]}"
             return Observation(ProfileState.FAILED, name, message=mismatch)
         return Observation(ProfileState.SUCCEEDED, name, result=result)
     failed = job_condition(job, "Failed")
@@ -87,7 +87,26 @@ def observe(job: dict[str, Any], pods: list[dict[str, Any]], expected_sha256: st
             break
     reason = (failed or {}).get("reason") or "NoResult"
     message = f"profile Job {name} failed ({reason}): {detail or 'no message'}"
+    server = _server_exit(pods)
+    if server:
+        message += f"; the model server exited: {server}"
     return Observation(ProfileState.FAILED, name, message=message)
+
+
+def _server_exit(pods: list[dict[str, Any]]) -> str:
+    """The last words of the profile pod's model server (its sidecar) if it exited with an error.
+
+    A model the server cannot load (unreadable, another sha256, refused by onnxruntime) ends the server, and
+    its log's last lines are its termination message; the profiler beside it only saw no answer.
+    """
+    for pod in reversed(pods):
+        for container in (pod.get("status") or {}).get("initContainerStatuses") or []:
+            for state in (container.get("state") or {}, container.get("lastState") or {}):
+                terminated = state.get("terminated") or {}
+                if terminated.get("exitCode"):
+                    text = str(terminated.get("message") or "").strip()
+                    return text[-500:] or f"exit code {terminated['exitCode']}"
+    return ""
 
 
 def pick(jobs: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -26,53 +26,50 @@ class ProfileResult(ApiModel):
     # A newer profiler image may report more; an older operator reads what it knows (unlike API specs).
     model_config = ConfigDict(extra="ignore")
 
-    sha256: str
-    """SHA-256 of the model file that was measured."""
+    sha256: str | None = None
+    """SHA-256 of the model file that was measured (the server refuses any other); None when the service
+    names its model by URI alone."""
     device: Device
-    """Device the session actually ran on (cuda only when onnxruntime's CUDA provider took the model)."""
+    """Device the replica's server ran the model on, as it reports (cuda only for a CUDA or TensorRT provider)."""
     requested_device: Device
     """Device the profile was asked for; differs from device when no usable GPU was found."""
     providers: list[str] = Field(default_factory=list)
-    """onnxruntime execution providers of the session, in priority order."""
+    """onnxruntime execution providers the server reports for the model."""
     threads: int = Field(ge=1)
     """onnxruntime intra-op threads."""
     concurrency: int = Field(ge=1)
-    """Runs in flight at once during the throughput phase (the server's workers)."""
+    """Requests in flight during the throughput phase: the server's runs in flight times its batch size."""
     max_batch_size: int = Field(ge=1)
-    """Rows per run in the throughput phase (the server's dynamic batching; 1 is off)."""
+    """The server's dynamic batching (1 is off)."""
     max_batch_delay_ms: float = Field(default=0, ge=0)
     """Longest a request waits for a batch to fill; added to the batched latency."""
     p50_latency_ms: float = Field(ge=0)
-    """Median latency of one request at batch 1, unloaded."""
+    """Median latency of one batch-1 request over HTTP, one at a time."""
     p90_latency_ms: float = Field(ge=0)
-    """90th percentile latency at batch 1."""
+    """90th percentile latency of one request at a time."""
     p99_latency_ms: float = Field(ge=0)
-    """99th percentile latency at batch 1."""
+    """99th percentile latency of one request at a time."""
     latency_samples: int = Field(ge=1)
     """Requests timed for the percentiles."""
     throughput_per_replica: float = Field(ge=0)
-    """Requests per second sustained in the closed-loop phase: rows completed over wall time."""
+    """Requests per second the replica answered in the closed-loop phase."""
     loaded_p99_latency_ms: float = Field(ge=0)
-    """99th percentile time of one run during the throughput phase (a full batch under load)."""
+    """99th percentile latency of a request during the throughput phase (the replica saturated)."""
     throughput_seconds: float = Field(ge=0)
     """Length of the throughput phase."""
     onnxruntime: str = ""
-    """onnxruntime version."""
-    cpus: int = Field(default=1, ge=1)
-    """CPUs the process could use."""
+    """onnxruntime version of the image."""
     note: str | None = None
     """Anything the reader should know, such as a GPU that was asked for and not found."""
 
     @property
     def slo_latency_ms(self) -> float:
-        """The latency a request can see under the serving settings, as placement compares it with the SLO.
+        """The p99 placement holds against the SLO: the worse of an unloaded replica's and a saturated one's.
 
-        Without batching that is the batch-1 p99. With batching a request may wait the batch delay and then
-        ride a full batch, so the bound is that delay plus the p99 of a full batch run under load.
+        Both were measured end to end through the server (HTTP, decoding, batching with its delay), and
+        placement plans replicas below saturation, so a replica in service sees no worse than this.
         """
-        if self.max_batch_size <= 1:
-            return self.p99_latency_ms
-        return max(self.p99_latency_ms, self.max_batch_delay_ms + self.loaded_p99_latency_ms)
+        return max(self.p99_latency_ms, self.loaded_p99_latency_ms)
 
 
 class ProfileFailure(ApiModel):

@@ -1,0 +1,118 @@
+"""Where an InferenceService serves, on how many replicas, and why: one pure decision.
+
+Every placement of a service goes through `plan`: an explicit pool, `placement: cpu` or `gpu`, or `auto`
+over the measured profiles. The reconciler gathers the profiles (its only I/O here) and calls it once; the
+plan carries what the Deployment needs (pool, accelerators, replica bounds) and what the status says (pool,
+reason, hourly cost, every candidate's figures), so what is deployed and what is reported cannot disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from tandem import costing, placement
+from tandem.api.computepool import ComputePoolSpec
+from tandem.api.inferenceservice import InferenceServiceSpec, Placement, PlacementStatus, Replicas
+from tandem.errors import Problem
+from tandem.profiling import observed
+from tandem.quantity import parse_quantity
+
+Pools = Mapping[str, ComputePoolSpec]
+Profiles = Mapping[str, observed.Observation]
+
+
+@dataclass(frozen=True)
+class ServingPlan:
+    """A decided placement: what to deploy, and what the status says about it."""
+
+    pool: str
+    accelerators: int
+    """Accelerators per replica."""
+    replicas: Replicas
+    """Replica bounds to deploy: the spec's, raised to what an auto decision needs for the SLO's load."""
+    status: PlacementStatus
+    decision: costing.Decision | None = None
+    """For placement auto, the evidence behind the choice."""
+
+
+@dataclass(frozen=True)
+class AwaitingProfiles:
+    """placement auto before every candidate pool's profile has finished."""
+
+    waiting: list[str]
+    """Each pool still measuring, with its Job."""
+
+
+def is_auto(spec: InferenceServiceSpec) -> bool:
+    """Whether the placement is measured and decided (an explicit pool always wins)."""
+    return spec.placement == Placement.AUTO and spec.pool is None
+
+
+def profile_pools(spec: InferenceServiceSpec, pools: Pools) -> list[str]:
+    """The pools auto placement measures: the pool placement cpu would choose and the one gpu would.
+
+    So auto never considers a pool the explicit placements would not use.
+    """
+    names: list[str] = []
+    for kind in (Placement.CPU, Placement.GPU):
+        probe = spec.model_copy(
+            update={"placement": kind, "pool": None, "resources": spec.resources.model_copy(update={"gpus": 0})}
+        )
+        try:
+            name, _ = placement.serving_pool(probe, pools)
+        except placement.PlacementError:
+            continue
+        names.append(name)
+    if not names:
+        raise placement.PlacementError("NoMatchingPool", "placement auto needs at least one ComputePool; none exists")
+    return names
+
+
+def plan(spec: InferenceServiceSpec, pools: Pools, profiles: Profiles | None = None) -> ServingPlan | AwaitingProfiles:
+    """The placement of `spec` on `pools`; for auto, from `profiles` (pool name to its profile's state).
+
+    Raises placement.PlacementError or Problem (SloRequired, NoUsableProfile) for a spec no pool can take.
+    """
+    if is_auto(spec):
+        return _auto(spec, pools, profiles or {})
+    pool_name, reason = placement.serving_pool(spec, pools)
+    pool = pools[pool_name]
+    accelerators = placement.serving_accelerators(spec, pool)
+    price, _ = costing.replica_rates(_cores(spec), accelerators, pool)
+    status = PlacementStatus(pool=pool_name, reason=reason, cost_per_hour=round(spec.replicas.min * price, 6))
+    return ServingPlan(pool=pool_name, accelerators=accelerators, replicas=spec.replicas, status=status)
+
+
+def _cores(spec: InferenceServiceSpec) -> float:
+    return float(parse_quantity(spec.resources.cpu))
+
+
+def _auto(spec: InferenceServiceSpec, pools: Pools, profiles: Profiles) -> ServingPlan | AwaitingProfiles:
+    if spec.slo is None:
+        raise Problem("SloRequired", "placement auto needs spec.slo (p99LatencyMs and targetRequestsPerSecond)")
+    waiting: list[str] = []
+    candidates: list[costing.Candidate] = []
+    for pool_name in profile_pools(spec, pools):
+        pool = pools[pool_name]
+        found = profiles.get(pool_name)
+        if found is None or found.state == observed.ProfileState.RUNNING:
+            waiting.append(f"{pool_name} (Job {found.job})" if found else pool_name)
+            continue
+        rates = costing.replica_rates(_cores(spec), placement.serving_accelerators(spec, pool), pool)
+        candidates.append(observed.candidate(pool_name, bool(pool.accelerator), rates, found))
+    if waiting:
+        return AwaitingProfiles(waiting)
+    try:
+        decision = costing.decide(spec.slo, candidates, min_replicas=spec.replicas.min, max_replicas=spec.replicas.max)
+    except costing.NoCandidate as error:
+        raise Problem("NoUsableProfile", str(error)) from error
+    pool = pools[decision.pool]
+    floor = max(spec.replicas.min, decision.replicas)
+    return ServingPlan(
+        pool=decision.pool,
+        accelerators=placement.serving_accelerators(spec, pool),
+        replicas=Replicas(min=floor, max=max(spec.replicas.max, floor)),
+        status=decision.status(),
+        decision=decision,
+    )
