@@ -3,7 +3,9 @@
 The queues are those of examples/queueing/queues.yaml: a ClusterQueue per pool (the gpu one holds 8
 nvidia.com/gpu), a LocalQueue `gpu` in the test's namespace, and the WorkloadPriorityClass `urgent`. kwok
 plays the kubelet, so a worker "runs" for its tandem.dev/fake-duration; what is real is Kueue's admission,
-quota, preemption and its suspending and unsuspending of the Job, and the operator's reading of them.
+quota, preemption and its suspending and unsuspending of the Job, and the operator's reading of them. (kwok
+deletes a pod at once, so no stopped worker reports a checkpoint here: tests/e2e/test_preemption.py trains
+for real, and tests/trainer/test_stopped_by_sigterm.py covers the trainer's side.)
 """
 
 from __future__ import annotations
@@ -295,3 +297,57 @@ def test_an_urgent_workload_preempts_a_run_which_resumes_after_it(
     )
     wait_for(tandem_api, TRAINING_JOB, namespace, "ordinary", phase_is("Running"), "resumed", timeout=120)
     wait_for(tandem_api, TRAINING_JOB, namespace, "ordinary", phase_is("Succeeded"), "Succeeded", timeout=120)
+
+
+def test_a_priority_class_needs_a_queue_and_may_change_but_not_go(tandem_api: k8s.ApiClient, namespace: str) -> None:
+    with pytest.raises(ApiException) as refused:
+        create(tandem_api, TRAINING_JOB, namespace, training("alone", 1, queue=None, priorityClass="urgent"))
+    assert refused.value.status == 422
+    assert "spec.priorityClass needs spec.queue" in str(refused.value.body)
+
+    create(tandem_api, TRAINING_JOB, namespace, training("ranked", 1, suspend=True, priorityClass="urgent"))
+    patch_spec(tandem_api, TRAINING_JOB, namespace, "ranked", {"priorityClass": "routine"})
+    with pytest.raises(ApiException) as removed:
+        patch_spec(tandem_api, TRAINING_JOB, namespace, "ranked", {"priorityClass": None})
+    assert "spec.priorityClass cannot be added or removed" in str(removed.value.body)
+
+
+def test_an_urgent_training_run_preempts_an_ordinary_one_which_resumes_after_it(
+    operator: Any, queues: str, tandem_api: k8s.ApiClient
+) -> None:
+    namespace = queues
+    create(tandem_api, TRAINING_JOB, namespace, training("ordinary", gpus_per_worker=GPU_QUOTA // 2, duration="40s"))
+    wait_for(tandem_api, TRAINING_JOB, namespace, "ordinary", phase_is("Running"), "Running", timeout=120)
+    job_name = job_of(tandem_api, namespace, "ordinary").metadata.name
+
+    create(tandem_api, TRAINING_JOB, namespace,
+           training("urgent", gpus_per_worker=GPU_QUOTA // 2, priorityClass="urgent"))
+    preempted = wait_for(tandem_api, TRAINING_JOB, namespace, "ordinary", queued_because("Preempted"), "Preempted")
+    assert job_of(tandem_api, namespace, "urgent").metadata.labels["kueue.x-k8s.io/priority-class"] == "urgent"
+    message = condition(preempted, "Running")["message"]  # type: ignore[index]
+    assert message.startswith("Kueue evicted the run, which waits in LocalQueue gpu: Preempted to accommodate")
+    assert job_of(tandem_api, namespace, "ordinary").spec.suspend is True
+    urgent_workload = workload_of_job(tandem_api, namespace, job_of(tandem_api, namespace, "urgent").metadata.name)
+    assert (urgent_workload or {})["spec"]["priority"] == 1000
+    assert (workload_of_job(tandem_api, namespace, job_name) or {})["spec"].get("priority", 0) == 0
+
+    wait_for(tandem_api, TRAINING_JOB, namespace, "urgent", phase_is("Succeeded"), "Succeeded", timeout=120)
+    wait_for(tandem_api, TRAINING_JOB, namespace, "ordinary", phase_is("Running"), "resumed", timeout=120)
+    assert job_of(tandem_api, namespace, "ordinary").metadata.name == job_name  # the same run, not a new one
+    wait_for(tandem_api, TRAINING_JOB, namespace, "ordinary", phase_is("Succeeded"), "Succeeded", timeout=120)
+
+
+def test_a_priority_class_that_does_not_exist_is_named_and_mending_it_lets_the_run_start(
+    operator: Any, queues: str, tandem_api: k8s.ApiClient
+) -> None:
+    namespace = queues
+    create(tandem_api, TRAINING_JOB, namespace, training("unranked", 1, priorityClass="no-such-class"))
+    waiting = wait_for(tandem_api, TRAINING_JOB, namespace, "unranked", queued_because("WaitingForKueue"), "waiting")
+    assert "WorkloadPriorityClass no-such-class does not exist" in condition(waiting, "Running")["message"]  # type: ignore[index]
+    job_name = job_of(tandem_api, namespace, "unranked").metadata.name
+    assert workload_of_job(tandem_api, namespace, job_name) is None
+
+    patch_spec(tandem_api, TRAINING_JOB, namespace, "unranked", {"priorityClass": "urgent"})  # the typo mended
+    wait_for(tandem_api, TRAINING_JOB, namespace, "unranked", phase_is("Succeeded"), "Succeeded", timeout=120)
+    assert job_of(tandem_api, namespace, "unranked").metadata.name == job_name  # relabelled, not replaced
+    assert (workload_of_job(tandem_api, namespace, job_name) or {})["spec"]["priority"] == 1000
