@@ -380,3 +380,20 @@ def test_a_new_generation_forgets_the_previous_runs_checkpoint(
 def test_a_stopped_worker_is_described_in_words_if_the_job_then_fails() -> None:
     message = failure_message([_pod("Failed", message=_stopped(50), exit_code=143)])
     assert message == "worker 0 exited with code 143: Stopped: stopped by signal 15"
+
+
+def test_a_worker_whose_image_cannot_be_pulled_says_so_while_pending(
+    run: TrainingRun, gpu: ComputePoolSpec, now: datetime
+) -> None:
+    pod = _pod("Pending")
+    pod["status"]["containerStatuses"][0]["state"] = {
+        "waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "registry.example/private:1"'}
+    }
+    status = _status(run, gpu, ObservedRun(_job(), [pod]), now)
+    assert status.phase == TrainingPhase.PENDING
+    running = find(status.conditions, "Running")
+    assert running is not None
+    assert (running.reason, running.message) == (
+        "ImagePullBackOff",
+        'worker 0 cannot start: ImagePullBackOff: Back-off pulling image "registry.example/private:1"',
+    )

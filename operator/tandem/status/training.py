@@ -181,6 +181,9 @@ def _phase(
     unschedulable = unschedulable_message(pods)
     if unschedulable is not None:
         return TrainingPhase.PENDING, "Unschedulable", unschedulable
+    stuck = container_not_starting(pods)
+    if stuck is not None:
+        return TrainingPhase.PENDING, *stuck
     return TrainingPhase.PENDING, "WorkersPending", f"waiting for {workers} worker pods to start"
 
 
@@ -194,6 +197,23 @@ def unschedulable_message(pods: list[dict[str, Any]]) -> str | None:
                 and condition.get("reason") == "Unschedulable"
             ):
                 return f"worker {_index(pod) or '?'} cannot be scheduled: {condition.get('message', '')}"
+    return None
+
+
+NOT_STARTING = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
+                "CreateContainerError")
+"""Waiting reasons of a trainer container that will not start by itself: a private image without its pull
+secret, a misspelt image, a Secret or ConfigMap the pod refers to that does not exist."""
+
+
+def container_not_starting(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """The kubelet's reason and message for a worker whose trainer container cannot start, if any."""
+    for pod in pods:
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            if container.get("name") == CONTAINER and waiting.get("reason") in NOT_STARTING:
+                reason = str(waiting["reason"])
+                return reason, f"worker {_index(pod) or '?'} cannot start: {reason}: {waiting.get('message', '')}"
     return None
 
 
