@@ -93,8 +93,8 @@ def test_auto_service_is_profiled_on_both_pools_decided_and_deployed_with_its_re
 
     jobs = {job.metadata.labels[profiling_build.POOL_LABEL]: job for job in profile_jobs(tandem_api, namespace)}
     assert set(jobs) == {"cpu", "gpu"}
-    gpu_container = jobs["gpu"].spec.template.spec.containers[0]
-    assert gpu_container.resources.requests["nvidia.com/gpu"] == "1"
+    gpu_server = jobs["gpu"].spec.template.spec.init_containers[0]  # the replica's server, as a sidecar
+    assert gpu_server.resources.requests["nvidia.com/gpu"] == "1" and gpu_server.restart_policy == "Always"
     assert jobs["cpu"].metadata.owner_references[0].name == "resnet"
 
     placed = wait_for(

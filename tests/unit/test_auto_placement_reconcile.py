@@ -344,3 +344,13 @@ def test_without_an_autoscaler_the_deployment_gets_the_replicas_the_slo_needs(
     deployment = kube.get("apps/v1", "Deployment", "ml", "resnet")
     assert deployment is not None and deployment["spec"]["replicas"] == 4
     assert kube.get("autoscaling/v2", "HorizontalPodAutoscaler", "ml", "resnet") is None
+
+
+def test_a_spec_as_the_api_server_stores_it_hits_the_profile_cache_of_the_same_spec_unstored() -> None:
+    """The API server fills in schema defaults (maxBatchDelayMs: 0, an integer in JSON); the cache key must not
+    tell 0 from 0.0, or every profile would be measured twice."""
+    written = {"model": {"uri": "s3://m/model.onnx"}, "placement": "auto"}
+    stored = {**written, "runtime": {"maxBatchDelayMs": 0, "executionProvider": "auto"}}
+    keys = {profiling_build.settings_key(InferenceServiceSpec.model_validate(body), "server:1", 0)
+            for body in (written, stored)}
+    assert len(keys) == 1

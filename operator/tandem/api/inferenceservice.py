@@ -156,7 +156,7 @@ class Runtime(ApiModel):
     """onnxruntime threads per run; runs in flight fill the CPU limit. Empty: 1, the fastest under load."""
     max_batch_size: int | None = Field(default=None, ge=1, le=1024)
     """Dynamic batching: largest batch formed from concurrent requests; 1 is off. Empty: off on CPU, 32 on a GPU."""
-    max_batch_delay_ms: float = Field(default=0, ge=0, le=1000)
+    max_batch_delay_ms: float = Field(default=0.0, ge=0, le=1000)
     """Dynamic batching: longest wait for a batch to fill (0: batch only what is already queued)."""
     execution_provider: ExecutionProvider = ExecutionProvider.AUTO
     """auto: CUDA (or TensorRT) when the replica sees a GPU, else CPU; a forced GPU provider falls back to CPU."""

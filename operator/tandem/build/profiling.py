@@ -4,8 +4,8 @@ The pod runs a serving replica's own server container (tandem.build.serving.serv
 CPU and memory, threads, batching and execution provider, one accelerator on an accelerator pool) as a
 native sidecar, and `tandem profile` beside it, which sends it requests over loopback as clients would and
 reports its JSON in the termination message; the operator reads it from pod status as it reads the trainer's
-artifact. When the profiler exits the kubelet stops the server and the Job completes. The profiler has its
-own small request and no CPU limit, so the load it generates does not eat into the replica's CPU.
+artifact. When the profiler exits the kubelet stops the server and the Job completes. The profiler requests
+no CPU and has no CPU limit, so the load it generates runs beside the replica's CPU, not inside it.
 
 Profiles are cached by labels: model (sha256), pool and a hash of the settings above. Any completed Job in the
 namespace with the same three labels answers for every service that serves that model there, so a second
@@ -53,8 +53,9 @@ MODEL_SHA_ANNOTATION = "tandem.dev/model-sha256"
 MODEL_URI_ANNOTATION = "tandem.dev/model-uri"
 ACTIVE_DEADLINE_SECONDS = 600
 """Image pull, model download and the two timed phases (a few seconds) fit well inside ten minutes."""
-PROFILER_RESOURCES = {"requests": {"cpu": "250m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}}
-"""The load generator's own share: no CPU limit, so it is never what runs out first."""
+PROFILER_RESOURCES = {"requests": {"memory": "64Mi"}, "limits": {"memory": "256Mi"}}
+"""The load generator asks for no CPU: a replica sized to a whole node must still fit there with its profiler
+(a sidecar's requests add to the pod's). With no CPU limit either, it runs on the node's spare cores."""
 
 
 def model_key(model: ServedModel) -> str:

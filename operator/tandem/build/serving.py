@@ -98,7 +98,7 @@ def server_runtime(spec: InferenceServiceSpec, accelerators: int) -> ServerRunti
     return ServerRuntime(
         threads=runtime.threads,
         max_batch_size=runtime.max_batch_size or default_batch,
-        max_batch_delay_ms=runtime.max_batch_delay_ms,
+        max_batch_delay_ms=float(runtime.max_batch_delay_ms),
         execution_provider=runtime.execution_provider.value,
     )
 
