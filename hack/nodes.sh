@@ -375,7 +375,7 @@ node_up() {
   import_image "$PAUSE_ARCHIVE" "$PAUSE_IMAGE"
   [ "$POOL" = real-cpu ] && import_image "$COREDNS_ARCHIVE" "$COREDNS_IMAGE"
   local images=(operator server)
-  [ "$POOL" = real-gpu ] && images+=(trainer)
+  [ "$POOL" = real-gpu ] && images+=(trainer server-gpu)
   "$ROOT/hack/images.sh" load --containerd "$SOCK" "${images[@]}" > /dev/null \
     || say "$NAME: some Tandem images are not built yet (hack/images.sh build); pods using them will not start"
   say "$NAME: kubelet on $NODE_IP, bridge $BRIDGE ($SUBNET)"

@@ -106,3 +106,10 @@ def models(kube: k8s.ApiClient, namespace: str) -> ModelVolume:
     """The claim `models` in the test's namespace, bound by the cluster's default StorageClass."""
     k8s.CoreV1Api(kube).create_namespaced_persistent_volume_claim(namespace, model_claim())
     return ModelVolume(MODEL_CLAIM, bound_directory(kube, namespace))
+
+
+def service_address(api: k8s.ApiClient, namespace: str, name: str) -> str:
+    """The Service's ClusterIP and port: reached from this machine through kube-proxy's rules."""
+    service = k8s.CoreV1Api(api).read_namespaced_service(name, namespace)
+    port = next(p.port for p in service.spec.ports if p.name == "http")
+    return f"{service.spec.cluster_ip}:{port}"

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
-from e2e.conftest import ModelVolume, Release, helm
+from e2e.conftest import ModelVolume, Release, helm, service_address
 from support.cluster import wait_until
 from support.digits import CPU_POOL, GPU_POOL, accuracy, held_out, predict, serving_spec, training_spec
 from support.tandem import body, condition, create, patch_spec, wait_for
@@ -61,13 +61,6 @@ def check_model_file(models: ModelVolume, model: dict[str, Any]) -> None:
     path = models.file(model["uri"])
     assert path.is_file(), f"{path} missing"
     assert hashlib.sha256(path.read_bytes()).hexdigest() == model["sha256"]
-
-
-def service_address(api: k8s.ApiClient, namespace: str, name: str) -> str:
-    """The Service's ClusterIP and port: reached from this machine through kube-proxy's rules."""
-    service = k8s.CoreV1Api(api).read_namespaced_service(name, namespace)
-    port = next(p.port for p in service.spec.ports if p.name == "http")
-    return f"{service.spec.cluster_ip}:{port}"
 
 
 class SteadyClient(threading.Thread):

@@ -1,34 +1,41 @@
-"""Profile Jobs for real: `tandem profile` runs in the server image on the real CPU and "GPU" nodes.
+"""Profile Jobs for real: the replica's server and `tandem profile` run in real containers on the real nodes.
 
-The operator's own profile Job (tandem.build.profiling) for a tiny ONNX model on the shared volume runs in
-real containers on real-cpu and real-gpu; the operator's reader (tandem.profiling.observed) takes the
-figures from the containers' termination messages. This machine has no GPU: the real-gpu profile asked
-onnxruntime for CUDA, got the CPU, says so, and the decision's candidate for that pool is excluded with that
-note instead of being priced as GPU figures. (The full auto flow is in tests/integration/test_auto_placement.py on kwok,
+The operator's own profile Job (tandem.build.profiling) for ONNX models on the shared volume runs on real-cpu
+and real-gpu (the server as a native sidecar, in the CPU or the GPU server image); the operator's reader
+(tandem.profiling.observed) takes the figures from the containers' termination messages. This machine has no
+GPU: the real-gpu server fell back to the CPU, the profile says so, and the decision's candidate for that
+pool is excluded with that note instead of being priced as GPU figures. Then the profile's prediction is
+held against real replicas under load. (The full auto flow is in tests/integration/test_auto_placement.py on kwok,
 where serving pods need no real image.)
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import urllib.request
 from typing import Any
 
+import numpy as np
 import pytest
 from kubernetes import client as k8s
 
-from e2e.conftest import ModelVolume
+from e2e.conftest import ModelVolume, Release, service_address
 from support.cluster import wait_until
 from support.digits import CPU_POOL, GPU_POOL, real_pools
-from support.models import tiny_model
+from support.models import digits_mlp, small_cnn, tiny_model
+from support.tandem import body, create, wait_for
 from tandem.api.computepool import ComputePoolSpec
 from tandem.api.inferenceservice import InferenceServiceSpec, ServedModel, Slo
+from tandem.api.resources import INFERENCE_SERVICE
 from tandem.build import profiling as profiling_build
 from tandem.config import OperatorConfig
 from tandem.costing import decide, replica_rates
 from tandem.placement import pod_placement
-from tandem.profiling import observed
+from tandem.profiling import load, observed
+from tandem.profiling.measure import sample_request
 
-pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.timeout(400)]
 
 
 def run_profile(
@@ -48,9 +55,15 @@ def run_profile(
         found: dict[str, Any] = api.sanitize_for_serialization(batch.read_namespaced_job(target.job_name, namespace))
         return found if observed.job_finished(found) else None
 
-    finished_job = wait_until(finished, timeout=240, interval=1.0, what=f"profile Job on {pool_name} finished")
+    finished_job = wait_until(finished, timeout=300, interval=1.0, what=f"profile Job on {pool_name} finished")
     pods = k8s.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=f"job-name={target.job_name}").items
     return observed.observe(finished_job, [api.sanitize_for_serialization(pod) for pod in pods], model.sha256)
+
+
+def model_metadata_of(pod_ip: str, model: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://{pod_ip}:8080/v2/models/{model}", timeout=10) as reply:
+        document: dict[str, Any] = json.loads(reply.read())
+    return document
 
 
 def test_profile_jobs_really_run_and_a_gpu_pool_without_a_gpu_is_reported(
@@ -97,3 +110,68 @@ def test_profile_jobs_really_run_and_a_gpu_pool_without_a_gpu_is_reported(
     gpu_estimate = decision.estimates[1]
     assert not gpu_estimate.measured and gpu_estimate.note is not None
     assert gpu_estimate.note.startswith("profile ran on CPU, not on the pool's accelerator")
+
+
+MODELS = {"mlp": digits_mlp, "cnn": small_cnn}
+
+
+def ready_pods(api: k8s.ApiClient, namespace: str, service: str) -> list[k8s.V1Pod]:
+    pods = k8s.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=f"tandem.dev/inferenceservice={service}")
+    return [
+        pod for pod in pods.items
+        if pod.status.pod_ip and any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_the_profile_predicts_a_replica_and_the_replicas_it_plans_hold_the_target_rate(
+    kube: k8s.ApiClient, namespace: str, models: ModelVolume, release: Release, kind: str
+) -> None:
+    """The profile's requests/s per replica against a real replica's at the same concurrency (within 25%), then
+    the auto plan for a target rate of 0.96 replicas' worth (two replicas at 80%) under that rate through the
+    Service. Half-core replicas, so that two of them and the load generator fit this machine's two cores."""
+    data = MODELS[kind]()
+    (models.path / f"{kind}.onnx").write_bytes(data)
+    uri = f"pvc://{models.claim}/{kind}.onnx"
+    sha256 = hashlib.sha256(data).hexdigest()
+    base = {
+        "model": {"uri": uri, "sha256": sha256},
+        "resources": {"cpu": "500m", "memory": "512Mi"},
+        "runtime": {"threads": 1},
+    }
+    spec = InferenceServiceSpec.model_validate(
+        {**base, "placement": "auto", "slo": {"p99LatencyMs": 1000, "targetRequestsPerSecond": 1}}
+    )
+    profiled = run_profile(kube, namespace, CPU_POOL, spec, ServedModel(uri=uri, sha256=sha256))
+    assert profiled.state == observed.ProfileState.SUCCEEDED and profiled.result is not None, profiled.message
+    predicted, concurrency = profiled.result.throughput_per_replica, profiled.result.concurrency
+
+    # The operator finds that profile by its cache labels and plans from it: two replicas for this rate.
+    target = round(predicted * 0.8 * 1.2, 1)
+    slo = {"p99LatencyMs": 1000, "targetRequestsPerSecond": target}
+    create(kube, INFERENCE_SERVICE, namespace, body(INFERENCE_SERVICE, kind, {
+        **base, "placement": "auto", "slo": slo, "replicas": {"min": 1, "max": 2},
+    }))
+    served = wait_for(
+        kube, INFERENCE_SERVICE, namespace, kind,
+        lambda obj: (obj.get("status") or {}).get("readyReplicas") == 2, "two ready replicas", timeout=300,
+    )
+    assert served["status"]["placement"]["pool"] == CPU_POOL, served["status"]["placement"]
+    body_bytes = sample_request(model_metadata_of(ready_pods(kube, namespace, kind)[0].status.pod_ip, kind))
+
+    one = ready_pods(kube, namespace, kind)[0].status.pod_ip
+    replica = load.closed_loop(f"http://{one}:8080", kind, body_bytes, concurrency, 5.0)
+    ratio = replica.rate / predicted
+    print(f"{kind}: profile {predicted:.0f} req/s per replica, a real replica {replica.rate:.0f} req/s "
+          f"at concurrency {concurrency}: ratio {ratio:.2f}")
+    assert 0.75 <= ratio <= 1.25
+
+    address = service_address(kube, namespace, kind)
+    held = load.fixed_rate(f"http://{address}", kind, body_bytes, rate=target, seconds=8.0, connections=32)
+    achieved = len(held.latencies) / held.seconds / target
+    p99 = float(np.percentile(np.asarray(held.latencies) * 1000, 99))
+    print(f"{kind}: two replicas at {target} req/s through the Service: {achieved:.2f} of the rate, "
+          f"p99 {p99:.1f} ms, {held.late} requests sent late")
+    assert achieved >= 0.95 and held.late <= 0.05 * target * 8
