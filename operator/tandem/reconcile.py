@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -44,7 +45,7 @@ from tandem.status.conditions import Event, find, set_condition
 from tandem.status.pools import pool_status
 from tandem.status.queueing import evicted
 from tandem.status.serving import problem_status, resolve_model, serving_status
-from tandem.status.training import ObservedRun, training_status
+from tandem.status.training import ObservedRun, stopping, training_status
 
 SPEC_HASH_ANNOTATION = "tandem.dev/spec-hash"
 CHILDREN_HASH_ANNOTATION = "tandem.dev/children-hash"
@@ -235,10 +236,33 @@ def reconcile_training(
     # still be there to report the checkpoint the run resumes from.
     has_pods = job is not None and not created and (may_have_pods(job) or evicted(workload))
     pods = kube.list_objects("v1", "Pod", namespace, {"job-name": run.job_name}) if has_pods else []
+    if job is not None and (job.get("spec") or {}).get("suspend") and stopping(pods):
+        pods = _stop_reports(kube, namespace, run.job_name, pods)
     status, status_events = training_status(previous, run, pool_name, pool, ObservedRun(job, pods, workload), now())
     status.observed_generation = generation
     written, _ = write_status(kube, TRAINING_JOB, namespace, name, previous, status, version(body))
     return Outcome(written, events + status_events)
+
+
+STOP_REPORT_WAIT = 3.0
+"""Longest a reconcile waits for a preempted worker's exit, to read its checkpoint report before the pod goes."""
+STOP_REPORT_POLL = 0.1
+
+
+def _stop_reports(kube: Kube, namespace: str, job_name: str, pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pods again once the workers of a suspended Job (preempted, or spec.suspend) have exited (or after
+    STOP_REPORT_WAIT).
+
+    A stopped worker's checkpoint report is in its pod's status only between its exit and the pod's removal
+    (the kubelet's volume teardown, about a second), and nothing queues a reconcile in that window; so the
+    reconcile that sees the workers stopping waits for their exit, a trainer's SIGTERM handler being quick.
+    Only while a run is being stopped, rarely, and bounded: one worker's time for a few seconds at most.
+    """
+    deadline = time.monotonic() + STOP_REPORT_WAIT
+    while stopping(pods) and time.monotonic() < deadline:
+        time.sleep(STOP_REPORT_POLL)
+        pods = kube.list_objects("v1", "Pod", namespace, {"job-name": job_name})
+    return pods
 
 
 def _prioritise(kube: Kube, job: dict[str, Any], priority_class: str | None) -> dict[str, Any]:

@@ -572,3 +572,49 @@ def test_a_preempted_run_has_its_pods_listed_for_the_checkpoint_its_stopped_work
     assert outcome.status["checkpoint"] == {"step": 500, "uri": None, "resumedFromStep": None}
     assert _condition(outcome, "Running")["reason"] == "Preempted"
     assert _condition(outcome, "Running")["message"].endswith("; it resumes from checkpoint step 500")
+
+
+def test_a_reconcile_that_sees_a_preempted_worker_stopping_waits_for_its_report(
+    kube: FakeKube, loop: TrainingLoop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reconcile, "STOP_REPORT_POLL", 0.0)
+    loop.change_spec(queue="gpu")
+    loop.reconcile()
+    job = kube.objects[("batch/v1", "Job", "ml", "digits-g2")]
+    job["metadata"]["uid"] = "job-uid"
+    job["status"] = {"active": 1, "conditions": [{"type": "Suspended", "status": "True"}]}
+    kube.objects[("kueue.x-k8s.io/v1beta2", "Workload", "ml", "job-digits-g2")] = {
+        "metadata": {"name": "job-digits-g2", "namespace": "ml", "labels": {"kueue.x-k8s.io/job-uid": "job-uid"}},
+        "spec": {"active": True},
+        "status": {"conditions": [{"type": "Evicted", "status": "True", "reason": "Preempted", "message": "..."}]},
+    }
+    kube.add_pod("digits-g2", "Running")
+    pod = kube.objects[("v1", "Pod", "ml", "digits-g2-0-abcde")]
+    pod["metadata"]["deletionTimestamp"] = "2024-01-01T00:01:00Z"
+    pod["status"]["containerStatuses"][0]["state"] = {"running": {}}
+    lists = 0
+    listed = kube.list_objects
+
+    def kubelet_reports_on_the_third_look(api_version: str, kind: str, namespace: str, selector: dict[str, str]) -> Any:
+        nonlocal lists
+        lists += kind == "Pod"
+        if kind == "Pod" and lists == 3:
+            pod["status"] = {"phase": "Failed", "containerStatuses": [{"name": "trainer", "state": {"terminated": {
+                "exitCode": 143, "message": '{"reason":"Stopped","error":"stopped","checkpoint":{"step":700}}'}}}]}
+        return listed(api_version, kind, namespace, selector)
+
+    monkeypatch.setattr(kube, "list_objects", kubelet_reports_on_the_third_look)
+    outcome = loop.reconcile()
+    assert lists == 3
+    assert outcome.status["checkpoint"]["step"] == 700
+
+
+def test_the_wait_for_a_stopping_worker_is_bounded(
+    kube: FakeKube, loop: TrainingLoop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reconcile, "STOP_REPORT_WAIT", 0.05)
+    monkeypatch.setattr(reconcile, "STOP_REPORT_POLL", 0.01)
+    running = [{"metadata": {"deletionTimestamp": "2024-01-01T00:01:00Z"}, "status": {"phase": "Running"}}]
+    assert reconcile._stop_reports(kube, "ml", "digits-g2", running) == []  # listed again: the fake has none
+    monkeypatch.setattr(kube, "list_objects", lambda *args: running)
+    assert reconcile._stop_reports(kube, "ml", "digits-g2", running) == running  # gave up after the deadline

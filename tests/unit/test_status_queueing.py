@@ -60,16 +60,21 @@ def test_a_preempted_run_says_so_until_it_has_quota_again() -> None:
         ("QuotaReserved", "False", "Pending", "Preempted to accommodate a workload due to prioritization"),
     )
     assert queued_reason(False, "gpu", preempted)[0] == "Preempted"
-    readmitted = workload(("Evicted", "True", "Preempted", "..."), ("QuotaReserved", "True", "QuotaReserved", ""),
-                          ("Admitted", "True", "Admitted", ""))
+    stopping = workload(("Evicted", "True", "Preempted", "..."), ("QuotaReserved", "True", "QuotaReserved", ""),
+                        ("Admitted", "True", "Admitted", ""))
+    assert queued_reason(False, "gpu", stopping)[0] == "Preempted"  # its workers are stopping, quota still held
+    readmitted = workload(("Evicted", "False", "QuotaReserved", ""), ("QuotaReserved", "True", "QuotaReserved", ""),
+                          ("Admitted", "True", "Admitted", ""))  # Kueue resets Evicted when it reserves quota again
     assert queued_reason(False, "gpu", readmitted)[0] == "Admitted"
 
 
-def test_an_evicted_run_waiting_for_quota_again_is_evicted_until_readmitted() -> None:
+def test_an_evicted_run_is_evicted_until_kueue_reserves_quota_for_it_again() -> None:
     preempted = workload(("Evicted", "True", "Preempted", "..."), ("QuotaReserved", "False", "Pending", "..."))
-    readmitted = workload(("Evicted", "True", "Preempted", "..."), ("QuotaReserved", "True", "QuotaReserved", ""))
+    stopping = workload(("Evicted", "True", "Preempted", "..."), ("QuotaReserved", "True", "QuotaReserved", ""))
+    readmitted = workload(("Evicted", "False", "QuotaReserved", ""), ("QuotaReserved", "True", "QuotaReserved", ""))
     never_admitted = workload(("QuotaReserved", "False", "Pending", "insufficient unused quota"))
     assert evicted(preempted)
+    assert evicted(stopping)
     assert not evicted(readmitted)
     assert not evicted(never_admitted)
     assert not evicted(None)

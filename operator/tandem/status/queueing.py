@@ -44,7 +44,7 @@ def queued_reason(
     evicted = _condition(workload, "Evicted")
     if _is(reserved, "False") and (reserved or {}).get("reason") == "Inadmissible":
         return "Inadmissible", f"Kueue cannot admit the run: {(reserved or {}).get('message', '')}"
-    if _is(evicted, "True") and not _is(reserved, "True"):
+    if _is(evicted, "True"):  # Kueue resets it when it reserves quota again; until then, also while workers stop
         reason = "Preempted" if (evicted or {}).get("reason") == "Preempted" else "Evicted"
         return reason, f"Kueue evicted the run, which waits in LocalQueue {queue}: {(evicted or {}).get('message', '')}"
     if _is(_condition(workload, "Admitted"), "True"):
@@ -54,6 +54,7 @@ def queued_reason(
 
 
 def evicted(workload: dict[str, Any] | None) -> bool:
-    """Whether Kueue evicted the run (preempted it, or deactivated for spec.suspend) and has not admitted it
-    again: its Job is suspended, but its stopped workers may still be there to report their checkpoint."""
-    return _is(_condition(workload, "Evicted"), "True") and not _is(_condition(workload, "QuotaReserved"), "True")
+    """Whether Kueue evicted the run (preempted it, or deactivated for spec.suspend) and has not reserved quota
+    for it again (Kueue then resets Evicted): its Job is suspended, but its stopped workers may still be there
+    to report their checkpoint."""
+    return _is(_condition(workload, "Evicted"), "True")

@@ -97,6 +97,16 @@ def read_checkpoint(pods: list[dict[str, Any]]) -> CheckpointReport | None:
     return newest
 
 
+def stopping(pods: list[dict[str, Any]]) -> bool:
+    """Whether a worker is being stopped (its pod deleted) and its trainer has not exited yet: the report of
+    its checkpoint comes with its exit, moments before its pod is gone."""
+    return any(
+        (pod.get("metadata") or {}).get("deletionTimestamp") and _terminated(pod) is None
+        and (pod.get("status") or {}).get("phase") == "Running"
+        for pod in pods
+    )
+
+
 def checkpoint_progress(
     previous: CheckpointStatus | None, reported: CheckpointReport | None, artifact: ModelArtifact | None
 ) -> CheckpointStatus | None:
