@@ -9,11 +9,14 @@
 #   hack/cluster.sh status   show components, ports and nodes; exit 1 when the cluster is not running
 #   hack/cluster.sh env      print `export KUBECONFIG=...`
 #   hack/cluster.sh kueue up|down   start or stop Kueue's manager in the running cluster (hack/lib/kueue.sh)
+#   hack/cluster.sh metrics up|down start or stop the metrics pipeline (metrics-server, Prometheus,
+#                                   prometheus-adapter: hack/lib/metrics.sh) in the running cluster
 #
 # Environment: TANDEM_CLUSTER_DIR (state dir, default <repo>/.tandem/cluster), TANDEM_GPU_NODES (2),
 # TANDEM_CPU_NODES (3), TANDEM_REAL_NODES (1: start the real nodes; 0: kwok nodes only, no root needed for
 # networking), TANDEM_BIN_DIR (use these binaries instead of hack/build-tools.sh), TANDEM_KUEUE (1: also run
-# Kueue's manager, built by hack/build-kueue.sh, or taken from TANDEM_KUEUE_DIR).
+# Kueue's manager, built by hack/build-kueue.sh, or taken from TANDEM_KUEUE_DIR), TANDEM_METRICS (1: also run
+# the metrics pipeline, built by hack/build-metrics.sh, or taken from TANDEM_METRICS_DIR; needs the real nodes).
 # See docs/dev-cluster.md.
 set -euo pipefail
 
@@ -23,19 +26,22 @@ SAY_AS=cluster
 . "$ROOT/hack/lib/common.sh"
 # shellcheck source=hack/lib/kueue.sh
 . "$ROOT/hack/lib/kueue.sh"
+# shellcheck source=hack/lib/metrics.sh
+. "$ROOT/hack/lib/metrics.sh"
 RUN_DIR="$DIR"
 GPU_NODES="${TANDEM_GPU_NODES:-2}"
 CPU_NODES="${TANDEM_CPU_NODES:-3}"
 REAL_NODES="${TANDEM_REAL_NODES:-1}"
 KUEUE="${TANDEM_KUEUE:-0}"
+METRICS="${TANDEM_METRICS:-0}"
 STAGES="$ROOT/hack/kwok/stages.yaml"
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 NODES_SCRIPT="$ROOT/hack/nodes.sh"
 
 # --- processes -------------------------------------------------------------------------------------
 
-# Kueue, optional, goes first: it is a client of the others.
-stop_all() { stop kueue $(printf '%s\n' "${COMPONENTS[@]}" | tac); }
+# Kueue and the metrics pipeline, optional, go first: they are clients of the others.
+stop_all() { stop kueue "${METRICS_COMPONENTS[@]}" $(printf '%s\n' "${COMPONENTS[@]}" | tac); }
 
 # --- certificates ----------------------------------------------------------------------------------
 
@@ -56,6 +62,7 @@ make_pki() {
     openssl genrsa -out sa.key 2048 2>/dev/null
     openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
   )
+  metrics_pki
 }
 
 write_kubeconfig() {
@@ -92,6 +99,8 @@ start_apiserver() {
   local p="$DIR/pki" reconciler=none
   # With real nodes the API server listens where pods can reach it, and the `kubernetes` Service points there.
   [ "$REAL_NODES" = 1 ] && reconciler=lease
+  local aggregation
+  mapfile -t aggregation < <(metrics_apiserver_flags)
   start kube-apiserver "$BIN/kube-apiserver" \
     --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
     --bind-address "$API_HOST" --advertise-address "$API_HOST" --secure-port "$API_PORT" \
@@ -103,19 +112,20 @@ start_apiserver() {
     --authorization-mode Node,RBAC --allow-privileged=true \
     --kubelet-client-certificate "$p/apiserver-kubelet-client.crt" --kubelet-client-key "$p/apiserver-kubelet-client.key" \
     --kubelet-preferred-address-types InternalIP \
-    --endpoint-reconciler-type "$reconciler" --profiling=false
+    --endpoint-reconciler-type "$reconciler" --profiling=false "${aggregation[@]}"
   wait_for kube-apiserver 60 curl -fsS --cacert "$p/ca.crt" --cert "$p/admin.crt" --key "$p/admin.key" \
     "https://$API_HOST:$API_PORT/readyz"
 }
 
 start_controllers() {
-  local p="$DIR/pki" kcfg="$DIR/kubeconfig"
+  local p="$DIR/pki" kcfg="$DIR/kubeconfig" hpa
+  mapfile -t hpa < <(metrics_controller_manager_flags)
   start kube-controller-manager "$BIN/kube-controller-manager" \
     --kubeconfig "$kcfg" --authentication-kubeconfig "$kcfg" --authorization-kubeconfig "$kcfg" \
     --bind-address 127.0.0.1 --secure-port "$KCM_PORT" --cert-dir "$DIR/kcm-certs" --leader-elect=false \
     --root-ca-file "$p/ca.crt" --service-account-private-key-file "$p/sa.key" \
     --cluster-signing-cert-file "$p/ca.crt" --cluster-signing-key-file "$p/ca.key" \
-    --service-cluster-ip-range "$SERVICE_CIDR" --profiling=false
+    --service-cluster-ip-range "$SERVICE_CIDR" --profiling=false "${hpa[@]}"
   start kube-scheduler "$BIN/kube-scheduler" \
     --kubeconfig "$kcfg" --authentication-kubeconfig "$kcfg" --authorization-kubeconfig "$kcfg" \
     --bind-address 127.0.0.1 --secure-port "$SCHED_PORT" --cert-dir "$DIR/sched-certs" \
@@ -203,7 +213,9 @@ running() {
 cmd_up() {
   if running; then
     say "already running ($DIR)"
-    if [ "$KUEUE" = 1 ]; then load_state; kueue_up; fi
+    if [ "$KUEUE" = 1 ] || [ "$METRICS" = 1 ]; then load_state; fi
+    if [ "$KUEUE" = 1 ]; then kueue_up; fi
+    if [ "$METRICS" = 1 ]; then metrics_up; fi
     return 0
   fi
   local t0=$SECONDS
@@ -244,6 +256,7 @@ cmd_up() {
     BIN="$BIN" API_PORT="$API_PORT" "$NODES_SCRIPT" up
   fi
   if [ "$KUEUE" = 1 ]; then kueue_up; fi
+  if [ "$METRICS" = 1 ]; then metrics_up; fi
   UP_OK=1
   say "cluster ready in $((SECONDS - t0))s; KUBECONFIG=$DIR/kubeconfig"
 }
@@ -258,6 +271,7 @@ cmd_down() {
   [ -f "$DIR/state.env" ] && . "$DIR/state.env" \
     && ports="$ETCD_PORT $ETCD_PEER_PORT $API_PORT $KCM_PORT $SCHED_PORT"
   kueue_down
+  metrics_down
   "$NODES_SCRIPT" down
   stop_all
   local port deadline=$((SECONDS + 10))
@@ -279,8 +293,10 @@ cmd_status() {
     pid="$(pid_of "$name")"
     if alive "$pid"; then echo "$name: running (pid $pid)"; else echo "$name: stopped"; ok=1; fi
   done
-  pid="$(pid_of kueue)"
-  if alive "$pid"; then echo "kueue: running (pid $pid)"; fi
+  for name in kueue "${METRICS_COMPONENTS[@]}"; do
+    pid="$(pid_of "$name")"
+    if alive "$pid"; then echo "$name: running (pid $pid)"; fi
+  done
   echo "ports: etcd=$ETCD_PORT apiserver=$API_PORT controller-manager=$KCM_PORT scheduler=$SCHED_PORT"
   echo "kubeconfig: $DIR/kubeconfig"
   [ "$ok" -eq 0 ] && kc get nodes -L tandem.dev/pool
@@ -306,6 +322,16 @@ cmd_kueue() {
   esac
 }
 
+cmd_metrics() {
+  running || die "the cluster in $DIR is not running"
+  load_state
+  case "${1:-}" in
+    up) metrics_up ;;
+    down) metrics_down ;;
+    *) echo "usage: $0 metrics up|down" >&2; exit 2 ;;
+  esac
+}
+
 main() {
   case "${1:-}" in
     up) cmd_up ;;
@@ -313,7 +339,8 @@ main() {
     status) cmd_status ;;
     env) cmd_env ;;
     kueue) cmd_kueue "${2:-}" ;;
-    *) echo "usage: $0 up|down|status|env|kueue up|down" >&2; exit 2 ;;
+    metrics) cmd_metrics "${2:-}" ;;
+    *) echo "usage: $0 up|down|status|env|kueue up|down|metrics up|down" >&2; exit 2 ;;
   esac
 }
 

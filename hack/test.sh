@@ -25,6 +25,10 @@ say "Kueue manager for the queueing tests (cold: 4-10 min from its Go module; wa
 TANDEM_KUEUE_DIR="$(hack/build-kueue.sh | tail -n 1)"
 export TANDEM_KUEUE_DIR
 
+say "metrics pipeline for the autoscaling tests: metrics-server, Prometheus, prometheus-adapter (cold: ~11 min from Go modules; warm: seconds)"
+TANDEM_METRICS_DIR="$(hack/build-metrics.sh | tail -n 1)"
+export TANDEM_METRICS_DIR
+
 say "waiting for the container images"
 wait "$images"
 

@@ -23,6 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_SCRIPT = REPO_ROOT / "hack" / "cluster.sh"
 BUILD_SCRIPT = REPO_ROOT / "hack" / "build-tools.sh"
 KUEUE_BUILD_SCRIPT = REPO_ROOT / "hack" / "build-kueue.sh"
+METRICS_BUILD_SCRIPT = REPO_ROOT / "hack" / "build-metrics.sh"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 
 T = TypeVar("T")
@@ -87,8 +88,8 @@ def pid_is_alive(pid: int) -> bool:
 
 
 def build_binaries(script: Path = BUILD_SCRIPT) -> Path:
-    """Build (or find cached) control-plane binaries, or Kueue's (`KUEUE_BUILD_SCRIPT`), and return their
-    directory.
+    """Build (or find cached) control-plane binaries, or Kueue's (`KUEUE_BUILD_SCRIPT`), or the metrics
+    pipeline's (`METRICS_BUILD_SCRIPT`), and return their directory.
 
     Separate from `LocalCluster.up` so a cold build (15-30 min) can run before pytest's per-test timeout
     starts counting.
@@ -111,6 +112,9 @@ class LocalCluster:
     cpu_nodes: int = 3
     real_nodes: bool = False
     """Also start the real nodes (hack/nodes.sh): one cluster on the machine at a time can have them."""
+    metrics: bool = False
+    """Also start the metrics pipeline (hack/lib/metrics.sh: metrics-server, Prometheus, prometheus-adapter),
+    which needs the real nodes; `metrics_pipeline("up")` starts it later on a running cluster."""
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -133,6 +137,7 @@ class LocalCluster:
             TANDEM_GPU_NODES=str(self.gpu_nodes),
             TANDEM_CPU_NODES=str(self.cpu_nodes),
             TANDEM_REAL_NODES="1" if self.real_nodes else "0",
+            TANDEM_METRICS="1" if self.metrics else "0",
             KUBECONFIG=str(self.kubeconfig),
         )
         return env
@@ -163,6 +168,10 @@ class LocalCluster:
     def kueue(self, action: str, timeout: float = 300.0) -> str:
         """Start ("up") or stop ("down") Kueue's manager in this running cluster (hack/lib/kueue.sh)."""
         return self._run("kueue", timeout, action)
+
+    def metrics_pipeline(self, action: str, timeout: float = 600.0) -> str:
+        """Start ("up") or stop ("down") the metrics pipeline in this running cluster (hack/lib/metrics.sh)."""
+        return self._run("metrics", timeout, action)
 
     def is_running(self) -> bool:
         try:
