@@ -211,7 +211,8 @@ def test_gpu_server_image_without_a_gpu_serves_on_cpu(
         assert warnings == [], output[-4000:]
     else:
         assert [w["message"] for w in warnings] == ["execution provider fallback"], output[-4000:]
-        # Without a driver onnxruntime-gpu drops CUDA at session creation, after its own line naming libcuda.so.1.
+        # Without a driver onnxruntime-gpu drops CUDA at session creation, after its own line naming libcuda.so.1:
+        # the libraries its CUDA provider needs before the driver (cuBLAS, cuRAND, the CUDA runtime) were found.
         assert "dropped cuda" in warnings[0]["reason"], warnings[0]
         assert "libcuda.so.1" in output
     assert "Traceback" not in output
