@@ -88,7 +88,7 @@ import sys
 from pathlib import Path
 import torch
 sys.path.insert(0, "benchmarks")
-from profile_models import export, resnet18
+from resnet import export, resnet18
 
 torch.manual_seed(0)
 export(resnet18(), torch.zeros(1, 3, 224, 224), Path(sys.argv[1]))
