@@ -282,9 +282,9 @@ def _prioritise(kube: Kube, job: dict[str, Any], priority_class: str | None) -> 
 def missing_service_account(kube: Kube, namespace: str, account: str | None) -> Problem | None:
     """ServiceAccountNotFound when spec.serviceAccountName names a ServiceAccount that does not exist (yet).
 
-    Without this a training Job would be made and its pods never created (the API server refuses a pod whose
-    ServiceAccount is missing), which shows only in the Job's events. The run is held with a condition that
-    names the account instead; the resync looks again, so creating the account later lets it start. An
+    Without this a training Job (or a serving Deployment) would be made and its pods never created (the API
+    server refuses a pod whose ServiceAccount is missing), which shows only in its events. It is held with a
+    condition that names the account instead; the resync looks again, so creating the account later lets it start. An
     operator whose role predates the `get serviceaccounts` rule skips the check rather than stop every run.
     """
     if not account:
@@ -299,7 +299,7 @@ def missing_service_account(kube: Kube, namespace: str, account: str | None) -> 
     return Problem(
         "ServiceAccountNotFound",
         f"ServiceAccount {account} (spec.serviceAccountName) does not exist in namespace {namespace}: create it, "
-        "or name another; the run starts once it exists",
+        "or name another; its pods start once it exists",
     )
 
 
@@ -465,6 +465,13 @@ def reconcile_serving(
         return _serving_problem(kube, body, previous, generation, "PlacementDecided", problem)
     if isinstance(planned, serving_plan.AwaitingProfiles):
         return _profiling(kube, body, previous, generation, model, planned, profiling_events)
+    spec_current = previous.observed_generation == generation
+    ready = find(previous.conditions, "Ready")
+    if not spec_current or (ready is not None and ready.reason == "ServiceAccountNotFound"):
+        # Checked when the spec is new or changed (and while held), not on every resync of a serving service.
+        missing = missing_service_account(kube, namespace, spec.service_account_name)
+        if missing is not None:
+            return _serving_problem(kube, body, previous, generation, "Ready", missing)
     pool = parsed_pools[planned.pool]
     serving = serving_build.Serving(
         name=name,
@@ -476,7 +483,7 @@ def reconcile_serving(
         pool=pool,
         accelerators=planned.accelerators,
     )
-    deployment = _apply_serving_children(kube, serving, config, spec_current=previous.observed_generation == generation)
+    deployment = _apply_serving_children(kube, serving, config, spec_current=spec_current)
     if serving_build.autoscaler(serving) is None and previous.observed_generation not in (None, generation):
         kube.delete("autoscaling/v2", "HorizontalPodAutoscaler", namespace, name)
     url = serving_build.service_url(name, namespace, config.cluster_domain)
