@@ -14,6 +14,7 @@ import http.client
 import json
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -63,6 +64,10 @@ class Load(threading.Thread):
         self.answered = 0
         self.failures: list[str] = []
         self._lock = threading.Lock()
+
+    def failure_kinds(self) -> list[tuple[str, int]]:
+        """The commonest failures (an HTTP status, or the client's exception), with their counts."""
+        return Counter(self.failures).most_common(3)
 
     def _send(self) -> None:
         while not self.stop.is_set():
@@ -210,7 +215,7 @@ def test_cpu_load_scales_a_service_out_through_metrics_server_and_back_in_after(
     except TimeoutError:
         pytest.fail(f"no scale-in: {hpa_summary(kube, namespace, 'cpu')}")
     print(
-        f"cpu: {load.answered} requests answered, {len(load.failures)} failed;",
+        f"cpu: {load.answered} requests answered, {len(load.failures)} failed {load.failure_kinds()};",
         f"one replica {time.monotonic() - stopped:.0f}s after the load stopped",
     )
 
@@ -240,7 +245,7 @@ def test_request_rate_scales_a_service_out_through_prometheus_adapter_and_back_i
     except TimeoutError:
         pytest.fail(f"no scale-in: {hpa_summary(kube, namespace, 'rps')}")
     print(
-        f"rps: {load.answered} requests answered, {len(load.failures)} failed;",
+        f"rps: {load.answered} requests answered, {len(load.failures)} failed {load.failure_kinds()};",
         f"one replica {time.monotonic() - stopped:.0f}s after the load stopped",
     )
 
