@@ -185,7 +185,7 @@ class InferenceServiceSpec(ApiModel):
     replicas: Replicas = Field(default_factory=Replicas)
     """Replica bounds."""
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)
-    """Autoscaler target."""
+    """How the HorizontalPodAutoscaler scales replicas between replicas.min and replicas.max: metric, target, pace."""
     resources: ServingResources = Field(default_factory=ServingResources)
     """Requests per replica."""
     runtime: Runtime = Field(default_factory=Runtime)
