@@ -133,41 +133,26 @@ def test_the_cpu_autoscaler_keeps_the_controllers_default_pace_unless_told(
     assert "behavior" not in hpa["spec"]
 
 
-def test_the_autoscaler_scales_on_requests_per_second_per_replica(
-    serving_spec_body: dict[str, Any], pools: dict[str, ComputePoolSpec]
+@pytest.mark.parametrize(
+    ("autoscaling", "metric", "average"),
+    [
+        ({"metric": "requestsPerSecond", "targetRequestsPerSecond": 12.5}, REQUESTS_PER_SECOND_METRIC, "12500m"),
+        ({"metric": "requestsInFlight", "targetRequestsInFlight": 4}, REQUESTS_IN_FLIGHT_METRIC, "4000m"),
+    ],
+)
+def test_the_autoscaler_scales_on_a_request_metric_per_replica(
+    serving_spec_body: dict[str, Any],
+    pools: dict[str, ComputePoolSpec],
+    autoscaling: dict[str, Any],
+    metric: str,
+    average: str,
 ) -> None:
     """A Pods metric averaged over the replicas, named as the chart's prometheus-adapter rules name it."""
-    autoscaling = {"metric": "requestsPerSecond", "targetRequestsPerSecond": 12.5}
     serving = _serving(serving_spec_body, pools, replicas={"min": 1, "max": 3}, autoscaling=autoscaling)
     hpa = autoscaler(serving)
     assert hpa is not None
-    assert hpa["spec"]["metrics"] == [
-        {
-            "type": "Pods",
-            "pods": {
-                "metric": {"name": REQUESTS_PER_SECOND_METRIC},
-                "target": {"type": "AverageValue", "averageValue": "12500m"},
-            },
-        }
-    ]
-
-
-def test_the_autoscaler_scales_on_requests_in_flight_per_replica(
-    serving_spec_body: dict[str, Any], pools: dict[str, ComputePoolSpec]
-) -> None:
-    autoscaling = {"metric": "requestsInFlight", "targetRequestsInFlight": 4}
-    serving = _serving(serving_spec_body, pools, replicas={"min": 1, "max": 3}, autoscaling=autoscaling)
-    hpa = autoscaler(serving)
-    assert hpa is not None
-    assert hpa["spec"]["metrics"] == [
-        {
-            "type": "Pods",
-            "pods": {
-                "metric": {"name": REQUESTS_IN_FLIGHT_METRIC},
-                "target": {"type": "AverageValue", "averageValue": "4000m"},
-            },
-        }
-    ]
+    target = {"type": "AverageValue", "averageValue": average}
+    assert hpa["spec"]["metrics"] == [{"type": "Pods", "pods": {"metric": {"name": metric}, "target": target}}]
 
 
 @pytest.mark.parametrize("metric", ["cpu", "requestsPerSecond"])
