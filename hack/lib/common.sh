@@ -71,11 +71,18 @@ KC
 pid_of() { [ -f "$RUN_DIR/pids/$1.pid" ] && cat "$RUN_DIR/pids/$1.pid" || true; }
 
 # alive PID: the pid runs one of our components (its command line names the state dir; this guards against
-# pid reuse after a reboot or a long idle).
+# pid reuse after a reboot or a long idle). A process in the middle of exec (setsid, then unshare, then the
+# component) shows an empty command line for an instant, so an empty one is read again before it counts as
+# gone; a kernel thread's stays empty and is not ours.
 alive() {
-  local pid="$1" cmdline
-  [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
-  cmdline="$(tr '\0' ' ' 2> /dev/null < "/proc/$pid/cmdline")" || return 1
+  local pid="$1" cmdline _try
+  [ -n "$pid" ] || return 1
+  for _try in 1 2 3 4 5; do
+    [ -r "/proc/$pid/cmdline" ] || return 1
+    cmdline="$(tr '\0' ' ' 2> /dev/null < "/proc/$pid/cmdline")" || return 1
+    [ -z "$cmdline" ] || break
+    sleep 0.05
+  done
   [[ "$cmdline" == *"$DIR/"* ]]
 }
 
