@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from tandem.storage import resolve
 from tandem.trainer import export
 from tandem.trainer.digits import SPLIT_SEED, DigitsMLP
 from tandem.trainer.distributed import init_from_env
-from tandem.trainer.failures import reported_failures
+from tandem.trainer.failures import TERMINATION_PATH_ENV, reported_failures, write_termination_message
 from tandem.trainer.publish import export_and_publish
 
 RunTrainer = Callable[..., TrainerRun]
@@ -108,3 +109,26 @@ def test_an_honest_export_passes_the_parity_check_within_1e_4_even_where_both_si
     with_a_nan[3, 5] = np.nan
     diff = export.parity_max_abs_diff(model, proto.SerializeToString(), [samples[:1], samples, with_a_nan])
     assert 0 <= diff <= 1e-4
+
+
+def test_workers_of_one_pod_failing_together_leave_one_whole_termination_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torchrun's processes share the pod's termination file; messages of different lengths written at once
+    (as when rank 0's failure fails every rank) leave exactly one of them, never a mix."""
+    path = tmp_path / "termination-log"
+    monkeypatch.setenv(TERMINATION_PATH_ENV, str(path))
+    messages = [{"reason": "OutputUnwritable", "error": "x" * length} for length in (10, 400, 40, 4000)]
+    for _ in range(50):
+        start = threading.Barrier(len(messages))
+
+        def write(message: dict[str, object], start: threading.Barrier = start) -> None:
+            start.wait()
+            write_termination_message(message)
+
+        writers = [threading.Thread(target=write, args=(message,)) for message in messages]
+        for writer in writers:
+            writer.start()
+        for writer in writers:
+            writer.join()
+        assert json.loads(path.read_text()) in messages

@@ -12,6 +12,7 @@ operator learns, without storage credentials, the step a preempted run will resu
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -161,16 +162,28 @@ def write_termination_message(payload: dict[str, object]) -> None:
     Kubernetes keeps only the first 4096 bytes; a longer message would be cut into invalid JSON, so the
     caller must fit it (see publish.fit_termination_message). A missing folder (a run outside a pod) is not
     an error worth failing a finished training run for, so it is logged and skipped.
+
+    Under torchrun every process of a pod shares the one file and a failure on rank 0 fails them all at
+    once; an exclusive lock around truncate-and-write makes the file hold one whole message (the last
+    writer's), never two interleaved.
     """
-    text = json.dumps(payload, separators=(",", ":"), sort_keys=True)
-    if len(text.encode()) > TERMINATION_MESSAGE_LIMIT:
-        log.warning("termination message is %d bytes, over the %d limit", len(text), TERMINATION_MESSAGE_LIMIT)
+    data = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+    if len(data) > TERMINATION_MESSAGE_LIMIT:
+        log.warning("termination message is %d bytes, over the %d limit", len(data), TERMINATION_MESSAGE_LIMIT)
     path = termination_path()
     try:
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
     except OSError as exc:
         log.warning("could not write the termination message to %s: %s", path, exc)
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+    except OSError as exc:
+        log.warning("could not write the termination message to %s: %s", path, exc)
+    finally:
+        os.close(fd)
 
 
 _newest_checkpoint: CheckpointReport | None = None
