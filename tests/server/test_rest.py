@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from server_models import linear_expected
 from server_support import InProcessClient, make_client
 
+from support.models import failing_on_nonzero_model
 from tandem.server import datatypes
 
 ROWS = np.array([[1.0, 2.0, 3.0, 4.0], [0.5, -1.0, 0.0, 2.0]], dtype=np.float32)
@@ -378,3 +380,25 @@ def test_binary_data_of_the_wrong_size_is_400(
     reply = linear.post("/v2/models/linear/infer", body=header + extra, headers=headers)
     assert reply.status == 400
     assert fragment in reply.json()["error"]
+
+
+def test_a_model_that_fails_on_valid_inputs_is_a_500_naming_the_error_and_the_server_answers_on(
+    tmp_path: Path,
+) -> None:
+    """The inputs passed every check of the signature, so the failure is the model's: a 500 (as KServe's
+    InferenceError), counted under code 500 where a canary's error rate reads it."""
+    path = tmp_path / "failing.onnx"
+    path.write_bytes(failing_on_nonzero_model())
+    client = make_client(path, "failing")
+    try:
+        zeros = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
+        halves = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]}
+        failed = client.post("/v2/models/failing/infer", halves)
+        assert failed.status == 500
+        assert "the model failed on these inputs" in failed.json()["error"]
+        assert "out of data bounds" in failed.json()["error"]
+        assert client.post("/v2/models/failing/infer", zeros).status == 200
+        text = client.get("/metrics").body.decode()
+        assert 'tandem_inference_requests_total{code="500",model="failing"} 1.0' in text
+    finally:
+        client.loop.close()

@@ -7,8 +7,8 @@ import onnx
 from onnx import TensorProto, helper
 
 
-def tiny_model() -> bytes:
-    rng = np.random.default_rng(0)
+def tiny_model(seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
     weight = helper.make_tensor("W", TensorProto.FLOAT, [64, 10], rng.standard_normal(640).astype(np.float32))
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["input", "W"], ["logits"])],
@@ -86,4 +86,27 @@ def small_cnn() -> bytes:
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 32, 32])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
         weights,
+    ))
+
+
+def failing_on_nonzero_model() -> bytes:
+    """tiny_model's signature, but inference fails for a first input value of 0.1 or more: it looks up row
+    int(10 * input[:, 0]) of a two-row table. The server's warm-up (zeros) passes, so the model loads and
+    becomes ready, and then answers real requests with onnxruntime's out-of-bounds error (a 500)."""
+    table = np.random.default_rng(3).standard_normal(20).astype(np.float32)
+    nodes = [
+        helper.make_node("Gather", ["input", "column"], ["first"], axis=1),
+        helper.make_node("Mul", ["first", "ten"], ["scaled"]),
+        helper.make_node("Cast", ["scaled"], ["row"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["table", "row"], ["logits"], axis=0),
+    ]
+    return _saved(helper.make_graph(
+        nodes, "failing_on_nonzero",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        [
+            helper.make_tensor("column", TensorProto.INT64, [], [0]),
+            helper.make_tensor("ten", TensorProto.FLOAT, [], [10.0]),
+            helper.make_tensor("table", TensorProto.FLOAT, [2, 10], table),
+        ],
     ))

@@ -53,9 +53,10 @@ class PayloadTooLarge(ServerError):
 
 
 class InferenceFailed(ServerError):
-    """onnxruntime rejected inputs that passed validation (400: the input, not the server, is at fault)."""
+    """The model failed on inputs that passed every check its signature allows (500, as KServe's
+    InferenceError): the fault is the model's, and a canary's error rate must count it."""
 
-    status = 400
+    status = 500
 
 
 class ModelLoadError(RuntimeError):

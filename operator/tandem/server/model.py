@@ -214,7 +214,7 @@ class OnnxModel:
                 return self._predict_ortvalues(feeds, names)
             result: list[Any] = self._session.run(names, feeds)
         except Exception as exc:
-            raise InferenceFailed(f"onnxruntime rejected the inputs: {_short(exc)}") from exc
+            raise InferenceFailed(f"the model failed on these inputs: {_short(exc)}") from exc
         return result
 
     def _predict_ortvalues(self, feeds: dict[str, np.ndarray], names: list[str]) -> list[Any]:
