@@ -348,7 +348,11 @@ def process(key: Hashable, attempt: int) -> float | None:
     """Reconcile one queued key from a fresh read; the delay before it is retried, or None when done."""
     kind, namespace, name = cast(Key, key)
     try:
-        reconcile_object(kind, (kind, namespace, name), _step(kind), _take_body((kind, namespace, name)), attempt)
+        outcome = reconcile_object(
+            kind, (kind, namespace, name), _step(kind), _take_body((kind, namespace, name)), attempt
+        )
+        if outcome is not None and outcome.recheck_after is not None:
+            queue().add(key, delay=outcome.recheck_after)
     except kopf.TemporaryError as exc:
         delay = exc.delay if exc.delay is not None else backoff.delay(attempt)
         log.warning("%s %s/%s: %s; retrying in %.1fs", kind, namespace, name, exc, delay)

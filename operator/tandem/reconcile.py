@@ -13,6 +13,7 @@ per USAGE_FLUSH, so an idle Ready service costs no write.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -24,7 +25,7 @@ from typing import Any, TypeVar
 from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, ValidationError
 
-from tandem import costing, placement, queueing, serving_plan
+from tandem import canary, canary_metrics, costing, placement, queueing, serving_plan
 from tandem.api.computepool import ComputePoolSpec, ComputePoolStatus
 from tandem.api.inferenceservice import (
     InferenceServiceSpec,
@@ -44,7 +45,8 @@ from tandem.quantity import parse_quantity
 from tandem.status.conditions import Event, find, set_condition
 from tandem.status.pools import pool_status
 from tandem.status.queueing import evicted
-from tandem.status.serving import problem_status, resolve_model, serving_status
+from tandem.status.serving import pod_ready, problem_status, resolve_model, serving_status
+from tandem.status.serving import rollout as rollout_figures
 from tandem.status.training import ObservedRun, stopping, training_status
 
 SPEC_HASH_ANNOTATION = "tandem.dev/spec-hash"
@@ -60,6 +62,8 @@ class Outcome:
 
     status: dict[str, Any]
     events: list[Event] = field(default_factory=list)
+    recheck_after: float | None = None
+    """Seconds after which the object wants another look (a canary on trial), besides any event."""
 
 
 def now() -> datetime:
@@ -451,9 +455,22 @@ def reconcile_serving(
     source = spec.model.from_training_job
     training_job = _training_job_status(kube, namespace, source.name) if source else None
     try:
-        model = resolve_model(spec.model, training_job)
+        candidate = resolve_model(spec.model, training_job)
+        observed = _observe_canary(kube, namespace, name, previous) if previous.canary is not None else None
+        rollout = canary.plan(
+            spec.rollout,
+            previous.model,
+            candidate,
+            training_job.model.metrics if training_job is not None and training_job.model is not None else None,
+            previous.canary,
+            previous.rejected,
+            max(previous.replicas, spec.replicas.min),
+            observed,
+            now(),
+        )
     except Problem as problem:
         return _serving_problem(kube, body, previous, generation, "ModelResolved", problem)
+    model = rollout.serve
     parsed_pools = parse_pools(pools)
     observations: dict[str, profiles.Observation] = {}
     profiling_events: list[Event] = []
@@ -486,15 +503,62 @@ def reconcile_serving(
     deployment = _apply_serving_children(kube, serving, config, spec_current=spec_current)
     if serving_build.autoscaler(serving) is None and previous.observed_generation not in (None, generation):
         kube.delete("autoscaling/v2", "HorizontalPodAutoscaler", namespace, name)
+    _apply_canary(kube, serving, config, previous, rollout)
     url = serving_build.service_url(name, namespace, config.cluster_domain)
     at = now()
     ledger = _serving_usage(previous, spec, parsed_pools, at)
     status, events = serving_status(ledger, generation, model, planned.status, url, deployment, at)
+    status = _rollout_status(status, rollout, generation, at)
+    events = rollout.events + events
     if planned.decision is not None:
         events = profiling_events + _auto_conditions(previous, status, planned.decision, generation, at, events)
     status = settle_usage(previous, status, at)
     written, _ = write_status(kube, INFERENCE_SERVICE, namespace, name, previous, status, version(body))
-    return Outcome(written, events)
+    return Outcome(written, events, rollout.recheck_after)
+
+
+def _observe_canary(
+    kube: Kube, namespace: str, name: str, previous: InferenceServiceStatus
+) -> canary.CanaryObservation:
+    """The canary's Deployment and its ready servers' metrics, as they are now."""
+    stored = kube.read("apps/v1", "Deployment", namespace, serving_build.canary_name(name))
+    _, ready, _ = rollout_figures(stored)
+    selector = {"tandem.dev/inferenceservice": name, **serving_build.CANARY_TRACK}
+    ips = [
+        str((pod.get("status") or {}).get("podIP"))
+        for pod in kube.list_objects("v1", "Pod", namespace, selector)
+        if pod_ready(pod) and (pod.get("status") or {}).get("podIP")
+    ]
+    metrics = canary_metrics.scrape(ips) if ips else None
+    return canary.CanaryObservation(ready, previous.ready_replicas, metrics)
+
+
+def _apply_canary(
+    kube: Kube,
+    serving: serving_build.Serving,
+    config: OperatorConfig,
+    previous: InferenceServiceStatus,
+    rollout: canary.RolloutPlan,
+) -> None:
+    """The canary Deployment while a model is on trial (the stable one's pods, the trial model); gone after."""
+    if rollout.canary is not None:
+        trial = dataclasses.replace(serving, model=rollout.canary.model)
+        kube.apply(serving_build.canary_deployment(trial, config, rollout.canary.replicas))
+    elif previous.canary is not None:
+        kube.delete("apps/v1", "Deployment", serving.namespace, serving_build.canary_name(serving.name))
+
+
+def _rollout_status(
+    status: InferenceServiceStatus, rollout: canary.RolloutPlan, generation: int, at: datetime
+) -> InferenceServiceStatus:
+    status.canary = rollout.canary
+    status.rejected = rollout.rejected
+    if rollout.verdict is not None:
+        verdict = rollout.verdict
+        status.conditions = set_condition(
+            status.conditions, canary.CONDITION, verdict.status, verdict.reason, verdict.message, generation, at
+        )
+    return status
 
 
 def children_hash(children: list[dict[str, Any]]) -> str:

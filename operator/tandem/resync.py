@@ -43,10 +43,10 @@ def training_due(body: Mapping[str, Any]) -> bool:
 
 
 def serving_due(body: Mapping[str, Any], now: datetime) -> bool:
-    """An InferenceService needs the resync unless it is Ready for its present spec and its usage ledger is
-    younger than USAGE_FLUSH."""
+    """An InferenceService needs the resync unless it is Ready for its present spec, has no canary on trial
+    (the reconcile also asks for its own next look then), and its usage ledger is younger than USAGE_FLUSH."""
     status = body.get("status") or {}
-    if not _current(body) or status.get("phase") != "Ready":
+    if not _current(body) or status.get("phase") != "Ready" or status.get("canary"):
         return True
     observed = status.get("usageObservedAt")
     if not observed:

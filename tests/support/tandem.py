@@ -121,7 +121,7 @@ def events_for(api: k8s.ApiClient, namespace: str, name: str) -> list[k8s.CoreV1
     return events
 
 
-def artifact_message(uri: str, sha256: str) -> str:
+def artifact_message(uri: str, sha256: str, accuracy: float = 0.97) -> str:
     """A termination message as the trainer writes it, for kwok to report from a fake worker."""
     return json.dumps(
         {
@@ -132,7 +132,7 @@ def artifact_message(uri: str, sha256: str) -> str:
             "opset": 18,
             "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}],
             "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}],
-            "metrics": {"accuracy": 0.97},
+            "metrics": {"accuracy": accuracy},
         }
     )
 

@@ -129,6 +129,29 @@ class Autoscaling(ApiModel):
         return self
 
 
+class Rollout(ApiModel):
+    """How a new model replaces the one serving: a quality bar from its training metrics, then a canary.
+
+    With canaryPercent above 0, a new model first serves on a share of replicas beside the old one (the
+    Service balances requests over both). Its error rate and p99 latency are read from the canary servers'
+    own metrics; a canary that exceeds a bound is rolled back, one that stays within them for canarySeconds
+    is promoted to every replica. A model rolled back or below the bar is not tried again; the old one keeps
+    serving. To pin a model, serve it by model.uri (and sha256) instead of fromTrainingJob.
+    """
+
+    canary_percent: int = Field(default=0, ge=0, le=99)
+    """Share of replicas, and so of requests, that serve a new model first; 0 rolls it to every replica at once."""
+    canary_seconds: int = Field(default=300, ge=0, le=86_400)
+    """How long the canary serves within its bounds, once all its replicas are ready, before it is promoted."""
+    max_error_rate: float = Field(default=0.01, ge=0, le=1)
+    """Largest share of the canary's infer requests answered with a server error (5xx) before it is rolled back."""
+    max_p99_latency_ms: float | None = Field(default=None, gt=0)
+    """Largest p99 latency of the canary's infer requests, judged once it has answered 100; empty: not judged."""
+    min_metrics: dict[str, float] = Field(default_factory=dict, max_length=16)
+    """Quality bar: least value of each named training metric (such as accuracy) that a model from the
+    TrainingJob must report to be rolled out at all. Models by model.uri carry no metrics and are not held."""
+
+
 class ServingResources(ApiModel):
     """What each replica requests; limits equal requests, and the server sizes its threads to the CPU limit."""
 
@@ -190,6 +213,8 @@ class InferenceServiceSpec(ApiModel):
     """Requests per replica."""
     runtime: Runtime = Field(default_factory=Runtime)
     """Server runtime settings."""
+    rollout: Rollout = Field(default_factory=Rollout)
+    """How a new model replaces the one serving: quality bar, canary share, canary window and bounds."""
     slo: Slo | None = None
     """Latency and throughput objective; required for placement: auto."""
     env: list[EnvVar] = Field(default_factory=list, max_length=64)
@@ -242,6 +267,46 @@ class ServedModel(ApiModel):
     """TrainingJob the model came from."""
 
 
+class CanaryStatus(ApiModel):
+    """A new model serving on a share of replicas while it is judged."""
+
+    model: ServedModel
+    """The model on trial."""
+    replicas: int = 0
+    """Canary replicas wanted."""
+    ready_replicas: int = 0
+    """Canary replicas that pass their readiness probe."""
+    percent: int = 0
+    """Share of all ready replicas, and so of requests, that the canary serves now."""
+    created_at: datetime | None = None
+    """When the canary was created; one not fully ready by canarySeconds + 300 s after it is rolled back."""
+    started_at: datetime | None = None
+    """When all canary replicas were first ready; the window counts from here."""
+    requests: int = 0
+    """Infer requests the canary has answered."""
+    errors: int = 0
+    """Of those, answered with a server error (5xx)."""
+    p99_latency_ms: float | None = None
+    """p99 latency of the canary's infer requests, from its servers' histograms."""
+
+
+class RejectedModel(ApiModel):
+    """A model that was not promoted, and is not tried again."""
+
+    uri: str
+    """Model URI."""
+    sha256: str | None = None
+    """Model SHA-256."""
+    version: str | None = None
+    """Model version."""
+    reason: str
+    """BelowQualityBar or RolledBack."""
+    message: str
+    """What was measured against which bound."""
+    at: datetime
+    """When it was rejected."""
+
+
 class PoolEstimate(ApiModel):
     """Measured figures and the cost of serving the SLO on one candidate pool."""
 
@@ -284,13 +349,17 @@ class InferenceServiceStatus(ApiModel):
     conditions: Annotated[list[Condition], Field(json_schema_extra=CONDITIONS_SCHEMA_EXTRA)] = Field(
         default_factory=list
     )
-    """ModelResolved, PlacementDecided, Ready."""
+    """ModelResolved, PlacementDecided, Ready, and Canary once a rollout has judged a model."""
     url: str | None = None
     """In-cluster base URL of the V2 REST endpoint."""
     grpc_address: str | None = None
     """In-cluster host:port of the V2 gRPC endpoint (inference.GRPCInferenceService)."""
     model: ServedModel | None = None
-    """The model being served."""
+    """The model being served (by every replica but a canary's)."""
+    canary: CanaryStatus | None = None
+    """A new model on trial on a share of replicas (spec.rollout.canaryPercent)."""
+    rejected: list[RejectedModel] = Field(default_factory=list)
+    """Models below the quality bar or rolled back, newest last (the last 10)."""
     placement: PlacementStatus | None = None
     """Placement decision."""
     replicas: int = 0

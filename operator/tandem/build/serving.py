@@ -216,6 +216,31 @@ def deployment(serving: Serving, config: OperatorConfig) -> dict[str, Any]:
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": serving.meta(), "spec": deployment_spec}
 
 
+CANARY_TRACK = {"tandem.dev/track": "canary"}
+
+
+def canary_name(name: str) -> str:
+    return f"{name}-canary"
+
+
+def canary_deployment(serving: Serving, config: OperatorConfig, replicas: int) -> dict[str, Any]:
+    """The canary: the stable Deployment's pods with the model on trial (serving.model), a fixed count of them.
+
+    Its pods keep the service's label, so the Service balances requests over both Deployments by replica
+    count and the disruption budget covers them too. Its own selector adds the track label; the stable
+    Deployment's selector (immutable) matches canary pods as well, which its ReplicaSets never adopt (they
+    select by pod-template-hash and skip pods another controller owns).
+    """
+    desired = deployment(serving, config)
+    desired["metadata"]["name"] = canary_name(serving.name)
+    desired["metadata"]["labels"] = {**desired["metadata"]["labels"], **CANARY_TRACK}
+    desired["spec"]["selector"] = {"matchLabels": {**serving.selector, **CANARY_TRACK}}
+    template_labels = desired["spec"]["template"]["metadata"]["labels"]
+    desired["spec"]["template"]["metadata"]["labels"] = {**template_labels, **CANARY_TRACK}
+    desired["spec"]["replicas"] = replicas
+    return desired
+
+
 def service(serving: Serving) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
