@@ -540,10 +540,19 @@ def _apply_canary(
     previous: InferenceServiceStatus,
     rollout: canary.RolloutPlan,
 ) -> None:
-    """The canary Deployment while a model is on trial (the stable one's pods, the trial model); gone after."""
+    """The canary Deployment while a model is on trial (the stable one's pods, the trial model); gone after.
+
+    Applied only when it differs from what was last applied (a digest annotation, as for the stable one), so
+    the looks every few seconds at a canary on trial cost reads, not writes."""
     if rollout.canary is not None:
         trial = dataclasses.replace(serving, model=rollout.canary.model)
-        kube.apply(serving_build.canary_deployment(trial, config, rollout.canary.replicas))
+        desired = serving_build.canary_deployment(trial, config, rollout.canary.replicas)
+        digest = children_hash([desired])
+        meta = desired["metadata"]
+        stored = kube.read("apps/v1", "Deployment", meta["namespace"], meta["name"])
+        if (((stored or {}).get("metadata") or {}).get("annotations") or {}).get(CHILDREN_HASH_ANNOTATION) != digest:
+            meta.setdefault("annotations", {})[CHILDREN_HASH_ANNOTATION] = digest
+            kube.apply(desired)
     elif previous.canary is not None:
         kube.delete("apps/v1", "Deployment", serving.namespace, serving_build.canary_name(serving.name))
 

@@ -8,6 +8,10 @@ Services and kube-proxy.
 
 from __future__ import annotations
 
+import http.client
+import json
+import threading
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,3 +117,61 @@ def service_address(api: k8s.ApiClient, namespace: str, name: str) -> str:
     service = k8s.CoreV1Api(api).read_namespaced_service(name, namespace)
     port = next(p.port for p in service.spec.ports if p.name == "http")
     return f"{service.spec.cluster_ip}:{port}"
+
+
+TINY_REQUEST = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]})
+"""One infer request for support.models.tiny_model and the models of its signature."""
+
+
+class Load(threading.Thread):
+    """Infer requests back to back through the Service's ClusterIP from `workers` threads, a new connection
+    for each request, so kube-proxy spreads them over every ready replica."""
+
+    def __init__(self, address: str, model: str, workers: int = 4, request: str = TINY_REQUEST) -> None:
+        super().__init__(daemon=True)
+        self.request = request
+        self.host, port = address.split(":")
+        self.port = int(port)
+        self.path = f"/v2/models/{model}/infer"
+        self.workers = workers
+        self.stop = threading.Event()
+        self.answered = 0
+        self.failures: list[str] = []
+        self._lock = threading.Lock()
+
+    def failure_kinds(self) -> list[tuple[str, int]]:
+        """The commonest failures (an HTTP status, or the client's exception), with their counts."""
+        return Counter(self.failures).most_common(3)
+
+    def _send(self) -> None:
+        while not self.stop.is_set():
+            connection = http.client.HTTPConnection(self.host, self.port, timeout=10)
+            try:
+                connection.request("POST", self.path, self.request, {"Content-Type": "application/json"})
+                response = connection.getresponse()
+                response.read()
+                with self._lock:
+                    if response.status == 200:
+                        self.answered += 1
+                    else:
+                        self.failures.append(f"HTTP {response.status}")
+            except OSError as exc:
+                with self._lock:
+                    self.failures.append(repr(exc))
+            finally:
+                connection.close()
+
+    def run(self) -> None:
+        threads = [threading.Thread(target=self._send, daemon=True) for _ in range(self.workers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    def __enter__(self) -> Load:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.join(timeout=30)

@@ -10,11 +10,7 @@ few seconds, so coming back in takes well under a minute instead of the default 
 from __future__ import annotations
 
 import hashlib
-import http.client
-import json
-import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,7 +19,7 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from e2e.conftest import CHART, ModelVolume, Release, helm
+from e2e.conftest import CHART, Load, ModelVolume, Release, helm
 from support.cluster import ExternalCluster, LocalCluster, wait_until
 from support.digits import CPU_POOL
 from support.models import tiny_model
@@ -34,7 +30,6 @@ from tandem.build.serving import REQUESTS_IN_FLIGHT_METRIC, REQUESTS_PER_SECOND_
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.timeout(600)]
 
 SCALE_DOWN_WINDOW_S = 5
-REQUEST = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]})
 
 
 @pytest.fixture(scope="module")
@@ -48,59 +43,6 @@ def metrics_pipeline(cluster: LocalCluster | ExternalCluster, kube: k8s.ApiClien
     finally:
         if isinstance(cluster, LocalCluster):
             cluster.metrics_pipeline("down")
-
-
-class Load(threading.Thread):
-    """Infer requests back to back through the Service's ClusterIP from `workers` threads, a new connection
-    for each request, so kube-proxy spreads them over every ready replica."""
-
-    def __init__(self, address: str, model: str, workers: int = 4) -> None:
-        super().__init__(daemon=True)
-        self.host, port = address.split(":")
-        self.port = int(port)
-        self.path = f"/v2/models/{model}/infer"
-        self.workers = workers
-        self.stop = threading.Event()
-        self.answered = 0
-        self.failures: list[str] = []
-        self._lock = threading.Lock()
-
-    def failure_kinds(self) -> list[tuple[str, int]]:
-        """The commonest failures (an HTTP status, or the client's exception), with their counts."""
-        return Counter(self.failures).most_common(3)
-
-    def _send(self) -> None:
-        while not self.stop.is_set():
-            connection = http.client.HTTPConnection(self.host, self.port, timeout=10)
-            try:
-                connection.request("POST", self.path, REQUEST, {"Content-Type": "application/json"})
-                response = connection.getresponse()
-                response.read()
-                with self._lock:
-                    if response.status == 200:
-                        self.answered += 1
-                    else:
-                        self.failures.append(f"HTTP {response.status}")
-            except OSError as exc:
-                with self._lock:
-                    self.failures.append(repr(exc))
-            finally:
-                connection.close()
-
-    def run(self) -> None:
-        threads = [threading.Thread(target=self._send, daemon=True) for _ in range(self.workers)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-
-    def __enter__(self) -> Load:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.join(timeout=30)
 
 
 def serve_tiny_model(
