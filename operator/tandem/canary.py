@@ -7,7 +7,8 @@ hands them in; the result says what to deploy and what the status and events say
   below the quality bar, in which case the service waits for a better one.
 - A new model from the TrainingJob below the quality bar (spec.rollout.minMetrics against its training
   metrics), or one already rejected, is never deployed; the old one keeps serving. A model the user names
-  by URI is their explicit choice (a pin): it is not held to the bar nor to past rejections.
+  by URI carries no training metrics, so the bar does not apply; once rolled back it is not tried again
+  through a canary (that would loop), but with canaryPercent 0 it is deployed as named (a pin).
 - With canaryPercent 0 a new model goes to every replica at once (the Deployment's rolling update).
 - Otherwise it serves on a share of replicas. It is rolled back as soon as its server errors exceed
   maxErrorRate of its requests or, from 100 requests on, its p99 exceeds maxP99LatencyMs, or when it is
@@ -133,7 +134,9 @@ def plan(
         return RolloutPlan(serve=candidate, rejected=rejected)
     if same_model(candidate, stable):
         return RolloutPlan(serve=stable, rejected=rejected)
-    if candidate.training_job is not None and any(same_model(candidate, r) for r in _as_models(rejected)):
+    if any(same_model(candidate, r) for r in _as_models(rejected)) and (
+        candidate.training_job is not None or rollout.canary_percent > 0
+    ):
         return RolloutPlan(serve=stable, rejected=rejected)
     missed = shortfalls(rollout, candidate_metrics)
     if missed:

@@ -503,7 +503,7 @@ def reconcile_serving(
     deployment = _apply_serving_children(kube, serving, config, spec_current=spec_current)
     if serving_build.autoscaler(serving) is None and previous.observed_generation not in (None, generation):
         kube.delete("autoscaling/v2", "HorizontalPodAutoscaler", namespace, name)
-    _apply_canary(kube, serving, config, previous, rollout)
+    _apply_canary(kube, serving, config, rollout)
     url = serving_build.service_url(name, namespace, config.cluster_domain)
     at = now()
     ledger = _serving_usage(previous, spec, parsed_pools, at)
@@ -534,11 +534,7 @@ def _observe_canary(
 
 
 def _apply_canary(
-    kube: Kube,
-    serving: serving_build.Serving,
-    config: OperatorConfig,
-    previous: InferenceServiceStatus,
-    rollout: canary.RolloutPlan,
+    kube: Kube, serving: serving_build.Serving, config: OperatorConfig, rollout: canary.RolloutPlan
 ) -> None:
     """The canary Deployment while a model is on trial (the stable one's pods, the trial model); gone after.
 
@@ -553,7 +549,8 @@ def _apply_canary(
         if (((stored or {}).get("metadata") or {}).get("annotations") or {}).get(CHILDREN_HASH_ANNOTATION) != digest:
             meta.setdefault("annotations", {})[CHILDREN_HASH_ANNOTATION] = digest
             kube.apply(desired)
-    elif previous.canary is not None:
+    elif kube.read("apps/v1", "Deployment", serving.namespace, serving_build.canary_name(serving.name)) is not None:
+        # Level-triggered: whatever made it (a reconcile from a view since superseded), it goes.
         kube.delete("apps/v1", "Deployment", serving.namespace, serving_build.canary_name(serving.name))
 
 

@@ -1,8 +1,9 @@
-"""Canary rollouts on the real node, judged on the servers' own metrics under load through the Service.
+"""Rollouts on the real node under load through the Service: the quality bar and the canary.
 
-A new model serves on half the replicas first (one canary beside one stable replica): one within its bounds is
-promoted after its window with no request failed; one whose requests fail is rolled back once its failures
-exceed the bound, and the promoted model serves on.
+A new model serves on half the replicas first (one canary beside one stable replica), judged on the servers'
+own metrics: one within its bounds is promoted after its window with no request failed; one whose requests
+fail is rolled back once its failures exceed the bound, and the promoted model serves on. A model the real
+trainer publishes below the quality bar is never deployed, and no request fails meanwhile.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from kubernetes import client as k8s
 
 from e2e.conftest import Load, ModelVolume, Release, service_address
 from support.cluster import wait_until
-from support.digits import CPU_POOL
+from support.digits import CPU_POOL, serving_spec, training_spec
 from support.models import failing_on_nonzero_model, tiny_model
 from support.tandem import body, condition, create, events_for, patch_spec, wait_for
-from tandem.api.resources import INFERENCE_SERVICE
+from tandem.api.resources import INFERENCE_SERVICE, TRAINING_JOB
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.timeout(600)]
 
@@ -39,8 +40,8 @@ def verdict(reason: str) -> Any:
     return lambda obj: (condition(obj, "Canary") or {}).get("reason") == reason
 
 
-def canary_gone(kube: k8s.ApiClient, namespace: str) -> bool:
-    found = k8s.AppsV1Api(kube).list_namespaced_deployment(namespace, field_selector=f"metadata.name={NAME}-canary")
+def canary_gone(kube: k8s.ApiClient, namespace: str, name: str = NAME) -> bool:
+    found = k8s.AppsV1Api(kube).list_namespaced_deployment(namespace, field_selector=f"metadata.name={name}-canary")
     return not found.items
 
 
@@ -105,3 +106,37 @@ def test_a_good_model_is_promoted_after_its_window_and_a_failing_one_is_rolled_b
     assert len(load.failures) == failures_after  # once the canary is gone, nothing fails
     reasons = [event.reason for event in events_for(kube, namespace, NAME)]
     assert reasons.count("CanaryStarted") == 2 and "Promoted" in reasons and "RolledBack" in reasons
+
+
+def test_a_retrained_model_below_the_quality_bar_never_serves_and_no_request_fails(
+    kube: k8s.ApiClient, namespace: str, models: ModelVolume, release: Release
+) -> None:
+    """The built-in digits trainer for real: three epochs clear the bar, then a run at a learning rate too small
+    to learn anything publishes a model at about chance, which the service never deploys."""
+    create(kube, TRAINING_JOB, namespace, body(TRAINING_JOB, "bar", training_spec(workers=1, args=["--epochs", "3"])))
+    first = wait_for(kube, TRAINING_JOB, namespace, "bar", lambda o: served_sha(o) is not None, "a model", 600)
+    spec = {**serving_spec("bar"), "rollout": {"minMetrics": {"accuracy": 0.5}, "canaryPercent": 50}}
+    create(kube, INFERENCE_SERVICE, namespace, body(INFERENCE_SERVICE, "bar", spec))
+    wait_for(kube, INFERENCE_SERVICE, namespace, "bar", lambda o: served_sha(o) == served_sha(first) and (
+        condition(o, "Ready") or {}).get("status") == "True", "Ready on the first model", timeout=180)
+    with Load(service_address(kube, namespace, "bar"), "bar", workers=2) as load:
+        patch_spec(kube, TRAINING_JOB, namespace, "bar", {"args": ["--epochs", "1", "--lr", "1e-7"]})
+        poor = wait_for(
+            kube, TRAINING_JOB, namespace, "bar",
+            lambda o: served_sha(o) not in (None, served_sha(first)), "the poor model", 600,
+        )
+        held = wait_for(
+            kube, INFERENCE_SERVICE, namespace, "bar", verdict("BelowQualityBar"), "held below the bar", timeout=120
+        )
+        answered = load.answered
+        wait_until(lambda: load.answered > answered + 40, timeout=60, what="requests answered after")
+    accuracy = poor["status"]["model"]["metrics"]["accuracy"]
+    print(f"first model accuracy {first['status']['model']['metrics']['accuracy']:.3f}, poor model {accuracy:.3f}; "
+          f"{condition(held, 'Canary')['message']}; load: {load.answered} answered, {len(load.failures)} failed")  # type: ignore[index]
+    assert accuracy < 0.5
+    assert served_sha(held) == served_sha(first) and held["status"].get("canary") is None
+    assert [r["reason"] for r in held["status"]["rejected"]] == ["BelowQualityBar"]
+    assert canary_gone(kube, namespace, "bar")
+    deployment = k8s.AppsV1Api(kube).read_namespaced_deployment("bar", namespace)
+    assert deployment.spec.template.metadata.annotations["tandem.dev/model-sha256"] == served_sha(first)
+    assert load.answered > 0 and load.failures == []

@@ -65,11 +65,20 @@ def test_a_first_model_below_the_bar_leaves_the_service_waiting_with_the_reason(
     assert raised.value.reason == "BelowQualityBar"
 
 
-def test_a_model_named_by_uri_is_a_pin_and_not_held_to_the_bar_or_past_rejections() -> None:
+def test_a_model_named_by_uri_is_a_pin_deployed_as_named_without_a_canary_even_if_rejected_before() -> None:
     pinned = NEW.model_copy(update={"training_job": None})
     rejected = plan(BAR, metrics={"accuracy": 0.5}).rejected
     decided = plan(BAR, candidate=pinned, metrics=None, rejected=rejected)
     assert decided.serve == pinned
+
+
+def test_a_model_named_by_uri_and_rolled_back_is_not_tried_again_through_the_canary() -> None:
+    pinned = NEW.model_copy(update={"training_job": None})
+    trial = on_trial().model_copy(update={"model": pinned})
+    rolled = plan(CANARY, candidate=pinned, trial=trial, observed=seen(100, errors=50), at=T0 + timedelta(seconds=5))
+    assert rolled.verdict is not None and rolled.verdict.reason == "RolledBack"
+    again = plan(CANARY, candidate=pinned, rejected=rolled.rejected, at=T0 + timedelta(seconds=15))
+    assert again.serve == OLD and again.canary is None and again.events == []
 
 
 def test_without_a_canary_share_a_good_model_goes_to_every_replica() -> None:
