@@ -199,7 +199,10 @@ def _judge(
             canary.started_at = now
     if metrics is not None:
         canary.requests, canary.errors, canary.p99_latency_ms = metrics.requests, metrics.errors, metrics.p99_latency_ms
-    failure = _failure(rollout, canary, metrics, now)
+    window_over = (
+        canary.started_at is not None and (now - canary.started_at).total_seconds() >= rollout.canary_seconds
+    )
+    failure = _failure(rollout, canary, metrics, window_over, now)
     if failure is not None:
         message = f"{_describe(canary.model)} rolled back: {failure}; {_describe(stable)} keeps serving"
         return RolloutPlan(
@@ -209,15 +212,7 @@ def _judge(
             events=[Event("Warning", "RolledBack", message)],
         )
     figures = _figures(canary)
-    if canary.started_at is not None and (now - canary.started_at).total_seconds() >= rollout.canary_seconds:
-        if metrics is None:
-            message = f"{_describe(canary.model)} rolled back: its servers' metrics could not be read to judge it"
-            return RolloutPlan(
-                serve=stable,
-                rejected=_reject(rejected, canary.model, "RolledBack", message, now),
-                verdict=Verdict(False, "RolledBack", message),
-                events=[Event("Warning", "RolledBack", message)],
-            )
+    if window_over:
         message = f"{_describe(canary.model)} promoted after {rollout.canary_seconds}s as canary: {figures}"
         return RolloutPlan(
             serve=canary.model,
@@ -245,7 +240,9 @@ def _judge(
     )
 
 
-def _failure(rollout: Rollout, canary: CanaryStatus, metrics: CanaryMetrics | None, now: datetime) -> str | None:
+def _failure(
+    rollout: Rollout, canary: CanaryStatus, metrics: CanaryMetrics | None, window_over: bool, now: datetime
+) -> str | None:
     if metrics is not None and metrics.errors > 0 and metrics.errors > rollout.max_error_rate * metrics.requests:
         rate = metrics.errors / max(metrics.requests, 1)
         return (
@@ -261,6 +258,8 @@ def _failure(rollout: Rollout, canary: CanaryStatus, metrics: CanaryMetrics | No
         and metrics.p99_latency_ms > bound
     ):
         return f"p99 latency {metrics.p99_latency_ms:.1f} ms over {metrics.requests} requests, above {bound:g} ms"
+    if window_over and metrics is None:
+        return "its servers' metrics could not be read to judge it"
     if canary.started_at is None and canary.created_at is not None:
         waited = (now - canary.created_at).total_seconds()
         if waited >= rollout.canary_seconds + READY_GRACE_SECONDS:
