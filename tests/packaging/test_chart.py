@@ -18,6 +18,7 @@ OPTION_SETS: dict[str, dict[str, Any]] = {
     "leader-election-single-replica": {"leaderElection": {"enabled": True, "leaseName": "my-lease"}},
     "service-monitor": {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}}},
     "no-metrics-service": {"metrics": {"service": {"enabled": False}}},
+    "server-pod-monitor": {"metrics": {"serverPodMonitor": {"enabled": True, "labels": {"release": "prometheus"}}}},
     "image-digest": {"image": {"repository": "registry.example.com/tandem-operator", "digest": "sha256:" + "a" * 64}},
     "image-tag-and-pull-secrets": {"image": {"tag": "dev"}, "imagePullSecrets": [{"name": "regcred"}]},
     "existing-service-account": {"serviceAccount": {"create": False, "name": "platform-operator"}},
@@ -174,6 +175,33 @@ def test_service_monitor_scrapes_the_metrics_service(helm: Path) -> None:
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
     assert all(service["metadata"]["labels"][k] == v for k, v in monitor["spec"]["selector"]["matchLabels"].items())
+
+
+def test_server_pod_monitor_scrapes_the_metrics_port_of_serving_pods_and_not_of_profile_jobs(helm: Path) -> None:
+    from tandem.api.computepool import ComputePoolSpec
+    from tandem.api.inferenceservice import InferenceServiceSpec, ServedModel
+    from tandem.build.serving import Serving, deployment
+    from tandem.config import OperatorConfig
+    from tandem.placement import pod_placement
+
+    (monitor,) = find(render(helm, OPTION_SETS["server-pod-monitor"]), "PodMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}
+    pool = ComputePoolSpec.model_validate({"nodeSelector": {"tandem.dev/pool": "cpu"}})
+    serving = Serving(
+        name="digits", namespace="ml", uid="u", spec=InferenceServiceSpec.model_validate({"model": {"uri": "s3://m"}}),
+        model=ServedModel(uri="s3://m"), placement=pod_placement("cpu", pool), pool=pool, accelerators=0,
+    )
+    template = deployment(serving, OperatorConfig())["spec"]["template"]
+    labels = template["metadata"]["labels"]
+    selector = monitor["spec"]["selector"]
+    assert selector["matchLabels"].items() <= labels.items()
+    expressions = [(e["key"], e["operator"]) for e in selector["matchExpressions"]]
+    assert expressions == [("tandem.dev/inferenceservice", "Exists")]
+    ports = {port["name"] for port in template["spec"]["containers"][0]["ports"]}
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] in ports
+    scoped = render(helm, OPTION_SETS["server-pod-monitor"] | OPTION_SETS["watch-namespaces"])
+    assert find(scoped, "PodMonitor")[0]["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
 
 
 def test_metrics_service_selects_the_operator_pods(helm: Path) -> None:
