@@ -20,7 +20,10 @@ log = logging.getLogger("tandem.server.rest")
 
 HEADER_LENGTH = "inference-header-content-length"
 
-_OK_EMPTY = Response(200, b"")
+# The V2 spec reads health from the status code alone (Triton's client does); KServe's server also answers
+# {"live": true} / {"ready": true}, and KServe's client parses that body, so both are served.
+_LIVE = Response(200, codec.dumps({"live": True}))
+_READY = Response(200, codec.dumps({"ready": True}))
 
 
 class RestApp:
@@ -58,12 +61,12 @@ class RestApp:
             )
         if parts[0] == "health" and len(parts) == 2:
             if parts[1] == "live":
-                return self._get(request) or (_OK_EMPTY if self.live else error_response(503, "not live"))
+                return self._get(request) or (_LIVE if self.live else error_response(503, "not live"))
             if parts[1] == "ready":
                 if self._get(request) is not None:
                     return self._get(request)
                 if self.dataplane.ready() and not self.draining:
-                    return _OK_EMPTY
+                    return _READY
                 return error_response(503, "model not ready")
         if parts[0] == "models":
             return self._models(request, parts[1:])
