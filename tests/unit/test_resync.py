@@ -60,3 +60,8 @@ def test_services_not_ready_or_not_current_are_looked_at() -> None:
     recent = _stamp(NOW)
     assert serving_due(_body("Deploying", usageObservedAt=recent), NOW)
     assert serving_due(_body("Ready", generation=2, observed=1, usageObservedAt=recent), NOW)
+
+
+def test_a_ready_service_with_a_canary_on_trial_is_looked_at() -> None:
+    canary = {"model": {"uri": "s3://m/v2"}, "replicas": 1}
+    assert serving_due(_body("Ready", usageObservedAt=_stamp(NOW), canary=canary), NOW)
