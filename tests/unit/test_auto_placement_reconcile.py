@@ -354,18 +354,3 @@ def test_a_spec_as_the_api_server_stores_it_hits_the_profile_cache_of_the_same_s
     keys = {profiling_build.settings_key(InferenceServiceSpec.model_validate(body), "server:1", 0)
             for body in (written, stored)}
     assert len(keys) == 1
-
-
-@pytest.mark.parametrize(
-    ("fields", "accelerators", "expected"),
-    [
-        ({"resources": {"cpu": "500m"}, "runtime": {"threads": 1}}, 0, 2),
-        ({"resources": {"cpu": "2"}, "runtime": {"threads": 1}}, 0, 4),
-        ({"resources": {"cpu": "1", "gpus": 1}, "placement": "gpu"}, 1, 64),
-    ],
-)
-def test_the_profile_loads_a_replica_with_the_next_request_queued_behind_every_run(
-    fields: dict[str, Any], accelerators: int, expected: int
-) -> None:
-    spec = InferenceServiceSpec.model_validate({"model": {"uri": "s3://m/model.onnx"}, **fields})
-    assert profiling_build.concurrency(spec, accelerators) == expected

@@ -150,19 +150,15 @@ def target(
 
 
 def concurrency(spec: InferenceServiceSpec, accelerators: int) -> int:
-    """Requests in flight that keep every run of a replica busy: twice runs in flight times rows per batch.
+    """Requests in flight that keep every run of a replica busy: runs in flight times rows per batch.
 
     Runs in flight are what the server derives from its CPU limit (tandem.cgroup.sized_runtime on the limit
-    rounded up), so the operator knows them without asking the pod. At runs x rows alone each run idles
-    while its answer travels back and the next request comes in, so the figure measured how near the client
-    sat rather than what the replica can serve (a half-core MLP replica at one request in flight: 2,343 req/s
-    from the profiler beside it, 1,356 from a client across the pod network). Twice that keeps the next
-    request queued behind every run: the replica's capacity, whichever side the client is on.
+    rounded up), so the operator knows them without asking the pod.
     """
     runtime = serving_build.server_runtime(spec, accelerators)
     cores = max(1, math.ceil(float(parse_quantity(spec.resources.cpu))))
     _, runs = sized_runtime(runtime.threads, None, cores)
-    return 2 * runs * runtime.max_batch_size
+    return runs * runtime.max_batch_size
 
 
 def _profiler_env(profile: ProfileTarget) -> dict[str, str]:

@@ -8,9 +8,8 @@ execution provider the replica really got, which the server reports on its metri
 
 Two bounded phases:
 - latency: one request at a time, after a warm-up, for percentiles of an unloaded replica;
-- throughput: a closed loop at the concurrency that keeps every run in flight busy with the next request
-  queued (twice runs x batch rows; tandem.build.profiling.concurrency), answered requests over wall time,
-  with the p99 a request sees at that load.
+- throughput: a closed loop at the concurrency that keeps every run in flight busy (runs x batch rows),
+  answered requests over wall time, with the p99 a request sees at that load.
 """
 
 from __future__ import annotations
