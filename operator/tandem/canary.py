@@ -134,7 +134,7 @@ def plan(
         return RolloutPlan(serve=candidate, rejected=rejected)
     if same_model(candidate, stable):
         return RolloutPlan(serve=stable, rejected=rejected)
-    if any(same_model(candidate, r) for r in _as_models(rejected)) and (
+    if (candidate.uri, candidate.sha256) in {(r.uri, r.sha256) for r in rejected} and (
         candidate.training_job is not None or rollout.canary_percent > 0
     ):
         return RolloutPlan(serve=stable, rejected=rejected)
@@ -152,10 +152,6 @@ def plan(
     if trial is None or not same_model(trial.model, candidate):
         return _start(rollout, stable, candidate, rejected, stable_replicas, now)
     return _judge(rollout, stable, trial, rejected, observed, now)
-
-
-def _as_models(rejected: list[RejectedModel]) -> list[ServedModel]:
-    return [ServedModel(uri=r.uri, sha256=r.sha256, version=r.version) for r in rejected]
 
 
 def _start(
@@ -199,9 +195,8 @@ def _judge(
             canary.started_at = now
     if metrics is not None:
         canary.requests, canary.errors, canary.p99_latency_ms = metrics.requests, metrics.errors, metrics.p99_latency_ms
-    window_over = (
-        canary.started_at is not None and (now - canary.started_at).total_seconds() >= rollout.canary_seconds
-    )
+    left = None if canary.started_at is None else rollout.canary_seconds - (now - canary.started_at).total_seconds()
+    window_over = left is not None and left <= 0
     failure = _failure(rollout, canary, metrics, window_over, now)
     if failure is not None:
         message = f"{_describe(canary.model)} rolled back: {failure}; {_describe(stable)} keeps serving"
@@ -220,17 +215,10 @@ def _judge(
             verdict=Verdict(True, "Promoted", message),
             events=[Event("Normal", "Promoted", message)],
         )
-    waiting = (
-        "waiting for its replicas to be ready"
-        if canary.started_at is None
-        else f"{rollout.canary_seconds - (now - canary.started_at).total_seconds():.0f}s of its window left"
-    )
+    waiting = "waiting for its replicas to be ready" if left is None else f"{left:.0f}s of its window left"
     unread = "" if metrics is not None else "; its servers' metrics could not be read yet"
     message = f"canary: {_describe(canary.model)} on {canary.percent}% of ready replicas, {waiting}; {figures}{unread}"
-    remaining = RECHECK_SECONDS
-    if canary.started_at is not None:
-        left = rollout.canary_seconds - (now - canary.started_at).total_seconds()
-        remaining = max(0.5, min(RECHECK_SECONDS, left))
+    remaining = RECHECK_SECONDS if left is None else max(0.5, min(RECHECK_SECONDS, left))
     return RolloutPlan(
         serve=stable,
         canary=canary,

@@ -42,10 +42,10 @@ from tandem.errors import Problem
 from tandem.kube import Kube
 from tandem.profiling import observed as profiles
 from tandem.quantity import parse_quantity
-from tandem.status.conditions import Event, find, set_condition
+from tandem.status.conditions import Event, find, has_ready_condition, set_condition
 from tandem.status.pools import pool_status
 from tandem.status.queueing import evicted
-from tandem.status.serving import pod_ready, problem_status, resolve_model, serving_status
+from tandem.status.serving import problem_status, resolve_model, serving_status
 from tandem.status.serving import rollout as rollout_figures
 from tandem.status.training import ObservedRun, stopping, training_status
 
@@ -523,11 +523,10 @@ def _observe_canary(
     """The canary's Deployment and its ready servers' metrics, as they are now."""
     stored = kube.read("apps/v1", "Deployment", namespace, serving_build.canary_name(name))
     _, ready, _ = rollout_figures(stored)
-    selector = {"tandem.dev/inferenceservice": name, **serving_build.CANARY_TRACK}
     ips = [
         str((pod.get("status") or {}).get("podIP"))
-        for pod in kube.list_objects("v1", "Pod", namespace, selector)
-        if pod_ready(pod) and (pod.get("status") or {}).get("podIP")
+        for pod in kube.list_objects("v1", "Pod", namespace, serving_build.canary_selector(name))
+        if has_ready_condition(pod) and (pod.get("status") or {}).get("podIP")
     ]
     metrics = canary_metrics.scrape(ips) if ips else None
     return canary.CanaryObservation(ready, previous.ready_replicas, metrics)
@@ -546,12 +545,14 @@ def _apply_canary(
         digest = children_hash([desired])
         meta = desired["metadata"]
         stored = kube.read("apps/v1", "Deployment", meta["namespace"], meta["name"])
-        if (((stored or {}).get("metadata") or {}).get("annotations") or {}).get(CHILDREN_HASH_ANNOTATION) != digest:
+        if _applied_digest(stored) != digest:
             meta.setdefault("annotations", {})[CHILDREN_HASH_ANNOTATION] = digest
             kube.apply(desired)
-    elif kube.read("apps/v1", "Deployment", serving.namespace, serving_build.canary_name(serving.name)) is not None:
+        return
+    name = serving_build.canary_name(serving.name)
+    if kube.read("apps/v1", "Deployment", serving.namespace, name) is not None:
         # Level-triggered: whatever made it (a reconcile from a view since superseded), it goes.
-        kube.delete("apps/v1", "Deployment", serving.namespace, serving_build.canary_name(serving.name))
+        kube.delete("apps/v1", "Deployment", serving.namespace, name)
 
 
 def _rollout_status(
@@ -593,10 +594,9 @@ def _apply_serving_children(
     if spec_current:
         meta = deployment["metadata"]
         stored = kube.read("apps/v1", "Deployment", meta["namespace"], meta["name"])
-        applied = ((stored or {}).get("metadata") or {}).get("annotations") or {}
         if (
             stored is not None
-            and applied.get(CHILDREN_HASH_ANNOTATION) == digest
+            and _applied_digest(stored) == digest
             and all(_exists(kube, child) for child in others)
         ):
             return stored
@@ -605,6 +605,12 @@ def _apply_serving_children(
     for child in others:
         kube.apply(child)
     return stored
+
+
+def _applied_digest(stored: dict[str, Any] | None) -> str | None:
+    """The children digest a stored Deployment was last applied with (CHILDREN_HASH_ANNOTATION)."""
+    annotations = ((stored or {}).get("metadata") or {}).get("annotations") or {}
+    return annotations.get(CHILDREN_HASH_ANNOTATION)
 
 
 def _exists(kube: Kube, obj: dict[str, Any]) -> bool:

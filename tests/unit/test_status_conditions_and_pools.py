@@ -5,8 +5,8 @@ from typing import Any
 
 from tandem.api.common import ConditionStatus
 from tandem.api.computepool import ComputePoolSpec, ComputePoolStatus
-from tandem.status.conditions import find, is_true, set_condition
-from tandem.status.pools import matches, node_ready, pool_status
+from tandem.status.conditions import find, has_ready_condition, is_true, set_condition
+from tandem.status.pools import matches, pool_status
 
 
 def test_new_condition_is_appended_with_now(now: datetime) -> None:
@@ -104,4 +104,4 @@ def test_node_matches_only_with_every_selector_label(pools: dict[str, ComputePoo
 
 
 def test_node_without_status_is_not_ready() -> None:
-    assert not node_ready({"metadata": {"name": "n"}})
+    assert not has_ready_condition({"metadata": {"name": "n"}})

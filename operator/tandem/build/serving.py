@@ -223,6 +223,11 @@ def canary_name(name: str) -> str:
     return f"{name}-canary"
 
 
+def canary_selector(name: str) -> dict[str, str]:
+    """The canary Deployment's pods: the service's label and the track label."""
+    return {"tandem.dev/inferenceservice": name, **CANARY_TRACK}
+
+
 def canary_deployment(serving: Serving, config: OperatorConfig, replicas: int) -> dict[str, Any]:
     """The canary: the stable Deployment's pods with the model on trial (serving.model), a fixed count of them.
 
@@ -234,7 +239,7 @@ def canary_deployment(serving: Serving, config: OperatorConfig, replicas: int) -
     desired = deployment(serving, config)
     desired["metadata"]["name"] = canary_name(serving.name)
     desired["metadata"]["labels"] = {**desired["metadata"]["labels"], **CANARY_TRACK}
-    desired["spec"]["selector"] = {"matchLabels": {**serving.selector, **CANARY_TRACK}}
+    desired["spec"]["selector"] = {"matchLabels": canary_selector(serving.name)}
     template_labels = desired["spec"]["template"]["metadata"]["labels"]
     desired["spec"]["template"]["metadata"]["labels"] = {**template_labels, **CANARY_TRACK}
     desired["spec"]["replicas"] = replicas

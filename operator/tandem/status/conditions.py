@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from tandem.api.common import Condition, ConditionStatus
 
@@ -19,6 +21,12 @@ class Event:
 
 def find(conditions: list[Condition], kind: str) -> Condition | None:
     return next((condition for condition in conditions if condition.type == kind), None)
+
+
+def has_ready_condition(obj: Mapping[str, Any]) -> bool:
+    """Whether a Node or a Pod (as the API server returns it) has its Ready condition True."""
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 def is_true(conditions: list[Condition], kind: str) -> bool:

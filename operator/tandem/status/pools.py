@@ -9,7 +9,7 @@ from typing import Any
 
 from tandem.api.computepool import ComputePoolSpec, ComputePoolStatus, ResourceTotals
 from tandem.quantity import format_cpu, format_memory, parse_quantity
-from tandem.status.conditions import set_condition
+from tandem.status.conditions import has_ready_condition, set_condition
 
 
 def node_summary(name: str, labels: Mapping[str, str], status: Mapping[str, Any]) -> dict[str, Any]:
@@ -38,11 +38,6 @@ def matches(pool: ComputePoolSpec, node: dict[str, Any]) -> bool:
     return selected(pool.node_selector, node)
 
 
-def node_ready(node: dict[str, Any]) -> bool:
-    conditions = (node.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-
-
 def _totals(nodes: list[dict[str, Any]], field: str, accelerator: str) -> ResourceTotals:
     cpu = memory = Decimal(0)
     accelerators = 0
@@ -59,7 +54,7 @@ def pool_status(
     previous: ComputePoolStatus, generation: int, pool: ComputePoolSpec, nodes: list[dict[str, Any]], now: datetime
 ) -> ComputePoolStatus:
     members = [node for node in nodes if matches(pool, node)]
-    ready = [node for node in members if node_ready(node)]
+    ready = [node for node in members if has_ready_condition(node)]
     conditions = set_condition(
         previous.conditions,
         "Ready",

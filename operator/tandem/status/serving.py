@@ -62,12 +62,6 @@ def rollout(deployment: dict[str, Any] | None) -> tuple[int, int, bool]:
     return replicas, ready, complete
 
 
-def pod_ready(pod: dict[str, Any]) -> bool:
-    """Whether the pod passes its readiness probe (its Ready condition is True)."""
-    conditions = (pod.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-
-
 def serving_status(
     previous: InferenceServiceStatus,
     generation: int,
