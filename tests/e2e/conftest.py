@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
+import struct
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -21,7 +23,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
-from support.cluster import ExternalCluster, LocalCluster, chosen, running
+from support.cluster import ExternalCluster, LocalCluster, chosen, running, wait_until
 from support.digits import MODEL_CLAIM, RELEASE_VALUES, bound_directory, model_claim
 from support.tools import run, tool
 
@@ -112,11 +114,28 @@ def models(kube: k8s.ApiClient, namespace: str) -> ModelVolume:
     return ModelVolume(MODEL_CLAIM, bound_directory(kube, namespace))
 
 
-def service_address(api: k8s.ApiClient, namespace: str, name: str) -> str:
-    """The Service's ClusterIP and port: reached from this machine through kube-proxy's rules."""
+def service_address(api: k8s.ApiClient, namespace: str, name: str, timeout: float = 60) -> str:
+    """The Service's ClusterIP and port, once it answers a readiness check from this machine.
+
+    Ready replicas are not yet a reachable Service: the EndpointSlice and kube-proxy's rules follow a moment
+    later, and until then the ClusterIP refuses connections (a CI run's load saw 72 refusals in that window).
+    """
     service = k8s.CoreV1Api(api).read_namespaced_service(name, namespace)
     port = next(p.port for p in service.spec.ports if p.name == "http")
-    return f"{service.spec.cluster_ip}:{port}"
+    address = f"{service.spec.cluster_ip}:{port}"
+    wait_until(lambda: _answers_ready(service.spec.cluster_ip, port), timeout=timeout, what=f"{address} answering")
+    return address
+
+
+def _answers_ready(host: str, port: int) -> bool:
+    connection = http.client.HTTPConnection(host, port, timeout=5)
+    try:
+        connection.request("GET", "/v2/health/ready")
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        connection.close()
 
 
 TINY_REQUEST = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]})
@@ -147,6 +166,10 @@ class Load(threading.Thread):
         while not self.stop.is_set():
             connection = http.client.HTTPConnection(self.host, self.port, timeout=10)
             try:
+                connection.connect()
+                # Closed with a reset, not into TIME_WAIT: a replica answering 500 at once would otherwise let
+                # two threads use up this machine's ephemeral ports in a minute (EADDRNOTAVAIL in a run).
+                connection.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 connection.request("POST", self.path, self.request, {"Content-Type": "application/json"})
                 response = connection.getresponse()
                 response.read()

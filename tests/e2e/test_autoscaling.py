@@ -19,7 +19,7 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from e2e.conftest import CHART, Load, ModelVolume, Release, helm
+from e2e.conftest import CHART, Load, ModelVolume, Release, helm, service_address
 from support.cluster import ExternalCluster, LocalCluster, wait_until
 from support.digits import CPU_POOL
 from support.models import tiny_model
@@ -49,7 +49,7 @@ def serve_tiny_model(
     kube: k8s.ApiClient, namespace: str, models: ModelVolume, name: str, autoscaling: dict[str, Any]
 ) -> str:
     """An InferenceService of one to three replicas of a quarter core each on the real CPU node, Ready; returns
-    its Service's ClusterIP:port (reached from this machine through kube-proxy)."""
+    its Service's ClusterIP:port once that answers (reached from this machine through kube-proxy)."""
     data = tiny_model()
     (models.path / "tiny.onnx").write_bytes(data)
     spec = {
@@ -69,9 +69,7 @@ def serve_tiny_model(
         "Ready",
         180,
     )
-    service = k8s.CoreV1Api(kube).read_namespaced_service(name, namespace)
-    port = next(p.port for p in service.spec.ports if p.name == "http")
-    return f"{service.spec.cluster_ip}:{port}"
+    return service_address(kube, namespace, name)
 
 
 def hpa(kube: k8s.ApiClient, namespace: str, name: str) -> Any:

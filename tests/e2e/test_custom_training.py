@@ -20,7 +20,7 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from e2e.conftest import ModelVolume, Release
+from e2e.conftest import ModelVolume, Release, service_address
 from support.cluster import REPO_ROOT, wait_until
 from support.digits import CPU_POOL, GPU_POOL, accuracy, predict, serving_spec, training_spec
 from support.tandem import body, condition, create, wait_for
@@ -100,20 +100,10 @@ def test_user_scripts_run_from_a_config_map_and_their_model_is_served(
         180,
     )
     assert ready["status"]["model"]["sha256"] == trained["model"]["sha256"]
-    service = k8s.CoreV1Api(kube).read_namespaced_service("cnn", namespace)
-    address = f"{service.spec.cluster_ip}:{next(p.port for p in service.spec.ports if p.name == 'http')}"
     pixels, labels = example_held_out()
-    served = wait_until(lambda: _predict_or_none(address, pixels), timeout=60, what=f"an answer from {address}")
+    served = predict(service_address(kube, namespace, "cnn"), "cnn", pixels)
     assert accuracy(served, labels) >= 0.9
     assert abs(accuracy(served, labels) - trained["model"]["metrics"]["accuracy"]) <= 1.5 / len(labels)
-
-
-def _predict_or_none(address: str, pixels: Any) -> Any:
-    """A first request may race kube-proxy's rules for a new Service: None until it answers."""
-    try:
-        return predict(address, "cnn", pixels)
-    except Exception:
-        return None
 
 
 def container_pids(pod_uid: str) -> list[int]:
