@@ -4,7 +4,8 @@ by the API server, not by the operator.
 kopf filters watch events by label on the client: the operator would receive every Job and Deployment in
 the cluster and drop most of them. Here the API server applies the label selector (`tandem.dev/trainingjob`
 present, `tandem.dev/inferenceservice` present), so only the operator's own children travel. Each event adds
-the owner's key to the work queue.
+the owner's key to the work queue, unless the change is the operator's own latest write coming back
+(tandem.own_writes): the reconcile that wrote it has seen it all.
 
 Each watch also keeps what it received, as an informer's store: the reconcile reads a child from it instead of
 asking the API server again (an event's object is no longer thrown away and fetched once more). The store
@@ -34,6 +35,7 @@ from kubernetes.client.exceptions import ApiException
 from tandem import backoff
 from tandem.exclusive import Key
 from tandem.kube import PAGE, TIMEOUT
+from tandem.own_writes import OwnWrites
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +76,17 @@ class ChildWatch:
         enqueue: Callable[[Key], None],
         namespace: str | None = None,
         trace: Callable[[dict[str, Any]], None] | None = None,
+        own_writes: OwnWrites | None = None,
     ) -> None:
-        """`trace`, when given, sees every object the watch receives (for tests of what travels)."""
+        """`trace`, when given, sees every object the watch receives (for tests of what travels); a change that
+        `own_writes` knows as the operator's own latest write is stored without queueing the owner again."""
         self.kind = kind
         self.owner_label = owner_label
         self.owner_kind = owner_kind
         self.enqueue = enqueue
         self.namespace = namespace
         self.trace = trace
+        self.own_writes = own_writes
         self.stopped = threading.Event()
         self.listed = threading.Event()
         """Set once a list has given the version to watch from: every later change reaches the watch."""
@@ -107,6 +112,13 @@ class ChildWatch:
                 self._store.pop(key, None)
             else:
                 self._store[key] = stored(self.kind, obj)
+
+    def _echo(self, event_type: str, obj: dict[str, Any], version: str) -> bool:
+        """Whether the change is the operator's own latest write coming back: its reconcile saw all of it."""
+        if self.own_writes is None or event_type == "DELETED":
+            return False
+        meta = obj.get("metadata") or {}
+        return self.own_writes.echo((self.kind, str(meta.get("namespace") or ""), str(meta.get("name"))), version)
 
     @staticmethod
     def _list_function(api: client.ApiClient, kind: str, namespace: str | None) -> Callable[..., Any]:
@@ -141,10 +153,10 @@ class ChildWatch:
         with self._store_lock:
             self._store = store
         if queue_owners:
-            for item in store.values():
-                owner = self._owner(item)
-                if owner is not None:
-                    self.enqueue(owner)
+            owners = {owner for item in store.values() if (owner := self._owner(item)) is not None}
+            log.info("%ss listed again after their watch fell behind: %d owners queued", self.kind, len(owners))
+            for owner in owners:
+                self.enqueue(owner)
         return str((page.get("metadata") or {}).get("resourceVersion") or "")
 
     def run(self) -> None:
@@ -170,7 +182,7 @@ class ChildWatch:
                         if self.trace is not None:
                             self.trace(obj)
                         owner = self._owner(obj)
-                        if owner is not None:
+                        if owner is not None and not self._echo(str(event.get("type")), obj, version):
                             self.enqueue(owner)
                     if self.stopped.is_set():
                         return

@@ -8,7 +8,9 @@ and status functions see exactly what the API server returned.
 Every call has a deadline (`TIMEOUT`): a hung API server (connections accepted, no answers) costs a worker
 that much, never forever. urllib3 retries nothing on its own (a read retried blindly doubles the wait and hides
 the failure); retrying is the caller's choice, with `tandem.backoff`. Writes pass through an optional
-`fence`: a replica that may no longer lead (tandem.leader) sends no write at all.
+`fence`: a replica that may no longer lead (tandem.leader) sends no write at all. What a write returns is
+recorded in an optional `tandem.own_writes.OwnWrites`, so the watches can tell the operator's own writes when
+they come back.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 
 from tandem.api.resources import GROUP, VERSION, Resource
+from tandem.own_writes import OwnWrites
 
 FIELD_MANAGER = "tandem-operator"
 TIMEOUT = (3.0, 5.0)
@@ -90,12 +93,15 @@ class Kube:
         timeout: tuple[float, float] = TIMEOUT,
         fence: Callable[[], bool] | None = None,
         stores: Callable[[str, str], Store | None] | None = None,
+        writes: OwnWrites | None = None,
     ) -> None:
-        """`stores(kind, namespace)` gives the watch store that holds children of that kind there, if any."""
+        """`stores(kind, namespace)` gives the watch store that holds children of that kind there, if any;
+        `writes` records what each write returned."""
         self.api = api or api_client()
         self.timeout = timeout
         self.fence = fence
         self.stores = stores
+        self.writes = writes
 
     def _call(
         self,
@@ -120,6 +126,8 @@ class Kube:
         if not 200 <= response.status <= 299:
             raise ApiException(status=response.status, reason=response.reason, http_resp=response)
         data: dict[str, Any] = json.loads(payload or b"{}")
+        if method in ("POST", "PATCH", "PUT") and self.writes is not None:
+            self.writes.wrote(data)
         return data
 
     @staticmethod

@@ -4,7 +4,8 @@ Expected outcome: a Job without the `tandem.dev/trainingjob` label, created befo
 reaches the watch (one watch stream delivers in resourceVersion order, so by the time the labelled Job's
 event arrives, the unlabelled one's would have); the labelled Job's event queues its owner TrainingJob. The
 watch's store answers for the Jobs it received, as the API server last sent them, before their owner is
-queued, and forgets a deleted one.
+queued, and forgets a deleted one. A child the operator wrote itself is stored when its change comes back but
+queues no owner (the reconcile that wrote it saw it all); someone else's change to it does.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from kubernetes import client as k8s
 from support.cluster import wait_until
 from tandem.children import ChildWatch
 from tandem.exclusive import Key
-from tandem.kube import api_client
+from tandem.kube import Kube, api_client
+from tandem.own_writes import OwnWrites
 
 pytestmark = pytest.mark.cluster
 
@@ -97,3 +99,43 @@ def test_the_store_holds_a_child_before_its_owner_is_queued_and_forgets_it_when_
     assert "managedFields" not in first["metadata"]
     batch.delete_namespaced_job("kept-g1", namespace, propagation_policy="Background")
     wait_until(lambda: child_watch.get(namespace, "kept-g1") is None, timeout=30, what="the Job forgotten")
+
+
+def service(name: str, owner: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "labels": {"tandem.dev/inferenceservice": owner}},
+        "spec": {"ports": [{"name": "http", "port": 8080}]},
+    }
+
+
+def test_the_operators_own_write_coming_back_queues_no_owner_but_someone_elses_change_does(
+    kube: k8s.ApiClient, namespace: str
+) -> None:
+    """A Service, not a Job: no controller writes to it after the operator, so every event is the test's doing."""
+    recorder = Recorder()
+    own = OwnWrites(["Service"])
+    child_watch = ChildWatch(
+        api_client(kube.configuration), "Service", "tandem.dev/inferenceservice", "InferenceService", recorder,
+        namespace, own_writes=own,
+    )
+    child_watch.start()
+    try:
+        assert child_watch.listed.wait(30)
+        desired = service("front", "front")
+        desired["metadata"]["namespace"] = namespace
+        written = Kube(kube, writes=own).apply(desired)
+        version = written["metadata"]["resourceVersion"]
+        wait_until(
+            lambda: (child_watch.get(namespace, "front") or {}).get("metadata", {}).get("resourceVersion") == version,
+            timeout=30,
+            what="the operator's write stored",
+        )
+        assert recorder.keys == [] and not own.awaiting(("Service", namespace, "front"))
+
+        patch = {"metadata": {"labels": {"team": "search"}}}
+        k8s.CoreV1Api(kube).patch_namespaced_service("front", namespace, patch)
+        wait_until(lambda: recorder.keys == [("InferenceService", namespace, "front")], timeout=30, what="queued")
+    finally:
+        child_watch.stop()

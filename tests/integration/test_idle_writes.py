@@ -2,7 +2,8 @@
 
 Expected outcome: once Ready InferenceServices and finished TrainingJobs have converged, a resync pass makes no
 write at all (no status patch, no child apply, no event) to any resource Tandem touches; its reads are a
-paginated list per kind plus, per ComputePool, one read of the pool and one list of its own nodes.
+paginated list per kind plus, per ComputePool, one read of the pool and one list of its own nodes. A reconcile
+that a child's change calls for works from the body the TrainingJob's watch delivered: no read of it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from kubernetes import client as k8s
 
 from support.apiserver import requests
 from support.cluster import wait_until
-from support.tandem import artifact_message, body, create, get
+from support.tandem import artifact_message, body, create, get, reconciles
 from tandem import handlers
 from tandem.api.resources import INFERENCE_SERVICE, TRAINING_JOB
 
@@ -113,3 +114,28 @@ def test_kopf_writes_no_bookkeeping_of_its_own(
     meta = get(tandem_api, INFERENCE_SERVICE, namespace, "plain")["metadata"]
     assert not [key for key in meta.get("annotations") or {} if "kopf" in key or key.startswith("tandem.dev/")]
     assert not meta.get("finalizers")
+
+
+def test_a_reconcile_a_childs_change_calls_for_reads_its_object_from_the_watch(
+    tandem_api: k8s.ApiClient, namespace: str, scoped_operator: KopfRunner
+) -> None:
+    spec = {"resources": {"gpus": 1, "cpu": "1", "memory": "1Gi"}, "model": {"output": "s3://m/held"}, "suspend": True}
+    create(tandem_api, TRAINING_JOB, namespace, body(TRAINING_JOB, "held", spec))
+    wait_until(lambda: _phase(tandem_api, TRAINING_JOB, namespace, "held") == "Queued", timeout=60, what="Queued")
+    key = ("TrainingJob", namespace, "held")
+    wait_until(
+        lambda: handlers.queue().idle() and not handlers._own_writes.awaiting(key),
+        timeout=30,
+        what="the operator's writes back through its watch and its queue drained",
+    )
+    job = get(tandem_api, TRAINING_JOB, namespace, "held")["status"]["jobName"]
+    reconciled = reconciles("TrainingJob")
+    before = requests(tandem_api)
+
+    patch = {"metadata": {"labels": {"team": "vision"}}}  # someone else's change to the child Job
+    k8s.BatchV1Api(tandem_api).patch_namespaced_job(job, namespace, patch)
+    wait_until(lambda: reconciles("TrainingJob") > reconciled, timeout=30, what="the owner reconciled")
+    wait_until(handlers.queue().idle, timeout=30, what="its work done")
+
+    delta = requests(tandem_api) - before
+    assert delta[("GET", "trainingjobs", "")] == 0, delta

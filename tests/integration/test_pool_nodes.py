@@ -14,7 +14,7 @@ from kubernetes import client as k8s
 
 from support.apiserver import requests
 from support.cluster import wait_until
-from support.tandem import body, create, get, resource_api
+from support.tandem import body, create, get, reconciles, resource_api
 from tandem import handlers
 from tandem.api.resources import COMPUTE_POOL, GROUP, INFERENCE_SERVICE, VERSION
 
@@ -69,19 +69,20 @@ def test_a_pool_follows_its_nodes_from_the_watch_without_waiting_for_a_resync(
 def test_a_resync_pass_lists_no_nodes(tandem_api: k8s.ApiClient, operator: KopfRunner) -> None:
     """Listing per pool per pass would add 2 node LISTs a pass here (pools gpu and cpu); the watch adds none.
     Other clients of this API server (kwok, the controllers) may list nodes in the window: fewer than one
-    LIST a pass in all is the bound."""
+    LIST a pass in all is the bound. Nor is a pool read: its body is the one its watch delivered."""
     passes = 5
     wait_until(lambda: pool_counts(tandem_api, "gpu")[0], timeout=30, what="the operator counting pool gpu")
     # A fresh operator first reconciles what earlier tests left in this package's cluster: on a slow pass of
     # this shared machine that took over 30 s.
     wait_until(handlers.queue().idle, timeout=120, what="the operator's queue drained")
-    before = requests(tandem_api)
+    before, reconciled = requests(tandem_api), reconciles("ComputePool")
     for _ in range(passes):
         handlers.resync_once()
         wait_until(handlers.queue().idle, timeout=30, what="the pass's work done")
     after = requests(tandem_api)
     assert after[("LIST", "nodes", "")] - before[("LIST", "nodes", "")] < passes
-    assert after[("GET", "computepools", "")] - before[("GET", "computepools", "")] >= 2 * passes  # looked at
+    assert reconciles("ComputePool") - reconciled >= 2 * passes  # every pool looked at, every pass
+    assert after[("GET", "computepools", "")] == before[("GET", "computepools", "")]  # from the watch's bodies
 
 
 def placement_of(api: k8s.ApiClient, namespace: str, name: str) -> tuple[Any, Any]:

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
+from prometheus_client import REGISTRY
 
 from support.cluster import wait_until
 from tandem.api.resources import COMPUTE_POOL, GROUP, VERSION, Resource
@@ -153,3 +154,8 @@ def wait_for(
         return obj if check(obj) else None
 
     return wait_until(probe, timeout=timeout, interval=0.5, what=f"{resource.kind} {name}: {what}")
+
+
+def reconciles(kind: str) -> float:
+    """Successful reconciles of a kind so far by the operator running in this process (tandem_reconcile_total)."""
+    return REGISTRY.get_sample_value("tandem_reconcile_total", {"kind": kind, "result": "success"}) or 0.0
