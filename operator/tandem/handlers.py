@@ -283,9 +283,9 @@ def resync_forever(stop: threading.Event, interval: float) -> None:
     work, and retries resources that wait for a pool or a model (tandem.resync says which).
 
     It only adds keys to the work queue, so periodic work takes the same per-key path as events: the list says
-    which objects to look at, the worker reads each afresh under its lock. kopf timers would put a finalizer
-    on every resource (blocking deletion whenever the operator is not running) and run beside the object's
-    handlers, not exclusively with them.
+    which objects to look at, the worker takes each under its lock from the newest body its watch delivered.
+    kopf timers would put a finalizer on every resource (blocking deletion whenever the operator is not
+    running) and run beside the object's handlers, not exclusively with them.
     """
     while not stop.wait(interval):
         try:
@@ -303,7 +303,7 @@ def _watched(resource: Resource) -> list[dict[str, Any]]:
 
 def resync_once() -> None:
     """One pass: list each kind (paginated) and queue the keys that wait on time; the queue reconciles them
-    through the same per-key path as events, each from a fresh read."""
+    through the same per-key path as events, each from the newest body its watch delivered."""
     for pool in kube().list_custom(COMPUTE_POOL):
         enqueue(key_of("ComputePool", pool))
     due = [key_of("TrainingJob", job) for job in _watched(TRAINING_JOB) if resync.training_due(job)]
@@ -348,7 +348,7 @@ def _view(key: Key) -> dict[str, Any] | None:
 
 
 def process(key: Hashable, attempt: int) -> float | None:
-    """Reconcile one queued key from a fresh read; the delay before it is retried, or None when done."""
+    """Reconcile one queued key from its watched body (or a read); the delay before it is retried, or None when done."""
     kind, namespace, name = cast(Key, key)
     try:
         outcome = reconcile_object(kind, (kind, namespace, name), _step(kind), _view((kind, namespace, name)), attempt)

@@ -2,8 +2,9 @@
 
 Expected outcome: once Ready InferenceServices and finished TrainingJobs have converged, a resync pass makes no
 write at all (no status patch, no child apply, no event) to any resource Tandem touches; its reads are a
-paginated list per kind plus, per ComputePool, one read of the pool and one list of its own nodes. A reconcile
-that a child's change calls for works from the body the TrainingJob's watch delivered: no read of it.
+paginated list per kind (pools are reconciled from the bodies their watch delivered, their nodes counted from
+the node watch). A reconcile that a child's change calls for works from the body the TrainingJob's watch
+delivered: no read of it.
 """
 
 from __future__ import annotations
