@@ -153,12 +153,30 @@ def cpu_by_process(operator_pid: int) -> Counter[str]:
     return found
 
 
+NO_OPERATOR = -1
+"""The pid to pass to `cpu_by_process` while no operator runs."""
+
+
+def cpu_bound(raw: Counter[str], burst: Counter[str]) -> float:
+    """The operator / raw ratio an operator that cost no CPU of its own could reach, if CPU is what binds.
+
+    On a machine whose cores are all busy in both windows, rates go as the inverse of the CPU spent per object:
+    raw, every process's CPU per Job; through the operator, every process's CPU per TrainingJob but the
+    operator's own (the API server's work for the TrainingJob create, its status write and the child Job, the
+    watches that carry them, the benchmark's clients, the controllers).
+    """
+    others = sum(burst.values()) - burst["operator"]
+    return sum(raw.values()) / others if others > 0 else float("inf")
+
+
 def cpu_table(before: Counter[str], after: Counter[str], seconds: float) -> list[str]:
     """Markdown rows: CPU seconds of each process between two readings, and its share of the window's cores."""
     rows = ["| process | CPU seconds | cores busy (of the window) |", "|---|---:|---:|"]
     for name in sorted(after, key=lambda n: -(after[n] - before[n])):
         used = after[name] - before[name]
         rows.append(f"| {name} | {used:.1f} | {used / seconds:.2f} |")
+    total = sum(after.values()) - sum(before.values())
+    rows.append(f"| all of them | {total:.1f} | {total / seconds:.2f} |")
     return rows
 
 
@@ -210,7 +228,9 @@ def run(api: k8s.ApiClient, kubeconfig: Path, count: int) -> dict[str, Any]:
         core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=namespace)))
 
     print(f"[bench] raw API: creating {count} Jobs with {CLIENTS} clients", flush=True)
+    raw_processes_before = cpu_by_process(NO_OPERATOR)
     raw_seconds = create_all(count, lambda i: batch.create_namespaced_job(raw_ns, raw_job(f"raw-{i}")))
+    raw_processes_after = cpu_by_process(NO_OPERATOR)
     print(f"[bench] raw API: {count / raw_seconds:.1f} Jobs/s; deleting them before the operator's turn", flush=True)
     deleted(core, raw_ns)
 
@@ -263,7 +283,7 @@ def run(api: k8s.ApiClient, kubeconfig: Path, count: int) -> dict[str, Any]:
         rss, peak = memory_kib(operator.pid)
         operator_cpu = cpu_seconds(operator.pid) - cpu_before
         processes_after = cpu_by_process(operator.pid)
-        processes = cpu_table(processes_before, processes_after, time.perf_counter() - burst_start)
+        burst_seconds = time.perf_counter() - burst_start
     finally:
         operator.terminate()
         operator.wait(timeout=60)
@@ -278,7 +298,9 @@ def run(api: k8s.ApiClient, kubeconfig: Path, count: int) -> dict[str, Any]:
         "rss_mib": rss / 1024,
         "peak_rss_mib": peak / 1024,
         "cpu_ms_each": 1000 * operator_cpu / count,
-        "processes": processes,
+        "processes": cpu_table(processes_before, processes_after, burst_seconds),
+        "raw_processes": cpu_table(raw_processes_before, raw_processes_after, raw_seconds),
+        "bound": cpu_bound(raw_processes_after - raw_processes_before, processes_after - processes_before),
         "requests": request_table(requests_before, requests_after, count, "per new TrainingJob (all clients)"),
     }
 
@@ -319,6 +341,13 @@ def main() -> None:
     print("scrape after it):")
     print()
     print("\n".join(result["processes"]))
+    print()
+    print("The same for the raw API server's window (the benchmark creating Jobs directly):")
+    print()
+    print("\n".join(result["raw_processes"]))
+    print()
+    print(f"ratio an operator costing no CPU could reach here (CPU per object, raw / everything but the operator):"
+          f" {result['bound']:.2f}")
 
 
 if __name__ == "__main__":

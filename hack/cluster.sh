@@ -112,7 +112,7 @@ start_apiserver() {
     --authorization-mode Node,RBAC --allow-privileged=true \
     --kubelet-client-certificate "$p/apiserver-kubelet-client.crt" --kubelet-client-key "$p/apiserver-kubelet-client.key" \
     --kubelet-preferred-address-types InternalIP \
-    --endpoint-reconciler-type "$reconciler" --profiling=false "${aggregation[@]}"
+    --endpoint-reconciler-type "$reconciler" --profiling="${TANDEM_APISERVER_PROFILING:-false}" "${aggregation[@]}"
   wait_for kube-apiserver 60 curl -fsS --cacert "$p/ca.crt" --cert "$p/admin.crt" --key "$p/admin.key" \
     "https://$API_HOST:$API_PORT/readyz"
 }
