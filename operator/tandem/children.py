@@ -34,7 +34,7 @@ from kubernetes.client.exceptions import ApiException
 
 from tandem import backoff
 from tandem.exclusive import Key
-from tandem.kube import PAGE, TIMEOUT
+from tandem.kube import PAGE, TIMEOUT, collection_path
 from tandem.own_writes import OwnWrites
 
 log = logging.getLogger(__name__)
@@ -46,22 +46,54 @@ WATCH_READ_TIMEOUT = 75.0
 considered dead and reconnected."""
 
 
-LISTS: dict[str, tuple[Callable[[client.ApiClient], Any], str, str]] = {
-    "Job": (client.BatchV1Api, "list_job_for_all_namespaces", "list_namespaced_job"),
-    "Deployment": (client.AppsV1Api, "list_deployment_for_all_namespaces", "list_namespaced_deployment"),
-    "Service": (client.CoreV1Api, "list_service_for_all_namespaces", "list_namespaced_service"),
-    "PodDisruptionBudget": (
-        client.PolicyV1Api,
-        "list_pod_disruption_budget_for_all_namespaces",
-        "list_namespaced_pod_disruption_budget",
-    ),
-    "HorizontalPodAutoscaler": (
-        client.AutoscalingV2Api,
-        "list_horizontal_pod_autoscaler_for_all_namespaces",
-        "list_namespaced_horizontal_pod_autoscaler",
-    ),
+API_VERSIONS = {
+    "Job": "batch/v1",
+    "Deployment": "apps/v1",
+    "Service": "v1",
+    "PodDisruptionBudget": "policy/v1",
+    "HorizontalPodAutoscaler": "autoscaling/v2",
 }
-"""Child kind -> (API class, list method over all namespaces, list method in one namespace)."""
+"""Child kind -> its apiVersion (tandem.kube knows the path of each)."""
+QUERY = {
+    "label_selector": "labelSelector",
+    "limit": "limit",
+    "_continue": "continue",
+    "watch": "watch",
+    "resource_version": "resourceVersion",
+    "allow_watch_bookmarks": "allowWatchBookmarks",
+    "timeout_seconds": "timeoutSeconds",
+}
+"""Keyword arguments of a list function (as the client library's watch passes them) -> query parameters."""
+
+
+def lister(api: client.ApiClient, kind: str, namespace: str | None) -> Callable[..., Any]:
+    """A list function for one child kind (a watch with `watch=True`) that returns the unread urllib3 response,
+    as the generated API classes' methods do with `_preload_content=False`.
+
+    Plain requests keep those classes out of the operator: their pydantic-validated methods cost about 100 MiB
+    of memory to import (CoreV1Api alone 90 MiB), more than ten thousand objects' stores.
+    """
+    path = collection_path(API_VERSIONS[kind], kind, namespace)
+
+    def list_children(
+        _request_timeout: tuple[float, float] = TIMEOUT, _preload_content: bool = False, **params: Any
+    ) -> Any:
+        query = [(QUERY[name], _query_value(value)) for name, value in params.items() if value is not None]
+        request = api.param_serialize(
+            "GET", path, query_params=query, header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        response = api.call_api(*request, _request_timeout=_request_timeout)
+        if not 200 <= response.status <= 299:
+            response.read()
+            raise ApiException(status=response.status, reason=response.reason, http_resp=response)
+        return response.response
+
+    return list_children
+
+
+def _query_value(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
 class ChildWatch:
@@ -91,7 +123,7 @@ class ChildWatch:
         self.listed = threading.Event()
         """Set once a list has given the version to watch from: every later change reaches the watch."""
         self._watch: watch.Watch | None = None
-        self._list = self._list_function(api, kind, namespace)
+        self._list = lister(api, kind, namespace)
         self._store: dict[tuple[str, str], dict[str, Any]] = {}
         self._store_lock = threading.Lock()
 
@@ -120,14 +152,6 @@ class ChildWatch:
         meta = obj.get("metadata") or {}
         return self.own_writes.echo((self.kind, str(meta.get("namespace") or ""), str(meta.get("name"))), version)
 
-    @staticmethod
-    def _list_function(api: client.ApiClient, kind: str, namespace: str | None) -> Callable[..., Any]:
-        api_class, all_namespaces, one_namespace = LISTS[kind]
-        return getattr(api_class(api), all_namespaces if namespace is None else one_namespace)
-
-    def _args(self) -> tuple[str, ...]:
-        return () if self.namespace is None else (self.namespace,)
-
     def _owner(self, obj: dict[str, Any]) -> Key | None:
         meta = obj.get("metadata") or {}
         owner = (meta.get("labels") or {}).get(self.owner_label)
@@ -139,10 +163,7 @@ class ChildWatch:
         token = ""
         store: dict[tuple[str, str], dict[str, Any]] = {}
         while True:
-            response = self._list(
-                *self._args(), label_selector=self.owner_label, limit=PAGE, _continue=token or None,
-                _preload_content=False, _request_timeout=TIMEOUT,
-            )
+            response = self._list(label_selector=self.owner_label, limit=PAGE, _continue=token or None)
             page = json.loads(response.data or b"{}")
             for item in page.get("items") or []:
                 meta = item.get("metadata") or {}
@@ -170,7 +191,7 @@ class ChildWatch:
                     self.listed.set()
                 self._watch = watch.Watch()
                 for event in self._watch.stream(
-                    self._list, *self._args(), label_selector=self.owner_label, resource_version=version,
+                    self._list, label_selector=self.owner_label, resource_version=version,
                     allow_watch_bookmarks=True, timeout_seconds=WATCH_SECONDS, deserialize=False,
                     _request_timeout=(TIMEOUT[0], WATCH_READ_TIMEOUT),
                 ):

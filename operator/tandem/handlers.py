@@ -334,7 +334,7 @@ def _keep(key: Key, body: Mapping[str, Any]) -> None:
     kept = json.dumps({**body, "metadata": meta}, separators=(",", ":")).encode()
     with _bodies_lock:
         _bodies[key] = kept
-    _own_writes.echo(key, str(meta.get("resourceVersion") or ""))
+    _own_writes.echo(key, str(meta.get("resourceVersion") or ""), wait=0)  # never block kopf's event loop
 
 
 def _view(key: Key) -> dict[str, Any] | None:

@@ -27,7 +27,7 @@ from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 
 from tandem.api.resources import GROUP, VERSION, Resource
-from tandem.own_writes import OwnWrites
+from tandem.own_writes import Identity, OwnWrites
 
 FIELD_MANAGER = "tandem-operator"
 TIMEOUT = (3.0, 5.0)
@@ -63,6 +63,12 @@ def load_config() -> None:
         kube_config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
 
 
+def collection_path(api_version: str, kind: str, namespace: str | None) -> str:
+    """The URL path of a kind's objects in one namespace, or in all of them."""
+    prefix, plural = _PATHS[(api_version, kind)]
+    return f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
+
+
 class NotLeading(RuntimeError):
     """A write refused before it was sent: this replica's lease may have passed to another."""
 
@@ -74,7 +80,11 @@ def api_client(configuration: client.Configuration | None = None) -> client.ApiC
     # connection per request beyond it.
     configuration.connection_pool_maxsize = CONNECTIONS
     configuration.retries = urllib3.Retry(total=0, connect=0, read=0, redirect=0, status=0, other=0)
-    return client.ApiClient(configuration)
+    api = client.ApiClient(configuration)
+    # The API server names a write's field manager after the user agent when the request names none, and
+    # shows the agent in audit logs: "tandem-operator", not the generated client's "OpenAPI-Generator".
+    api.user_agent = FIELD_MANAGER
+    return api
 
 
 class Store(Protocol):
@@ -110,9 +120,20 @@ class Kube:
         body: Any = None,
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
+        target: Identity | None = None,
     ) -> dict[str, Any]:
+        """One request; `target`, for a write, names the object it changes, so that its watch event can wait
+        for the response (tandem.own_writes)."""
         if method != "GET" and self.fence is not None and not self.fence():
             raise NotLeading(f"{method} {path} not sent: leadership is not assured")
+        if target is None or self.writes is None:
+            return self._send(method, path, body, query, content_type)
+        with self.writes.sending(target):
+            return self._send(method, path, body, query, content_type)
+
+    def _send(
+        self, method: str, path: str, body: Any, query: list[tuple[str, str]] | None, content_type: str
+    ) -> dict[str, Any]:
         request = self.api.param_serialize(
             method,
             path,
@@ -130,10 +151,7 @@ class Kube:
             self.writes.wrote(data)
         return data
 
-    @staticmethod
-    def _collection(api_version: str, kind: str, namespace: str | None) -> str:
-        prefix, plural = _PATHS[(api_version, kind)]
-        return f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
+    _collection = staticmethod(collection_path)
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply of a desired child; returns the object as stored, status included."""
@@ -145,6 +163,7 @@ class Kube:
             body=obj,
             query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
             content_type="application/apply-patch+yaml",
+            target=(obj["kind"], meta["namespace"], meta["name"]),
         )
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
@@ -155,6 +174,7 @@ class Kube:
             self._collection(obj["apiVersion"], obj["kind"], meta["namespace"]),
             body=obj,
             query=[("fieldManager", FIELD_MANAGER)],
+            target=(obj["kind"], meta["namespace"], meta["name"]),
         )
 
     def merge_patch(
@@ -165,7 +185,9 @@ class Kube:
             "PATCH",
             f"{self._collection(api_version, kind, namespace)}/{name}",
             body=patch,
+            query=[("fieldManager", FIELD_MANAGER)],
             content_type="application/merge-patch+json",
+            target=(kind, namespace, name),
         )
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
@@ -299,7 +321,9 @@ class Kube:
             "PATCH",
             self._custom_path(resource, namespace, name) + "/status",
             body=patch,
+            query=[("fieldManager", FIELD_MANAGER)],
             content_type="application/merge-patch+json",
+            target=(resource.kind, namespace or "", name),
         )
 
 

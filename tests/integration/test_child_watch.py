@@ -128,11 +128,12 @@ def test_the_operators_own_write_coming_back_queues_no_owner_but_someone_elses_c
         written = Kube(kube, writes=own).apply(desired)
         version = written["metadata"]["resourceVersion"]
         wait_until(
-            lambda: (child_watch.get(namespace, "front") or {}).get("metadata", {}).get("resourceVersion") == version,
+            lambda: (child_watch.get(namespace, "front") or {}).get("metadata", {}).get("resourceVersion") == version
+            and not own.awaiting(("Service", namespace, "front")),
             timeout=30,
-            what="the operator's write stored",
+            what="the operator's write stored and known as its echo",
         )
-        assert recorder.keys == [] and not own.awaiting(("Service", namespace, "front"))
+        assert recorder.keys == []
 
         patch = {"metadata": {"labels": {"team": "search"}}}
         k8s.CoreV1Api(kube).patch_namespaced_service("front", namespace, patch)

@@ -96,6 +96,8 @@ def test_training_job_runs_on_gpu_nodes_and_publishes_its_model(
     assert status["usage"]["gpuSeconds"] > 0 and status["usage"]["estimatedCost"] > 0
     assert condition(done, "Succeeded")["status"] == "True"  # type: ignore[index]
     assert status["observedGeneration"] == done["metadata"]["generation"]
+    status_writers = {e["manager"] for e in done["metadata"]["managedFields"] if e.get("subresource") == "status"}
+    assert status_writers == {"tandem-operator"}, "status is written under the operator's field manager"
     reasons = {event.reason for event in events_for(tandem_api, namespace, "digits")}
     assert {"Created", "ModelPublished"} <= reasons
 

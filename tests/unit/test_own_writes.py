@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from tandem.own_writes import OwnWrites
@@ -67,3 +68,31 @@ def test_expired_records_are_dropped_so_memory_follows_recent_writes() -> None:
     clock.now += 31
     writes.wrote(written(name="fresh"))
     assert len(writes) == 1
+
+
+def test_an_echo_that_overtakes_its_writes_response_waits_for_it() -> None:
+    writes = OwnWrites(["Job"])
+    verdicts: list[bool] = []
+    with writes.sending(JOB):
+        watch = threading.Thread(target=lambda: verdicts.append(writes.echo(JOB, "7", wait=30)))
+        watch.start()
+        writes.wrote(written(version="7"))
+    watch.join(30)
+    assert verdicts == [True]
+    assert not writes.awaiting(JOB)
+
+
+def test_an_echo_that_may_not_wait_is_remembered_until_the_response_names_it() -> None:
+    writes = OwnWrites(["Job"])
+    with writes.sending(JOB):
+        assert not writes.echo(JOB, "7", wait=0)  # kopf's loop: the response has not come back yet
+        writes.wrote(written(version="7"))
+    assert not writes.awaiting(JOB), "the write's echo already came: the kept body is current"
+
+
+def test_a_write_that_never_answers_lets_the_event_count_as_someone_elses_after_the_wait() -> None:
+    writes = OwnWrites(["Job"])
+    with writes.sending(JOB):
+        assert not writes.echo(JOB, "7", wait=0.01)
+    writes.wrote(written(version="9"))  # a later write of ours: its own echo still counts
+    assert writes.awaiting(JOB) and writes.echo(JOB, "9", wait=0)
