@@ -78,8 +78,21 @@ def sized_runtime(threads: int | None, workers: int | None, cores: int) -> tuple
     quota, and every busy thread takes time from the event loop that parses the next request. So threads
     default to 1 and runs in flight to the cores left per run: with one thread a run, one run per core, the
     fastest configuration under load measured on 2 CPUs (benchmarks/README.md: 12-15% more requests/s at
-    concurrency 8 than 2 threads x 2 runs, equal at 64). Setting threads to the core count gives one run in
-    flight using every core, which is what a single request's latency wants.
+    concurrency 8 than 2 threads x 2 runs, equal at 64). A request that finds the server idle still gets every
+    core: `lone_run_threads` gives such a run a second session with a thread per core. Setting threads to the
+    core count instead gives every run every core, with one run in flight.
     """
     chosen_threads = threads or 1
     return chosen_threads, workers or max(1, cores // chosen_threads)
+
+
+def lone_run_threads(threads: int | None, cores: int) -> int:
+    """Intra-op threads for a run that starts while the server is idle: every core unless threads are given.
+
+    The default of one thread a run leaves cores idle while a request runs alone; the server gives such a run a
+    second session with a thread per core (tandem.server.lonerun). 0 when `threads` is given, so an explicit
+    --threads is what every run gets, and when there is only one core to give.
+    """
+    if threads is not None or cores <= 1:
+        return 0
+    return cores

@@ -41,6 +41,7 @@ class InferenceServer:
             version=config.model_version,
             session=SessionSettings(
                 intra_op_threads=config.threads,
+                lone_run_threads=config.lone_run_threads,
                 spinning=config.spinning,
                 execution_provider=config.execution_provider,
             ),

@@ -133,13 +133,15 @@ def serve(
     log_level: str,
 ) -> None:
     """Serve one ONNX model over the Open Inference Protocol (KServe V2), REST and gRPC."""
-    from tandem.cgroup import default_threads, sized_runtime
+    from tandem.cgroup import default_threads, lone_run_threads, sized_runtime
     from tandem.server.app import InferenceServer
     from tandem.server.logs import configure_logging
     from tandem.server.providers import ExecutionProvider
 
     configure_logging(log_level.upper())
-    threads, workers = sized_runtime(threads, workers, default_threads())
+    cores = default_threads()
+    lone_threads = lone_run_threads(threads, cores)
+    threads, workers = sized_runtime(threads, workers, cores)
     config = defaults.ServerConfig(
         model_name=model_name,
         model_uri=model_uri,
@@ -151,6 +153,7 @@ def serve(
         metrics_port=metrics_port,
         threads=threads,
         workers=workers,
+        lone_run_threads=lone_threads,
         max_batch_size=max_batch_size,
         max_batch_delay_ms=max_batch_delay_ms,
         execution_provider=ExecutionProvider(execution_provider),

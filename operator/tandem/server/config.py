@@ -39,6 +39,9 @@ class ServerConfig:
     """onnxruntime intra-op threads per run; `tandem serve` sizes it and `workers` with cgroup.sized_runtime."""
     workers: int = 2
     """onnxruntime runs in flight at once (executor threads)."""
+    lone_run_threads: int = 0
+    """Intra-op threads for a run that starts while no other is in progress (`lonerun`); 0: every run uses
+    `threads`. `tandem serve` sets it to the CPU limit unless --threads is given."""
     max_batch_size: int = 0
     """Dynamic batching: rows per batched run; 0 or 1 turns batching off."""
     max_batch_delay_ms: float = 0.0

@@ -67,7 +67,9 @@ class DataPlane:
         )
 
     def add(self, model: OnnxModel) -> None:
+        """Serve `model`; its runs learn from `in_flight` whether they are alone (`lonerun`)."""
         self._models[model.name] = model
+        model.requests_admitted = lambda: self.in_flight
 
     @property
     def models(self) -> list[OnnxModel]:

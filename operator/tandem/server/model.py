@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -19,6 +19,7 @@ from tandem import storage
 from tandem.api.artifact import TensorSpec
 from tandem.server import datatypes
 from tandem.server.errors import InferenceFailed, ModelLoadError
+from tandem.server.lonerun import LoneRunSessions
 from tandem.server.providers import ExecutionProvider, open_session, running_provider
 
 log = logging.getLogger("tandem.server.model")
@@ -54,7 +55,10 @@ class SessionSettings:
     """How to open the onnxruntime session."""
 
     intra_op_threads: int = 1
-    """Threads for one operator; match the container's CPU limit."""
+    """Threads for one operator in a run that overlaps another (every run when `lone_run_threads` is off)."""
+    lone_run_threads: int = 0
+    """Threads for a run that starts while no other is in progress, on a second session (`lonerun`); CPU
+    provider only. 0, or no more than `intra_op_threads`: off, one session for every run."""
     spinning: bool = False
     """Let idle intra-op threads busy-wait. Off: on few cores the spinning steals CPU from HTTP parsing."""
     execution_provider: ExecutionProvider = ExecutionProvider.AUTO
@@ -117,7 +121,11 @@ class OnnxModel:
         self.sha256: str | None = None
         self.execution_provider: str | None = None
         """The provider the session runs on (cpu, cuda, tensorrt), once loaded."""
-        self._session: Any = None
+        self.sessions: LoneRunSessions | None = None
+        """The sessions a run chooses from (a wide one for lone runs on CPU, `lonerun`), once loaded."""
+        self.requests_admitted: Callable[[], int] = lambda: 0
+        """Infer requests the server has admitted and not yet answered; the data plane that serves the model
+        sets it. A run is alone only when it is the only one, so none waits for a run or is being decoded."""
         self._signature: Signature | None = None
         self._bf16_inputs: frozenset[str] = frozenset()
         self._bf16 = False
@@ -157,9 +165,13 @@ class OnnxModel:
                 f"sha256 mismatch for {self.uri}: expected {self.expected_sha256}, got {self.sha256}; "
                 "refusing to serve a model that is not the one the InferenceService names"
             )
-        self._session = self._open(data)
-        self.execution_provider = running_provider(self._session)
-        self._signature = signature_of(self._session)
+        session = self._open(data, self.settings.intra_op_threads, self.settings.execution_provider)
+        self.execution_provider = running_provider(session)
+        wide = None
+        if self.settings.lone_run_threads > self.settings.intra_op_threads and self.execution_provider == "cpu":
+            wide = self._open(data, self.settings.lone_run_threads, ExecutionProvider.CPU)
+        self.sessions = LoneRunSessions(session, wide, lambda: self.requests_admitted())
+        self._signature = signature_of(session)
         self._bf16_inputs = frozenset(s.name for s in self._signature.inputs if s.datatype == "BF16")
         self._bf16 = any(s.datatype == "BF16" for s in (*self._signature.inputs, *self._signature.outputs))
         if self._bf16 and any(s.datatype == "BYTES" for s in self._signature.inputs):
@@ -168,8 +180,12 @@ class OnnxModel:
                 "feed bfloat16 only as OrtValues, which cannot hold strings"
             )
         fetched = time.perf_counter()
+        feeds = warmup_feeds(self._signature)
         try:
-            self.predict(warmup_feeds(self._signature), None)
+            self.predict(feeds, None)  # alone: the wide session where there is one
+            if wide is not None:
+                with self.sessions.session():  # as if beside another run: the narrow session
+                    self.predict(feeds, None)
         except InferenceFailed as exc:
             raise ModelLoadError(f"warm-up inference failed for {self.name}: {exc.message}") from exc
         log.info(
@@ -182,22 +198,23 @@ class OnnxModel:
                 "load_s": round(fetched - started, 3),
                 "warmup_s": round(time.perf_counter() - fetched, 3),
                 "threads": self.settings.intra_op_threads,
+                "lone_run_threads": self.settings.lone_run_threads if wide is not None else None,
                 "execution_provider": self.execution_provider,
                 "requested_provider": self.settings.execution_provider.value,
             },
         )
 
-    def _open(self, data: bytes) -> Any:
+    def _open(self, data: bytes, threads: int, provider: ExecutionProvider) -> Any:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = self.settings.intra_op_threads
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.settings.spinning else "0")
         try:
-            return open_session(ort, data, options, self.settings.execution_provider, self.name)
+            return open_session(ort, data, options, provider, self.name)
         except Exception as exc:
             raise ModelLoadError(f"onnxruntime cannot open {self.uri}: {exc}") from exc
 
@@ -206,18 +223,19 @@ class OnnxModel:
 
         Returns numpy arrays, except BF16 outputs, which come back as uint16 bit patterns.
         """
-        if self._session is None:
+        if self.sessions is None:
             raise RuntimeError(f"model {self.name} is not loaded")
         names = list(outputs) if outputs is not None else [s.name for s in self.signature.outputs]
         try:
-            if self._bf16:
-                return self._predict_ortvalues(feeds, names)
-            result: list[Any] = self._session.run(names, feeds)
+            with self.sessions.session() as session:
+                if self._bf16:
+                    return self._predict_ortvalues(session, feeds, names)
+                result: list[Any] = session.run(names, feeds)
         except Exception as exc:
             raise InferenceFailed(f"the model failed on these inputs: {_short(exc)}") from exc
         return result
 
-    def _predict_ortvalues(self, feeds: dict[str, np.ndarray], names: list[str]) -> list[Any]:
+    def _predict_ortvalues(self, session: Any, feeds: dict[str, np.ndarray], names: list[str]) -> list[Any]:
         """The slow path for bfloat16, which numpy cannot hold: feed and fetch OrtValues."""
         import onnxruntime as ort
 
@@ -227,7 +245,7 @@ class OnnxModel:
             else ort.OrtValue.ortvalue_from_numpy(array)
             for name, array in feeds.items()
         }
-        results = self._session.run_with_ort_values(names, values)
+        results = session.run_with_ort_values(names, values)
         arrays: list[Any] = []
         for name, value in zip(names, results, strict=True):
             if self.signature.output_index[name].datatype == "BF16":
@@ -237,7 +255,7 @@ class OnnxModel:
         return arrays
 
     def unload(self) -> None:
-        self._session = None
+        self.sessions = None
         self.state = ModelState.UNLOADED
 
 

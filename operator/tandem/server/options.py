@@ -33,7 +33,8 @@ def runtime_options(command: F) -> F:
                 envvar="TANDEM_THREADS",
                 type=click.IntRange(min=1),
                 default=None,
-                help="onnxruntime intra-op threads per run [default: 1].",
+                help="onnxruntime intra-op threads per run [default: 1, and the cgroup CPU limit, rounded up, for a "
+                "run that starts while the server is idle].",
             ),
             click.option(
                 "--workers",

@@ -1,0 +1,58 @@
+"""Adaptive intra-op parallelism: a run that starts while the server is idle gets every core.
+
+One intra-op thread a run and one run per CPU is the fastest configuration under load, but a lone request then
+leaves the other cores idle: on 2 CPUs the MLP at concurrency 1 served 82% of what 2 threads x 1 run did, while
+2 threads x 2 runs oversubscribes the cores under load (benchmarks/results/serve-defaults.md). So the model
+keeps two onnxruntime sessions of the same bytes: a narrow one (one thread, shared by concurrent runs) and a
+wide one (a thread per CPU). A run takes the wide session when it starts with no other run in progress and no
+other infer request admitted (none decoded or waiting for a run); every other run takes the narrow one.
+
+The admitted requests matter as much as the runs: a server bound by request parsing often has no run in
+progress between two even under load (a third of the MLP's runs at concurrency 8 found none), while the next
+requests are already admitted; with both conditions under 1% of runs under load are wide. The choice is made
+once, at a run's start, so a run that began alone keeps its threads when a second request arrives; while
+they overlap the cores are oversubscribed by one thread.
+
+CPU provider only: a GPU model keeps one session (its device memory, its own parallelism). The cost is memory:
+the wide session holds its own copy of the weights and of their prepacked form, measured at +11 MiB RSS for the
+7 MiB MLP and +4 MiB for the 2 MiB CNN (sharing the initializers through SessionOptions.add_initializer saved
+nothing). A pod that cannot afford it sets --threads, which opens one session for every run.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+
+class LoneRunSessions:
+    """Hands out the session a run should use: `wide` when the server is idle at its start, else `narrow`."""
+
+    def __init__(self, narrow: Any, wide: Any | None = None, admitted: Callable[[], int] = lambda: 0) -> None:
+        self.narrow = narrow
+        """The session of the configured intra-op threads; also the one to read signature and provider from."""
+        self.wide = wide
+        """The session with a thread per CPU, or None when every run uses `narrow` (explicit threads, GPU)."""
+        self.admitted = admitted
+        """Infer requests admitted and not yet answered, this run's own included (DataPlane.in_flight)."""
+        self._lock = threading.Lock()
+        self._running = 0
+
+    @property
+    def running(self) -> int:
+        """Runs in progress now."""
+        return self._running
+
+    @contextmanager
+    def session(self) -> Iterator[Any]:
+        """The session for one run, counted as in progress until the block ends; thread-safe."""
+        with self._lock:
+            alone = self._running == 0 and self.admitted() <= 1
+            self._running += 1
+        try:
+            yield self.wide if alone and self.wide is not None else self.narrow
+        finally:
+            with self._lock:
+                self._running -= 1
