@@ -176,7 +176,8 @@ class Runtime(ApiModel):
     """Server runtime settings."""
 
     threads: int | None = Field(default=None, ge=1, le=256)
-    """onnxruntime threads per run; runs in flight fill the CPU limit. Empty: 1, the fastest under load."""
+    """onnxruntime threads per run; runs in flight fill the CPU limit. Empty: 1 while runs overlap (the fastest
+    under load), and a run that finds the server idle uses every CPU of the limit."""
     max_batch_size: int | None = Field(default=None, ge=1, le=1024)
     """Dynamic batching: largest batch formed from concurrent requests; 1 is off. Empty: off on CPU, 32 on a GPU."""
     max_batch_delay_ms: float = Field(default=0.0, ge=0, le=1000)
