@@ -10,9 +10,10 @@ the owner's key to the work queue, unless the change is the operator's own lates
 Each watch also keeps what it received, as an informer's store: the reconcile reads a child from it instead of
 asking the API server again (an event's object is no longer thrown away and fetched once more). The store
 keeps what the reconcile reads (metadata without managedFields, spec without the pod template, status) as
-compact JSON, decoded when read: about 1.5 KiB a Job, where the decoded dicts took 9 KiB. An object is stored before its owner is queued: the reconcile an
-event causes sees at least that event's version. Writes made from a store's view stay safe when it lags:
-status is written conditionally on the owner's resourceVersion, children by idempotent apply or create.
+compact JSON, decoded when read: about 1.5 KiB a Job, where the decoded dicts took 9 KiB. An object is
+stored before its owner is queued: the reconcile an event causes sees at least that event's version. Writes
+made from a store's view stay safe when it lags: status is written conditionally on the owner's
+resourceVersion, children by idempotent apply or create.
 
 Informer rules, as client-go's reflector: a paginated list gives the resourceVersion to watch from; the watch
 resumes from the last version seen (bookmarks included) when the server ends it; a 410 Gone (the version is
