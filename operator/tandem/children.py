@@ -35,7 +35,7 @@ from kubernetes.client.exceptions import ApiException
 
 from tandem import backoff
 from tandem.exclusive import Key
-from tandem.kube import PAGE, TIMEOUT, collection_path
+from tandem.kube import PAGE, TIMEOUT, collection_path, send
 from tandem.own_writes import OwnWrites
 
 log = logging.getLogger(__name__)
@@ -80,15 +80,7 @@ def lister(api: client.ApiClient, kind: str, namespace: str | None) -> Callable[
         _request_timeout: tuple[float, float] = TIMEOUT, _preload_content: bool = False, **params: Any
     ) -> Any:
         query = [(QUERY[name], _query_value(value)) for name, value in params.items() if value is not None]
-        request = api.param_serialize(
-            "GET", path, query_params=query, header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"],
-        )
-        response = api.call_api(*request, _request_timeout=_request_timeout)
-        if not 200 <= response.status <= 299:
-            response.read()
-            raise ApiException(status=response.status, reason=response.reason, http_resp=response)
-        return response.response
+        return send(api, "GET", path, _request_timeout, query=query).response
 
     return list_children
 

@@ -69,6 +69,32 @@ def collection_path(api_version: str, kind: str, namespace: str | None) -> str:
     return f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
 
 
+def send(
+    api: client.ApiClient,
+    method: str,
+    path: str,
+    timeout: tuple[float, float],
+    query: list[tuple[str, str]] | None = None,
+    body: Any = None,
+    content_type: str = "application/json",
+) -> Any:
+    """One request; the client's response, unread when it succeeded (a watch streams it), else ApiException
+    carrying the API server's status body."""
+    request = api.param_serialize(
+        method,
+        path,
+        query_params=query or [],
+        header_params={"Accept": "application/json", "Content-Type": content_type},
+        body=body,
+        auth_settings=["BearerToken"],
+    )
+    response = api.call_api(*request, _request_timeout=timeout)
+    if not 200 <= response.status <= 299:
+        response.read()
+        raise ApiException(status=response.status, reason=response.reason, http_resp=response)
+    return response
+
+
 class NotLeading(RuntimeError):
     """A write refused before it was sent: this replica's lease may have passed to another."""
 
@@ -134,29 +160,16 @@ class Kube:
     def _send(
         self, method: str, path: str, body: Any, query: list[tuple[str, str]] | None, content_type: str
     ) -> dict[str, Any]:
-        request = self.api.param_serialize(
-            method,
-            path,
-            query_params=query or [],
-            header_params={"Accept": "application/json", "Content-Type": content_type},
-            body=body,
-            auth_settings=["BearerToken"],
-        )
-        response = self.api.call_api(*request, _request_timeout=self.timeout)
-        payload = response.read()
-        if not 200 <= response.status <= 299:
-            raise ApiException(status=response.status, reason=response.reason, http_resp=response)
-        data: dict[str, Any] = json.loads(payload or b"{}")
+        response = send(self.api, method, path, self.timeout, query=query, body=body, content_type=content_type)
+        data: dict[str, Any] = json.loads(response.read() or b"{}")
         if method in ("POST", "PATCH", "PUT") and self.writes is not None:
             self.writes.wrote(data)
         return data
 
-    _collection = staticmethod(collection_path)
-
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply of a desired child; returns the object as stored, status included."""
         meta = obj["metadata"]
-        path = f"{self._collection(obj['apiVersion'], obj['kind'], meta['namespace'])}/{meta['name']}"
+        path = f"{collection_path(obj['apiVersion'], obj['kind'], meta['namespace'])}/{meta['name']}"
         return self._call(
             "PATCH",
             path,
@@ -171,7 +184,7 @@ class Kube:
         meta = obj["metadata"]
         return self._call(
             "POST",
-            self._collection(obj["apiVersion"], obj["kind"], meta["namespace"]),
+            collection_path(obj["apiVersion"], obj["kind"], meta["namespace"]),
             body=obj,
             query=[("fieldManager", FIELD_MANAGER)],
             target=(obj["kind"], meta["namespace"], meta["name"]),
@@ -183,7 +196,7 @@ class Kube:
         """A JSON merge patch of single fields, for changes that must not take over the whole object."""
         return self._call(
             "PATCH",
-            f"{self._collection(api_version, kind, namespace)}/{name}",
+            f"{collection_path(api_version, kind, namespace)}/{name}",
             body=patch,
             query=[("fieldManager", FIELD_MANAGER)],
             content_type="application/merge-patch+json",
@@ -192,7 +205,7 @@ class Kube:
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return self._call("GET", f"{self._collection(api_version, kind, namespace)}/{name}")
+            return self._call("GET", f"{collection_path(api_version, kind, namespace)}/{name}")
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -213,7 +226,7 @@ class Kube:
     def list_objects(
         self, api_version: str, kind: str, namespace: str, selector: dict[str, str]
     ) -> list[dict[str, Any]]:
-        path = self._collection(api_version, kind, namespace)
+        path = collection_path(api_version, kind, namespace)
         return list(self._pages(path, [("labelSelector", label_selector(selector))]))
 
     def _pages(self, path: str, query: list[tuple[str, str]] | None = None) -> Iterator[dict[str, Any]]:
@@ -232,7 +245,7 @@ class Kube:
         try:
             self._call(
                 "DELETE",
-                f"{self._collection(api_version, kind, namespace)}/{name}",
+                f"{collection_path(api_version, kind, namespace)}/{name}",
                 body={"propagationPolicy": "Background"},
             )
         except ApiException as exc:
