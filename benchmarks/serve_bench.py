@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Inference server benchmark: Tandem's server against KServe and MLServer and the in-process limit.
 
-One run builds two ONNX models (an MLP 784-1024-1024-10 and a small CNN on 3x64x64), starts each server in
-turn wrapping an onnxruntime session with the same intra-op thread count, drives batch-1 V2 infer requests at
-each concurrency: REST with wrk (JSON bodies), gRPC with ghz (ModelInferRequest with raw_input_contents, what
-tritonclient sends), and measures onnxruntime alone in-process. Ratios come from the same run, because the
-machine is shared and absolute numbers drift. Prints a markdown table and writes it to
-benchmarks/results/serve.md.
+One run builds two ONNX models (an MLP 784-1024-1024-10 and a small CNN on 3x64x64), starts every server for a
+model at once, each wrapping an onnxruntime session with the same intra-op thread count, and drives batch-1 V2
+infer requests at each concurrency: REST with wrk (JSON bodies), gRPC with ghz (ModelInferRequest with
+raw_input_contents, what tritonclient sends), and measures onnxruntime alone in-process. Ratios come from the
+same run, because the machine is shared and absolute numbers drift: each round measures every server at a point
+back to back, in an order that rotates from round to round, so servers are compared over seconds rather than
+minutes and none always goes first; the report takes the median of the rounds. Prints a markdown table and writes
+it to benchmarks/results/serve.md.
 
 Peers live in their own virtual environments (kserve and mlserver conflict) under
 $HOME/.cache/tandem/bench-venvs, created here when missing. Needs `wrk` on PATH (apt-get install wrk) and, for
@@ -38,7 +40,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -134,6 +136,8 @@ class Point:
     cpu_ms: float = 0.0
     """CPU time (all threads, user + system) per request or run: the cost that survives a busy machine."""
     protocol: str = "rest"
+    round_no: int = 0
+    """The round that measured it (0 for a median over rounds), to pair servers measured seconds apart."""
 
 
 def log(message: str) -> None:
@@ -452,6 +456,69 @@ def check_grpc_answer(port: int, body: bytes) -> None:
         raise RuntimeError(f"unexpected gRPC answer on port {port}: {str(response)[:300]}")
 
 
+Load = Callable[[int, float], tuple[float, float, float, int, int]]
+"""(concurrency, seconds) -> req/s, p50 ms, p99 ms, errors, requests: one measured window of wrk or ghz."""
+
+
+@dataclass
+class Started:
+    """A server that is up and answered correctly, with a load generator per protocol it speaks."""
+
+    label: str
+    pgid: int
+    loads: dict[str, Load]
+    logfile: Path
+
+    def measure(self, model: str, protocol: str, concurrency: int, seconds: float, round_no: int) -> Point | None:
+        """One window at `concurrency`, with the server's CPU time per request; None when it cannot be measured."""
+        load = self.loads.get(protocol)
+        if load is None:
+            return None
+        try:
+            cpu_before = group_cpu_seconds(self.pgid)
+            rps, p50, p99, errors, total = load(concurrency, seconds)
+        except Exception as exc:
+            log(f"{model} {self.label} {protocol} c={concurrency} failed: {exc}")
+            return None
+        cpu_ms = (group_cpu_seconds(self.pgid) - cpu_before) * 1000 / max(1, total)
+        log(f"{model} {self.label} {protocol} c={concurrency}: {rps:,.0f} req/s p50 {p50:.2f} ms p99 {p99:.2f} ms")
+        return Point(model, self.label, concurrency, rps, p50, p99, errors, cpu_ms, protocol, round_no)
+
+
+def start(
+    stack: ExitStack,
+    label: str,
+    launch: Launch,
+    model: str,
+    work: Path,
+    body_file: Path,
+    grpc_file: Path,
+    protocols: list[str],
+    args: argparse.Namespace,
+) -> Started | None:
+    """Start a server for the rest of `stack`, check its answers and warm it up; None (logged) if it fails."""
+    logfile = work / f"{label}-{model}.log"
+    try:
+        base, pgid = stack.enter_context(running(launch, model, logfile))
+        url = f"{base}/v2/models/{model}/infer"
+        loads: dict[str, Load] = {}
+        if "rest" in protocols:
+            check_answer(url, body_file.read_bytes())
+            loads["rest"] = partial(wrk_load, url, body_file, work)
+        if "grpc" in protocols and launch.grpc_port is not None:
+            check_grpc_answer(launch.grpc_port, grpc_file.read_bytes())
+            loads["grpc"] = partial(ghz, launch.grpc_port, grpc_file)
+        concurrency = max(int(c) for c in args.concurrency.split(","))
+        for load in loads.values():
+            load(concurrency, args.warmup)
+    except Exception as exc:
+        log(f"{model} {label} failed: {exc}")
+        print(logfile.read_text(errors="replace")[-2000:] if logfile.exists() else "", file=sys.stderr)
+        return None
+    log(f"{model} {label}: up")
+    return Started(label, pgid, loads, logfile)
+
+
 # report
 
 
@@ -502,7 +569,21 @@ GRID_LABEL = re.compile(r"t(\d+)w(\d+)")
 """Variants named t<threads>w<workers>: the configuration grid the default is judged against."""
 
 
-def targets(points: list[Point], concurrencies: list[int]) -> list[str]:
+def paired(measured: list[Point], a: Point, b: Point) -> str:
+    """a/b round by round, each pair measured seconds apart: how far apart the two are beyond the drift."""
+    rounds = {p.round_no: p.rps for p in measured if same_point(p, b)}
+    ratios = sorted(p.rps / rounds[p.round_no] for p in measured if same_point(p, a) and p.round_no in rounds)
+    if a.server == b.server or len(ratios) < 2:
+        return ""
+    return f"; round by round {ratios[0]:.0%}-{ratios[-1]:.0%}, median {statistics.median(ratios):.1%}"
+
+
+def same_point(p: Point, like: Point) -> bool:
+    return (p.model, p.server, p.concurrency, p.protocol) == (like.model, like.server, like.concurrency, like.protocol)
+
+
+def targets(points: list[Point], concurrencies: list[int], measured: list[Point]) -> list[str]:
+    """The issue's targets, judged on the medians `points`; `measured` (every round) adds round-by-round ratios."""
     out: list[str] = []
     top = max(concurrencies)
     for model, want_kserve, want_limit in (("mlp", 3.0, None), ("cnn", 2.0, 0.75)):
@@ -532,18 +613,24 @@ def targets(points: list[Point], concurrencies: list[int]) -> list[str]:
                     f"- {model} {name}: batching on at c={top} serves {batched.rps:,.0f} req/s, "
                     f"{batched.rps / limit.rps:.2f}x the in-process batch-1 limit (target > 1x: {verdict})"
                 )
-        for concurrency in concurrencies:
-            grid = [p for p in points if p.model == model and p.concurrency == concurrency and p.protocol == "rest"]
-            grid = [p for p in grid if p.server == "tandem" or GRID_LABEL.fullmatch(p.server)]
-            default = find(points, model, "tandem", concurrency)
-            if default and len(grid) > 1:
-                best = max(grid, key=lambda p: p.rps)
-                ratio = default.rps / best.rps
-                verdict = "met" if ratio >= 0.95 else "NOT met"
-                out.append(
-                    f"- {model} REST c={concurrency}: the default configuration serves {ratio:.0%} of the best "
-                    f"measured ({best.server}, {best.rps:,.0f} req/s) (target >= 95%: {verdict})"
-                )
+        for protocol, name in PROTOCOL_NAMES.items():
+            for concurrency in concurrencies:
+                grid = [
+                    p
+                    for p in points
+                    if (p.model, p.concurrency, p.protocol) == (model, concurrency, protocol)
+                    and (p.server == "tandem" or GRID_LABEL.fullmatch(p.server))
+                ]
+                default = find(points, model, "tandem", concurrency, protocol)
+                if default and len(grid) > 1:
+                    best = max(grid, key=lambda p: p.rps)
+                    ratio = default.rps / best.rps
+                    verdict = "met" if ratio >= 0.95 else "NOT met"
+                    out.append(
+                        f"- {model} {name} c={concurrency}: the default configuration serves {ratio:.1%} of the "
+                        f"best measured ({best.server}, {best.rps:,.0f} req/s) (target >= 95%: {verdict})"
+                        + paired(measured, default, best)
+                    )
     return out
 
 
@@ -607,58 +694,42 @@ def main() -> int:
         work = Path(tmp)
         log("building models")
         built = build_models(work)
-        for model in [m for _ in range(args.rounds) for m in args.models.split(",")]:
+        for model in args.models.split(","):
             path, shape = built[model]
             body_file = work / f"{model}.json"
             body_file.write_bytes(request_body(shape))
             grpc_file = work / f"{model}.binpb"
             grpc_file.write_bytes(grpc_body(model, shape))
-            log(f"{model}: in-process onnxruntime, {args.threads} threads")
-            points.append(in_process(path, shape, args.threads, max(3.0, args.duration / 2)))
             runs: list[tuple[str, Launch]] = []
             for server in servers:
                 if server == "tandem":
-                    runs += [
-                        (
-                            label if label != "tandem" else "tandem",
-                            tandem_launch(path, model, work, flags),
-                        )
-                        for label, flags in variants
-                    ]
+                    runs += [(label, tandem_launch(path, model, work, flags)) for label, flags in variants]
                 elif server == "kserve":
                     runs.append(("kserve", kserve_launch(path, model, args.threads, work)))
                 elif server == "tandem-uvicorn":
                     runs.append(("tandem-uvicorn", uvicorn_launch(path, model, args.threads, work)))
                 elif server == "mlserver":
                     runs.append(("mlserver", mlserver_launch(path, model, args.threads, work)))
-            for label, launch in runs:
-                logfile = work / f"{label}-{model}.log"
-                try:
-                    with running(launch, model, logfile) as (base, pgid):
-                        url = f"{base}/v2/models/{model}/infer"
-                        loads: list[tuple[str, Callable[[int, float], tuple[float, float, float, int, int]]]] = []
-                        if "rest" in protocols:
-                            check_answer(url, body_file.read_bytes())
-                            loads.append(("rest", partial(wrk_load, url, body_file, work)))
-                        if "grpc" in protocols and launch.grpc_port is not None:
-                            check_grpc_answer(launch.grpc_port, grpc_file.read_bytes())
-                            loads.append(("grpc", partial(ghz, launch.grpc_port, grpc_file)))
-                        for protocol, load in loads:
-                            load(max(concurrencies), args.warmup)
-                            for concurrency in concurrencies:
-                                cpu_before = group_cpu_seconds(pgid)
-                                rps, p50, p99, errors, total = load(concurrency, args.duration)
-                                cpu_ms = (group_cpu_seconds(pgid) - cpu_before) * 1000 / max(1, total)
-                                log(f"{model} {label} {protocol} c={concurrency}: {rps:,.0f} req/s "
-                                    f"p50 {p50:.2f} ms p99 {p99:.2f} ms")  # fmt: skip
-                                points.append(Point(model, label, concurrency, rps, p50, p99, errors, cpu_ms, protocol))
-                except Exception as exc:
-                    log(f"{model} {label} failed: {exc}")
-                    tail = logfile.read_text(errors="replace")[-2000:] if logfile.exists() else ""
-                    print(tail, file=sys.stderr)
-    points = medians(points)
+            with ExitStack() as stack:
+                started = [
+                    up
+                    for label, launch in runs
+                    if (up := start(stack, label, launch, model, work, body_file, grpc_file, protocols, args))
+                ]
+                for round_ in range(args.rounds):
+                    log(f"{model} round {round_ + 1}: in-process onnxruntime, {args.threads} threads")
+                    points.append(in_process(path, shape, args.threads, max(3.0, args.duration / 2)))
+                    # The order rotates each round, so no server always runs first or right after a given one.
+                    order = started[round_ % len(started) :] + started[: round_ % len(started)] if started else []
+                    for protocol in protocols:
+                        for concurrency in concurrencies:
+                            for up in order:
+                                point = up.measure(model, protocol, concurrency, args.duration, round_ + 1)
+                                if point is not None:
+                                    points.append(point)
+    measured, points = points, medians(points)
     report = table(points, args.threads, concurrencies)
-    verdicts = targets(points, concurrencies)
+    verdicts = targets(points, concurrencies, measured)
     header = (
         f"Measured {time.strftime('%Y-%m-%d %H:%M %Z')} on {machine()}; batch-1 V2 requests, REST as JSON from wrk "
         f"(1 thread), gRPC as raw_input_contents from ghz (1 OS thread, a connection per 8 calls), "
