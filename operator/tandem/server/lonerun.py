@@ -11,7 +11,7 @@ having found either; every other run takes the narrow one.
 The admitted requests matter as much as the runs: a server bound by request parsing often has no run in
 progress between two even under load (a third of the MLP's runs at concurrency 8 found none), while the next
 requests are already admitted. Over gRPC even that is not enough: calls waiting inside grpcio are invisible
-until it hands them to Python one at a time, and 5-12% of runs at concurrency 8 and 64 still found the server
+until it hands them to Python one at a time, and 5-13% of runs at concurrency 8 and 64 still found the server
 looking idle. So a run is alone only when, besides, no request run in the last `HOLD_S` found company: a
 server under load never looks idle for that long, while at concurrency 1 every run is alone. With the hold,
 under 1% of runs under load are wide over either protocol. The choice is made once, at a run's start, so a
