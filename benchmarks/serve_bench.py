@@ -139,6 +139,11 @@ class Point:
     round_no: int = 0
     """The round that measured it (0 for a median over rounds), to pair servers measured seconds apart."""
 
+    @property
+    def key(self) -> tuple[str, str, int, str]:
+        """What a point measures: the rounds of one key are medianed, and two keys compared round by round."""
+        return self.model, self.server, self.concurrency, self.protocol
+
 
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
@@ -467,7 +472,6 @@ class Started:
     label: str
     pgid: int
     loads: dict[str, Load]
-    logfile: Path
 
     def measure(self, model: str, protocol: str, concurrency: int, seconds: float, round_no: int) -> Point | None:
         """One window at `concurrency`, with the server's CPU time per request; None when it cannot be measured."""
@@ -494,9 +498,10 @@ def start(
     body_file: Path,
     grpc_file: Path,
     protocols: list[str],
-    args: argparse.Namespace,
+    warmup: tuple[int, float],
 ) -> Started | None:
-    """Start a server for the rest of `stack`, check its answers and warm it up; None (logged) if it fails."""
+    """Start a server for the rest of `stack`, check its answers and warm it up (`warmup`: concurrency, seconds);
+    None (logged) if it fails."""
     logfile = work / f"{label}-{model}.log"
     try:
         base, pgid = stack.enter_context(running(launch, model, logfile))
@@ -508,15 +513,14 @@ def start(
         if "grpc" in protocols and launch.grpc_port is not None:
             check_grpc_answer(launch.grpc_port, grpc_file.read_bytes())
             loads["grpc"] = partial(ghz, launch.grpc_port, grpc_file)
-        concurrency = max(int(c) for c in args.concurrency.split(","))
         for load in loads.values():
-            load(concurrency, args.warmup)
+            load(*warmup)
     except Exception as exc:
         log(f"{model} {label} failed: {exc}")
         print(logfile.read_text(errors="replace")[-2000:] if logfile.exists() else "", file=sys.stderr)
         return None
     log(f"{model} {label}: up")
-    return Started(label, pgid, loads, logfile)
+    return Started(label, pgid, loads)
 
 
 # report
@@ -559,10 +563,7 @@ def table(points: list[Point], threads: int, concurrencies: list[int]) -> str:
 
 
 def find(points: list[Point], model: str, server: str, concurrency: int, protocol: str = "rest") -> Point | None:
-    return next(
-        (p for p in points if (p.model, p.server, p.concurrency, p.protocol) == (model, server, concurrency, protocol)),
-        None,
-    )
+    return next((p for p in points if p.key == (model, server, concurrency, protocol)), None)
 
 
 GRID_LABEL = re.compile(r"t(\d+)w(\d+)")
@@ -571,15 +572,13 @@ GRID_LABEL = re.compile(r"t(\d+)w(\d+)")
 
 def paired(measured: list[Point], a: Point, b: Point) -> str:
     """a/b round by round, each pair measured seconds apart: how far apart the two are beyond the drift."""
-    rounds = {p.round_no: p.rps for p in measured if same_point(p, b)}
-    ratios = sorted(p.rps / rounds[p.round_no] for p in measured if same_point(p, a) and p.round_no in rounds)
-    if a.server == b.server or len(ratios) < 2:
+    if a.key == b.key:
+        return ""
+    rounds = {p.round_no: p.rps for p in measured if p.key == b.key}
+    ratios = sorted(p.rps / rounds[p.round_no] for p in measured if p.key == a.key and p.round_no in rounds)
+    if len(ratios) < 2:
         return ""
     return f"; round by round {ratios[0]:.0%}-{ratios[-1]:.0%}, median {statistics.median(ratios):.1%}"
-
-
-def same_point(p: Point, like: Point) -> bool:
-    return (p.model, p.server, p.concurrency, p.protocol) == (like.model, like.server, like.concurrency, like.protocol)
 
 
 def targets(points: list[Point], concurrencies: list[int], measured: list[Point]) -> list[str]:
@@ -638,7 +637,7 @@ def medians(points: list[Point]) -> list[Point]:
     """One point per (model, server, concurrency): the median of the rounds, which shrugs off a noisy one."""
     groups: dict[tuple[str, str, int, str], list[Point]] = {}
     for point in points:
-        groups.setdefault((point.model, point.server, point.concurrency, point.protocol), []).append(point)
+        groups.setdefault(point.key, []).append(point)
     return [
         Point(model, server, concurrency, statistics.median(p.rps for p in group),
               statistics.median(p.p50_ms for p in group), statistics.median(p.p99_ms for p in group),
@@ -710,11 +709,12 @@ def main() -> int:
                     runs.append(("tandem-uvicorn", uvicorn_launch(path, model, args.threads, work)))
                 elif server == "mlserver":
                     runs.append(("mlserver", mlserver_launch(path, model, args.threads, work)))
+            warmup = (max(concurrencies), args.warmup)
             with ExitStack() as stack:
                 started = [
                     up
                     for label, launch in runs
-                    if (up := start(stack, label, launch, model, work, body_file, grpc_file, protocols, args))
+                    if (up := start(stack, label, launch, model, work, body_file, grpc_file, protocols, warmup))
                 ]
                 for round_ in range(args.rounds):
                     log(f"{model} round {round_ + 1}: in-process onnxruntime, {args.threads} threads")
