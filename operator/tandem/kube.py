@@ -287,6 +287,10 @@ class Kube:
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         self.merge_patch("v1", "Event", namespace, name, {"count": count, "lastTimestamp": stamp})
 
+    def live_pods(self) -> list[dict[str, Any]]:
+        """Every pod of the cluster that has not finished (the API server filters), for capacity arithmetic."""
+        return list(self._pages("/api/v1/pods", [("fieldSelector", "status.phase!=Succeeded,status.phase!=Failed")]))
+
     def nodes(self, selector: dict[str, str] | None = None) -> list[dict[str, Any]]:
         """Nodes, only those with the given labels when a selector is given (the API server filters)."""
         query = [("labelSelector", label_selector(selector))] if selector else []

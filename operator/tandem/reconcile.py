@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from typing import Any, TypeVar
 from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, ValidationError
 
-from tandem import canary, canary_metrics, costing, placement, queueing, serving_plan
+from tandem import canary, canary_metrics, costing, gang, placement, queueing, serving_plan
 from tandem.api.computepool import ComputePoolSpec, ComputePoolStatus
 from tandem.api.inferenceservice import (
     InferenceServiceSpec,
@@ -47,10 +48,13 @@ from tandem.status.pools import pool_status
 from tandem.status.queueing import evicted
 from tandem.status.serving import problem_status, resolve_model, serving_status
 from tandem.status.serving import rollout as rollout_figures
-from tandem.status.training import ObservedRun, stopping, training_status
+from tandem.status.training import ObservedRun, made_by, stopping, training_status
 
 SPEC_HASH_ANNOTATION = "tandem.dev/spec-hash"
 CHILDREN_HASH_ANNOTATION = "tandem.dev/children-hash"
+GANG_RECHECK = 15.0
+"""Seconds between looks at a pool's free room for a gang that waits for it: room that other workloads free
+queues nothing for the run that waits."""
 USAGE_FLUSH = timedelta(minutes=10)
 """How stale an InferenceService's status.usage may get when nothing else about it changes."""
 StatusT = TypeVar("StatusT", bound=BaseModel)
@@ -231,21 +235,85 @@ def reconcile_training(
         job = _prioritise(kube, job, spec.priority_class)
     if workload is not None:
         workload = queueing.hold(kube, workload, spec.suspend)
-    elif job is not None and not created and bool((job.get("spec") or {}).get("suspend")) != spec.suspend \
-            and spec.queue is None:
-        job = kube.merge_patch("batch/v1", "Job", namespace, run.job_name, {"spec": {"suspend": spec.suspend}})
+    gang_wait: str | None = None
+    if job is not None and spec.queue is None:
+        job, gang_wait = _hold_or_start(kube, job, spec, pool_name, pool)
     # A Job created a moment ago has no pods yet, nor has a suspended Job whose status counts none; their events
     # bring the next reconcile. (Ten thousand queued runs cost no pod list each.) A run Kueue evicted is the
     # exception: its stopped workers count nowhere in the Job's status (their exit is ignored), yet one may
     # still be there to report the checkpoint the run resumes from.
     has_pods = job is not None and not created and (may_have_pods(job) or evicted(workload))
-    pods = kube.list_objects("v1", "Pod", namespace, {"job-name": run.job_name}) if has_pods else []
+    pods = _workers(kube, job, run.job_name) if has_pods else []
     if job is not None and (job.get("spec") or {}).get("suspend") and stopping(pods):
-        pods = _stop_reports(kube, namespace, run.job_name, pods)
-    status, status_events = training_status(previous, run, pool_name, pool, ObservedRun(job, pods, workload), now())
+        pods = _stop_reports(kube, job, run.job_name, pods)
+    observed = ObservedRun(job, pods, workload, gang_wait)
+    status, status_events = training_status(previous, run, pool_name, pool, observed, now())
     status.observed_generation = generation
     written, _ = write_status(kube, TRAINING_JOB, namespace, name, previous, status, version(body))
-    return Outcome(written, events + status_events)
+    if job is not None and status.phase in (TrainingPhase.SUCCEEDED, TrainingPhase.FAILED) and not _finished(job):
+        # Recorded first, then stopped: its retries could only wait for peers that left, or train again.
+        kube.delete("batch/v1", "Job", namespace, run.job_name)
+        kube.delete("v1", "Service", namespace, run.job_name)
+    return Outcome(written, events + status_events, recheck_after=GANG_RECHECK if gang_wait else None)
+
+
+def _workers(kube: Kube, job: dict[str, Any] | None, job_name: str) -> list[dict[str, Any]]:
+    """The Job's pods: those its uid controls, not whatever carries its job-name label."""
+    namespace = ((job or {}).get("metadata") or {}).get("namespace", "")
+    pods = kube.list_objects("v1", "Pod", namespace, {"job-name": job_name})
+    return [pod for pod in pods if made_by(pod, job)]
+
+
+def _finished(job: dict[str, Any]) -> bool:
+    return any(
+        condition.get("type") in ("Complete", "Failed") and condition.get("status") == "True"
+        for condition in (job.get("status") or {}).get("conditions") or []
+    )
+
+
+_admissions = threading.Lock()
+"""One gang admission at a time in this operator, so two gangs are not both started into room for one."""
+
+
+def _hold_or_start(
+    kube: Kube, job: dict[str, Any], spec: TrainingJobSpec, pool_name: str, pool: ComputePoolSpec
+) -> tuple[dict[str, Any], str | None]:
+    """The Job suspended or started as spec.suspend says, a gang only once all of it fits the pool: the Job as
+    stored, and why it still waits (None when it does not). A Job the operator does not queue for Kueue."""
+    meta = job["metadata"]
+    suspended = bool((job.get("spec") or {}).get("suspend"))
+    if _finished(job):
+        return job, None
+    if spec.suspend or not training_build.held_as_gang(spec):
+        if suspended == spec.suspend:
+            return job, None
+        patch = {"spec": {"suspend": spec.suspend}}
+        return kube.merge_patch("batch/v1", "Job", meta["namespace"], meta["name"], patch), None
+    if not suspended:
+        return job, None  # started as a whole already: its retried workers are the Job's to replace
+    with _admissions:
+        fit = _gang_fit(kube, spec, pool_name, pool)
+        if not fit.fits:
+            return job, fit.message
+        started = kube.merge_patch("batch/v1", "Job", meta["namespace"], meta["name"], {"spec": {"suspend": False}})
+    return started, None
+
+
+def _gang_fit(kube: Kube, spec: TrainingJobSpec, pool_name: str, pool: ComputePoolSpec) -> gang.GangFit:
+    """Whether every worker of the run fits the pool's nodes now (tandem.gang), from the nodes and live pods."""
+    requests = placement.resource_requirements(spec.resources.cpu, spec.resources.memory, spec.resources.gpus, pool)
+    worker = gang.pod_requests({"containers": [{"resources": requests}]})
+    nodes = kube.nodes(pool.node_selector or None)
+    names = {node["metadata"]["name"] for node in nodes}
+    live = kube.live_pods()
+    bound = [pod for pod in live if (pod.get("spec") or {}).get("nodeName") in names]
+    starting = [
+        pod for pod in live
+        if not (pod.get("spec") or {}).get("nodeName")
+        and ((pod.get("metadata") or {}).get("labels") or {}).get(gang.GANG_POOL_LABEL) == pool_name
+    ]  # fmt: skip
+    tolerations = placement.pod_placement(pool_name, pool).tolerations
+    return gang.gang_fit(worker, spec.workers, nodes, tolerations, bound, starting)
 
 
 STOP_REPORT_WAIT = 3.0
@@ -253,7 +321,9 @@ STOP_REPORT_WAIT = 3.0
 STOP_REPORT_POLL = 0.1
 
 
-def _stop_reports(kube: Kube, namespace: str, job_name: str, pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _stop_reports(
+    kube: Kube, job: dict[str, Any], job_name: str, pods: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """The pods again once the workers of a suspended Job (preempted, or spec.suspend) have exited (or after
     STOP_REPORT_WAIT).
 
@@ -265,7 +335,7 @@ def _stop_reports(kube: Kube, namespace: str, job_name: str, pods: list[dict[str
     deadline = time.monotonic() + STOP_REPORT_WAIT
     while stopping(pods) and time.monotonic() < deadline:
         time.sleep(STOP_REPORT_POLL)
-        pods = kube.list_objects("v1", "Pod", namespace, {"job-name": job_name})
+        pods = _workers(kube, job, job_name)
     return pods
 
 

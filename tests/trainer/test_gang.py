@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -67,14 +68,53 @@ def test_a_killed_peer_stops_the_survivor_with_peer_lost_and_the_restarted_group
     assert published["metrics"]["resumed_from_step"] >= killed_at
 
 
-def test_a_peer_that_never_comes_is_a_counted_rendezvous_failure(tmp_path: Path) -> None:
-    """Not PeerLost: a lonely worker must not be restarted for free forever."""
+def test_a_peer_that_never_comes_is_a_counted_rendezvous_failure_naming_the_missing_rank(tmp_path: Path) -> None:
+    """Not PeerLost: a lonely worker must not be restarted for free forever. The join timeout, not the
+    collective one, bounds the wait, and the message says which rank never came."""
     alone = _worker(0, free_port(), [*SMALL_RUN, "--output", f"file://{tmp_path}/out"], tmp_path / "alone",
-                    TANDEM_DIST_TIMEOUT_SECONDS="3")  # fmt: skip
+                    TANDEM_DIST_JOIN_TIMEOUT_SECONDS="3")  # fmt: skip
     log, _ = alone.communicate(timeout=120)
     assert alone.returncode == EXIT_RETRYABLE, log
     failure = read_termination(tmp_path / "alone")
     assert failure is not None and failure["reason"] == "RendezvousFailed", failure
+    assert "ranks [1] did not join" in failure["error"], failure
+
+
+def test_a_worker_without_its_rendezvous_host_names_rank_0_as_missing(tmp_path: Path) -> None:
+    """A retried rank 1 whose rank 0 already finished: nothing listens at MASTER_ADDR any more."""
+    alone = _worker(1, free_port(), [*SMALL_RUN, "--output", f"file://{tmp_path}/out"], tmp_path / "alone",
+                    TANDEM_DIST_JOIN_TIMEOUT_SECONDS="3")  # fmt: skip
+    log, _ = alone.communicate(timeout=120)
+    assert alone.returncode == EXIT_RETRYABLE, log
+    failure = read_termination(tmp_path / "alone")
+    assert failure is not None and failure["reason"] == "RendezvousFailed", failure
+    assert "missing ranks [0]" in failure["error"], failure
+
+
+def test_ranks_that_finish_seconds_apart_leave_together_and_all_exit_0(tmp_path: Path) -> None:
+    """Rank 1 has nothing left to do while rank 0 still exports and then lingers: it must not leave the group
+    (and exit) before rank 0 is done with it, and no rank's teardown may turn the published run into a failure."""
+    marker = tmp_path / "rank-0-finished"
+    port = free_port()
+    script = Path(__file__).parent / "scripts" / "skewed_teardown.py"
+    skew = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "SKEW_SECONDS": "3",
+            "TANDEM_MODEL_OUTPUT": f"file://{tmp_path}/out", "SKEW_MARKER": str(marker)}  # fmt: skip
+    workers = [
+        subprocess.Popen(
+            [sys.executable, str(script)],
+            env=trainer_env(tmp_path / f"termination-{rank}", {**skew, "RANK": str(rank)}),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    rank_1_log, _ = workers[1].communicate(timeout=240)
+    assert marker.exists(), f"rank 1 exited while rank 0 was still working:\n{rank_1_log}"
+    rank_0_log, _ = workers[0].communicate(timeout=240)
+    assert [worker.returncode for worker in workers] == [0, 0], (rank_0_log, rank_1_log)
+    published = read_termination(tmp_path / "termination-0")
+    assert published is not None and published["uri"].endswith("/out/model.onnx"), published
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,6 +18,7 @@ from tandem.kube import Kube
 from tandem.reconcile import Outcome, reconcile_pool, reconcile_serving, reconcile_training
 
 Key = tuple[str, str, str, str]
+ARTIFACT = {"uri": "s3://models/digits/v1/model.onnx", "sha256": "e" * 64, "sizeBytes": 1}
 
 
 class FakeKube(Kube):
@@ -48,8 +50,10 @@ class FakeKube(Kube):
         self.calls.append(("create", obj["kind"], meta["name"]))
         if key in self.objects:
             raise ApiException(status=409, reason="AlreadyExists")
-        self.objects[key] = copy.deepcopy(obj)
-        return copy.deepcopy(obj)
+        stored = copy.deepcopy(obj)
+        stored["metadata"].setdefault("uid", f"uid-{obj['kind'].lower()}-{meta['name']}")
+        self.objects[key] = stored
+        return copy.deepcopy(stored)
 
     def merge_patch(
         self, api_version: str, kind: str, namespace: str, name: str, patch: dict[str, Any]
@@ -89,6 +93,14 @@ class FakeKube(Kube):
             if (selector or {}).items() <= (node["metadata"].get("labels") or {}).items()
         ]
 
+    def live_pods(self) -> list[dict[str, Any]]:
+        self.calls.append(("live_pods",))
+        return [
+            copy.deepcopy(obj)
+            for (_, kind, _, _), obj in self.objects.items()
+            if kind == "Pod" and (obj.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+        ]
+
     def get_custom(self, resource: Resource, namespace: str | None, name: str) -> dict[str, Any] | None:
         body = self.custom.get((resource.kind, namespace, name))
         return copy.deepcopy(body) if body is not None else None
@@ -109,20 +121,33 @@ class FakeKube(Kube):
         """What a controller would write: the status the next read or apply returns."""
         self.objects[(api_version, kind, "ml", name)]["status"] = status
 
-    def add_pod(self, job: str, phase: str, message: str | None = None, seconds: int | None = None) -> None:
-        """Worker 0 of `job`; with `seconds`, it ran that long and finished."""
-        terminated: dict[str, Any] = {"exitCode": 0, "message": message}
+    def add_pod(
+        self,
+        job: str,
+        phase: str,
+        message: str | None = None,
+        seconds: int | None = None,
+        index: int = 0,
+        exit_code: int = 0,
+        attempt: str = "abcde",
+    ) -> None:
+        """A worker (0 unless `index` says) of `job`, made by that Job; with `seconds`, it ran that long and
+        finished."""
+        terminated: dict[str, Any] = {"exitCode": exit_code, "message": message}
         if seconds is not None:
             terminated["finishedAt"] = f"2024-01-01T00:{seconds // 60:02d}:{seconds % 60:02d}Z"
         state = {"terminated": terminated} if message or seconds is not None else {}
         pod_status: dict[str, Any] = {"phase": phase, "containerStatuses": [{"name": "trainer", "state": state}]}
         if seconds is not None:
             pod_status["startTime"] = "2024-01-01T00:00:00Z"
-        self.objects[("v1", "Pod", "ml", f"{job}-0-abcde")] = {
+        owner = self.objects.get(("batch/v1", "Job", "ml", job), {}).get("metadata", {}).get("uid")
+        name = f"{job}-{index}-{attempt}"
+        self.objects[("v1", "Pod", "ml", name)] = {
             "metadata": {
-                "name": f"{job}-0-abcde",
+                "name": name,
                 "labels": {"job-name": job},
-                "annotations": {"batch.kubernetes.io/job-completion-index": "0"},
+                "annotations": {"batch.kubernetes.io/job-completion-index": str(index)},
+                "ownerReferences": [{"kind": "Job", "name": job, "uid": owner, "controller": True}],
             },
             "spec": {"containers": [{"name": "trainer", "resources": {"requests": {"cpu": "2"}}}]},
             "status": pod_status,
@@ -614,7 +639,94 @@ def test_the_wait_for_a_stopping_worker_is_bounded(
 ) -> None:
     monkeypatch.setattr(reconcile, "STOP_REPORT_WAIT", 0.05)
     monkeypatch.setattr(reconcile, "STOP_REPORT_POLL", 0.01)
-    running = [{"metadata": {"deletionTimestamp": "2024-01-01T00:01:00Z"}, "status": {"phase": "Running"}}]
-    assert reconcile._stop_reports(kube, "ml", "digits-g2", running) == []  # listed again: the fake has none
+    job = {"metadata": {"name": "digits-g2", "namespace": "ml", "uid": "job-uid"}}
+    owner = [{"kind": "Job", "name": "digits-g2", "uid": "job-uid", "controller": True}]
+    running = [{"metadata": {"deletionTimestamp": "2024-01-01T00:01:00Z", "ownerReferences": owner},
+                "status": {"phase": "Running"}}]  # fmt: skip
+    assert reconcile._stop_reports(kube, job, "digits-g2", running) == []  # listed again: the fake has none
     monkeypatch.setattr(kube, "list_objects", lambda *args: running)
-    assert reconcile._stop_reports(kube, "ml", "digits-g2", running) == running  # gave up after the deadline
+    assert reconcile._stop_reports(kube, job, "digits-g2", running) == running  # gave up after the deadline
+
+
+def _gpu_node(name: str, cpu: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": {"tandem.dev/pool": "gpu"}},
+        "spec": {"taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]},
+        "status": {
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "allocatable": {"cpu": cpu, "memory": "32Gi", "nvidia.com/gpu": "4", "pods": "110"},
+        },
+    }
+
+
+def test_a_gang_without_a_queue_waits_suspended_as_one_until_the_pool_fits_all_of_it(
+    kube: FakeKube, loop: TrainingLoop
+) -> None:
+    kube.node_list = [_gpu_node("gpu-0", cpu="2")]
+    loop.change_spec(workers=2)
+    outcome = loop.reconcile()
+    job = kube.objects[("batch/v1", "Job", "ml", "digits-g2")]
+    assert job["spec"]["suspend"] is True
+    assert outcome.status["phase"] == "Queued"
+    running = _condition(outcome, "Running")
+    assert running["reason"] == "WaitingForCapacity"
+    assert "all 2 workers of cpu 2, memory 4Gi, nvidia.com/gpu 1 each: only 1 fit now" in running["message"]
+    assert outcome.recheck_after == reconcile.GANG_RECHECK
+
+    kube.node_list.append(_gpu_node("gpu-1", cpu="2"))
+    outcome = loop.reconcile()
+    assert kube.objects[("batch/v1", "Job", "ml", "digits-g2")]["spec"]["suspend"] is False
+    assert outcome.recheck_after is None
+
+
+def test_a_single_worker_is_left_to_the_scheduler(kube: FakeKube, loop: TrainingLoop) -> None:
+    loop.reconcile()
+    assert kube.objects[("batch/v1", "Job", "ml", "digits-g1")]["spec"]["suspend"] is False
+    assert ("live_pods",) not in kube.calls
+
+
+def test_a_model_published_by_a_worker_that_then_failed_is_recorded_and_its_job_stopped(
+    kube: FakeKube, loop: TrainingLoop
+) -> None:
+    """Exit 139 in teardown after the model was stored: the Job would retry worker 0, which could only wait
+    for peers that finished, or train again."""
+    loop.reconcile()
+    kube.add_pod("digits-g1", "Failed", message=json.dumps(ARTIFACT), seconds=30, exit_code=139)
+    outcome = loop.reconcile()
+    assert outcome.status["phase"] == "Succeeded"
+    assert outcome.status["model"]["uri"] == ARTIFACT["uri"]
+    message = _condition(outcome, "Succeeded")["message"]
+    assert "worker 0 published the model and then failed (exit code 139): the Job is stopped" in message
+    assert ("delete", "Job", "digits-g1") in kube.calls
+    loop.reconcile()
+    assert kube.writes("create", "Job") == [("create", "Job", "digits-g1")]  # never run again
+
+
+def test_a_worker_that_fails_after_its_peer_finished_fails_the_run_at_once_as_a_broken_gang(
+    kube: FakeKube, loop: TrainingLoop
+) -> None:
+    kube.node_list = [_gpu_node("gpu-0", cpu="8")]
+    loop.change_spec(workers=2)
+    loop.reconcile()
+    kube.add_pod("digits-g2", "Succeeded", seconds=30, index=1)
+    kube.add_pod("digits-g2", "Failed", message='{"reason":"InternalError","error":"boom"}', seconds=40,
+                 exit_code=1)  # fmt: skip
+    kube.add_pod("digits-g2", "Pending", attempt="retry")
+    kube.set_status("batch/v1", "Job", "digits-g2", {"active": 1, "succeeded": 1, "failed": 1})
+    outcome = loop.reconcile()
+    assert outcome.status["phase"] == "Failed"
+    failed = _condition(outcome, "Failed")
+    assert failed["reason"] == "GangBroken"
+    assert "worker(s) 1 finished and left the group, then worker 0 failed (exit code 1)" in failed["message"]
+    assert ("delete", "Job", "digits-g2") in kube.calls
+
+
+def test_a_pod_the_job_did_not_make_publishes_nothing(kube: FakeKube, loop: TrainingLoop) -> None:
+    loop.reconcile()
+    kube.add_pod("digits-g1", "Succeeded", message=json.dumps(ARTIFACT), seconds=30)
+    forged = kube.objects[("v1", "Pod", "ml", "digits-g1-0-abcde")]
+    forged["metadata"]["ownerReferences"] = []
+    kube.set_status("batch/v1", "Job", "digits-g1", {"active": 1})
+    outcome = loop.reconcile()
+    assert outcome.status["phase"] != "Succeeded"
+    assert outcome.status.get("model") is None

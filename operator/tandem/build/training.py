@@ -185,6 +185,12 @@ def failure_policy() -> dict[str, Any]:
     }
 
 
+def held_as_gang(spec: TrainingJobSpec) -> bool:
+    """Whether the operator starts the run's Job itself once every worker fits (tandem.gang): a run of several
+    workers that no Kueue queue admits. Its Job is created suspended, as a queued one is for Kueue."""
+    return spec.workers > 1 and spec.queue is None
+
+
 def training_job(
     run: TrainingRun, placement: PodPlacement, pool: ComputePoolSpec, config: OperatorConfig
 ) -> dict[str, Any]:
@@ -227,7 +233,7 @@ def training_job(
         "completionMode": "Indexed",
         "backoffLimit": spec.backoff_limit,
         "podFailurePolicy": failure_policy(),
-        "suspend": spec.suspend or spec.queue is not None,
+        "suspend": spec.suspend or spec.queue is not None or held_as_gang(spec),
         "template": {
             "metadata": {
                 "labels": {**spec.pod_metadata.labels, **config.extra_pod_labels, **labels},

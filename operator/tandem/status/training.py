@@ -36,12 +36,13 @@ RESUMING = ("Preempted", "Evicted", "Suspended")
 
 @dataclass(frozen=True)
 class ObservedRun:
-    """The child Job of the current generation (None if absent), its pods, and Kueue's Workload for it (a run
-    with spec.queue, once Kueue has made one)."""
+    """The child Job of the current generation (None if absent), its pods, Kueue's Workload for it (a run
+    with spec.queue, once Kueue has made one), and why the operator still holds its gang (tandem.gang)."""
 
     job: dict[str, Any] | None
     pods: list[dict[str, Any]] = field(default_factory=list)
     workload: dict[str, Any] | None = None
+    gang_wait: str | None = None
 
 
 def _job_condition(job: dict[str, Any], kind: str) -> dict[str, Any] | None:
@@ -65,19 +66,85 @@ def _index(pod: dict[str, Any]) -> str | None:
     return str(value) if value is not None else None
 
 
-def read_artifact(pods: list[dict[str, Any]]) -> ModelArtifact | None:
-    """The artifact worker 0 reported in its termination message, if it succeeded and reported one."""
+def made_by(pod: dict[str, Any], job: dict[str, Any] | None) -> bool:
+    """Whether the Job is the pod's controller (by uid): labels and annotations are anyone's to set."""
+    uid = ((job or {}).get("metadata") or {}).get("uid")
+    return uid is not None and any(
+        owner.get("controller") and owner.get("uid") == uid
+        for owner in (pod.get("metadata") or {}).get("ownerReferences") or []
+    )
+
+
+def _phase_of(pod: dict[str, Any]) -> str | None:
+    return (pod.get("status") or {}).get("phase")
+
+
+def _finished_at(pod: dict[str, Any]) -> str:
+    return str((_terminated(pod) or {}).get("finishedAt") or "")
+
+
+def publisher(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Worker 0's pod that reported a model in its termination message, whatever its exit code.
+
+    The trainer writes that message only after the model and its metadata are stored, so a worker 0 that
+    failed afterwards (a crash in teardown) still published a whole, checked model.
+    """
     for pod in pods:
-        if _index(pod) not in ("0", None) or (pod.get("status") or {}).get("phase") != "Succeeded":
+        if _index(pod) != "0" or _phase_of(pod) not in ("Succeeded", "Failed"):
             continue
-        terminated = _terminated(pod)
-        message = (terminated or {}).get("message")
+        message = (_terminated(pod) or {}).get("message")
         if not message:
             continue
         try:
-            return ModelArtifact.model_validate_json(message)
+            ModelArtifact.model_validate_json(message)
         except ValidationError:
             continue
+        return pod
+    return None
+
+
+def read_artifact(pods: list[dict[str, Any]]) -> ModelArtifact | None:
+    """The artifact worker 0 reported in its termination message, if it reported one."""
+    pod = publisher(pods)
+    if pod is None:
+        return None
+    return ModelArtifact.model_validate_json(str((_terminated(pod) or {}).get("message")))
+
+
+def _exit(pod: dict[str, Any]) -> str:
+    return f"exit code {(_terminated(pod) or {}).get('exitCode')}"
+
+
+def left_behind(pods: list[dict[str, Any]], published: dict[str, Any]) -> str | None:
+    """Why the Job, still running after its model was published, can only hang or fail from here, if it can.
+
+    A worker 0 that failed after publishing is retried by the Job and would train again with no peer to join
+    (they finished); a worker that failed after worker 0 had finished is retried with no rank 0 to join.
+    """
+    if _phase_of(published) == "Failed":
+        return f"worker 0 published the model and then failed ({_exit(published)})"
+    done = _finished_at(published)
+    late = [pod for pod in pods if _phase_of(pod) == "Failed" and _finished_at(pod) > done]
+    if late:
+        return f"worker {_index(late[0]) or '?'} failed ({_exit(late[0])}) after worker 0 had published the model"
+    return None
+
+
+def broken_gang(pods: list[dict[str, Any]]) -> str | None:
+    """Why a run without a model can no longer finish, if it cannot: a worker failed after a peer of another
+    index finished and left the group, so its retry would wait for a rank that never comes back."""
+    finished = [pod for pod in pods if _phase_of(pod) == "Succeeded"]
+    for pod in pods:
+        if _phase_of(pod) != "Failed":
+            continue
+        before = [peer for peer in finished if _finished_at(peer) <= _finished_at(pod)]
+        gone = sorted({str(_index(peer)) for peer in before if _index(peer) != _index(pod)})
+        if gone:
+            return (
+                f"worker(s) {', '.join(gone)} finished and left the group, then worker {_index(pod) or '?'} "
+                f"failed ({_exit(pod)}); a retried worker cannot rejoin peers that have left, so the run fails "
+                "now instead of waiting for them; change the spec to start a new run"
+            )
     return None
 
 
@@ -170,7 +237,15 @@ def _phase(
 ) -> tuple[TrainingPhase, str, str]:
     """Phase, reason and message for an observed Job."""
     job, pods = observed.job or {}, observed.pods
-    if (failed := _job_condition(job, "Failed")) is not None:
+    failed = _job_condition(job, "Failed")
+    published = f"model {artifact.uri} sha256 {artifact.sha256[:12]}" if artifact is not None else ""
+    if artifact is not None and (pod := publisher(pods)) is not None:
+        if failed is not None:
+            detail = failure_message(pods) or failed.get("message") or "the Job failed"
+            return TrainingPhase.SUCCEEDED, "ModelPublished", f"{published}; the Job then failed: {detail}"
+        if _job_condition(job, "Complete") is None and (why := left_behind(pods, pod)) is not None:
+            return TrainingPhase.SUCCEEDED, "ModelPublished", f"{published}; {why}: the Job is stopped"
+    if failed is not None:
         detail = failure_message(pods) or failed.get("message") or "the Job failed"
         return TrainingPhase.FAILED, str(failed.get("reason") or "JobFailed"), detail
     if _job_condition(job, "Complete") is not None:
@@ -180,14 +255,21 @@ def _phase(
                 "NoArtifact",
                 "training finished but worker 0 reported no model in its termination message",
             )
-        return TrainingPhase.SUCCEEDED, "ModelPublished", f"model {artifact.uri} sha256 {artifact.sha256[:12]}"
+        return TrainingPhase.SUCCEEDED, "ModelPublished", published
+    if (broken := broken_gang(pods)) is not None:
+        return TrainingPhase.FAILED, "GangBroken", broken
     if (job.get("spec") or {}).get("suspend"):
         spec = run.spec
+        if observed.gang_wait is not None and not spec.suspend:
+            return TrainingPhase.QUEUED, "WaitingForCapacity", observed.gang_wait
         return TrainingPhase.QUEUED, *queued_reason(spec.suspend, spec.queue, observed.workload, spec.priority_class)
     running = [pod for pod in pods if (pod.get("status") or {}).get("phase") == "Running"]
     workers = (job.get("spec") or {}).get("parallelism") or 1
     if running:
-        return TrainingPhase.RUNNING, "WorkersRunning", f"{len(running)} of {workers} workers running"
+        message = f"{len(running)} of {workers} workers running"
+        if (failure := failure_message(pods)) is not None:
+            message += f"; last failure: {failure}"
+        return TrainingPhase.RUNNING, "WorkersRunning", message
     unschedulable = unschedulable_message(pods)
     if unschedulable is not None:
         return TrainingPhase.PENDING, "Unschedulable", unschedulable
