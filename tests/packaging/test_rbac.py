@@ -18,11 +18,12 @@ CLUSTER_SCOPED: set[Rule] = (
     _grants("tandem.dev", ("computepools",), ("get", "list", "watch", "patch"))
     | _grants("tandem.dev", ("computepools/status",), ("get", "patch", "update"))
     | _grants("", ("nodes",), ("get", "list", "watch"))
+    | _grants("", ("pods",), ("list",))
     | _grants("apiextensions.k8s.io", ("customresourcedefinitions",), ("get", "list", "watch"))
     | _grants("", ("namespaces",), ("get", "list", "watch"))
 )
-"""ComputePools and their status (kopf annotations, tandem.status); nodes for pool capacity; CRDs and
-namespaces, which kopf scans."""
+"""ComputePools and their status (kopf annotations, tandem.status); nodes and the pods on them for pool
+capacity (a gang waits until all its workers fit, tandem.gang); CRDs and namespaces, which kopf scans."""
 
 EVENTS: set[Rule] = _grants("", ("events",), ("create", "patch"))
 """kopf.event posts core/v1 Events."""
