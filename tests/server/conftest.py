@@ -21,6 +21,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     server_models.identity_model(folder / "identity.onnx")
     server_models.bf16_model(folder / "bf16.onnx")
     server_models.slow_model(folder / "slow.onnx")
+    server_models.lookup_model(folder / "lookup.onnx")
     return folder
 
 

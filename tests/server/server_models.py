@@ -87,6 +87,25 @@ def bf16_model(path: Path) -> Path:
     return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]), path)
 
 
+LOOKUP_TABLE = np.array([10.0, 20.0, 30.0, 40.0], dtype=np.float32)
+
+
+def lookup_model(path: Path) -> Path:
+    """index INT64 [-1] -> value FP32 [-1] = LOOKUP_TABLE[index] (Gather).
+
+    Any INT64 passes the signature check, but an index outside [-4, 3] fails inside onnxruntime: the input a
+    server cannot refuse up front, and which fails every request that shares its run.
+    """
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "index"], ["value"], axis=0)],
+        "lookup",
+        [helper.make_tensor_value_info("index", TensorProto.INT64, ["batch"])],
+        [helper.make_tensor_value_info("value", TensorProto.FLOAT, ["batch"])],
+        [numpy_helper.from_array(LOOKUP_TABLE, "table")],
+    )
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]), path)
+
+
 def slow_model(path: Path, iterations: int = 60, width: int = 1024) -> Path:
     """input FP32 [1, width] -> output: many chained MatMuls, so a run takes tens of milliseconds."""
     weight = numpy_helper.from_array(np.eye(width, dtype=np.float32) * 0.999, "W")

@@ -1,4 +1,5 @@
-"""Adaptive batching: a request that finds a run free never waits; requests that had to wait go together."""
+"""Adaptive batching: a request that finds a run free never waits; requests that had to wait go together;
+a request the model fails on fails alone, not with the requests that shared its run."""
 
 from __future__ import annotations
 
@@ -7,11 +8,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
-from server_models import linear_expected
+from server_models import LOOKUP_TABLE, linear_expected
 
 from tandem.server.batching import Batcher
+from tandem.server.dataplane import DataPlane
+from tandem.server.errors import InferenceFailed
+from tandem.server.httpserver import Request, Response
+from tandem.server.metrics import ServerMetrics
 from tandem.server.model import OnnxModel
+from tandem.server.rest import RestApp
 
 NAMES = ("output", "label")
 
@@ -19,6 +26,13 @@ NAMES = ("output", "label")
 @pytest.fixture(scope="module")
 def linear_model(model_dir: Path) -> OnnxModel:
     model = OnnxModel("linear", (model_dir / "linear.onnx").as_uri())
+    model.load()
+    return model
+
+
+@pytest.fixture(scope="module")
+def lookup_model(model_dir: Path) -> OnnxModel:
+    model = OnnxModel("lookup", (model_dir / "lookup.onnx").as_uri())
     model.load()
     return model
 
@@ -80,3 +94,48 @@ def test_requests_that_cannot_share_a_run_run_apart(linear_model: OnnxModel) -> 
 
     asyncio.run(mixed())
     assert runs == [1, 2, 1]  # the first alone; then the two that want every output; then the one that wants a label
+
+
+def test_a_request_the_model_fails_on_fails_alone_and_its_batch_mates_get_their_answers(
+    lookup_model: OnnxModel,
+) -> None:
+    runs: list[int] = []
+    indices = [0, 1, 7, 2, 3]  # 7 is a valid INT64 that Gather cannot look up in a table of 4
+
+    async def burst() -> list[list[np.ndarray] | BaseException]:
+        batcher = Batcher(lookup_model, ThreadPoolExecutor(1), 32, 0.0, 1, runs.append)
+        requests = [{"index": np.array([index], dtype=np.int64)} for index in indices]
+        return list(
+            await asyncio.gather(*(batcher.submit(feeds, ("value",)) for feeds in requests), return_exceptions=True)
+        )
+
+    results = asyncio.run(burst())
+    # the first ran alone; the four that waited failed together, then ran one by one
+    assert runs == [1, 4, 1, 1, 1, 1]
+    failed = results.pop(2)
+    assert isinstance(failed, InferenceFailed) and "out of data bounds" in failed.message
+    for index, result in zip([0, 1, 2, 3], results, strict=True):
+        assert not isinstance(result, BaseException)
+        np.testing.assert_array_equal(result[0], LOOKUP_TABLE[[index]])
+
+
+def test_a_batch_with_one_bad_request_answers_one_500_and_counts_one_failure(lookup_model: OnnxModel) -> None:
+    metrics = ServerMetrics()
+    dataplane = DataPlane(ThreadPoolExecutor(1), metrics.batch)
+    dataplane.add(lookup_model)
+    dataplane.enable_batching(lookup_model, 32, 0.0, runs=1)
+    app = RestApp(dataplane, metrics)
+
+    def body(index: int) -> bytes:
+        return orjson.dumps({"inputs": [{"name": "index", "shape": [1], "datatype": "INT64", "data": [index]}]})
+
+    async def burst() -> list[Response]:
+        calls = [app(Request("POST", "/v2/models/lookup/infer", {}, body(index))) for index in (0, 1, 9, 3)]
+        return list(await asyncio.gather(*calls))
+
+    replies = asyncio.run(burst())
+    assert [reply.status for reply in replies] == [200, 200, 500, 200]
+    assert orjson.loads(replies[3].body)["outputs"][0]["data"] == [40.0]
+    count = metrics.registry.get_sample_value
+    assert count("tandem_inference_requests_total", {"model": "lookup", "code": "500"}) == 1
+    assert count("tandem_inference_requests_total", {"model": "lookup", "code": "200"}) == 3

@@ -1,6 +1,7 @@
 """The HTTP front against clients that hold resources without using them: timeouts close them, bounds shed
-them with 503 and Retry-After, and a normal client is served throughout. Also what the front answers that a
-client could misread: HEAD, a version that is not served, the extensions it advertises."""
+them with 503 and Retry-After, oversized targets and heads are refused as soon as they cross their limit, and
+a normal client is served throughout. Also what the front answers that a client could misread: HEAD, a version
+that is not served, the extensions it advertises."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ import pytest
 import server_procs as servers
 from server_support import InProcessClient
 
+from tandem.server.config import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_URL_BYTES
 from tandem.server.dataplane import DataPlane
-from tandem.server.httpserver import Request, Response
+from tandem.server.httpserver import HttpServer, Request, Response
 from tandem.server.metrics import ServerMetrics
 from tandem.server.model import OnnxModel
 from tandem.server.rest import RestApp
@@ -80,6 +82,12 @@ def closed_within(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:
     except TimeoutError:
         return False, received
     return True, received
+
+
+def a_normal_client_is_served(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(infer_request())
+        return read_response(sock).startswith(b"HTTP/1.1 200")
 
 
 def test_head_gets_the_headers_of_get_and_no_body(port: int) -> None:
@@ -195,3 +203,89 @@ def test_a_version_of_a_model_served_without_one_is_404(identity: InProcessClien
 
 def test_only_implemented_extensions_are_advertised(identity: InProcessClient) -> None:
     assert identity.get("/v2").json()["extensions"] == ["binary_tensor_data"]
+
+
+# bounded heads: 414 and 431
+
+
+def long_target() -> bytes:
+    return b"/v2/models/" + b"x" * DEFAULT_MAX_URL_BYTES
+
+
+def test_a_request_target_over_the_limit_gets_414_and_a_close(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET " + long_target() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        closed, received = closed_within(sock, 10)
+    assert closed
+    assert received.startswith(b"HTTP/1.1 414") and b"connection: close" in received
+    assert b"xxxxxxxx" not in received
+    assert a_normal_client_is_served(port)
+
+
+def test_a_huge_header_sent_in_pieces_gets_431_before_it_ends(port: int) -> None:
+    """The head never ends: only a refusal on its size, not the header deadline's 408, can answer it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /v2 HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        piece = b"y" * 16384
+        for _ in range(4 * DEFAULT_MAX_HEADER_BYTES // len(piece)):
+            sock.sendall(piece)
+        closed, received = closed_within(sock, 10)
+    assert closed
+    assert received.startswith(b"HTTP/1.1 431") and b"request headers exceed the limit" in received
+    assert a_normal_client_is_served(port)
+
+
+def test_a_huge_header_pipelined_behind_a_request_in_one_write_gets_431(port: int) -> None:
+    """Its head begins in the middle of a read, after the request before it: it is refused all the same."""
+    big = b"GET /v2 HTTP/1.1\r\nHost: x\r\nX-Big: " + b"y" * (4 * DEFAULT_MAX_HEADER_BYTES)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n" + big)
+        closed, received = closed_within(sock, 10)
+    assert closed
+    assert received.startswith(b"HTTP/1.1 200") and b"HTTP/1.1 431" in received
+
+
+def test_a_head_just_under_the_limit_is_served(port: int) -> None:
+    filler = b"z" * (DEFAULT_MAX_HEADER_BYTES - 1024)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Filler: " + filler + b"\r\n\r\n")
+        assert read_response(sock).startswith(b"HTTP/1.1 200")
+
+
+def test_a_large_body_that_arrives_with_its_head_is_not_counted_as_head(port: int) -> None:
+    body = BODY + b" " * (4 * DEFAULT_MAX_HEADER_BYTES)  # JSON allows trailing whitespace
+    head = f"POST /v2/models/linear/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head + body)
+        assert read_response(sock).startswith(b"HTTP/1.1 200")
+
+
+def test_a_refusal_comes_after_the_answers_owed_before_it(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(infer_request() + b"GET " + long_target() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        closed, received = closed_within(sock, 10)
+    assert closed
+    assert received.startswith(b"HTTP/1.1 200")
+    assert received.index(b"HTTP/1.1 414") > received.index(b"outputs")  # after the whole infer answer
+
+
+def test_a_refused_target_is_echoed_neither_in_the_answer_nor_in_the_access_log() -> None:
+    logged: list[tuple[str, str, int]] = []
+
+    def log(request: Request, response: Response, seconds: float) -> None:
+        logged.append((request.method, request.path, response.status))
+
+    async def refused() -> bytes:
+        server = HttpServer(lambda request: Response(200, b"{}"), access_log=log)
+        port = await server.listen("127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET " + long_target() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = await reader.read()  # to the end of the stream: the server closes after the answer
+        writer.close()
+        assert await server.drain(10)
+        return answer
+
+    answer = asyncio.run(refused())
+    assert answer.startswith(b"HTTP/1.1 414") and b"request target exceeds the limit of 8192 bytes" in answer
+    assert b"xxxxxxxx" not in answer
+    assert logged == [("GET", "", 414)]

@@ -49,7 +49,9 @@ class InferenceServer:
         self.dataplane.add(self.model)
         self.shared_metrics_port = config.metrics_port == config.http_port
         self.rest = RestApp(self.dataplane, self.metrics, serve_metrics=self.shared_metrics_port)
-        self.access_log = access_log if access_log is not None else (AccessLog() if config.access_log else None)
+        if access_log is None and config.access_log:
+            access_log = AccessLog(on_drop=self.metrics.access_log_dropped.inc)
+        self.access_log = access_log
         self.http = HttpServer(
             self.rest,
             max_request_bytes=config.max_request_bytes,
@@ -64,6 +66,7 @@ class InferenceServer:
             self.metrics,
             max_message_bytes=config.max_request_bytes,
             idle_timeout_s=config.idle_timeout_s,
+            access_log=self.access_log,
         )
         self.http_port = config.http_port
         self.grpc_port = config.grpc_port
@@ -140,6 +143,6 @@ class InferenceServer:
             self.http.drain(self.config.drain_timeout_s), self.grpc.drain(self.config.drain_timeout_s)
         )
         if self.access_log is not None:
-            self.access_log.flush()
+            self.access_log.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         log.info("stopped", extra={"drained": drained})

@@ -8,6 +8,12 @@ Triton's classic behaviour on top: a free slot waits up to that long for a batch
 
 Only requests whose inputs agree on everything but dimension 0 (and on the outputs wanted) share a run, and
 only models whose every input and output has a dynamic dimension 0 are batched at all.
+
+One bad request fails alone: when onnxruntime fails on a batch of several requests, each is run again by
+itself, so the one whose input the model cannot take gets the error and the others their answers (and a
+canary counts one failure against the new model, not a batch of them). The retry happens only on a failure,
+so it costs nothing while the model runs; a bad request costs its batch one extra run per member, on the
+batch's own run slot.
 """
 
 from __future__ import annotations
@@ -134,20 +140,50 @@ class Batcher:
         loop = asyncio.get_running_loop()
         try:
             arrays = await loop.run_in_executor(self._executor, self.model.predict, feeds, names)
-            if len(group) > 1 and any(array.ndim == 0 or array.shape[0] != total for array in arrays):
-                raise InferenceFailed("model output is not batched along dimension 0; disable batching")
+        except InferenceFailed as exc:
+            if len(group) == 1:
+                _settle(group[0], exc)
+            else:
+                await self._run_apart(group, names)
+            return
         except Exception as exc:
             for pending in group:
-                if not pending.future.done():
-                    pending.future.set_exception(exc)
+                _settle(pending, exc)
             return
         if len(group) == 1:  # a lone request gets the outputs as they are, as it would unbatched
-            if not group[0].future.done():
-                group[0].future.set_result(arrays)
+            _settle(group[0], arrays)
+            return
+        if any(array.ndim == 0 or array.shape[0] != total for array in arrays):
+            failure = InferenceFailed("model output is not batched along dimension 0; disable batching")
+            for pending in group:
+                _settle(pending, failure)
             return
         start = 0
         for pending in group:
             end = start + pending.rows
-            if not pending.future.done():
-                pending.future.set_result([array[start:end] for array in arrays])
+            _settle(pending, [array[start:end] for array in arrays])
             start = end
+
+    async def _run_apart(self, group: list[_Pending], names: list[str]) -> None:
+        """Run each request of a failed batch by itself, in turn, on the batch's run slot."""
+        loop = asyncio.get_running_loop()
+        for pending in group:
+            if pending.future.done():  # its caller gave up (cancelled) while the batch ran
+                continue
+            self._observe_rows(pending.rows)
+            try:
+                arrays = await loop.run_in_executor(self._executor, self.model.predict, pending.feeds, names)
+            except Exception as exc:
+                _settle(pending, exc)
+            else:
+                _settle(pending, arrays)
+
+
+def _settle(pending: _Pending, outcome: list[np.ndarray] | BaseException) -> None:
+    """Answer a request, unless its caller already stopped waiting."""
+    if pending.future.done():
+        return
+    if isinstance(outcome, BaseException):
+        pending.future.set_exception(outcome)
+    else:
+        pending.future.set_result(outcome)

@@ -17,6 +17,16 @@ DEFAULT_HEADER_TIMEOUT_S = 10.0
 DEFAULT_BODY_TIMEOUT_S = 60.0
 """From the end of the headers to the end of the body: a 64 MiB body at 1 MiB/s still fits."""
 DEFAULT_MAX_CONNECTIONS = 4096
+DEFAULT_MAX_URL_BYTES = 8 * 1024
+"""Bytes of a request target (path and query); a longer one is answered 414 and the connection closed. nginx
+and Apache refuse request lines over 8 KiB too; a V2 path is under 200 bytes, so only an attack or a bug
+sends more."""
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024
+"""Bytes of a request's head (request line and headers); a larger one is answered 431 and the connection
+closed, as soon as the limit is crossed. Four times Node's and h11's 16 KiB and above nginx's 4 x 8 KiB
+buffers, so the headers proxies and tracing libraries add never reach it; a connection holds at most twice
+this much of a head (when it begins in the same read as the end of the request before it) before it is
+refused."""
 DEFAULT_MAX_QUEUED_REQUESTS = 256
 """Infer requests waiting beyond the ones running: at a few thousand requests per second, well under 100 ms
 of queue, which absorbs any burst a Service spreads over a replica and refuses a flood before it is a

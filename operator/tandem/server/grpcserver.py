@@ -5,7 +5,8 @@ validates and runs exactly as its REST twin does. Requests arrive as bytes and a
 grpcio answers a request it cannot deserialize with INTERNAL, and a malformed request is the client's fault
 (INVALID_ARGUMENT). Every error the data plane raises maps to the gRPC code of its V2 status; the repository
 calls are not served, and grpcio answers them UNIMPLEMENTED. Infer requests are counted in the same metrics
-as REST, under the HTTP status their V2 error carries.
+as REST, under the HTTP status their V2 error carries, and every call gets a line in the access log as a
+REST request does.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from google.protobuf.message import DecodeError
 from tandem.server import grpccodec, proto, serverinfo
 from tandem.server.dataplane import DataPlane
 from tandem.server.errors import ServerError
+from tandem.server.logs import AccessLog
 from tandem.server.metrics import ServerMetrics
 
 log = logging.getLogger("tandem.server.grpc")
@@ -46,11 +48,13 @@ class GrpcFront:
         *,
         max_message_bytes: int,
         idle_timeout_s: float,
+        access_log: AccessLog | None = None,
     ) -> None:
         self.dataplane = dataplane
         self.metrics = metrics
         self.max_message_bytes = max_message_bytes
         self.idle_timeout_s = idle_timeout_s
+        self.access_log = access_log
         self.draining = False
         """Set on SIGTERM: ServerReady answers false; in-flight calls complete."""
         self._server: grpc.aio.Server | None = None
@@ -87,9 +91,33 @@ class GrpcFront:
             "ModelInfer": self._model_infer,
         }
         return {
-            name: grpc.unary_unary_rpc_method_handler(_guarded(method), response_serializer=_serialize)
-            for name, method in methods.items()
+            name: grpc.unary_unary_rpc_method_handler(self._guarded(name, method)) for name, method in methods.items()
         }
+
+    def _guarded(self, name: str, method: Method) -> Method:
+        """The method answering serialized bytes, every ServerError by its gRPC code and message, bugs by
+        INTERNAL; each call gets an access-log line, written before an error aborts it."""
+        path = f"/{proto.SERVICE}/{name}"
+
+        async def call(data: bytes, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            try:
+                reply = _serialize(await method(data, context))
+            except ServerError as exc:
+                status, message = exc.status, exc.message
+            except Exception:
+                log.exception("gRPC call failed", extra={"method": name})
+                status, message = 500, "internal server error"
+            else:
+                if self.access_log is not None:
+                    self.access_log.grpc(path, 200, "OK", len(data), len(reply), time.perf_counter() - started)
+                return reply
+            code = STATUS_CODES.get(status, grpc.StatusCode.INTERNAL)
+            if self.access_log is not None:
+                self.access_log.grpc(path, status, code.name, len(data), 0, time.perf_counter() - started)
+            await context.abort(code, message)
+
+        return call
 
     async def _server_live(self, data: bytes, context: grpc.aio.ServicerContext) -> Any:
         return proto.ServerLiveResponse(live=True)
@@ -143,18 +171,3 @@ def _parse(message_type: Any, data: bytes) -> Any:
 def _serialize(message: Any) -> bytes:
     data: bytes = message.SerializeToString()
     return data
-
-
-def _guarded(method: Method) -> Method:
-    """The method with every ServerError answered by its gRPC code and message, and bugs by INTERNAL."""
-
-    async def call(data: bytes, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await method(data, context)
-        except ServerError as exc:
-            await context.abort(STATUS_CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
-        except Exception:
-            log.exception("gRPC call failed", extra={"method": method.__name__})
-            await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
-
-    return call

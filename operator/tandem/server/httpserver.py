@@ -12,6 +12,13 @@ Defences against clients that hold resources without using them, each with a def
   in time gets 408 and the connection is closed. One sweep per tick checks every connection's deadline,
   cheaper than a timer per request at thousands of requests per second.
 - a bound on open connections: one more is answered 503 with Retry-After and closed at once.
+- bounds on what a request may make the server hold before it is parsed: a request target over
+  `max_url_bytes` is answered 414, a head (request line and headers) over `max_header_bytes` 431, each as
+  soon as the limit is crossed, never echoing the request back. httptools joins the pieces of a header value
+  that arrive in separate reads with `+=` (quadratic in the pieces); the bound keeps that join small. After a
+  refusal the parser has lost its place: the connection answers what it owes, then closes, reading and
+  dropping what the client still sends for a moment (a lingering close, as nginx does), so the client reads
+  the answer instead of a reset.
 - per connection, pipelined requests beyond a small queue stop the server reading from it (backpressure).
 """
 
@@ -35,6 +42,9 @@ log = logging.getLogger("tandem.server.httpserver")
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
 _MAX_QUEUED = 32
 """Pipelined requests buffered per connection before the server stops reading from it."""
+_LINGER_S = 2.0
+"""After a refusal, how long the connection keeps reading (and dropping) what the client sent before it read
+the answer; closing with unread bytes would reset the connection and could destroy the answer in flight."""
 
 
 @dataclass(slots=True)
@@ -93,9 +103,15 @@ class HttpServer:
         header_timeout_s: float = config.DEFAULT_HEADER_TIMEOUT_S,
         body_timeout_s: float = config.DEFAULT_BODY_TIMEOUT_S,
         max_connections: int = config.DEFAULT_MAX_CONNECTIONS,
+        max_url_bytes: int = config.DEFAULT_MAX_URL_BYTES,
+        max_header_bytes: int = config.DEFAULT_MAX_HEADER_BYTES,
     ) -> None:
         self.handler = handler
         self.max_request_bytes = max_request_bytes
+        self.max_url_bytes = max_url_bytes
+        """Bytes of a request target; more is answered 414."""
+        self.max_header_bytes = max_header_bytes
+        """Bytes of a request head (request line and headers); more is answered 431."""
         self.access_log = access_log
         self.idle_timeout_s = idle_timeout_s
         self.header_timeout_s = header_timeout_s
@@ -159,6 +175,15 @@ class HttpServer:
             self._idle.set()
 
 
+class _Refusal(Exception):
+    """Raised in a parser callback to stop parsing a request the server refuses to read further."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
 class HttpConnection(asyncio.Protocol):
     """One client connection: parses requests and writes responses in order."""
 
@@ -172,7 +197,17 @@ class HttpConnection(asyncio.Protocol):
         self.closing = False
         self.paused = False
         self.in_message = False
-        self._url = b""
+        self._url: list[bytes] = []
+        """The pieces of the request target, joined once it is complete (linear, where `+=` is quadratic)."""
+        self._url_size = 0
+        self._in_head = True
+        """The head of the next or current request is not complete yet (bytes received now count toward it)."""
+        self._head_size = 0
+        """Bytes of the current head counted so far (those of pieces of reads that held nothing else)."""
+        self._heads = 0
+        """Heads completed on this connection: tells whether a piece held nothing but the open head."""
+        self._refused = False
+        """A request was refused unread: nothing more is parsed; the connection answers what it owes, then closes."""
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
         self._size = 0
@@ -203,12 +238,52 @@ class HttpConnection(asyncio.Protocol):
         self.server._forget(self)
 
     def data_received(self, data: bytes) -> None:
+        step = self.server.max_header_bytes
+        if len(data) <= step:
+            self._receive(data)
+            return
+        # In pieces no larger than the head limit: a head that begins inside a piece, after the end of the
+        # request before it, is counted from the next piece on, so none grows past twice the limit unrefused.
+        view = memoryview(data)
+        for start in range(0, len(data), step):
+            if not self._receive(view[start : start + step]):
+                return
+
+    def _receive(self, data: bytes | memoryview) -> bool:
+        """Parse one piece of a read, counting it toward the open head; False once the connection reads no more."""
+        if self._refused:
+            return False  # lingering after a refusal: what the client still sends is read and dropped
+        if not self._in_head:
+            return self._feed(data)
+        heads, room = self._heads, self.server.max_header_bytes - self._head_size
+        if len(data) <= room:
+            if self._feed(data) and heads == self._heads:
+                self._head_size += len(data)  # all of it was head (a piece that also ends one is not counted)
+            return not self._refused
+        # Feed only what the head may still take: if it is still open after that, the next byte crosses the limit.
+        view = memoryview(data)
+        if not self._feed(view[:room]):
+            return False
+        if heads == self._heads:
+            self._refuse(431, f"request headers exceed the limit of {self.server.max_header_bytes} bytes")
+            return False
+        return self._feed(view[room:])
+
+    def _feed(self, data: bytes | memoryview) -> bool:
+        """Parse `data`; False if the connection answered an error and reads nothing more."""
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(400, "protocol upgrades are not supported")
+            return False
         except httptools.HttpParserError as exc:
-            self._fail(400, f"malformed HTTP request: {exc}")
+            refusal = exc.__context__
+            if isinstance(refusal, _Refusal):
+                self._refuse(refusal.status, refusal.message)
+            else:
+                self._fail(400, f"malformed HTTP request: {exc}")
+            return False
+        return not self._refused
 
     # httptools callbacks
 
@@ -216,19 +291,26 @@ class HttpConnection(asyncio.Protocol):
         self.in_message = True
         self.deadline = self._loop.time() + self.server.header_timeout_s
         self.waiting_for = "headers"
-        self._url = b""
+        self._url = []
+        self._url_size = 0
         self._headers = {}
         self._body = []
         self._size = 0
         self._too_large = False
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
+        self._url_size += len(url)
+        if self._url_size > self.server.max_url_bytes:
+            raise _Refusal(414, f"request target exceeds the limit of {self.server.max_url_bytes} bytes")
+        self._url.append(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_size = 0
+        self._heads += 1
         self.deadline = self._loop.time() + self.server.body_timeout_s
         self.waiting_for = "body"
         self._keep_alive = self.parser.should_keep_alive()
@@ -250,9 +332,11 @@ class HttpConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.in_message = False
+        self._in_head = True
         self.deadline = None
         method = self.parser.get_method().decode("latin-1")
-        path = self._url.split(b"?", 1)[0].decode("latin-1")
+        url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
+        path = url.split(b"?", 1)[0].decode("latin-1")
         if self._too_large:
             canned: Response | None = error_response(
                 413, f"request body exceeds the limit of {self.server.max_request_bytes} bytes"
@@ -290,7 +374,7 @@ class HttpConnection(asyncio.Protocol):
         if self.paused and self.transport is not None and not self.closing:
             self.paused = False
             self.transport.resume_reading()
-        if not self.in_message and not self.queue:
+        if not self.in_message and not self.queue and not self.closing:
             self.deadline = self._loop.time() + self.server.idle_timeout_s
             self.waiting_for = "idle"
 
@@ -320,7 +404,27 @@ class HttpConnection(asyncio.Protocol):
             self.server.access_log(request, response, time.perf_counter() - request.received)
         if not keep_alive or (self.server.draining and not self.queue and not self.in_message):
             self.closing = True
-            transport.close()
+            if self._refused and transport.can_write_eof():
+                transport.write_eof()  # the answer, then end of stream; read (and drop) until the client closes
+                self.deadline = self._loop.time() + _LINGER_S
+                self.waiting_for = "linger"
+                if self.paused:
+                    self.paused = False
+                    transport.resume_reading()
+            else:
+                transport.close()
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer the request being read with `status` once the responses owed before it are written, read no
+        more of it, then close. Its target is not echoed: neither the answer nor the access log repeats it."""
+        method = self.parser.get_method().decode("latin-1") if self._url_size else ""
+        self._refused = True
+        self.in_message = False
+        self.deadline = None
+        self._url, self._headers, self._body = [], {}, []
+        self.queue.append((Request(method, "", {}), False, error_response(status, message)))
+        if not self.busy:
+            self._dispatch()
 
     def _fail(self, status: int, message: str) -> None:
         """Answer a request that cannot be parsed and close: the stream position is lost."""
@@ -335,7 +439,7 @@ class HttpConnection(asyncio.Protocol):
         """Close the connection if it missed its deadline: quietly when idle, with 408 mid-request."""
         if self.deadline is None or now < self.deadline or self.transport is None:
             return
-        if self.waiting_for == "idle":
+        if self.waiting_for in ("idle", "linger"):
             self.closing = True
             self.transport.close()
         elif self.busy or self.queue:

@@ -59,6 +59,11 @@ class ServerMetrics:
             ["model", "version", "provider"],
             registry=self.registry,
         )
+        self.access_log_dropped = Counter(
+            "tandem_server_access_log_dropped",
+            "Access-log lines dropped because stdout was not read fast enough (the log never blocks serving).",
+            registry=self.registry,
+        )
         self._requests: dict[tuple[str, int], Counter] = {}
         self._latency: dict[str, Histogram] = {}
         self._batch: dict[str, Histogram] = {}
