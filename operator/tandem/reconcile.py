@@ -152,11 +152,14 @@ def _made_for(job: dict[str, Any] | None, spec_hash: str) -> bool:
 
 
 def create_or_adopt(kube: Kube, desired: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """Create a run's Job, or adopt the one of that name that exists: (the Job as stored, whether created).
+    """Create a run's Job, or adopt the one of that name that this same object made: (the Job as stored,
+    whether created).
 
     One call in the common case. A Job of this deterministic name exists when the operator stopped between
     creating it and recording it in status; it is adopted, never duplicated (a Job's template cannot be
-    changed, so it is not applied over either).
+    changed, so it is not applied over either). One that another object of the same name made (this one was
+    deleted and created again before the garbage collector removed the old one's children) is never adopted:
+    it is deleted, and the create is tried again once it is gone (a 409 until then, retried with backoff).
     """
     try:
         return kube.create(desired), True
@@ -167,7 +170,19 @@ def create_or_adopt(kube: Kube, desired: dict[str, Any]) -> tuple[dict[str, Any]
     existing = kube.get(desired["apiVersion"], desired["kind"], meta["namespace"], meta["name"])
     if existing is None:
         raise ApiException(status=409, reason=f"Job {meta['name']} exists and is gone: being deleted")
+    owner = next(reference["uid"] for reference in meta["ownerReferences"] if reference.get("controller"))
+    if not controlled_by(existing, owner):
+        kube.delete(desired["apiVersion"], desired["kind"], meta["namespace"], meta["name"])
+        raise ApiException(
+            status=409, reason=f"Job {meta['name']} belongs to an earlier object of this name: deleted, to be replaced"
+        )
     return existing, False
+
+
+def controlled_by(obj: dict[str, Any], uid: str) -> bool:
+    """Whether the object's controller is the owner with this uid."""
+    references = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(reference.get("controller") and reference.get("uid") == uid for reference in references)
 
 
 def may_have_pods(job: dict[str, Any]) -> bool:
@@ -194,7 +209,7 @@ def reconcile_training(
     try:
         pool_name = placement.training_pool(spec, parsed_pools)
     except Problem as problem:
-        return _training_problem(kube, body, previous, generation, problem)
+        return _unplaced_training(kube, body, previous, spec, generation, problem)
     pool = parsed_pools[pool_name]
     spec_hash = run_spec_hash(spec)
     recorded = kube.read("batch/v1", "Job", namespace, previous.job_name) if previous.job_name else None
@@ -219,6 +234,16 @@ def reconcile_training(
         replaced = f"spec changed: run {previous.job_name} replaced by {run.job_name}"
         events.append(Event("Normal", "RunReplaced", replaced))
     created = False
+    resource_version = version(body)
+    if job is None and not finished_before and previous.job_name != run.job_name:
+        # The run is named in status before its Job exists, and the write is conditional: a refused write (a
+        # 409 after another spec edit), a crash or a lost lease before the create leaves no Job that status
+        # does not name, so the next run always finds, and deletes, this one.
+        named, _ = training_status(previous, run, pool_name, pool, ObservedRun(None), now())
+        named.observed_generation = generation
+        stored = kube.patch_status(TRAINING_JOB, namespace, name, wire(named), resource_version)
+        resource_version = (stored.get("metadata") or {}).get("resourceVersion")
+        previous = named
     if job is None and not finished_before:
         desired = training_build.training_job(run, placement.pod_placement(pool_name, pool), pool, config)
         desired["metadata"]["annotations"] = {SPEC_HASH_ANNOTATION: spec_hash}
@@ -249,12 +274,56 @@ def reconcile_training(
     observed = ObservedRun(job, pods, workload, gang_wait)
     status, status_events = training_status(previous, run, pool_name, pool, observed, now())
     status.observed_generation = generation
-    written, _ = write_status(kube, TRAINING_JOB, namespace, name, previous, status, version(body))
-    if job is not None and status.phase in (TrainingPhase.SUCCEEDED, TrainingPhase.FAILED) and not _finished(job):
-        # Recorded first, then stopped: its retries could only wait for peers that left, or train again.
-        kube.delete("batch/v1", "Job", namespace, run.job_name)
-        kube.delete("v1", "Service", namespace, run.job_name)
+    written, _ = write_status(kube, TRAINING_JOB, namespace, name, previous, status, resource_version)
+    if job is not None and status.phase in (TrainingPhase.SUCCEEDED, TrainingPhase.FAILED):
+        _after_recorded(kube, job, spec)
     return Outcome(written, events + status_events, recheck_after=GANG_RECHECK if gang_wait else None)
+
+
+def _after_recorded(kube: Kube, job: dict[str, Any], spec: TrainingJobSpec) -> None:
+    """What happens to a run's Job once its result is in status, and only then.
+
+    A Job that has not finished is stopped: its retries could only wait for peers that left, or train again.
+    A finished one gets spec.ttlSecondsAfterFinished now, not at creation, so the TTL controller can never
+    delete a run (and its workers' reports) that the operator has not yet recorded, say while it was down.
+    """
+    meta = job["metadata"]
+    if not _finished(job):
+        kube.delete("batch/v1", "Job", meta["namespace"], meta["name"])
+        kube.delete("v1", "Service", meta["namespace"], meta["name"])
+        return
+    ttl = spec.ttl_seconds_after_finished
+    if ttl is not None and (job.get("spec") or {}).get("ttlSecondsAfterFinished") != ttl:
+        kube.merge_patch("batch/v1", "Job", meta["namespace"], meta["name"], {"spec": {"ttlSecondsAfterFinished": ttl}})
+
+
+def _unplaced_training(
+    kube: Kube,
+    body: Mapping[str, Any],
+    previous: TrainingJobStatus,
+    spec: TrainingJobSpec,
+    generation: int,
+    problem: Problem,
+) -> Outcome:
+    """A run whose pool cannot be resolved (deleted, renamed): its Job, if one runs or finished, is still
+    observed and its result recorded, with PoolResolved False saying why no new run can start."""
+    namespace, name, uid, _ = _meta(body)
+    job = kube.read("batch/v1", "Job", namespace, previous.job_name) if previous.job_name else None
+    if job is None or previous.phase in (TrainingPhase.SUCCEEDED, TrainingPhase.FAILED):
+        return _training_problem(kube, body, previous, generation, problem)
+    run_generation = _run_generation(job)
+    run = training_build.TrainingRun(name=name, namespace=namespace, uid=uid, generation=run_generation, spec=spec)
+    observed = ObservedRun(job, _workers(kube, job, run.job_name) if may_have_pods(job) else [])
+    status, events = training_status(previous, run, previous.pool or "", None, observed, now())
+    status.conditions = set_condition(
+        status.conditions, "PoolResolved", False, problem.reason, problem.message, generation, now()
+    )
+    status.observed_generation = generation
+    written, changed = write_status(kube, TRAINING_JOB, namespace, name, previous, status, version(body))
+    if status.phase in (TrainingPhase.SUCCEEDED, TrainingPhase.FAILED):
+        _after_recorded(kube, job, spec)
+    warning = [Event("Warning", problem.reason, problem.message)] if changed else []
+    return Outcome(written, events + warning)
 
 
 def _workers(kube: Kube, job: dict[str, Any] | None, job_name: str) -> list[dict[str, Any]]:

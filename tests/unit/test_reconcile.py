@@ -19,6 +19,7 @@ from tandem.reconcile import Outcome, reconcile_pool, reconcile_serving, reconci
 
 Key = tuple[str, str, str, str]
 ARTIFACT = {"uri": "s3://models/digits/v1/model.onnx", "sha256": "e" * 64, "sizeBytes": 1}
+COMPLETE = {"type": "Complete", "status": "True"}
 
 
 class FakeKube(Kube):
@@ -115,7 +116,8 @@ class FakeKube(Kube):
     ) -> dict[str, Any]:
         self.calls.append(("patch_status", resource.kind, name))
         self.preconditions.append(resource_version)
-        return {"status": status}
+        following = str(int(resource_version) + 1) if resource_version else None
+        return {"metadata": {"resourceVersion": following}, "status": status}
 
     def set_status(self, api_version: str, kind: str, name: str, status: dict[str, Any]) -> None:
         """What a controller would write: the status the next read or apply returns."""
@@ -210,10 +212,73 @@ def test_training_job_creates_exactly_one_job(kube: FakeKube, loop: TrainingLoop
 
 def test_reconciling_twice_creates_nothing_new(kube: FakeKube, loop: TrainingLoop) -> None:
     loop.reconcile()
+    written = len(kube.writes("patch_status"))
     second = loop.reconcile()
     assert kube.writes("create") == [("create", "Job", "digits-g1")]
-    assert kube.writes("patch_status") == [("patch_status", "TrainingJob", "digits")]
+    assert len(kube.writes("patch_status")) == written
     assert second.events == []
+
+
+def test_a_new_run_is_named_in_status_before_its_job_is_created(kube: FakeKube, loop: TrainingLoop) -> None:
+    """A status write refused after the create would leave a Job no status names, never deleted."""
+    loop.reconcile()
+    loop.change_spec(workers=3)
+    refused = ApiException(status=409, reason="Conflict")
+
+    def conflict(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise refused
+
+    kube.patch_status = conflict  # type: ignore[method-assign]
+    with pytest.raises(ApiException):
+        loop.reconcile()
+    assert ("create", "Job", "digits-g2") not in kube.calls
+    assert ("batch/v1", "Job", "ml", "digits-g2") not in kube.objects
+
+
+def test_a_job_left_by_an_earlier_object_of_the_same_name_is_replaced_not_adopted(
+    kube: FakeKube, loop: TrainingLoop
+) -> None:
+    loop.reconcile()
+    old = kube.objects[("batch/v1", "Job", "ml", "digits-g1")]
+    gone = {"kind": "TrainingJob", "name": "digits", "uid": "uid-gone", "controller": True}
+    old["metadata"]["ownerReferences"] = [gone]
+    old["metadata"]["annotations"]["tandem.dev/spec-hash"] = "of the old spec"
+    loop.body["status"] = {}
+    with pytest.raises(ApiException) as refused:
+        loop.reconcile()
+    assert refused.value.status == 409
+    assert ("delete", "Job", "digits-g1") in kube.calls
+    loop.reconcile()
+    job = kube.objects[("batch/v1", "Job", "ml", "digits-g1")]
+    assert job["metadata"]["ownerReferences"][0]["uid"] == "uid-digits"
+
+
+def test_a_finished_run_gets_its_ttl_only_once_its_model_is_recorded(kube: FakeKube, loop: TrainingLoop) -> None:
+    loop.change_spec(ttlSecondsAfterFinished=0)
+    loop.reconcile()
+    job = kube.objects[("batch/v1", "Job", "ml", "digits-g2")]
+    assert "ttlSecondsAfterFinished" not in job["spec"]
+    kube.add_pod("digits-g2", "Succeeded", message=json.dumps(ARTIFACT), seconds=30)
+    kube.set_status("batch/v1", "Job", "digits-g2", {"succeeded": 1, "conditions": [COMPLETE]})
+    outcome = loop.reconcile()
+    assert outcome.status["phase"] == "Succeeded"
+    assert job["spec"]["ttlSecondsAfterFinished"] == 0
+    loop.reconcile()
+    assert kube.writes("merge_patch", "Job") == [("merge_patch", "Job", "digits-g2")]
+
+
+def test_a_run_whose_pool_was_deleted_still_records_its_finished_job(
+    kube: FakeKube, loop: TrainingLoop
+) -> None:
+    loop.reconcile()
+    kube.add_pod("digits-g1", "Succeeded", message=json.dumps(ARTIFACT), seconds=30)
+    kube.set_status("batch/v1", "Job", "digits-g1", {"succeeded": 1, "conditions": [COMPLETE]})
+    loop.pools = {}
+    outcome = loop.reconcile()
+    assert outcome.status["phase"] == "Succeeded"
+    assert outcome.status["model"]["uri"] == ARTIFACT["uri"]
+    pool = _condition(outcome, "PoolResolved")
+    assert (pool["status"], pool["reason"]) == ("False", "NoTrainingPool")
 
 
 def test_several_workers_also_create_the_headless_service(kube: FakeKube, loop: TrainingLoop) -> None:
@@ -403,7 +468,7 @@ def test_status_is_written_conditionally_on_the_resource_version_it_was_computed
 ) -> None:
     loop.body["metadata"]["resourceVersion"] = "42"
     loop.reconcile()
-    assert kube.preconditions == ["42"]
+    assert kube.preconditions == ["42", "43"]  # the run named (see above), then its status once created
 
 
 class ServingLoop:

@@ -110,7 +110,8 @@ class TrainingJobSpec(ApiModel):
     active_deadline_seconds: int | None = Field(default=None, ge=1)
     """Wall-clock limit for a run."""
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
-    """Delete the finished run's pods and Job after this many seconds; status and the model stay."""
+    """Delete the finished run's pods and Job this many seconds after the operator recorded its result (the
+    Job gets the TTL only then); status and the model stay."""
     suspend: bool = False
     """Hold the run (or pause a running one) without deleting the resource."""
     queue: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=63)

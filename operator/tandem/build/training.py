@@ -244,8 +244,6 @@ def training_job(
     }
     if spec.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
-    if spec.ttl_seconds_after_finished is not None:
-        job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
     owner = owner_reference(KIND, run.name, run.uid)
     return {
         "apiVersion": "batch/v1",
