@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +32,8 @@ ENERGY = Counter("tandem_energy_watt_hours_total", "Estimated energy of workload
 
 _phases: dict[tuple[str, str, str], str] = {}
 _counts: dict[tuple[str, str], int] = {}
+_phases_lock = threading.Lock()
+"""The reconcile workers record phases concurrently; the count and its series move together under it."""
 
 
 @contextmanager
@@ -50,7 +53,11 @@ def reconciling(kind: str) -> Iterator[None]:
 
 def record_phase(kind: str, namespace: str, name: str, phase: str | None) -> None:
     """Track one resource's phase so that tandem_resources counts each resource once."""
-    key = (kind, namespace, name)
+    with _phases_lock:
+        _move(kind, (kind, namespace, name), phase)
+
+
+def _move(kind: str, key: tuple[str, str, str], phase: str | None) -> None:
     old = _phases.pop(key, None)
     if old is not None:
         _counts[(kind, old)] -= 1

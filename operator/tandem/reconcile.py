@@ -668,6 +668,12 @@ def _observe_canary(
         if has_ready_condition(pod) and (pod.get("status") or {}).get("podIP")
     ]
     metrics = canary_metrics.scrape(ips) if ips else None
+    if isinstance(metrics, canary_metrics.ScrapeFailure):
+        # Not read is what None means to canary.plan: the trial waits, and fails if its window ends unread.
+        canary_metrics.log.info(
+            "canary of %s/%s: metrics of pod %s not read: %s", namespace, name, metrics.pod_ip, metrics.reason
+        )
+        metrics = None
     return canary.CanaryObservation(ready, previous.ready_replicas, metrics)
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+
+import pytest
 from prometheus_client import REGISTRY
 
 from tandem import metrics
@@ -38,3 +41,46 @@ def test_forgetting_an_unknown_resource_changes_nothing() -> None:
     metrics.record_phase("MetricsKindD", "ml", "a", "Ready")
     metrics.forget("MetricsKindD", "ml", "never-seen")
     assert _count("MetricsKindD", "Ready") == 1
+
+
+
+class _HeldRemoval:
+    """tandem_resources whose first series removal holds until another phase was recorded, or a second passed.
+
+    Unguarded, a second worker's record lands inside that window: it counts the resource in a series that the
+    removal then deletes. Guarded, the second worker waits for the removal and the second passes unused."""
+
+    def __init__(self, gauge: object) -> None:
+        self._gauge = gauge
+        self.inside = threading.Event()
+        self.other_recorded = threading.Event()
+
+    def labels(self, *values: str) -> object:
+        return self._gauge.labels(*values)  # type: ignore[attr-defined]
+
+    def remove(self, *values: str) -> None:
+        if not self.inside.is_set():
+            self.inside.set()
+            self.other_recorded.wait(timeout=1.0)
+        self._gauge.remove(*values)  # type: ignore[attr-defined]
+
+
+def test_a_phase_recorded_while_another_worker_drops_its_series_is_still_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    held = _HeldRemoval(metrics.RESOURCES)
+    monkeypatch.setattr(metrics, "RESOURCES", held)
+    metrics.record_phase("MetricsKindE", "ml", "a", "Pending")
+    leaving = threading.Thread(target=metrics.forget, args=("MetricsKindE", "ml", "a"))
+    leaving.start()
+    assert held.inside.wait(timeout=30)
+
+    def arrive() -> None:
+        metrics.record_phase("MetricsKindE", "ml", "b", "Pending")
+        held.other_recorded.set()
+
+    arriving = threading.Thread(target=arrive)
+    arriving.start()
+    leaving.join()
+    arriving.join()
+    assert _count("MetricsKindE", "Pending") == 1
