@@ -123,3 +123,24 @@ def slow_model(path: Path, iterations: int = 60, width: int = 1024) -> Path:
         [weight],
     )
     return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]), path)
+
+
+def free_model(path: Path) -> Path:
+    """Identity for `values` FP32 and `words` BYTES, every dimension free ([a, b]): the signature that lets a
+    client choose any shape of rank 2, so only the server's own checks stand between a shape and numpy."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Identity", ["values"], ["values_out"]),
+            helper.make_node("Identity", ["words"], ["words_out"]),
+        ],
+        "free",
+        [
+            helper.make_tensor_value_info("values", TensorProto.FLOAT, ["a", "b"]),
+            helper.make_tensor_value_info("words", TensorProto.STRING, ["a", "b"]),
+        ],
+        [
+            helper.make_tensor_value_info("values_out", TensorProto.FLOAT, ["a", "b"]),
+            helper.make_tensor_value_info("words_out", TensorProto.STRING, ["a", "b"]),
+        ],
+    )
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]), path)

@@ -19,7 +19,14 @@ Defences against clients that hold resources without using them, each with a def
   refusal the parser has lost its place: the connection answers what it owes, then closes, reading and
   dropping what the client still sends for a moment (a lingering close, as nginx does), so the client reads
   the answer instead of a reset.
-- per connection, pipelined requests beyond a small queue stop the server reading from it (backpressure).
+- write back-pressure: a connection whose answers are not being read stops being read. Once the transport
+  holds more than `WRITE_HIGH_WATER` unsent bytes (asyncio's `pause_writing`), or `MAX_QUEUED` requests wait
+  for their turn, the server stops reading it, stops parsing what it has read (keeping at most the rest of one
+  read) and stops answering its queued requests; health, metadata, metrics, 404 and 405 answers count as
+  inference answers do. It resumes once the client has read enough (`resume_writing`) and the queue has
+  drained. A client that reads nothing for `idle_timeout_s` while answers wait is cut off (nothing more can be
+  said to it). So a connection holds at most about: one read, the requests of one `HEAD_PIECE`, and
+  `WRITE_HIGH_WATER` plus one answer, however much it pipelines.
 """
 
 from __future__ import annotations
@@ -40,8 +47,15 @@ from tandem.server import config
 log = logging.getLogger("tandem.server.httpserver")
 
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
-_MAX_QUEUED = 32
-"""Pipelined requests buffered per connection before the server stops reading from it."""
+MAX_QUEUED = 32
+"""Pipelined requests waiting per connection (for the one in progress, or for the client to read) before the
+server stops reading from it."""
+WRITE_HIGH_WATER = 64 * 1024
+"""Unsent response bytes a connection's transport may hold before the server stops reading and answering it
+(asyncio's and uvloop's default, set explicitly so the bound is ours); reading resumes below a quarter of it."""
+HEAD_PIECE = 4096
+"""Between requests, reads are parsed this many bytes at a time, so a read full of tiny pipelined requests is
+parsed only as far as the connection may queue: the rest waits, unparsed, until its answers are read."""
 _LINGER_S = 2.0
 """After a refusal, how long the connection keeps reading (and dropping) what the client sent before it read
 the answer; closing with unread bytes would reset the connection and could destroy the answer in flight."""
@@ -196,6 +210,14 @@ class HttpConnection(asyncio.Protocol):
         self.busy = False
         self.closing = False
         self.paused = False
+        """Reading is paused: the client has not read its answers, or too many of its requests wait."""
+        self.writing_paused = False
+        """The transport holds more than WRITE_HIGH_WATER unsent bytes: queued requests wait to be answered."""
+        self.backlog = b""
+        """Bytes read before reading was paused but not yet parsed; parsed first when reading resumes."""
+        self._consuming = False
+        self._write_deadline: float | None = None
+        """loop.time() by which a client whose answers pile up must have read some; then it is cut off."""
         self.in_message = False
         self._url: list[bytes] = []
         """The pieces of the request target, joined once it is complete (linear, where `+=` is quadratic)."""
@@ -213,6 +235,8 @@ class HttpConnection(asyncio.Protocol):
         self._size = 0
         self._too_large = False
         self._keep_alive = True
+        self._continue_owed = False
+        """The request being read asked for `100 Continue`, not yet sent: responses owed before it come first."""
         self._loop = asyncio.get_running_loop()
         self.deadline: float | None = self._loop.time() + server.idle_timeout_s
         """loop.time() by which the connection must make progress: the next request, its headers, its body."""
@@ -230,6 +254,7 @@ class HttpConnection(asyncio.Protocol):
             self.transport.write(_head(response, False) + response.body)
             self.transport.close()
             return
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         self.server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -238,16 +263,74 @@ class HttpConnection(asyncio.Protocol):
         self.server._forget(self)
 
     def data_received(self, data: bytes) -> None:
-        step = self.server.max_header_bytes
-        if len(data) <= step:
-            self._receive(data)
+        if self.backlog:  # a read that was under way as reading paused: it goes after what was held back
+            self.backlog += data
             return
-        # In pieces no larger than the head limit: a head that begins inside a piece, after the end of the
-        # request before it, is counted from the next piece on, so none grows past twice the limit unrefused.
-        view = memoryview(data)
-        for start in range(0, len(data), step):
-            if not self._receive(view[start : start + step]):
+        if len(data) <= HEAD_PIECE and not self._holding():
+            self._receive(data)
+            if self._holding():
+                self._pause()
+            return
+        self._consume(data)
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        self._write_deadline = self._loop.time() + self.server.idle_timeout_s
+        self._pause()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self._write_deadline = None
+        if not self.busy:
+            self._dispatch()  # answers what waited, then resumes reading
+
+    # flow control
+
+    def _holding(self) -> bool:
+        """Whether the connection owes as much as it may: read, parse and answer no more until the client reads."""
+        return self.writing_paused or len(self.queue) >= MAX_QUEUED
+
+    def _pause(self) -> None:
+        if self.paused or self._refused or self.transport is None:
+            return  # after a refusal the connection reads on, dropping what comes, until it closes
+        self.paused = True
+        self.transport.pause_reading()
+
+    def _resume(self) -> None:
+        """Parse what was held back, then read again, unless that fills the connection up again."""
+        if not self.paused or self._consuming or self.closing or self.transport is None or self._holding():
+            return
+        backlog, self.backlog = self.backlog, b""
+        if backlog:
+            self._consume(backlog)
+            if self._holding() or self.closing or self.transport is None:
                 return
+        self.paused = False
+        self.transport.resume_reading()
+
+    def _consume(self, data: bytes) -> None:
+        """Parse `data` in pieces, keeping what is left in `backlog` as soon as the connection holds enough.
+
+        Pieces are no larger than the head limit: a head that begins inside a piece, after the end of the
+        request before it, is counted from the next piece on, so none grows past twice the limit unrefused.
+        Between requests they are HEAD_PIECE bytes, so a read of tiny pipelined requests stops being parsed
+        within a piece of the queue's bound."""
+        view = memoryview(data)
+        start, total = 0, len(data)
+        self._consuming = True
+        try:
+            while start < total:
+                if self._holding() and not self._refused:
+                    self.backlog = bytes(view[start:])
+                    break
+                step = HEAD_PIECE if self._in_head else self.server.max_header_bytes
+                if not self._receive(view[start : start + step]):
+                    return
+                start += step
+        finally:
+            self._consuming = False
+        if self._holding():
+            self._pause()
 
     def _receive(self, data: bytes | memoryview) -> bool:
         """Parse one piece of a read, counting it toward the open head; False once the connection reads no more."""
@@ -297,6 +380,7 @@ class HttpConnection(asyncio.Protocol):
         self._body = []
         self._size = 0
         self._too_large = False
+        self._continue_owed = False
 
     def on_url(self, url: bytes) -> None:
         self._url_size += len(url)
@@ -317,8 +401,12 @@ class HttpConnection(asyncio.Protocol):
         length = self._headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.server.max_request_bytes:
             self._too_large = True
-        elif self._headers.get("expect", "").lower() == "100-continue" and self.transport is not None:
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        elif self._headers.get("expect", "").lower() == "100-continue":
+            # Interim answers keep the order of final ones: behind a pipelined request still running, the 100
+            # waits until that request's response is written (`_dispatch`).
+            self._continue_owed = True
+            if not self.busy and not self.queue:
+                self._send_continue()
 
     def on_body(self, body: bytes) -> None:
         if self._too_large:
@@ -332,6 +420,7 @@ class HttpConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.in_message = False
+        self._continue_owed = False  # the body came without it: a 100 now would be taken for the answer's start
         self._in_head = True
         self.deadline = None
         method = self.parser.get_method().decode("latin-1")
@@ -348,14 +437,11 @@ class HttpConnection(asyncio.Protocol):
             self.queue.append((Request(method, path, self._headers, body), self._keep_alive, None))
         if not self.busy:
             self._dispatch()
-        elif len(self.queue) > _MAX_QUEUED and not self.paused and self.transport is not None:
-            self.paused = True
-            self.transport.pause_reading()
 
     # dispatch
 
     def _dispatch(self) -> None:
-        while self.queue and not self.closing:
+        while self.queue and not self.closing and not self.writing_paused:
             request, keep_alive, canned = self.queue.popleft()
             if canned is not None:
                 self._write(request, canned, keep_alive)
@@ -371,12 +457,17 @@ class HttpConnection(asyncio.Protocol):
             self.busy = True
             asyncio.get_running_loop().create_task(self._finish(request, result, keep_alive))
             return
-        if self.paused and self.transport is not None and not self.closing:
-            self.paused = False
-            self.transport.resume_reading()
+        if self._continue_owed and not self.queue and not self.closing:
+            self._send_continue()
+        self._resume()
         if not self.in_message and not self.queue and not self.closing:
             self.deadline = self._loop.time() + self.server.idle_timeout_s
             self.waiting_for = "idle"
+
+    def _send_continue(self) -> None:
+        self._continue_owed = False
+        if self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     async def _finish(self, request: Request, pending: Awaitable[Response], keep_alive: bool) -> None:
         try:
@@ -408,6 +499,7 @@ class HttpConnection(asyncio.Protocol):
                 transport.write_eof()  # the answer, then end of stream; read (and drop) until the client closes
                 self.deadline = self._loop.time() + _LINGER_S
                 self.waiting_for = "linger"
+                self.backlog = b""
                 if self.paused:
                     self.paused = False
                     transport.resume_reading()
@@ -419,6 +511,7 @@ class HttpConnection(asyncio.Protocol):
         more of it, then close. Its target is not echoed: neither the answer nor the access log repeats it."""
         method = self.parser.get_method().decode("latin-1") if self._url_size else ""
         self._refused = True
+        self._continue_owed = False
         self.in_message = False
         self.deadline = None
         self._url, self._headers, self._body = [], {}, []
@@ -437,6 +530,9 @@ class HttpConnection(asyncio.Protocol):
 
     def check_deadline(self, now: float) -> None:
         """Close the connection if it missed its deadline: quietly when idle, with 408 mid-request."""
+        if self._write_deadline is not None and now >= self._write_deadline:
+            self.abort()  # its answers have waited unread for the idle timeout: nothing more can be said to it
+            return
         if self.deadline is None or now < self.deadline or self.transport is None:
             return
         if self.waiting_for in ("idle", "linger"):

@@ -22,14 +22,29 @@ _DIRECT: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype(np.float64),
     "FP16": np.dtype(np.float16),
 }
+MAX_NESTING = 64
+"""Depth of nested JSON lists a tensor's data may have: numpy's own limit on dimensions, which the numeric path
+meets inside `np.asarray`; BYTES data is flattened here and gets the same bound instead of a RecursionError."""
+_MAX_EXTENT = 2**63 - 1
+"""Bytes numpy and onnxruntime (int64 dimensions) can address: the bound on the product of a shape's non-zero
+dimensions times the item size, even when another dimension is 0 and the tensor holds nothing."""
 
 
 def element_count(shape: Sequence[int]) -> int:
     return math.prod(shape)
 
 
+def check_extent(name: str, datatype: str, shape: Sequence[int]) -> None:
+    """InvalidInput for a shape no array can take, such as `[0, 2**62]`: zero elements, so any element count
+    check passes, but numpy refuses to make (and onnxruntime to describe) an array of it, which would be a 500."""
+    extent = math.prod(dim for dim in shape if dim) * datatypes.NUMPY_DTYPES[datatype].itemsize
+    if extent > _MAX_EXTENT:
+        raise InvalidInput(f"input '{name}': shape {list(shape)} is too large for any {datatype} tensor")
+
+
 def from_json(name: str, datatype: str, shape: Sequence[int], data: Any) -> np.ndarray:
     """A numpy array of `shape` from flat or nested row-major JSON `data`."""
+    check_extent(name, datatype, shape)
     if not isinstance(data, list):
         data = [data]
     array = _bytes_from_json(name, data) if datatype == "BYTES" else _numbers_from_json(name, datatype, data)
@@ -91,17 +106,25 @@ def _kind_name(kind: str) -> str:
     )
 
 
-def _flatten(name: str, data: list[Any], out: list[Any]) -> None:
-    for item in data:
-        if isinstance(item, list):
-            _flatten(name, item, out)
-        else:
+def _flatten(name: str, data: list[Any]) -> list[Any]:
+    """The leaves of nested lists in row-major order; iterative, so depth costs no stack, and bounded."""
+    out: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                if len(stack) >= MAX_NESTING:
+                    raise InvalidInput(f"input '{name}': data is nested more than {MAX_NESTING} lists deep")
+                stack.append(iter(item))
+                break
             out.append(item)
+        else:
+            stack.pop()
+    return out
 
 
 def _bytes_from_json(name: str, data: list[Any]) -> np.ndarray:
-    flat: list[Any] = []
-    _flatten(name, data, flat)
+    flat = _flatten(name, data)
     for item in flat:
         if not isinstance(item, str):
             raise InvalidInput(f"input '{name}': BYTES data must be strings, got {type(item).__name__}")
@@ -112,6 +135,7 @@ def _bytes_from_json(name: str, data: list[Any]) -> np.ndarray:
 
 def from_binary(name: str, datatype: str, shape: Sequence[int], raw: memoryview) -> np.ndarray:
     """A numpy array of `shape` from the binary extension's little-endian row-major bytes (no copy)."""
+    check_extent(name, datatype, shape)
     expected = element_count(shape)
     if datatype == "BYTES":
         array = _bytes_from_binary(name, raw)
