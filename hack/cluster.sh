@@ -95,8 +95,23 @@ start_etcd() {
   wait_for etcd 30 curl -fsS "http://127.0.0.1:$ETCD_PORT/health"
 }
 
+# The operator's own requests (the service account the chart and the kustomize base create), as metadata:
+# tests/e2e/test_rbac_audit.py compares what it did with what the chart grants it.
+write_audit_policy() {
+  cat > "$DIR/audit-policy.yaml" <<'POLICY'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  users: ["system:serviceaccount:tandem-system:tandem"]
+- level: None
+POLICY
+}
+
 start_apiserver() {
   local p="$DIR/pki" reconciler=none
+  write_audit_policy
   # With real nodes the API server listens where pods can reach it, and the `kubernetes` Service points there.
   [ "$REAL_NODES" = 1 ] && reconciler=lease
   local aggregation
@@ -110,6 +125,9 @@ start_apiserver() {
     --service-account-key-file "$p/sa.pub" --service-account-signing-key-file "$p/sa.key" \
     --service-cluster-ip-range "$SERVICE_CIDR" \
     --authorization-mode Node,RBAC --allow-privileged=true \
+    --enable-admission-plugins OwnerReferencesPermissionEnforcement \
+    --audit-policy-file "$DIR/audit-policy.yaml" --audit-log-path "$DIR/logs/audit.log" --audit-log-format json \
+    --audit-log-maxsize 100 --audit-log-maxbackup 1 \
     --kubelet-client-certificate "$p/apiserver-kubelet-client.crt" --kubelet-client-key "$p/apiserver-kubelet-client.key" \
     --kubelet-preferred-address-types InternalIP \
     --endpoint-reconciler-type "$reconciler" --profiling="${TANDEM_APISERVER_PROFILING:-false}" "${aggregation[@]}"
@@ -223,7 +241,7 @@ cmd_up() {
   "$NODES_SCRIPT" down
   resolve_bin
   # Only our own entries are removed: TANDEM_CLUSTER_DIR may point at a directory holding other things.
-  rm -rf "${DIR:?}"/{pids,logs,pki,etcd,kcm-certs,sched-certs,state.env,kubeconfig,nodes.yaml}
+  rm -rf "${DIR:?}"/{pids,logs,pki,etcd,kcm-certs,sched-certs,state.env,kubeconfig,nodes.yaml,audit-policy.yaml}
   mkdir -p "$DIR/pids" "$DIR/logs"
   UP_OK=0
   trap 'if [ "$UP_OK" -ne 1 ]; then say "up failed; stopping what was started"; "$NODES_SCRIPT" down; stop_all; fi' EXIT

@@ -256,10 +256,11 @@ class Kube:
         """A core/v1 Event about `involved` (a resource body), as kopf.event would post it; returns it as stored.
 
         Posted by tandem.events' thread, outside kopf's handler tasks, where kopf's event queue is not
-        reachable. Cluster-scoped objects' events go to the default namespace, as kopf does.
+        reachable. Cluster-scoped objects' events go to the operator's own namespace (POD_NAMESPACE), where
+        even a namespaced install may write them, not to `default`, where it may not.
         """
         meta = involved.get("metadata") or {}
-        namespace = meta.get("namespace") or "default"
+        namespace = meta.get("namespace") or own_namespace()
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {
             "apiVersion": "v1",
@@ -342,6 +343,11 @@ class Kube:
             content_type="application/merge-patch+json",
             target=(resource.kind, namespace or "", name),
         )
+
+
+def own_namespace() -> str:
+    """The namespace the operator runs in (the downward API's POD_NAMESPACE); `default` outside a pod."""
+    return os.environ.get("POD_NAMESPACE") or "default"
 
 
 def label_selector(labels: dict[str, str]) -> str:

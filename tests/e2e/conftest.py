@@ -32,6 +32,17 @@ RELEASE_NAMESPACE = "tandem-system"
 CHART = Path(__file__).resolve().parents[2] / "charts" / "tandem"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `last` move behind this package's other tests, still inside the package, so its cluster
+    and release are the ones the other tests used."""
+    here = Path(__file__).parent
+    last = [item for item in items if item.get_closest_marker("last") and item.path.parent == here]
+    rest = [item for item in items if item not in last]
+    ours = [index for index, item in enumerate(rest) if item.path.parent == here]
+    if last and ours:
+        items[:] = rest[: ours[-1] + 1] + last + rest[ours[-1] + 1 :]
+
+
 @pytest.fixture(scope="package")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster | ExternalCluster]:
     """A local cluster of two real nodes (real-gpu-0, real-cpu-0) for this package, or TANDEM_KUBECONFIG's."""

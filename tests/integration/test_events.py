@@ -13,8 +13,8 @@ import pytest
 from kubernetes import client as k8s
 
 from support.cluster import wait_until
-from support.tandem import body, create, events_for
-from tandem.api.resources import TRAINING_JOB
+from support.tandem import body, create, events_for, resource_api
+from tandem.api.resources import COMPUTE_POOL, GROUP, TRAINING_JOB, VERSION
 from tandem.events import EventRecorder
 from tandem.kube import Kube
 
@@ -68,3 +68,20 @@ def test_an_event_that_expired_is_posted_again(
     recorder.record(job, "Normal", "Created", "Job expired-g1 with 1 workers")
     wait_until(lambda: counts(tandem_api, namespace, "expired") == {"Job expired-g1 with 1 workers": 1},
                timeout=30, what="a new Event posted in place of the expired one")
+
+
+def test_an_event_about_a_computepool_goes_to_the_operators_own_namespace(
+    tandem_api: k8s.ApiClient, namespace: str, recorder: EventRecorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ComputePool has no namespace; its events go where a namespaced install may write them (the chart grants
+    events in the release namespace), not to `default`."""
+    monkeypatch.setenv("POD_NAMESPACE", namespace)
+    name = f"{namespace}-pool"
+    pool = create(tandem_api, COMPUTE_POOL, None, body(COMPUTE_POOL, name, {"nodeSelector": {"tandem.dev/pool": name}}))
+    try:
+        recorder.record(pool, "Warning", "NoNodes", "no node matches the selector")
+        wait_until(lambda: counts(tandem_api, namespace, name) == {"no node matches the selector": 1},
+                   timeout=30, what="the pool's Event in the operator's namespace")
+        assert counts(tandem_api, "default", name) == {}
+    finally:
+        resource_api(tandem_api).delete_cluster_custom_object(GROUP, VERSION, COMPUTE_POOL.plural, name)

@@ -147,7 +147,9 @@ def test_watch_namespaces_become_roles_and_a_cluster_role_for_cluster_scoped_obj
     assert bindings == roles
     (cluster_role,) = find(objects, "ClusterRole")
     resources = {res for rule in cluster_role["rules"] for res in rule["resources"]}
-    assert resources == {"computepools", "computepools/status", "nodes", "customresourcedefinitions", "namespaces"}
+    assert resources == {
+        "computepools", "computepools/status", "nodes", "pods", "customresourcedefinitions", "namespaces"
+    }  # pods: listed cluster-wide for pool room (tandem.gang)
 
 
 def test_default_pools_are_gpu_for_training_and_cpu_for_serving(helm: Path) -> None:

@@ -15,24 +15,25 @@ def _grants(group: str, resources: tuple[str, ...], verbs: tuple[str, ...]) -> s
 
 
 CLUSTER_SCOPED: set[Rule] = (
-    _grants("tandem.dev", ("computepools",), ("get", "list", "watch", "patch"))
-    | _grants("tandem.dev", ("computepools/status",), ("get", "patch", "update"))
+    _grants("tandem.dev", ("computepools",), ("get", "list", "watch"))
+    | _grants("tandem.dev", ("computepools/status",), ("get", "patch"))
     | _grants("", ("nodes",), ("get", "list", "watch"))
     | _grants("", ("pods",), ("list",))
     | _grants("apiextensions.k8s.io", ("customresourcedefinitions",), ("get", "list", "watch"))
     | _grants("", ("namespaces",), ("get", "list", "watch"))
 )
-"""ComputePools and their status (kopf annotations, tandem.status); nodes and the pods on them for pool
+"""ComputePools, read, and their status, written (by merge patch: never `update`, and no `patch` of the pool
+itself, since kopf's event handlers keep no state on the object); nodes and the pods on them for pool
 capacity (a gang waits until all its workers fit, tandem.gang); CRDs and namespaces, which kopf scans."""
 
 EVENTS: set[Rule] = _grants("", ("events",), ("create", "patch"))
 """kopf.event posts core/v1 Events."""
 
 NAMESPACED: set[Rule] = (
-    _grants("tandem.dev", ("trainingjobs", "inferenceservices"), ("get", "list", "watch", "patch"))
-    | _grants("tandem.dev", ("trainingjobs/status", "inferenceservices/status"), ("get", "patch", "update"))
+    _grants("tandem.dev", ("trainingjobs", "inferenceservices"), ("get", "list", "watch"))
+    | _grants("tandem.dev", ("trainingjobs/status", "inferenceservices/status"), ("get", "patch"))
+    | _grants("tandem.dev", ("trainingjobs/finalizers", "inferenceservices/finalizers"), ("update",))
     | _grants("batch", ("jobs",), WORKLOAD)
-    | _grants("", ("pods",), ("get", "list", "watch"))
     | _grants("", ("services",), WORKLOAD)
     | _grants("apps", ("deployments",), WORKLOAD)
     | _grants("autoscaling", ("horizontalpodautoscalers",), WORKLOAD)
@@ -41,7 +42,10 @@ NAMESPACED: set[Rule] = (
     | _grants("", ("serviceaccounts",), ("get",))
     | EVENTS
 )
-"""Children the operator applies (server-side apply is PATCH), reads and deletes; pods for worker status;
+"""The watched resources, read, and their status, written; `update` of their finalizers, which the API server's
+OwnerReferencesPermissionEnforcement asks of whoever sets blockOwnerDeletion on a child (the operator adds
+no finalizer); children the operator applies (server-side apply is PATCH), reads and deletes (pods are
+listed cluster-wide, CLUSTER_SCOPED);
 Kueue's Workloads of queued runs, read for the status and deactivated while suspended (tandem.queueing);
 the ServiceAccount a run names, looked up before its Job is made (never its token: serviceaccounts/token)."""
 
@@ -111,7 +115,7 @@ def test_every_kind_the_operator_client_knows_is_granted(helm: Path) -> None:
     for prefix, plural in _PATHS.values():
         group = "" if prefix == "/api/v1" else prefix.split("/")[2]
         verbs = {
-            "pods": ("get", "list", "watch"),
+            "pods": ("list",),
             "events": ("create", "patch"),
             "serviceaccounts": ("get",),
             "workloads": ("list", "patch"),

@@ -81,20 +81,22 @@ app.kubernetes.io/part-of: tandem
 {{- default (include "tandem.fullname" .) .Values.leaderElection.leaseName -}}
 {{- end -}}
 
-{{/* Namespaced rules: the watched custom resources, their children, Kueue Workloads, the ServiceAccounts runs name, and events. */}}
+{{/* Namespaced rules: the watched custom resources (only their status is written; finalizers update lets children
+carry blockOwnerDeletion where OwnerReferencesPermissionEnforcement is on), their children, Kueue Workloads, the
+ServiceAccounts runs name, and events. Pods are listed cluster-wide (clusterRules). */}}
 {{- define "tandem.namespacedRules" -}}
 - apiGroups: [tandem.dev]
   resources: [trainingjobs, inferenceservices]
-  verbs: [get, list, watch, patch]
+  verbs: [get, list, watch]
 - apiGroups: [tandem.dev]
   resources: [trainingjobs/status, inferenceservices/status]
-  verbs: [get, patch, update]
+  verbs: [get, patch]
+- apiGroups: [tandem.dev]
+  resources: [trainingjobs/finalizers, inferenceservices/finalizers]
+  verbs: [update]
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, patch, delete]
-- apiGroups: [""]
-  resources: [pods]
-  verbs: [get, list, watch]
 - apiGroups: [""]
   resources: [services]
   verbs: [get, list, watch, create, patch, delete]
@@ -127,10 +129,10 @@ app.kubernetes.io/part-of: tandem
 {{- define "tandem.clusterRules" -}}
 - apiGroups: [tandem.dev]
   resources: [computepools]
-  verbs: [get, list, watch, patch]
+  verbs: [get, list, watch]
 - apiGroups: [tandem.dev]
   resources: [computepools/status]
-  verbs: [get, patch, update]
+  verbs: [get, patch]
 - apiGroups: [""]
   resources: [nodes]
   verbs: [get, list, watch]
