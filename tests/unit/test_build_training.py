@@ -69,6 +69,13 @@ def test_model_output_is_versioned_by_generation(
     assert _env(_job(run, pools, config))["TANDEM_MODEL_OUTPUT"] == "s3://models/digits/v3"
 
 
+def test_the_run_is_named_by_uid_and_generation_so_only_it_may_announce_its_version_again(
+    training_spec_body: dict[str, Any], pools: dict[str, ComputePoolSpec], config: OperatorConfig
+) -> None:
+    run = _run(training_spec_body)
+    assert _env(_job(run, pools, config))["TANDEM_RUN"] == f"{run.uid}/3"
+
+
 def test_single_worker_world_size_is_one(single: dict[str, Any]) -> None:
     env = _env(single)
     assert env["WORLD_SIZE"] == "1"

@@ -82,6 +82,9 @@ class ModelArtifact(ApiModel):
     """Largest absolute difference between torch and onnxruntime outputs on sample inputs."""
     versions: dict[str, str] = Field(default_factory=dict)
     """Library versions that produced the model (torch, onnx, onnxruntime)."""
+    run: str | None = Field(default=None, max_length=128)
+    """The run that published it, `<TrainingJob uid>/<generation>`: a version is written once, and only the
+    run that wrote it announces it again."""
 
 
 class TrainingFailure(ApiModel):

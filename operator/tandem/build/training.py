@@ -124,6 +124,7 @@ def _tandem_env(run: TrainingRun) -> dict[str, str]:
     env = {
         "TANDEM_TRAININGJOB": run.name,
         "TANDEM_GENERATION": str(run.generation),
+        "TANDEM_RUN": f"{run.uid}/{run.generation}",
         "TANDEM_MODEL_OUTPUT": run.model_output,
         "TANDEM_PVC_ROOT": PVC_MOUNT_ROOT,
         "TANDEM_TERMINATION_MESSAGE_PATH": TERMINATION_MESSAGE_PATH,

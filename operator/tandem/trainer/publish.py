@@ -3,12 +3,18 @@
 The order matters. The model goes first and metadata.json last, so a reader that finds metadata.json finds
 the model it describes; the termination message comes after both, because it is how the operator learns
 that the artifact exists and may be served.
+
+A published version is written once: services may be serving its file, and status must name one model per
+version. The same run started again (its first completion went unrecorded, say) finds its own metadata.json
+and announces the model already there; another run (a TrainingJob deleted and made again with the same name
+and output) is refused before it writes anything.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Sequence
 from importlib import metadata as importlib_metadata
 
@@ -50,6 +56,7 @@ def check_output_writable(*uris: str | None) -> None:
             storage.check_writable(uri)
         except storage.StorageError as exc:
             raise OutputUnwritable(f"cannot write to {uri}: {exc}") from exc
+        _published_by(uri, os.environ.get("TANDEM_RUN"))
 
 
 def fit_termination_message(artifact: ModelArtifact) -> dict[str, object]:
@@ -75,9 +82,19 @@ def write_artifact(output_uri: str, proto: onnx.ModelProto, artifact_fields: dic
             "sha256": storage.sha256_hex(model_bytes),
             "size_bytes": len(model_bytes),
             "format": "onnx",
+            "run": os.environ.get("TANDEM_RUN"),
             **artifact_fields,
         }
     )
+    published = _published_by(output_uri, artifact.run)
+    if published is not None:
+        if published.sha256 != artifact.sha256:
+            log.warning(
+                "%s was already published by this run (sha256 %s); the model trained again (sha256 %s) is not"
+                " written over it", published.uri, published.sha256, artifact.sha256,
+            )
+        write_termination_message(fit_termination_message(published))
+        return published
     try:
         storage.write_bytes_atomic(model_uri, model_bytes)
         storage.write_bytes_atomic(
@@ -88,6 +105,23 @@ def write_artifact(output_uri: str, proto: onnx.ModelProto, artifact_fields: dic
     write_termination_message(fit_termination_message(artifact))
     log.info("published %s (%d bytes, sha256 %s)", model_uri, len(model_bytes), artifact.sha256)
     return artifact
+
+
+def _published_by(output_uri: str, run: str | None) -> ModelArtifact | None:
+    """The artifact this run already published at `output_uri`, if any; OutputUnwritable if another run did."""
+    metadata_uri = storage.join(output_uri, METADATA_FILE)
+    try:
+        published = ModelArtifact.model_validate_json(storage.read_bytes(metadata_uri))
+    except storage.StorageNotFound:
+        return None
+    except (storage.StorageError, ValueError) as exc:  # unreadable, or not an artifact: replace nothing
+        raise OutputUnwritable(f"cannot tell whether {metadata_uri} was published: {exc}") from exc
+    if published.run != run:
+        raise OutputUnwritable(
+            f"{output_uri} holds a model another run published ({published.run or 'outside Tandem'}), which is"
+            " never replaced: remove it, or set another spec.model.output"
+        )
+    return published
 
 
 def _samples(
