@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from tandem.api.inferenceservice import CanaryStatus, RejectedModel, Rollout, ServedModel
 from tandem.errors import Problem
@@ -215,7 +215,10 @@ def _judge(
             verdict=Verdict(True, "Promoted", message),
             events=[Event("Normal", "Promoted", message)],
         )
-    waiting = "waiting for its replicas to be ready" if left is None else f"{left:.0f}s of its window left"
+    # The end of the window, not the time left: a message that counts down would rewrite the status at every look.
+    waiting = "waiting for its replicas to be ready" if canary.started_at is None else (
+        f"its window ends at {canary.started_at + timedelta(seconds=rollout.canary_seconds):%Y-%m-%dT%H:%M:%SZ}"
+    )
     unread = "" if metrics is not None else "; its servers' metrics could not be read yet"
     message = f"canary: {_describe(canary.model)} on {canary.percent}% of ready replicas, {waiting}; {figures}{unread}"
     remaining = RECHECK_SECONDS if left is None else max(0.5, min(RECHECK_SECONDS, left))

@@ -27,7 +27,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping
-from datetime import UTC, datetime
 from typing import Any, cast
 
 import kopf
@@ -42,7 +41,16 @@ from tandem.events import EventRecorder
 from tandem.exclusive import Exclusive, Key
 from tandem.kube import Kube, NotLeading, api_client, load_config
 from tandem.own_writes import OwnWrites
-from tandem.reconcile import Outcome, reconcile_pool, reconcile_serving, reconcile_training
+from tandem.reconcile import (
+    Gone,
+    Hold,
+    Outcome,
+    held,
+    hold_after,
+    reconcile_pool,
+    reconcile_serving,
+    reconcile_training,
+)
 from tandem.status.pools import node_summary, selected
 from tandem.workqueue import WorkQueue
 
@@ -69,6 +77,8 @@ _bodies: dict[Key, bytes] = {}
 the same dict's size): the reconcile's view of its object without a read per reconcile."""
 _bodies_lock = threading.Lock()
 _own_writes = OwnWrites((*KINDS, *(kind for kind, _, _ in CHILDREN)))
+_holds: dict[Key, Hold] = {}
+"""Objects whose child the API server refused, held until their backoff ends or their spec changes."""
 _node_summaries: dict[str, dict[str, Any]] = {}
 """The last summary of each node seen by node_event (kopf's index already holds the new one when it runs)."""
 
@@ -237,6 +247,12 @@ def _run(
     try:
         with metrics.reconciling(kind):
             outcome = step()
+    except Gone as gone:
+        # Its watch may never say so (a relist announces no deletion): what is kept of it goes now, so that no
+        # child's event can bring its body back to work from.
+        log.info("%s; forgotten, nothing created for it", gone)
+        _forget(kind, meta.get("namespace"), str(meta.get("name")))
+        return None
     except ApiException as exc:
         if exc.status == 404:
             log.info("%s %s/%s is gone; nothing to reconcile", kind, meta.get("namespace"), meta.get("name"))
@@ -271,6 +287,7 @@ def _forget(kind: str, namespace: str | None, name: str) -> None:
     """A deleted resource: its metrics series and what is remembered of it go."""
     metrics.forget(kind, namespace or "", name)
     exclusive.forget((kind, namespace or "", name))
+    _holds.pop((kind, namespace or "", name), None)
     with _bodies_lock:
         _bodies.pop((kind, namespace or "", name), None)
 
@@ -307,8 +324,7 @@ def resync_once() -> None:
     for pool in kube().list_custom(COMPUTE_POOL):
         enqueue(key_of("ComputePool", pool))
     due = [key_of("TrainingJob", job) for job in _watched(TRAINING_JOB) if resync.training_due(job)]
-    at = datetime.now(UTC)
-    due += [key_of("InferenceService", s) for s in _watched(INFERENCE_SERVICE) if resync.serving_due(s, at)]
+    due += [key_of("InferenceService", s) for s in _watched(INFERENCE_SERVICE) if resync.serving_due(s)]
     log.debug("resync: %d TrainingJobs and InferenceServices due", len(due))
     for key in due:
         enqueue(key)
@@ -348,10 +364,23 @@ def _view(key: Key) -> dict[str, Any] | None:
 
 
 def process(key: Hashable, attempt: int) -> float | None:
-    """Reconcile one queued key from its watched body (or a read); the delay before it is retried, or None when done."""
+    """Reconcile one queued key from its watched body (or a read); the delay before it is retried, or None when done.
+
+    An object whose child the API server refused is not reconciled again for the same spec until its hold ends
+    (tandem.reconcile.Hold): the resync and its children's events find it held, and one recheck is queued for
+    the hold's end."""
     kind, namespace, name = cast(Key, key)
+    view = _view((kind, namespace, name))
+    if view is not None and held(_holds.get(cast(Key, key)), _identity(view), time.monotonic()):
+        return None
     try:
-        outcome = reconcile_object(kind, (kind, namespace, name), _step(kind), _view((kind, namespace, name)), attempt)
+        outcome = reconcile_object(kind, (kind, namespace, name), _step(kind), view, attempt)
+        if outcome is not None and outcome.refused is not None:
+            hold = hold_after(_holds.get(cast(Key, key)), outcome.refused, time.monotonic())
+            _holds[cast(Key, key)] = hold
+            queue().add(key, delay=hold.until - time.monotonic())
+        elif outcome is not None:
+            _holds.pop(cast(Key, key), None)
         if outcome is not None and outcome.recheck_after is not None:
             queue().add(key, delay=outcome.recheck_after)
     except kopf.TemporaryError as exc:

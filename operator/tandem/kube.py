@@ -166,15 +166,19 @@ class Kube:
             self.writes.wrote(data)
         return data
 
-    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """Server-side apply of a desired child; returns the object as stored, status included."""
+    def apply(self, obj: dict[str, Any], manager: str = FIELD_MANAGER, force: bool = True) -> dict[str, Any]:
+        """Server-side apply of a desired child; returns the object as stored, status included.
+
+        The operator's own manager forces: its children are its to define. Another `manager` may apply without
+        `force`, and then gets 409 where a field it applies is owned by someone else with another value.
+        """
         meta = obj["metadata"]
         path = f"{collection_path(obj['apiVersion'], obj['kind'], meta['namespace'])}/{meta['name']}"
         return self._call(
             "PATCH",
             path,
             body=obj,
-            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+            query=[("fieldManager", manager), ("force", "true" if force else "false")],
             content_type="application/apply-patch+yaml",
             target=(obj["kind"], meta["namespace"], meta["name"]),
         )

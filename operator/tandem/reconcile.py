@@ -7,8 +7,8 @@ for the same state and converges to the same objects.
 Writes happen only on a real difference: status is patched only when it changed, and conditionally on the
 resourceVersion of the body it was computed from (a 409 tells the caller its view was stale); an
 InferenceService's children are applied only when what they should be differs from what they were last
-applied as (a hash on the Deployment), and its usage ledger is written when something else changes or once
-per USAGE_FLUSH, so an idle Ready service costs no write.
+applied as (a hash on the Deployment), and its usage ledger is written only when something else changes, so an
+idle Ready service costs no write.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from kubernetes.client.exceptions import ApiException
@@ -38,9 +38,10 @@ from tandem.api.trainingjob import TrainingJobSpec, TrainingJobStatus, TrainingP
 from tandem.build import profiling as profiling_build
 from tandem.build import serving as serving_build
 from tandem.build import training as training_build
+from tandem.children import refusal
 from tandem.config import OperatorConfig
 from tandem.errors import Problem
-from tandem.kube import Kube
+from tandem.kube import FIELD_MANAGER, Kube
 from tandem.profiling import observed as profiles
 from tandem.quantity import parse_quantity
 from tandem.status.conditions import Event, find, has_ready_condition, set_condition
@@ -55,8 +56,6 @@ CHILDREN_HASH_ANNOTATION = "tandem.dev/children-hash"
 GANG_RECHECK = 15.0
 """Seconds between looks at a pool's free room for a gang that waits for it: room that other workloads free
 queues nothing for the run that waits."""
-USAGE_FLUSH = timedelta(minutes=10)
-"""How stale an InferenceService's status.usage may get when nothing else about it changes."""
 StatusT = TypeVar("StatusT", bound=BaseModel)
 
 
@@ -68,6 +67,57 @@ class Outcome:
     events: list[Event] = field(default_factory=list)
     recheck_after: float | None = None
     """Seconds after which the object wants another look (a canary on trial), besides any event."""
+    refused: Identity | None = None
+    """The (uid, generation) of the body whose child the API server refused: the caller holds it (`Hold`)."""
+
+
+Identity = tuple[str, int]
+"""(uid, generation) of an object's body: the object and the spec a refusal is about."""
+REFUSAL_RETRY = 30.0
+"""Seconds before a refused child is tried again the first time; each further refusal doubles it."""
+REFUSAL_RETRY_CAP = 1800.0
+
+
+@dataclass(frozen=True)
+class Hold:
+    """An object whose child the API server refused: not reconciled again for the same spec before `until`.
+
+    A refusal for what a request says (an invalid child, a forbidden one, a quota exceeded) comes back every time
+    the same request is sent, so it is sent again only after a doubling backoff (a quota can free up, an admission
+    policy can change), or at once when the spec changes. The status says why (a ChildRefused condition, its
+    Warning posted once, when the condition is news); what the hold saves is a write and an event every resync.
+    """
+
+    identity: Identity
+    attempts: int
+    until: float
+    """Monotonic seconds."""
+
+
+def hold_after(previous: Hold | None, identity: Identity, at: float) -> Hold:
+    """The hold after a refusal at `at` (monotonic seconds): longer each time the same spec is refused again."""
+    attempts = previous.attempts + 1 if previous is not None and previous.identity == identity else 1
+    return Hold(identity, attempts, at + min(REFUSAL_RETRY_CAP, REFUSAL_RETRY * 2 ** (attempts - 1)))
+
+
+def held(hold: Hold | None, identity: Identity, at: float) -> bool:
+    """Whether a reconcile of the body with this identity waits: the same object and spec, before the hold ends."""
+    return hold is not None and hold.identity == identity and at < hold.until
+
+
+def refused(exc: ApiException) -> bool:
+    """A write the API server refused for what it says (400, 403, 422...), not for the object's state (404, 409)
+    or its own load (429, 5xx): the same request would be refused again."""
+    return 400 <= int(exc.status or 0) < 500 and exc.status not in (404, 409, 429)
+
+
+def refusal_problem(exc: ApiException) -> Problem:
+    """ChildRefused, in the API server's own words."""
+    return Problem(
+        "ChildRefused",
+        f"the API server refused a child object ({exc.status} {exc.reason}): {refusal(exc)[:500]}; tried again "
+        "after a backoff, or at once when the spec changes",
+    )
 
 
 def now() -> datetime:
@@ -83,6 +133,41 @@ def version(body: Mapping[str, Any]) -> str | None:
     """The resourceVersion of a body: the precondition of any status computed from it."""
     found = (body.get("metadata") or {}).get("resourceVersion")
     return str(found) if found else None
+
+
+class Gone(Exception):
+    """The object a reconcile works for no longer exists with its body's uid: deleted (perhaps while a watch
+    relisted, which announces no deletion), or replaced by another of the same name. Nothing is written for it."""
+
+
+def confirm_alive(kube: Kube, resource: Resource, body: Mapping[str, Any]) -> None:
+    """Raise Gone unless the API server has the object, with the body's uid, now.
+
+    Asked before anything is created for an object, and only then (a GET): a body kept from a watch may outlive
+    its object, and children created for a uid that no longer exists are deleted by the garbage collector, whose
+    deletions queue the owner again, which would create them again, for ever.
+    """
+    namespace, name, uid, _ = _meta(body)
+    found = kube.get_custom(resource, namespace or None, name)
+    if found is None or (found.get("metadata") or {}).get("uid") != uid:
+        raise Gone(f"{resource.kind} {namespace}/{name} (uid {uid}) no longer exists")
+
+
+def patch_status(
+    kube: Kube,
+    resource: Resource,
+    namespace: str | None,
+    name: str,
+    status: dict[str, Any],
+    resource_version: str | None,
+) -> dict[str, Any]:
+    """Kube.patch_status, where a 404 (the object is gone) is Gone."""
+    try:
+        return kube.patch_status(resource, namespace, name, status, resource_version)
+    except ApiException as exc:
+        if exc.status == 404:
+            raise Gone(f"{resource.kind} {namespace}/{name} no longer exists") from exc
+        raise
 
 
 def write_status(
@@ -102,7 +187,7 @@ def write_status(
     written = wire(status)
     changed = written != wire(previous)
     if changed:
-        kube.patch_status(resource, namespace, name, written, resource_version)
+        patch_status(kube, resource, namespace, name, written, resource_version)
     return written, changed
 
 
@@ -235,22 +320,34 @@ def reconcile_training(
         events.append(Event("Normal", "RunReplaced", replaced))
     created = False
     resource_version = version(body)
+    named_now = False
     if job is None and not finished_before and previous.job_name != run.job_name:
         # The run is named in status before its Job exists, and the write is conditional: a refused write (a
         # 409 after another spec edit), a crash or a lost lease before the create leaves no Job that status
         # does not name, so the next run always finds, and deletes, this one.
         named, _ = training_status(previous, run, pool_name, pool, ObservedRun(None), now())
         named.observed_generation = generation
-        stored = kube.patch_status(TRAINING_JOB, namespace, name, wire(named), resource_version)
+        stored = patch_status(kube, TRAINING_JOB, namespace, name, wire(named), resource_version)
         resource_version = (stored.get("metadata") or {}).get("resourceVersion")
         previous = named
+        named_now = True  # a write conditional on the body's resourceVersion: the object is alive
     if job is None and not finished_before:
+        if not named_now:
+            confirm_alive(kube, TRAINING_JOB, body)
         desired = training_build.training_job(run, placement.pod_placement(pool_name, pool), pool, config)
         desired["metadata"]["annotations"] = {SPEC_HASH_ANNOTATION: spec_hash}
         service = training_build.worker_service(run)
-        if service is not None:
-            kube.apply(service)
-        job, created = create_or_adopt(kube, desired)
+        try:
+            if service is not None:
+                kube.apply(service)
+            job, created = create_or_adopt(kube, desired)
+        except ApiException as exc:
+            if not refused(exc):
+                raise
+            outcome = _training_problem(
+                kube, body, previous, generation, refusal_problem(exc), "Running", resource_version
+            )
+            return Outcome(outcome.status, events + outcome.events, refused=(uid, generation))
         if created:
             message = f"Job {run.job_name} with {spec.workers} workers on ComputePool {pool_name}"
             events.append(Event("Normal", "Created", message))
@@ -453,8 +550,10 @@ def _training_problem(
     generation: int,
     problem: Problem,
     condition: str = "PoolResolved",
+    resource_version: str | None = None,
 ) -> Outcome:
-    """The previous status with `condition` False for `problem`, and a Warning when that is news."""
+    """The previous status with `condition` False for `problem`, and a Warning when that is news; written on
+    `resource_version` when a write of this reconcile has moved it past the body's."""
     namespace, name, _, _ = _meta(body)
     status = previous.model_copy(deep=True)
     status.conditions = set_condition(
@@ -462,7 +561,8 @@ def _training_problem(
     )
     status.phase = status.phase or TrainingPhase.PENDING
     status.observed_generation = generation
-    written, changed = write_status(kube, TRAINING_JOB, namespace, name, previous, status, version(body))
+    precondition = resource_version or version(body)
+    written, changed = write_status(kube, TRAINING_JOB, namespace, name, previous, status, precondition)
     return Outcome(written, [Event("Warning", problem.reason, problem.message)] if changed else [])
 
 
@@ -472,11 +572,12 @@ def _training_job_status(kube: Kube, namespace: str, name: str) -> TrainingJobSt
 
 
 def _profile_on(
-    kube: Kube, target: profiling_build.ProfileTarget, config: OperatorConfig
+    kube: Kube, body: Mapping[str, Any], target: profiling_build.ProfileTarget, config: OperatorConfig
 ) -> tuple[profiles.Observation, list[Event]]:
     """The cached profile for the target (any equivalent Job in the namespace), or a new profile Job."""
     job = profiles.pick(kube.list_objects("batch/v1", "Job", target.namespace, target.cache_labels))
     if job is None:
+        confirm_alive(kube, INFERENCE_SERVICE, body)
         kube.apply(profiling_build.profile_job(target, config))
         message = (
             f"Job {target.job_name} profiles model {target.model.version or target.model.uri} "
@@ -508,7 +609,7 @@ def gather_profiles(
         target = profiling_build.target(
             name, namespace, uid, spec, model, placement.pod_placement(pool_name, pool), pool, config
         )
-        found[pool_name], started = _profile_on(kube, target, config)
+        found[pool_name], started = _profile_on(kube, body, target, config)
         events += started
     return found, events
 
@@ -585,6 +686,22 @@ def _profiling(
 def reconcile_serving(
     kube: Kube, body: Mapping[str, Any], pools: Mapping[str, Any], config: OperatorConfig
 ) -> Outcome:
+    """Reconcile an InferenceService; a child the API server refuses is a Ready False condition (ChildRefused),
+    with the Outcome naming the body refused, rather than an error retried at every resync."""
+    try:
+        return _reconcile_serving(kube, body, pools, config)
+    except ApiException as exc:
+        if not refused(exc):
+            raise
+        _, _, uid, generation = _meta(body)
+        previous = _parse_status(InferenceServiceStatus, body)
+        outcome = _serving_problem(kube, body, previous, generation, "Ready", refusal_problem(exc))
+        return dataclasses.replace(outcome, refused=(uid, generation))
+
+
+def _reconcile_serving(
+    kube: Kube, body: Mapping[str, Any], pools: Mapping[str, Any], config: OperatorConfig
+) -> Outcome:
     namespace, name, uid, generation = _meta(body)
     previous = _parse_status(InferenceServiceStatus, body)
     try:
@@ -639,10 +756,10 @@ def reconcile_serving(
         pool=pool,
         accelerators=planned.accelerators,
     )
-    deployment = _apply_serving_children(kube, serving, config, spec_current=spec_current)
+    deployment = _apply_serving_children(kube, body, serving, config, spec_current=spec_current)
     if serving_build.autoscaler(serving) is None and previous.observed_generation not in (None, generation):
         kube.delete("autoscaling/v2", "HorizontalPodAutoscaler", namespace, name)
-    _apply_canary(kube, serving, config, rollout)
+    _apply_canary(kube, body, serving, config, rollout)
     url = serving_build.service_url(name, namespace, config.cluster_domain)
     at = now()
     ledger = _serving_usage(previous, spec, parsed_pools, at)
@@ -651,7 +768,7 @@ def reconcile_serving(
     events = rollout.events + events
     if planned.decision is not None:
         events = profiling_events + _auto_conditions(previous, status, planned.decision, generation, at, events)
-    status = settle_usage(previous, status, at)
+    status = settle_usage(previous, status)
     written, _ = write_status(kube, INFERENCE_SERVICE, namespace, name, previous, status, version(body))
     return Outcome(written, events, rollout.recheck_after)
 
@@ -678,7 +795,11 @@ def _observe_canary(
 
 
 def _apply_canary(
-    kube: Kube, serving: serving_build.Serving, config: OperatorConfig, rollout: canary.RolloutPlan
+    kube: Kube,
+    body: Mapping[str, Any],
+    serving: serving_build.Serving,
+    config: OperatorConfig,
+    rollout: canary.RolloutPlan,
 ) -> None:
     """The canary Deployment while a model is on trial (the stable one's pods, the trial model); gone after.
 
@@ -691,6 +812,8 @@ def _apply_canary(
         meta = desired["metadata"]
         stored = kube.read("apps/v1", "Deployment", meta["namespace"], meta["name"])
         if _applied_digest(stored) != digest:
+            if stored is None:
+                confirm_alive(kube, INFERENCE_SERVICE, body)
             meta.setdefault("annotations", {})[CHILDREN_HASH_ANNOTATION] = digest
             kube.apply(desired)
         return
@@ -720,15 +843,16 @@ def children_hash(children: list[dict[str, Any]]) -> str:
 
 
 def _apply_serving_children(
-    kube: Kube, serving: serving_build.Serving, config: OperatorConfig, spec_current: bool
+    kube: Kube, body: Mapping[str, Any], serving: serving_build.Serving, config: OperatorConfig, spec_current: bool
 ) -> dict[str, Any] | None:
     """Apply the Deployment, Service, budget and autoscaler unless they are already what they should be.
 
-    The digest of all four is kept as an annotation on the Deployment. When the status says this spec was
-    already reconciled, a GET of each child tells whether anything must be applied: the same digest on the
-    Deployment and the others all present costs reads, not four writes, while a child deleted by hand (its
-    watch queues the service) is applied again. A new or changed spec applies straight away (nothing to
-    compare). Returns the Deployment as stored.
+    The digest of all four is kept as an annotation on the Deployment. A read of each child (from the watches'
+    stores) tells whether anything must be applied: when the status says this spec was already reconciled, the
+    same digest on the Deployment and the others all present costs reads, not four writes, while a child deleted
+    by hand (its watch queues the service) is applied again. A new or changed spec applies whatever the digest.
+    A child missing is created only once the API server confirms the service itself (confirm_alive). Returns
+    the Deployment as stored.
     """
     deployment = serving_build.deployment(serving, config)
     others = [serving_build.service(serving), serving_build.disruption_budget(serving)]
@@ -736,20 +860,39 @@ def _apply_serving_children(
     if hpa is not None:
         others.append(hpa)
     digest = children_hash([deployment, *others])
-    if spec_current:
-        meta = deployment["metadata"]
-        stored = kube.read("apps/v1", "Deployment", meta["namespace"], meta["name"])
-        if (
-            stored is not None
-            and _applied_digest(stored) == digest
-            and all(_exists(kube, child) for child in others)
-        ):
-            return stored
-    deployment["metadata"].setdefault("annotations", {})[CHILDREN_HASH_ANNOTATION] = digest
+    meta = deployment["metadata"]
+    stored = kube.read("apps/v1", "Deployment", meta["namespace"], meta["name"])
+    complete = stored is not None and all(_exists(kube, child) for child in others)
+    if spec_current and complete and _applied_digest(stored) == digest:
+        return stored
+    if not complete:
+        confirm_alive(kube, INFERENCE_SERVICE, body)
+    meta.setdefault("annotations", {})[CHILDREN_HASH_ANNOTATION] = digest
+    _hand_over_replicas(kube, deployment)
     stored = kube.apply(deployment)
     for child in others:
         kube.apply(child)
     return stored
+
+
+def _hand_over_replicas(kube: Kube, deployment: dict[str, Any]) -> None:
+    """Before a Deployment is applied without spec.replicas (an HPA scales it), its current count is handed to a
+    manager of its own (serving_build.replicas_handover), so the apply cannot drop it to the default of 1.
+
+    A 409 means the HPA's controller already owns the field with another count: nothing left to hand over.
+    """
+    if "replicas" in deployment["spec"]:
+        return
+    meta = deployment["metadata"]
+    stored = kube.get("apps/v1", "Deployment", meta["namespace"], meta["name"])
+    handover = serving_build.replicas_handover(deployment, stored, FIELD_MANAGER)
+    if handover is None:
+        return
+    try:
+        kube.apply(handover, manager=serving_build.REPLICAS_HANDOVER_MANAGER, force=False)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
 
 
 def _applied_digest(stored: dict[str, Any] | None) -> str | None:
@@ -763,19 +906,17 @@ def _exists(kube: Kube, obj: dict[str, Any]) -> bool:
     return kube.read(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"]) is not None
 
 
-def settle_usage(
-    previous: InferenceServiceStatus, status: InferenceServiceStatus, at: datetime
-) -> InferenceServiceStatus:
-    """The status to write: the previous usage ledger kept when it is all that changed and is younger than
-    USAGE_FLUSH.
+def settle_usage(previous: InferenceServiceStatus, status: InferenceServiceStatus) -> InferenceServiceStatus:
+    """The status to write: the previous usage ledger kept when it is all that changed, so that a service at rest
+    costs no write however long it serves.
 
-    Lossless: the ledger integrates the ready replicas recorded beside it from usageObservedAt on, and a change
-    of ready replicas is itself a change that brings the ledger up to date.
+    Lossless: the ledger integrates the ready replicas recorded beside it from usageObservedAt on, and any other
+    change (ready replicas, model, placement, a condition) is a write that brings the ledger up to date. Until
+    then a service's usage is status.usage plus its readyReplicas for the time since usageObservedAt.
     """
-    observed = previous.usage_observed_at
-    if observed is None or at - observed >= USAGE_FLUSH:
+    if previous.usage_observed_at is None:
         return status
-    kept = status.model_copy(update={"usage": previous.usage, "usage_observed_at": observed})
+    kept = status.model_copy(update={"usage": previous.usage, "usage_observed_at": previous.usage_observed_at})
     return kept if wire(kept) == wire(previous) else status
 
 

@@ -8,10 +8,7 @@ cluster of finished and Ready resources costs the resync one paginated list per 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
-
-from tandem.reconcile import USAGE_FLUSH
 
 SETTLED_TRAINING = ("Succeeded", "Failed", "Queued")
 """Phases in which a TrainingJob waits for an event (its Job's, or a spec change), not for time."""
@@ -42,13 +39,11 @@ def training_due(body: Mapping[str, Any]) -> bool:
     return (body.get("status") or {}).get("phase") not in SETTLED_TRAINING
 
 
-def serving_due(body: Mapping[str, Any], now: datetime) -> bool:
-    """An InferenceService needs the resync unless it is Ready for its present spec, has no canary on trial
-    (the reconcile also asks for its own next look then), and its usage ledger is younger than USAGE_FLUSH."""
+def serving_due(body: Mapping[str, Any]) -> bool:
+    """An InferenceService needs the resync unless it is Ready for its present spec and has no canary on trial
+    (the reconcile also asks for its own next look then).
+
+    Its usage ledger does not make it due: the ledger is brought up to date with the next change the service
+    writes anyway (tandem.reconcile.settle_usage), so a Ready service at rest costs no read and no write."""
     status = body.get("status") or {}
-    if not _current(body) or status.get("phase") != "Ready" or status.get("canary"):
-        return True
-    observed = status.get("usageObservedAt")
-    if not observed:
-        return True
-    return now - datetime.fromisoformat(str(observed).replace("Z", "+00:00")) >= USAGE_FLUSH
+    return not _current(body) or status.get("phase") != "Ready" or bool(status.get("canary"))

@@ -7,7 +7,8 @@ queue guarantees what controller-runtime guarantees:
   reconcile (which reads the object fresh, so it sees what all ten announced);
 * a key is processed by at most one worker at a time: added while being processed, it is queued again
   and taken only after the running reconcile ends;
-* a failed key comes back after a delay (`add(key, delay)`), the caller's backoff;
+* a failed key comes back after a delay (`add(key, delay)`), the caller's backoff; a key waits for at most one
+  delay, the earliest asked (client-go's delaying queue), so rechecks asked at every look do not multiply;
 * an urgent key (`add(key, urgent=True)`: an object that is new or whose spec changed) is taken before every
   other waiting key, as controller-runtime's priority queue puts fresh events before its resyncs. Under a
   burst the work that creates children is not queued behind the status updates that follow earlier ones, so
@@ -43,6 +44,8 @@ class WorkQueue:
         self._processing: set[Hashable] = set()
         self._attempts: dict[Hashable, int] = {}
         self._later: list[tuple[float, int, Hashable]] = []
+        self._due: dict[Hashable, float] = {}
+        """When each delayed key is due: the one entry of `_later` that counts for it (others are stale)."""
         self._order = itertools.count()
         self._cond = threading.Condition()
         self._stopped = False
@@ -55,7 +58,11 @@ class WorkQueue:
             if self._stopped:
                 return
             if delay > 0:
-                heapq.heappush(self._later, (time.monotonic() + delay, next(self._order), key))
+                due = time.monotonic() + delay
+                if self._due.get(key, due) < due:
+                    return  # due sooner already
+                self._due[key] = due
+                heapq.heappush(self._later, (due, next(self._order), key))
             else:
                 self._mark(key, urgent)
             self._cond.notify()
@@ -71,12 +78,12 @@ class WorkQueue:
 
     def __len__(self) -> int:
         with self._cond:
-            return len(self._dirty) + len(self._later)
+            return len(self._dirty) + len(self._due)
 
     def idle(self) -> bool:
         """Nothing queued, delayed or being processed."""
         with self._cond:
-            return not (self._dirty or self._later or self._processing)
+            return not (self._dirty or self._due or self._processing)
 
     def start(self) -> None:
         for index in range(self._workers):
@@ -97,8 +104,10 @@ class WorkQueue:
         """Move delayed keys whose time has come to the ready queue; seconds until the next one, if any."""
         now = time.monotonic()
         while self._later and self._later[0][0] <= now:
-            _, _, key = heapq.heappop(self._later)
-            self._mark(key, urgent=False)
+            due, _, key = heapq.heappop(self._later)
+            if self._due.get(key) == due:
+                del self._due[key]
+                self._mark(key, urgent=False)
         return self._later[0][0] - now if self._later else None
 
     def _take(self) -> Hashable | None:

@@ -55,8 +55,10 @@ class FakeKube:
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         self.objects.pop((kind, namespace, name), None)
 
-    def get_custom(self, *args: Any) -> None:
-        return None
+    def get_custom(self, resource: Any, namespace: str, name: str) -> dict[str, Any] | None:
+        """Every service of these tests exists (with the uid service() or the test gives it); no TrainingJob does."""
+        uid = {"resnet": "uid-1", "resnet-b": "uid-2"}[name] if resource.kind == "InferenceService" else None
+        return {"metadata": {"name": name, "uid": uid}} if uid else None
 
     def patch_status(
         self, resource: Any, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
@@ -281,6 +283,7 @@ def test_the_ledger_grows_with_replicas_requests_and_time(
     kube.objects[("Deployment", "ml", "resnet")]["status"] = {"replicas": 2, "readyReplicas": 2}
     body["status"] = reconcile.reconcile_serving(kube, body, five_x_pools, config).status  # type: ignore[arg-type]
     clock[0] += timedelta(minutes=30)
+    kube.objects[("Deployment", "ml", "resnet")]["status"] = {"replicas": 3, "readyReplicas": 3}
     grown = reconcile.reconcile_serving(kube, body, five_x_pools, config)  # type: ignore[arg-type]
     # 2 replicas x 16 cores x 1800 s at 0.0625 per core-hour and 8 W per core.
     assert grown.status["usage"] == {

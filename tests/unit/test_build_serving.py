@@ -9,6 +9,7 @@ from tandem.api.computepool import ComputePoolSpec
 from tandem.api.inferenceservice import InferenceServiceSpec, ServedModel
 from tandem.build.serving import (
     MODEL_SHA_ANNOTATION,
+    REPLICAS_HANDOVER_MANAGER,
     REQUESTS_IN_FLIGHT_METRIC,
     REQUESTS_PER_SECOND_METRIC,
     Serving,
@@ -16,6 +17,7 @@ from tandem.build.serving import (
     deployment,
     disruption_budget,
     grpc_address,
+    replicas_handover,
     service,
     service_url,
 )
@@ -107,6 +109,37 @@ def test_autoscaled_deployment_leaves_replicas_to_the_autoscaler(
 ) -> None:
     serving = _serving(serving_spec_body, pools, replicas={"min": 1, "max": 4})
     assert "replicas" not in deployment(serving, config)["spec"]
+
+
+def _stored(replicas: int, *owners: str) -> dict[str, Any]:
+    """A Deployment as the API server returns it: spec.replicas applied by each of `owners`."""
+    applied = {"f:spec": {"f:replicas": {}, "f:template": {}}}
+    fields = [{"manager": owner, "operation": "Apply", "fieldsV1": applied} for owner in owners]
+    return {"metadata": {"name": "digits", "namespace": "ml", "managedFields": fields}, "spec": {"replicas": replicas}}
+
+
+def test_a_switch_to_autoscaling_hands_the_operators_replica_count_to_a_manager_of_its_own(
+    serving_spec_body: dict[str, Any], pools: dict[str, ComputePoolSpec], config: OperatorConfig
+) -> None:
+    desired = deployment(_serving(serving_spec_body, pools, replicas={"min": 2, "max": 8}), config)
+    handover = replicas_handover(desired, _stored(3, "tandem-operator"), "tandem-operator")
+    assert handover == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "digits", "namespace": "ml"},
+        "spec": {"replicas": 3},
+    }
+    assert REPLICAS_HANDOVER_MANAGER != "tandem-operator"
+
+
+def test_nothing_is_handed_over_that_the_operator_does_not_apply(
+    serving_spec_body: dict[str, Any], pools: dict[str, ComputePoolSpec], config: OperatorConfig
+) -> None:
+    autoscaled = deployment(_serving(serving_spec_body, pools, replicas={"min": 2, "max": 8}), config)
+    fixed = deployment(_serving(serving_spec_body, pools, replicas={"min": 3, "max": 3}), config)
+    assert replicas_handover(autoscaled, _stored(5, "kube-controller-manager"), "tandem-operator") is None
+    assert replicas_handover(autoscaled, None, "tandem-operator") is None
+    assert replicas_handover(fixed, _stored(3, "tandem-operator"), "tandem-operator") is None
 
 
 def test_autoscaler_spans_min_to_max_on_cpu_utilisation(

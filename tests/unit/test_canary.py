@@ -121,6 +121,18 @@ def test_a_canary_within_its_bounds_for_its_window_is_promoted() -> None:
     assert [e.reason for e in after.events] == ["Promoted"]
 
 
+def test_a_canary_on_trial_at_rest_is_described_the_same_at_every_look() -> None:
+    looks = [
+        plan(CANARY, trial=on_trial(), observed=seen(400, p99=20), at=T0 + timedelta(seconds=seconds))
+        for seconds in (10, 20, 30)
+    ]
+    assert {look.verdict.message for look in looks if look.verdict is not None} == {
+        "canary: version 4 on 25% of ready replicas, its window ends at 2026-12-03T12:01:00Z; "
+        "400 requests, 0 server errors, p99 20.0 ms"
+    }
+    assert looks[0].canary == looks[2].canary
+
+
 def test_a_canary_whose_errors_exceed_the_bound_is_rolled_back_at_once_and_not_tried_again() -> None:
     decided = plan(CANARY, trial=on_trial(), observed=seen(100, errors=2), at=T0 + timedelta(seconds=5))
     assert decided.serve == OLD and decided.canary is None

@@ -14,7 +14,7 @@ from kubernetes.client.exceptions import ApiException
 from tandem import reconcile
 from tandem.api.resources import TRAINING_JOB, Resource
 from tandem.config import OperatorConfig
-from tandem.kube import Kube
+from tandem.kube import FIELD_MANAGER, Kube
 from tandem.reconcile import Outcome, reconcile_pool, reconcile_serving, reconcile_training
 
 Key = tuple[str, str, str, str]
@@ -31,24 +31,49 @@ class FakeKube(Kube):
         self.node_list: list[dict[str, Any]] = []
         self.calls: list[tuple[str, ...]] = []
         self.preconditions: list[str | None] = []
+        self.deleted: set[tuple[str, str | None, str]] = set()
+        self.invalid: dict[str, str] = {}
+        """Kinds the API server refuses (422), with its message."""
 
     def writes(self, verb: str, kind: str | None = None) -> list[tuple[str, ...]]:
         return [call for call in self.calls if call[0] == verb and (kind is None or call[1] == kind)]
 
-    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+    def apply(self, obj: dict[str, Any], manager: str = FIELD_MANAGER, force: bool = True) -> dict[str, Any]:
+        """Server-side apply as far as spec.replicas goes: each manager owns the replicas it applies, and a count
+        that no manager owns any more falls to the Deployment's default of 1."""
         meta = obj["metadata"]
         key = (obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
-        self.calls.append(("apply", obj["kind"], meta["name"]))
-        stored = copy.deepcopy(obj)
-        if key in self.objects:
-            stored["status"] = self.objects[key].get("status", {})
+        self.calls.append(("apply", obj["kind"], meta["name"], *([manager] if manager != FIELD_MANAGER else [])))
+        self._validate(obj)
+        before = self.objects.get(key)
+        owners = [entry for entry in ((before or {}).get("metadata") or {}).get("managedFields") or []
+                  if entry["manager"] != manager]
+        if "replicas" in obj.get("spec", {}):
+            owners.append({"manager": manager, "operation": "Apply", "fieldsV1": {"f:spec": {"f:replicas": {}}}})
+        if manager != FIELD_MANAGER:  # a partial apply: only its fields change
+            assert before is not None
+            stored = copy.deepcopy(before)
+            stored["spec"].update(obj["spec"])
+        else:
+            stored = copy.deepcopy(obj)
+            stored["status"] = (before or {}).get("status", {})
+        if obj["kind"] == "Deployment" and "replicas" not in stored["spec"]:
+            stored["spec"]["replicas"] = before["spec"]["replicas"] if before and owners else 1
+        stored["metadata"]["managedFields"] = owners
         self.objects[key] = stored
         return copy.deepcopy(stored)
+
+    def _validate(self, obj: dict[str, Any]) -> None:
+        if obj["kind"] in self.invalid:
+            refused = ApiException(status=422, reason="Unprocessable Entity")
+            refused.body = json.dumps({"message": self.invalid[obj["kind"]]})
+            raise refused
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         meta = obj["metadata"]
         key = (obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
         self.calls.append(("create", obj["kind"], meta["name"]))
+        self._validate(obj)
         if key in self.objects:
             raise ApiException(status=409, reason="AlreadyExists")
         stored = copy.deepcopy(obj)
@@ -115,9 +140,25 @@ class FakeKube(Kube):
         resource_version: str | None = None,
     ) -> dict[str, Any]:
         self.calls.append(("patch_status", resource.kind, name))
+        if (resource.kind, namespace, name) in self.deleted:
+            raise ApiException(status=404, reason="Not Found")
         self.preconditions.append(resource_version)
         following = str(int(resource_version) + 1) if resource_version else None
         return {"metadata": {"resourceVersion": following}, "status": status}
+
+    def delete_unannounced(self, kind: str, name: str) -> None:
+        """A Tandem object deleted, and its children with it by the garbage collector; a body kept of it lives on."""
+        self.custom.pop((kind, "ml", name))
+        self.deleted.add((kind, "ml", name))
+        uid = f"uid-{name}"
+        for key, obj in list(self.objects.items()):
+            if any(owner.get("uid") == uid for owner in obj["metadata"].get("ownerReferences") or []):
+                del self.objects[key]
+
+    def holds(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Keep a Tandem object (the same dict, as the reconciles change it), as the API server would; returns it."""
+        self.custom[(body["kind"], body["metadata"]["namespace"], body["metadata"]["name"])] = body
+        return body
 
     def set_status(self, api_version: str, kind: str, name: str, status: dict[str, Any]) -> None:
         """What a controller would write: the status the next read or apply returns."""
@@ -175,7 +216,7 @@ class TrainingLoop:
 
     def __init__(self, kube: FakeKube, spec: dict[str, Any], pools: Mapping[str, Any], config: OperatorConfig):
         self.kube, self.pools, self.config = kube, pools, config
-        self.body = _body("TrainingJob", spec)
+        self.body = kube.holds(_body("TrainingJob", spec))
 
     def reconcile(self) -> Outcome:
         outcome = reconcile_training(self.kube, self.body, self.pools, self.config)
@@ -251,6 +292,29 @@ def test_a_job_left_by_an_earlier_object_of_the_same_name_is_replaced_not_adopte
     loop.reconcile()
     job = kube.objects[("batch/v1", "Job", "ml", "digits-g1")]
     assert job["metadata"]["ownerReferences"][0]["uid"] == "uid-digits"
+
+
+@pytest.mark.parametrize(
+    "owners",
+    [[], [{"kind": "Job", "name": "digits-g1", "uid": "uid-of-another-job", "controller": True}]],
+    ids=["no-owner", "another-controller"],
+)
+def test_a_pod_labelled_like_worker_0_but_not_made_by_the_job_publishes_nothing(
+    kube: FakeKube, loop: TrainingLoop, owners: list[dict[str, Any]]
+) -> None:
+    """`kubectl debug --copy-to` keeps a worker's labels and annotations; only the Job's uid says who made it."""
+    loop.reconcile()
+    kube.add_pod("digits-g1", "Succeeded", message=json.dumps(ARTIFACT), seconds=30)
+    forged = kube.objects.pop(("v1", "Pod", "ml", "digits-g1-0-abcde"))
+    forged["metadata"]["ownerReferences"] = owners
+    kube.objects[("v1", "Pod", "ml", "digits-g1-0-forged")] = forged
+    outcome = loop.reconcile()
+    assert outcome.status["phase"] != "Succeeded"
+    assert not outcome.status.get("model")
+    kube.set_status("batch/v1", "Job", "digits-g1", {"succeeded": 1, "conditions": [COMPLETE]})
+    outcome = loop.reconcile()
+    assert outcome.status["phase"] == "Failed"  # the Job's own worker reported no model
+    assert not outcome.status.get("model")
 
 
 def test_a_finished_run_gets_its_ttl_only_once_its_model_is_recorded(kube: FakeKube, loop: TrainingLoop) -> None:
@@ -379,8 +443,8 @@ def test_spec_the_models_refuse_is_an_invalid_spec_condition(kube: FakeKube, loo
 
 
 @pytest.fixture
-def serving_body(serving_spec_body: dict[str, Any]) -> dict[str, Any]:
-    return _body("InferenceService", serving_spec_body)
+def serving_body(kube: FakeKube, serving_spec_body: dict[str, Any]) -> dict[str, Any]:
+    return kube.holds(_body("InferenceService", serving_spec_body))
 
 
 def test_inference_service_applies_deployment_service_and_budget(
@@ -443,7 +507,7 @@ def test_model_from_a_succeeded_training_job_is_served(
             "model": {"uri": "s3://m/v4", "sha256": sha, "sizeBytes": 9},
         }
     }
-    body = _body("InferenceService", {"model": {"fromTrainingJob": {"name": "trainer"}}})
+    body = kube.holds(_body("InferenceService", {"model": {"fromTrainingJob": {"name": "trainer"}}}))
     outcome = reconcile_serving(kube, body, pool_bodies, config)
     assert outcome.status["model"] == {"uri": "s3://m/v4", "sha256": sha, "version": "4", "trainingJob": "trainer"}
     env = kube.objects[("apps/v1", "Deployment", "ml", "digits")]["spec"]["template"]["spec"]["containers"][0]["env"]
@@ -517,22 +581,29 @@ def test_an_idle_ready_service_reconciled_again_costs_no_write(kube: FakeKube, s
     assert kube.calls[writes:] == []
 
 
-def test_the_usage_ledger_is_written_once_it_is_older_than_the_flush_interval(
-    kube: FakeKube, serving: ServingLoop
-) -> None:
+def test_a_ready_service_at_rest_writes_no_usage_however_long_it_serves(kube: FakeKube, serving: ServingLoop) -> None:
     serving.reconcile()
     serving.ready()
     serving.reconcile()
-    ledger = serving.body["status"]["usage"]
-    CLOCK[0] += reconcile.USAGE_FLUSH
+    writes = len(kube.calls)
+    CLOCK[0] += timedelta(days=3)
     serving.reconcile()
-    assert kube.writes("patch_status")[-1] == ("patch_status", "InferenceService", "digits")
-    assert serving.body["status"]["usage"]["coreSeconds"] > (ledger or {}).get("coreSeconds", 0)
-    assert kube.writes("apply") == [
-        ("apply", "Deployment", "digits"),
-        ("apply", "Service", "digits"),
-        ("apply", "PodDisruptionBudget", "digits"),
-    ]
+    assert kube.calls[writes:] == []
+
+
+def test_the_usage_ledger_catches_up_with_the_next_change(kube: FakeKube, serving: ServingLoop) -> None:
+    serving.reconcile()
+    serving.ready()
+    serving.reconcile()
+    CLOCK[0] += timedelta(hours=1)
+    kube.set_status(
+        "apps/v1", "Deployment", "digits",
+        {"replicas": 2, "readyReplicas": 2, "updatedReplicas": 2, "availableReplicas": 2},
+    )
+    serving.reconcile()
+    assert serving.body["status"]["readyReplicas"] == 2
+    assert serving.body["status"]["usage"]["coreSeconds"] == 7200.0  # the hour of the one 2-core replica before
+    assert serving.body["status"]["usageObservedAt"].startswith("2024-05-01T13:00:00")
 
 
 def test_a_new_model_without_a_spec_change_applies_the_children_again(kube: FakeKube, serving: ServingLoop) -> None:
@@ -545,6 +616,123 @@ def test_a_new_model_without_a_spec_change_applies_the_children_again(kube: Fake
     assert len(applied) == 2
     env = kube.objects[("apps/v1", "Deployment", "ml", "digits")]["spec"]["template"]["spec"]["containers"][0]["env"]
     assert {"name": "TANDEM_MODEL_URI", "value": "s3://models/digits/v2/model.onnx"} in env
+
+
+def test_switching_from_fixed_to_autoscaled_replicas_keeps_the_current_count_for_the_hpa(
+    kube: FakeKube, serving: ServingLoop
+) -> None:
+    serving.body["spec"]["replicas"] = {"min": 3, "max": 3}
+    serving.reconcile()
+    serving.body["spec"]["replicas"] = {"min": 3, "max": 6}
+    serving.body["metadata"]["generation"] += 1
+    serving.reconcile()
+    deployment = kube.objects[("apps/v1", "Deployment", "ml", "digits")]
+    assert deployment["spec"]["replicas"] == 3
+    assert kube.writes("apply", "Deployment")[-2:] == [
+        ("apply", "Deployment", "digits", "tandem-handover-to-hpa"),
+        ("apply", "Deployment", "digits"),
+    ]
+
+
+def test_an_autoscaled_deployment_applied_again_hands_nothing_over(kube: FakeKube, serving: ServingLoop) -> None:
+    serving.body["spec"]["replicas"] = {"min": 1, "max": 6}
+    serving.reconcile()
+    serving.body["spec"]["model"] = {"uri": "s3://models/digits/v2/model.onnx", "sha256": "b" * 64}
+    serving.reconcile()
+    assert kube.writes("apply", "Deployment") == [("apply", "Deployment", "digits")] * 2
+
+
+INVALID_VOLUME = (
+    'Deployment.apps "digits" is invalid: spec.template.spec.volumes[0].name: Invalid value: "pvc-Bad_Claim"'
+)
+
+
+def test_a_child_the_api_server_refuses_is_a_condition_and_one_warning_not_an_error(
+    kube: FakeKube, serving: ServingLoop
+) -> None:
+    kube.invalid["Deployment"] = INVALID_VOLUME
+    outcome = serving.reconcile()
+    ready = _condition(outcome, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "ChildRefused")
+    assert INVALID_VOLUME in ready["message"]
+    assert [(event.type, event.reason) for event in outcome.events] == [("Warning", "ChildRefused")]
+    assert outcome.refused == ("uid-digits", 1)
+
+
+def test_a_child_refused_again_writes_no_status_and_posts_no_event_again(kube: FakeKube, serving: ServingLoop) -> None:
+    kube.invalid["Deployment"] = INVALID_VOLUME
+    serving.reconcile()
+    writes = len(kube.writes("patch_status"))
+    again = serving.reconcile()
+    assert len(kube.writes("patch_status")) == writes
+    assert again.events == [] and again.refused == ("uid-digits", 1)
+
+
+def test_a_training_job_whose_job_is_refused_says_so_once(kube: FakeKube, loop: TrainingLoop) -> None:
+    kube.invalid["Job"] = 'Job.batch "digits-g1" is invalid: spec.template.spec.volumes[0].name: Invalid value'
+    outcome = loop.reconcile()
+    running = _condition(outcome, "Running")
+    assert (running["status"], running["reason"]) == ("False", "ChildRefused")
+    assert [(event.type, event.reason) for event in outcome.events] == [("Warning", "ChildRefused")]
+    assert outcome.refused == ("uid-digits", 1)
+    assert loop.reconcile().events == []
+
+
+def test_a_refused_spec_is_held_with_a_doubling_backoff_and_a_new_spec_is_not() -> None:
+    first = reconcile.hold_after(None, ("uid", 1), at=100.0)
+    second = reconcile.hold_after(first, ("uid", 1), at=first.until)
+    assert (first.until, second.until) == (100.0 + reconcile.REFUSAL_RETRY, first.until + 2 * reconcile.REFUSAL_RETRY)
+    assert reconcile.held(second, ("uid", 1), at=second.until - 1)
+    assert not reconcile.held(second, ("uid", 1), at=second.until)
+    assert not reconcile.held(second, ("uid", 2), at=100.0)  # the spec changed: tried at once
+    assert not reconcile.held(second, ("other-uid", 1), at=100.0)  # another object of the same name
+    assert reconcile.hold_after(second, ("uid", 2), at=0.0).attempts == 1
+
+
+def test_a_refusal_backoff_is_capped() -> None:
+    hold = None
+    for _ in range(20):
+        hold = reconcile.hold_after(hold, ("uid", 1), at=0.0)
+    assert hold is not None and hold.until == reconcile.REFUSAL_RETRY_CAP
+
+
+def test_a_service_deleted_without_a_watch_event_gets_nothing_created(kube: FakeKube, serving: ServingLoop) -> None:
+    serving.reconcile()
+    kube.delete_unannounced("InferenceService", "digits")
+    writes = len(kube.calls)
+    with pytest.raises(reconcile.Gone):
+        serving.reconcile()  # from the body kept of it, as a child's deletion queues it
+    assert kube.calls[writes:] == []
+    assert ("apps/v1", "Deployment", "ml", "digits") not in kube.objects
+
+
+def test_a_service_replaced_by_another_of_the_same_name_gets_nothing_created_for_the_old_uid(
+    kube: FakeKube, serving: ServingLoop
+) -> None:
+    serving.reconcile()
+    kube.delete_unannounced("InferenceService", "digits")
+    kube.custom[("InferenceService", "ml", "digits")] = {"metadata": {"name": "digits", "uid": "uid-new"}}
+    writes = len(kube.calls)
+    with pytest.raises(reconcile.Gone):
+        serving.reconcile()  # from the old object's body: its uid's children are not made again
+    assert kube.calls[writes:] == []
+
+
+def test_a_training_job_deleted_without_a_watch_event_gets_no_job_again(kube: FakeKube, loop: TrainingLoop) -> None:
+    loop.reconcile()
+    kube.delete_unannounced("TrainingJob", "digits")
+    writes = len(kube.calls)
+    with pytest.raises(reconcile.Gone):
+        loop.reconcile()
+    assert kube.calls[writes:] == []
+
+
+def test_a_status_patch_that_finds_the_object_gone_ends_the_reconcile(kube: FakeKube, serving: ServingLoop) -> None:
+    serving.reconcile()
+    kube.deleted.add(("InferenceService", "ml", "digits"))  # deleted after the children were seen, before the write
+    serving.ready()
+    with pytest.raises(reconcile.Gone):
+        serving.reconcile()
 
 
 def test_a_pool_lists_only_its_own_nodes(kube: FakeKube, pool_bodies: dict[str, Any]) -> None:

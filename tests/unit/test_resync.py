@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tandem.reconcile import USAGE_FLUSH
 from tandem.resync import serving_due, training_due
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -47,21 +46,17 @@ def _stamp(at: datetime) -> str:
     return at.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def test_a_ready_service_with_a_recent_usage_ledger_is_left_alone() -> None:
-    assert not serving_due(_body("Ready", usageObservedAt=_stamp(NOW - timedelta(seconds=30))), NOW)
-
-
-def test_a_ready_service_whose_usage_ledger_is_due_is_looked_at() -> None:
-    assert serving_due(_body("Ready", usageObservedAt=_stamp(NOW - USAGE_FLUSH)), NOW)
-    assert serving_due(_body("Ready"), NOW)
+def test_a_ready_service_is_left_alone_however_old_its_usage_ledger() -> None:
+    assert not serving_due(_body("Ready", usageObservedAt=_stamp(NOW - timedelta(seconds=30))))
+    assert not serving_due(_body("Ready", usageObservedAt=_stamp(NOW - timedelta(days=3))))
 
 
 def test_services_not_ready_or_not_current_are_looked_at() -> None:
     recent = _stamp(NOW)
-    assert serving_due(_body("Deploying", usageObservedAt=recent), NOW)
-    assert serving_due(_body("Ready", generation=2, observed=1, usageObservedAt=recent), NOW)
+    assert serving_due(_body("Deploying", usageObservedAt=recent))
+    assert serving_due(_body("Ready", generation=2, observed=1, usageObservedAt=recent))
 
 
 def test_a_ready_service_with_a_canary_on_trial_is_looked_at() -> None:
     canary = {"model": {"uri": "s3://m/v2"}, "replicas": 1}
-    assert serving_due(_body("Ready", usageObservedAt=_stamp(NOW), canary=canary), NOW)
+    assert serving_due(_body("Ready", usageObservedAt=_stamp(NOW), canary=canary))

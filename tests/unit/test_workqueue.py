@@ -96,6 +96,15 @@ def test_a_delayed_key_waits_until_its_time(queue: WorkQueue, recorder: Recorder
     assert not queue.idle() and len(queue) == 1
 
 
+def test_a_key_delayed_many_times_waits_once_for_the_earliest_time(queue: WorkQueue, recorder: Recorder) -> None:
+    for delay in (3600, 0.05, 1800, 0.1):
+        queue.add("recheck", delay=delay)
+    assert len(queue) == 1
+    queue.start()
+    wait_until(queue.idle, timeout=5, what="the earliest recheck done and no other left")
+    assert recorder.seen == [("recheck", 0)]
+
+
 def test_other_keys_go_on_while_one_is_held(queue: WorkQueue, recorder: Recorder) -> None:
     recorder.hold["slow"] = threading.Event()
     queue.start()

@@ -216,6 +216,48 @@ def deployment(serving: Serving, config: OperatorConfig) -> dict[str, Any]:
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": serving.meta(), "spec": deployment_spec}
 
 
+REPLICAS_HANDOVER_MANAGER = "tandem-handover-to-hpa"
+"""The field manager that holds a Deployment's spec.replicas between the operator letting go and the HPA's first
+scale."""
+
+
+def replicas_handover(desired: dict[str, Any], stored: dict[str, Any] | None, manager: str) -> dict[str, Any] | None:
+    """The stored Deployment's replica count, to apply under REPLICAS_HANDOVER_MANAGER before `desired`, which
+    leaves spec.replicas to an HPA, is applied by `manager` (the operator's field manager); None when there is
+    nothing to hand over.
+
+    Server-side apply removes a field that its only manager stops applying, and a Deployment without
+    spec.replicas defaults to 1: a service switched from fixed to autoscaled replicas would fall to one replica
+    until the HPA's next sync. Kubernetes documents the cure ("Transferring ownership" in its server-side
+    apply reference): apply the current count under a manager of its own first, so that the field keeps an
+    owner, and its value, when the operator's manager lets go of it. The HPA's first scale takes the field
+    from that manager, which then owns nothing and is gone.
+
+    Needs the stored object's managedFields (a GET; the watch's store leaves them out): only a count that
+    `manager` applied is handed over, so a Deployment the HPA already scales costs no write.
+    """
+    count = ((stored or {}).get("spec") or {}).get("replicas")
+    if "replicas" in desired["spec"] or count is None or not _applies_replicas(stored or {}, manager):
+        return None
+    meta = desired["metadata"]
+    return {
+        "apiVersion": desired["apiVersion"],
+        "kind": desired["kind"],
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+        "spec": {"replicas": count},
+    }
+
+
+def _applies_replicas(stored: dict[str, Any], manager: str) -> bool:
+    """Whether `manager` owns the object's spec.replicas through an apply (its managedFields say)."""
+    return any(
+        entry.get("manager") == manager
+        and entry.get("operation") == "Apply"
+        and "f:replicas" in ((entry.get("fieldsV1") or {}).get("f:spec") or {})
+        for entry in (stored.get("metadata") or {}).get("managedFields") or []
+    )
+
+
 CANARY_TRACK = {"tandem.dev/track": "canary"}
 
 
