@@ -260,11 +260,11 @@ class Kube:
         """A core/v1 Event about `involved` (a resource body), as kopf.event would post it; returns it as stored.
 
         Posted by tandem.events' thread, outside kopf's handler tasks, where kopf's event queue is not
-        reachable. Cluster-scoped objects' events go to the operator's own namespace (POD_NAMESPACE), where
-        even a namespaced install may write them, not to `default`, where it may not.
+        reachable. Cluster-scoped objects' events go to `default`, the one namespace the API server accepts for
+        a core/v1 Event about an object without one (the chart grants events there in a namespaced install).
         """
         meta = involved.get("metadata") or {}
-        namespace = meta.get("namespace") or own_namespace()
+        namespace = meta.get("namespace") or "default"
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {
             "apiVersion": "v1",
@@ -347,11 +347,6 @@ class Kube:
             content_type="application/merge-patch+json",
             target=(resource.kind, namespace or "", name),
         )
-
-
-def own_namespace() -> str:
-    """The namespace the operator runs in (the downward API's POD_NAMESPACE); `default` outside a pod."""
-    return os.environ.get("POD_NAMESPACE") or "default"
 
 
 def label_selector(labels: dict[str, str]) -> str:

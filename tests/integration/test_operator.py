@@ -233,6 +233,9 @@ def test_killed_operator_restarts_without_duplicating_children(tandem_api: k8s.A
         first.wait()
     second = _operator_process(kubeconfig)
     try:
+        # A run is named in status before its Job is created: the Jobs themselves say the restart finished them.
+        wait_until(lambda: len(batch.list_namespaced_job(namespace).items) >= len(names), timeout=90,
+                   what="a Job for every TrainingJob")
         for name in names:
             wait_for(tandem_api, TRAINING_JOB, namespace, name,
                      lambda o: bool((o.get("status") or {}).get("jobName")), "status written")

@@ -142,7 +142,7 @@ def test_several_replicas_turn_leader_election_on_with_a_lease_role(helm: Path) 
 def test_watch_namespaces_become_roles_and_a_cluster_role_for_cluster_scoped_objects_only(helm: Path) -> None:
     objects = render(helm, {"watchNamespaces": ["team-a", "team-b"]})
     roles = {(r["metadata"]["namespace"], r["metadata"]["name"]) for r in find(objects, "Role")}
-    assert roles == {("team-a", "tandem"), ("team-b", "tandem"), ("tandem-system", "tandem-events")}
+    assert roles == {("team-a", "tandem"), ("team-b", "tandem"), ("default", "tandem-events")}
     bindings = {(b["metadata"]["namespace"], b["roleRef"]["name"]) for b in find(objects, "RoleBinding")}
     assert bindings == roles
     (cluster_role,) = find(objects, "ClusterRole")

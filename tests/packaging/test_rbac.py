@@ -27,7 +27,8 @@ itself, since kopf's event handlers keep no state on the object); nodes and the 
 capacity (a gang waits until all its workers fit, tandem.gang); CRDs and namespaces, which kopf scans."""
 
 EVENTS: set[Rule] = _grants("", ("events",), ("create", "patch"))
-"""kopf.event posts core/v1 Events."""
+"""core/v1 Events about the operator's objects, in their namespaces; those about a cluster-scoped ComputePool
+in `default`, the only namespace the API server accepts for them."""
 
 NAMESPACED: set[Rule] = (
     _grants("tandem.dev", ("trainingjobs", "inferenceservices"), ("get", "list", "watch"))
@@ -75,7 +76,7 @@ def test_namespaced_install_grants_workload_rights_only_in_watched_namespaces(he
     grants = rbac_rules(render(helm, {"watchNamespaces": ["team-a", "team-b"]}))
     print("\n" + _table(grants))
     assert grants == {"cluster": CLUSTER_SCOPED, "team-a": NAMESPACED, "team-b": NAMESPACED,
-                      "tandem-system": EVENTS}
+                      "default": EVENTS}
 
 
 def test_leader_election_adds_only_its_own_lease(helm: Path) -> None:
