@@ -1,7 +1,9 @@
-"""How many CPUs this container may use, read from its cgroup CPU quota.
+"""How many CPUs and how much memory this container may use, read from its cgroup limits.
 
 onnxruntime sizes its intra-op pool from the host's core count; in a pod limited to 2 CPUs on a 64-core
 node that means 64 threads fighting for 2 CPUs of quota, and throttling. The quota is the right number.
+Likewise the memory the server lets requests hold follows the container's memory limit, past which the
+kernel kills it, not the node's memory.
 """
 
 from __future__ import annotations
@@ -11,6 +13,11 @@ import os
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+MEMORY_BUDGET_SHARE = 1 / 2
+"""Share of the memory limit the server's requests may hold: the other half is the interpreter, onnxruntime,
+the model's sessions, and the slack between what Python frees and what the kernel sees freed."""
+_V1_UNLIMITED = 1 << 60
+"""cgroup v1 reports no memory limit as a page-rounded LONG_MAX; anything this large is no limit."""
 
 
 def parse_cpu_max(text: str) -> float | None:
@@ -84,6 +91,37 @@ def sized_runtime(threads: int | None, workers: int | None, cores: int) -> tuple
     """
     chosen_threads = threads or 1
     return chosen_threads, workers or max(1, cores // chosen_threads)
+
+
+def parse_memory_limit(text: str) -> int | None:
+    """Bytes allowed by cgroup v2 `memory.max` or v1 `memory.limit_in_bytes`; None for "max" or no limit."""
+    value = text.strip()
+    if not value.isdigit():
+        return None
+    limit = int(value)
+    return limit if 0 < limit < _V1_UNLIMITED else None
+
+
+def cgroup_memory_limit(root: Path = CGROUP_ROOT) -> int | None:
+    """The memory limit of this cgroup (v2 first, then v1); None when there is none or it is unreadable."""
+    for path in (root / "memory.max", root / "memory" / "memory.limit_in_bytes", root / "memory.limit_in_bytes"):
+        try:
+            return parse_memory_limit(path.read_text())
+        except OSError:
+            continue
+    return None
+
+
+def physical_memory() -> int:
+    """Bytes of memory of the machine: the bound where no cgroup sets one."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def default_memory_budget(root: Path = CGROUP_ROOT) -> int:
+    """Bytes the server's requests may hold: MEMORY_BUDGET_SHARE of the cgroup memory limit, or of the
+    machine's memory where the container has no limit."""
+    limit = cgroup_memory_limit(root)
+    return int((limit if limit is not None else physical_memory()) * MEMORY_BUDGET_SHARE)
 
 
 def lone_run_threads(threads: int | None, cores: int) -> int:

@@ -69,3 +69,31 @@ def test_threads_times_runs_in_flight_fill_the_cores(
     threads: int | None, workers: int | None, cores: int, sized: tuple[int, int]
 ) -> None:
     assert cgroup.sized_runtime(threads, workers, cores) == sized
+
+
+@pytest.mark.parametrize(
+    ("text", "limit"),
+    [("536870912\n", 512 << 20), ("max\n", None), ("9223372036854771712\n", None), ("0", None), ("", None)],
+)
+def test_memory_limit_is_bytes_and_max_or_v1s_huge_value_is_none(text: str, limit: int | None) -> None:
+    assert cgroup.parse_memory_limit(text) == limit
+
+
+def test_the_memory_budget_is_half_the_cgroup_v2_limit(tmp_path: Path) -> None:
+    (tmp_path / "memory.max").write_text("1073741824\n")
+    assert cgroup.default_memory_budget(tmp_path) == 512 << 20
+
+
+def test_the_memory_budget_reads_cgroup_v1(tmp_path: Path) -> None:
+    (tmp_path / "memory").mkdir()
+    (tmp_path / "memory" / "memory.limit_in_bytes").write_text("2147483648\n")
+    assert cgroup.default_memory_budget(tmp_path) == 1 << 30
+
+
+def test_without_a_memory_limit_the_budget_is_half_the_machines_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cgroup, "physical_memory", lambda: 8 << 30)
+    (tmp_path / "memory.max").write_text("max\n")
+    assert cgroup.default_memory_budget(tmp_path) == 4 << 30
+    assert cgroup.default_memory_budget(tmp_path / "absent") == 4 << 30

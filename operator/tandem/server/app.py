@@ -13,6 +13,7 @@ import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
 
+from tandem.server.budget import MemoryBudget, rest_charge
 from tandem.server.config import ServerConfig
 from tandem.server.dataplane import DataPlane
 from tandem.server.errors import ModelLoadError
@@ -34,6 +35,7 @@ class InferenceServer:
         self.dataplane = DataPlane(
             self.executor, self.metrics.batch, max_in_flight=max(1, config.workers) + config.max_queued_requests
         )
+        self.budget = self._budget(config.memory_budget_bytes)
         self.model = OnnxModel(
             config.model_name,
             config.model_uri,
@@ -44,6 +46,7 @@ class InferenceServer:
                 lone_run_threads=config.lone_run_threads,
                 spinning=config.spinning,
                 execution_provider=config.execution_provider,
+                wide_session_max_model_bytes=self.budget.wide_session_max_model_bytes if self.budget else None,
             ),
         )
         self.dataplane.add(self.model)
@@ -60,6 +63,8 @@ class InferenceServer:
             header_timeout_s=config.header_timeout_s,
             body_timeout_s=config.body_timeout_s,
             max_connections=config.max_connections,
+            budget=self.budget,
+            charge=rest_charge,
         )
         self.grpc = GrpcFront(
             self.dataplane,
@@ -67,11 +72,22 @@ class InferenceServer:
             max_message_bytes=config.max_request_bytes,
             idle_timeout_s=config.idle_timeout_s,
             access_log=self.access_log,
+            max_concurrent_rpcs=config.grpc_concurrent_rpcs,
+            budget=self.budget,
         )
         self.http_port = config.http_port
         self.grpc_port = config.grpc_port
         self.metrics_port = config.metrics_port
         self._stop = asyncio.Event()
+
+    def _budget(self, limit: int | None) -> MemoryBudget | None:
+        """The memory budget both fronts charge requests to, published as metrics; None without a limit."""
+        if limit is None:
+            return None
+        budget = MemoryBudget(limit, on_refuse=self.metrics.memory_refused.inc)
+        self.metrics.memory_budget.set(limit)
+        self.metrics.memory_held.set_function(lambda: budget.held)
+        return budget
 
     def _metrics_only(self, request: Request) -> Response:
         if request.path.rstrip("/") == "/metrics" and request.method in ("GET", "HEAD"):

@@ -100,6 +100,17 @@ def _install_loop() -> None:
     help="Infer requests waiting beyond the running ones; one more gets 503 + Retry-After (gRPC UNAVAILABLE).",
 )  # fmt: skip
 @click.option(
+    "--memory-budget-bytes", envvar="TANDEM_MEMORY_BUDGET_BYTES", type=click.IntRange(min=1), default=None,
+    help="Bytes that request bodies in flight and the work queued on them may hold (REST and gRPC); a request "
+    "beyond it gets 503 + Retry-After (gRPC RESOURCE_EXHAUSTED) before it is parsed [default: half the cgroup "
+    "memory limit, or of the machine's memory].",
+)  # fmt: skip
+@click.option(
+    "--max-concurrent-rpcs", envvar="TANDEM_MAX_CONCURRENT_RPCS", type=click.IntRange(min=1), default=None,
+    help="gRPC calls in progress at once; one more gets RESOURCE_EXHAUSTED [default: workers + "
+    f"--max-queued-requests + {defaults.GRPC_SPARE_RPCS}].",
+)  # fmt: skip
+@click.option(
     "--drain-timeout",
     envvar="TANDEM_DRAIN_TIMEOUT_S",
     type=click.FloatRange(min=0),
@@ -129,11 +140,13 @@ def serve(
     body_timeout: float,
     max_connections: int,
     max_queued_requests: int,
+    memory_budget_bytes: int | None,
+    max_concurrent_rpcs: int | None,
     drain_timeout: float,
     log_level: str,
 ) -> None:
     """Serve one ONNX model over the Open Inference Protocol (KServe V2), REST and gRPC."""
-    from tandem.cgroup import default_threads, lone_run_threads, sized_runtime
+    from tandem.cgroup import default_memory_budget, default_threads, lone_run_threads, sized_runtime
     from tandem.server.app import InferenceServer
     from tandem.server.logs import configure_logging
     from tandem.server.providers import ExecutionProvider
@@ -164,6 +177,8 @@ def serve(
         body_timeout_s=body_timeout,
         max_connections=max_connections,
         max_queued_requests=max_queued_requests,
+        memory_budget_bytes=memory_budget_bytes or default_memory_budget(),
+        max_concurrent_rpcs=max_concurrent_rpcs,
         drain_timeout_s=drain_timeout,
     )
     log.info("starting", extra={"config": config.__dict__})

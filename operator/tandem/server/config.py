@@ -27,6 +27,9 @@ closed, as soon as the limit is crossed. Four times Node's and h11's 16 KiB and 
 buffers, so the headers proxies and tracing libraries add never reach it; a connection holds at most twice
 this much of a head (when it begins in the same read as the end of the request before it) before it is
 refused."""
+GRPC_SPARE_RPCS = 32
+"""gRPC calls allowed beyond the infer requests the data plane admits, so health and metadata calls still get
+through when inference is full (and an infer call beyond it is refused by the data plane's UNAVAILABLE first)."""
 DEFAULT_MAX_QUEUED_REQUESTS = 256
 """Infer requests waiting beyond the ones running: at a few thousand requests per second, well under 100 ms
 of queue, which absorbs any burst a Service spreads over a replica and refuses a flood before it is a
@@ -67,6 +70,13 @@ class ServerConfig:
     """Open HTTP connections; one more is answered 503 with Retry-After."""
     max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS
     """Infer requests (REST and gRPC) waiting beyond the `workers` running; one more gets 503 / UNAVAILABLE."""
+    memory_budget_bytes: int | None = None
+    """Bytes that requests (bodies in flight, the work queued on them, REST and gRPC together) may hold
+    (`budget`); None: no budget. `tandem serve` derives it from the cgroup memory limit unless given."""
+    max_concurrent_rpcs: int | None = None
+    """gRPC calls in progress at once; one more is answered RESOURCE_EXHAUSTED by grpcio before its message
+    is read. None: the infer requests the data plane admits (`workers` + `max_queued_requests`) plus
+    GRPC_SPARE_RPCS."""
     drain_timeout_s: float = 25.0
     """On SIGTERM, how long in-flight requests may take before connections are cut (pods get 30 s)."""
     spinning: bool = False
@@ -75,3 +85,9 @@ class ServerConfig:
     @property
     def batching(self) -> bool:
         return self.max_batch_size > 1
+
+    @property
+    def grpc_concurrent_rpcs(self) -> int:
+        if self.max_concurrent_rpcs is not None:
+            return self.max_concurrent_rpcs
+        return max(1, self.workers) + self.max_queued_requests + GRPC_SPARE_RPCS

@@ -46,8 +46,13 @@ class Overloaded(ServerError):
     retry_after_s = 1
 
 
+class MemoryExhausted(Overloaded):
+    """The server's memory budget cannot hold the request now (503 with Retry-After; gRPC RESOURCE_EXHAUSTED,
+    the code for a resource the client may ask for again later). Refused before the request is parsed."""
+
+
 class PayloadTooLarge(ServerError):
-    """The request body exceeds the configured maximum (413)."""
+    """The request body exceeds the configured maximum, or could never fit the memory budget (413)."""
 
     status = 413
 

@@ -7,6 +7,12 @@ grpcio answers a request it cannot deserialize with INTERNAL, and a malformed re
 calls are not served, and grpcio answers them UNIMPLEMENTED. Infer requests are counted in the same metrics
 as REST, under the HTTP status their V2 error carries, and every call gets a line in the access log as a
 REST request does.
+
+What a client can make it hold is bounded before anything is decoded: grpcio refuses a message over
+`max_message_bytes` (RESOURCE_EXHAUSTED) and a call beyond `max_concurrent_rpcs` in progress
+(RESOURCE_EXHAUSTED, before its message is read), and every call's message is charged to the memory budget it
+shares with the HTTP front (`budget.grpc_charge`) before it is parsed: one the budget cannot hold now is
+answered RESOURCE_EXHAUSTED with a `grpc-retry-pushback-ms` hint, and its bytes come back when the call ends.
 """
 
 from __future__ import annotations
@@ -20,8 +26,9 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from tandem.server import grpccodec, proto, serverinfo
+from tandem.server.budget import MemoryBudget, grpc_charge
 from tandem.server.dataplane import DataPlane
-from tandem.server.errors import ServerError
+from tandem.server.errors import MemoryExhausted, Overloaded, ServerError
 from tandem.server.logs import AccessLog
 from tandem.server.metrics import ServerMetrics
 
@@ -49,12 +56,17 @@ class GrpcFront:
         max_message_bytes: int,
         idle_timeout_s: float,
         access_log: AccessLog | None = None,
+        max_concurrent_rpcs: int | None = None,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self.dataplane = dataplane
         self.metrics = metrics
         self.max_message_bytes = max_message_bytes
         self.idle_timeout_s = idle_timeout_s
         self.access_log = access_log
+        self.max_concurrent_rpcs = max_concurrent_rpcs
+        """Calls in progress at once; None: no bound."""
+        self.budget = budget
         self.draining = False
         """Set on SIGTERM: ServerReady answers false; in-flight calls complete."""
         self._server: grpc.aio.Server | None = None
@@ -68,7 +80,7 @@ class GrpcFront:
             ("grpc.so_reuseport", 0),
             ("grpc.max_connection_idle_ms", int(self.idle_timeout_s * 1000)),
         ]
-        server = grpc.aio.server(options=options)
+        server = grpc.aio.server(options=options, maximum_concurrent_rpcs=self.max_concurrent_rpcs)
         server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(proto.SERVICE, self._handlers())])
         bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         await server.start()
@@ -101,23 +113,37 @@ class GrpcFront:
 
         async def call(data: bytes, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
+            charge = 0
             try:
+                charge = self._charge(data)
                 reply = _serialize(await method(data, context))
             except ServerError as exc:
-                status, message = exc.status, exc.message
+                error: ServerError | None = exc
             except Exception:
                 log.exception("gRPC call failed", extra={"method": name})
-                status, message = 500, "internal server error"
+                error = None
             else:
                 if self.access_log is not None:
                     self.access_log.grpc(path, 200, "OK", len(data), len(reply), time.perf_counter() - started)
                 return reply
-            code = STATUS_CODES.get(status, grpc.StatusCode.INTERNAL)
+            finally:
+                if charge and self.budget is not None:
+                    self.budget.release(charge)
+            status, message = (error.status, error.message) if error is not None else (500, "internal server error")
+            code = _code(error)
             if self.access_log is not None:
                 self.access_log.grpc(path, status, code.name, len(data), 0, time.perf_counter() - started)
-            await context.abort(code, message)
+            await context.abort(code, message, _trailers(error))
 
         return call
+
+    def _charge(self, data: bytes) -> int:
+        """Charge the call's message to the memory budget before it is parsed; the bytes charged."""
+        if self.budget is None:
+            return 0
+        charge = grpc_charge(len(data))
+        self.budget.take(charge)
+        return charge
 
     async def _server_live(self, data: bytes, context: grpc.aio.ServicerContext) -> Any:
         return proto.ServerLiveResponse(live=True)
@@ -155,6 +181,23 @@ class GrpcFront:
             raise
         finally:
             self.metrics.finished(label, status, time.perf_counter() - started)
+
+
+def _code(error: ServerError | None) -> grpc.StatusCode:
+    """The gRPC code of a V2 error: a spent memory budget is RESOURCE_EXHAUSTED, not UNAVAILABLE (the client
+    asked for more than the server can hold now); None, a bug, is INTERNAL."""
+    if error is None:
+        return grpc.StatusCode.INTERNAL
+    if isinstance(error, MemoryExhausted):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    return STATUS_CODES.get(error.status, grpc.StatusCode.INTERNAL)
+
+
+def _trailers(error: ServerError | None) -> tuple[tuple[str, str], ...]:
+    """gRPC's retry pushback for an error that says when to retry (gRFC A6), as REST's Retry-After."""
+    if isinstance(error, Overloaded):
+        return (("grpc-retry-pushback-ms", str(error.retry_after_s * 1000)),)
+    return ()
 
 
 class _BadMessage(ServerError):

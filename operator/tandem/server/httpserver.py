@@ -27,6 +27,12 @@ Defences against clients that hold resources without using them, each with a def
   drained. A client that reads nothing for `idle_timeout_s` while answers wait is cut off (nothing more can be
   said to it). So a connection holds at most about: one read, the requests of one `HEAD_PIECE`, and
   `WRITE_HIGH_WATER` plus one answer, however much it pipelines.
+- a memory budget (`budget.MemoryBudget`), shared with gRPC: a request is charged what its body will make the
+  server hold once its headers are read (from Content-Length), or chunk by chunk as a body of unknown length
+  streams in. One the budget cannot hold now is answered 503 with Retry-After, one it could never hold 413,
+  before its body is read further, let alone parsed, and without a `100 Continue`; then the connection closes
+  as after any refusal. The charge is held while the request waits in the connection's queue and runs, and
+  given back when its answer is written or the connection is lost.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, cast
@@ -43,6 +49,8 @@ from typing import Any, cast
 import httptools
 
 from tandem.server import config
+from tandem.server.budget import MemoryBudget
+from tandem.server.errors import Overloaded, ServerError
 
 log = logging.getLogger("tandem.server.httpserver")
 
@@ -70,6 +78,8 @@ class Request:
     body: bytes = b""
     received: float = field(default_factory=time.perf_counter)
     """perf_counter when the request was complete; latency is measured from here."""
+    charge: int = 0
+    """Bytes of the memory budget the request holds until its answer is written."""
 
 
 @dataclass(slots=True)
@@ -82,6 +92,8 @@ class Response:
 
 Handler = Callable[[Request], "Response | Awaitable[Response]"]
 AccessLogger = Callable[[Request, Response, float], None]
+Charge = Callable[[int, Mapping[str, str]], int]
+"""What a body of so many bytes, with these (lower-case) request headers, is charged to the memory budget."""
 
 
 def error_response(status: int, message: str) -> Response:
@@ -119,6 +131,8 @@ class HttpServer:
         max_connections: int = config.DEFAULT_MAX_CONNECTIONS,
         max_url_bytes: int = config.DEFAULT_MAX_URL_BYTES,
         max_header_bytes: int = config.DEFAULT_MAX_HEADER_BYTES,
+        budget: MemoryBudget | None = None,
+        charge: Charge = lambda length, headers: length,
     ) -> None:
         self.handler = handler
         self.max_request_bytes = max_request_bytes
@@ -126,6 +140,9 @@ class HttpServer:
         """Bytes of a request target; more is answered 414."""
         self.max_header_bytes = max_header_bytes
         """Bytes of a request head (request line and headers); more is answered 431."""
+        self.budget = budget
+        """Request bodies are charged to it before they are read; None: no budget."""
+        self.charge = charge
         self.access_log = access_log
         self.idle_timeout_s = idle_timeout_s
         self.header_timeout_s = header_timeout_s
@@ -183,6 +200,10 @@ class HttpServer:
             connection.check_deadline(now)
         self._sweeper = loop.call_later(self._tick, self._sweep)
 
+    def release(self, charge: int) -> None:
+        if charge and self.budget is not None:
+            self.budget.release(charge)
+
     def _forget(self, connection: HttpConnection) -> None:
         self.connections.discard(connection)
         if not self.connections:
@@ -192,10 +213,11 @@ class HttpServer:
 class _Refusal(Exception):
     """Raised in a parser callback to stop parsing a request the server refuses to read further."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.retry_after_s = retry_after_s
 
 
 class HttpConnection(asyncio.Protocol):
@@ -234,6 +256,10 @@ class HttpConnection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._size = 0
         self._too_large = False
+        self._charge = 0
+        """Bytes of the memory budget held for the request being read."""
+        self._streamed = False
+        """The body being read has no Content-Length: it is charged as it arrives."""
         self._keep_alive = True
         self._continue_owed = False
         """The request being read asked for `100 Continue`, not yet sent: responses owed before it come first."""
@@ -260,6 +286,7 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.transport = None
+        self._drop_owed()
         self.server._forget(self)
 
     def data_received(self, data: bytes) -> None:
@@ -362,7 +389,7 @@ class HttpConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             refusal = exc.__context__
             if isinstance(refusal, _Refusal):
-                self._refuse(refusal.status, refusal.message)
+                self._refuse(refusal.status, refusal.message, refusal.retry_after_s)
             else:
                 self._fail(400, f"malformed HTTP request: {exc}")
             return False
@@ -380,6 +407,7 @@ class HttpConnection(asyncio.Protocol):
         self._body = []
         self._size = 0
         self._too_large = False
+        self._streamed = False
         self._continue_owed = False
 
     def on_url(self, url: bytes) -> None:
@@ -399,9 +427,14 @@ class HttpConnection(asyncio.Protocol):
         self.waiting_for = "body"
         self._keep_alive = self.parser.should_keep_alive()
         length = self._headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.server.max_request_bytes:
+        declared = int(length) if length is not None and length.isdigit() else None
+        if declared is not None and declared > self.server.max_request_bytes:
             self._too_large = True
-        elif self._headers.get("expect", "").lower() == "100-continue":
+            return
+        self._streamed = declared is None  # a chunked body, if any: charged chunk by chunk in on_body
+        if declared:
+            self._charge_body(declared)
+        if self._headers.get("expect", "").lower() == "100-continue":
             # Interim answers keep the order of final ones: behind a pipelined request still running, the 100
             # waits until that request's response is written (`_dispatch`).
             self._continue_owed = True
@@ -415,8 +448,27 @@ class HttpConnection(asyncio.Protocol):
         if self._size > self.server.max_request_bytes:
             self._too_large = True
             self._body = []
+            self.server.release(self._charge)
+            self._charge = 0
             return
+        if self._streamed:
+            self._charge_body(self._size)
         self._body.append(body)
+
+    def _charge_body(self, size: int) -> None:
+        """Hold the budget's charge for a body of `size` bytes; raise _Refusal (503 or 413) when it cannot."""
+        budget = self.server.budget
+        if budget is None:
+            return
+        wanted = self.server.charge(size, self._headers)
+        if wanted <= self._charge:
+            return
+        try:
+            budget.take(wanted - self._charge, total=wanted)
+        except ServerError as exc:
+            retry = exc.retry_after_s if isinstance(exc, Overloaded) else None
+            raise _Refusal(exc.status, exc.message, retry) from None
+        self._charge = wanted
 
     def on_message_complete(self) -> None:
         self.in_message = False
@@ -434,7 +486,9 @@ class HttpConnection(asyncio.Protocol):
             self.queue.append((request, False, canned))
         else:
             body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-            self.queue.append((Request(method, path, self._headers, body), self._keep_alive, None))
+            request = Request(method, path, self._headers, body, charge=self._charge)
+            self.queue.append((request, self._keep_alive, None))
+        self._charge = 0
         if not self.busy:
             self._dispatch()
 
@@ -480,6 +534,8 @@ class HttpConnection(asyncio.Protocol):
         self._dispatch()
 
     def _write(self, request: Request, response: Response, keep_alive: bool) -> None:
+        self.server.release(request.charge)
+        request.charge = 0
         transport = self.transport
         if transport is None:
             return
@@ -506,7 +562,7 @@ class HttpConnection(asyncio.Protocol):
             else:
                 transport.close()
 
-    def _refuse(self, status: int, message: str) -> None:
+    def _refuse(self, status: int, message: str, retry_after_s: int | None = None) -> None:
         """Answer the request being read with `status` once the responses owed before it are written, read no
         more of it, then close. Its target is not echoed: neither the answer nor the access log repeats it."""
         method = self.parser.get_method().decode("latin-1") if self._url_size else ""
@@ -515,18 +571,32 @@ class HttpConnection(asyncio.Protocol):
         self.in_message = False
         self.deadline = None
         self._url, self._headers, self._body = [], {}, []
-        self.queue.append((Request(method, "", {}), False, error_response(status, message)))
+        self.server.release(self._charge)
+        self._charge = 0
+        response = error_response(status, message)
+        if retry_after_s is not None:
+            response.headers.append(("retry-after", str(retry_after_s)))
+        self.queue.append((Request(method, "", {}), False, response))
         if not self.busy:
             self._dispatch()
 
     def _fail(self, status: int, message: str) -> None:
         """Answer a request that cannot be parsed and close: the stream position is lost."""
-        self.queue.clear()
+        self._drop_owed()
         if self.transport is not None:
             response = error_response(status, message)
             self.transport.write(_head(response, False) + response.body)
             self.closing = True
             self.transport.close()
+
+    def _drop_owed(self) -> None:
+        """Forget the requests not answered yet and the one being read, giving their charges back to the budget
+        (the one a handler is running keeps its charge until its answer is written)."""
+        for request, _, _ in self.queue:
+            self.server.release(request.charge)
+        self.queue.clear()
+        self.server.release(self._charge)
+        self._charge = 0
 
     def check_deadline(self, now: float) -> None:
         """Close the connection if it missed its deadline: quietly when idle, with 408 mid-request."""

@@ -21,7 +21,8 @@ oversubscribed by one thread.
 CPU provider only: a GPU model keeps one session (its device memory, its own parallelism). The cost is memory:
 the wide session holds its own copy of the weights and of their prepacked form, measured at +11 MiB RSS for the
 7 MiB MLP and +4 MiB for the 2 MiB CNN (sharing the initializers through SessionOptions.add_initializer saved
-nothing). A pod that cannot afford it sets --threads, which opens one session for every run.
+nothing). The server opens it only where its memory budget holds it (`budget.WIDE_SESSION_SHARE`, logged
+when not); a pod that cannot afford it otherwise sets --threads, which opens one session for every run.
 """
 
 from __future__ import annotations

@@ -64,6 +64,22 @@ class ServerMetrics:
             "Access-log lines dropped because stdout was not read fast enough (the log never blocks serving).",
             registry=self.registry,
         )
+        self.memory_budget = Gauge(
+            "tandem_server_memory_budget_bytes",
+            "Bytes that requests (bodies in flight and the work queued on them, REST and gRPC) may hold.",
+            registry=self.registry,
+        )
+        self.memory_held = Gauge(
+            "tandem_server_memory_held_bytes",
+            "Bytes of the memory budget charged to requests not yet answered.",
+            registry=self.registry,
+        )
+        self.memory_refused = Counter(
+            "tandem_server_memory_refused",
+            "Requests refused before they were parsed because the memory budget could not hold them (503/413, "
+            "gRPC RESOURCE_EXHAUSTED).",
+            registry=self.registry,
+        )
         self._requests: dict[tuple[str, int], Counter] = {}
         self._latency: dict[str, Histogram] = {}
         self._batch: dict[str, Histogram] = {}

@@ -59,6 +59,9 @@ class SessionSettings:
     lone_run_threads: int = 0
     """Threads for a run that starts while no other is in progress, on a second session (`lonerun`); CPU
     provider only. 0, or no more than `intra_op_threads`: off, one session for every run."""
+    wide_session_max_model_bytes: int | None = None
+    """The largest model that gets the wide session: it holds another copy of the weights, which a pod's
+    memory limit may not afford (`budget.MemoryBudget.wide_session_max_model_bytes`). None: any model."""
     spinning: bool = False
     """Let idle intra-op threads busy-wait. Off: on few cores the spinning steals CPU from HTTP parsing."""
     execution_provider: ExecutionProvider = ExecutionProvider.AUTO
@@ -168,7 +171,7 @@ class OnnxModel:
         session = self._open(data, self.settings.intra_op_threads, self.settings.execution_provider)
         self.execution_provider = running_provider(session)
         wide = None
-        if self.settings.lone_run_threads > self.settings.intra_op_threads and self.execution_provider == "cpu":
+        if self._wants_wide_session(len(data)):
             wide = self._open(data, self.settings.lone_run_threads, ExecutionProvider.CPU)
         self.sessions = LoneRunSessions(session, wide, lambda: self.requests_admitted())
         self._signature = signature_of(session)
@@ -203,6 +206,25 @@ class OnnxModel:
                 "requested_provider": self.settings.execution_provider.value,
             },
         )
+
+    def _wants_wide_session(self, model_bytes: int) -> bool:
+        """Whether to open the wide session for lone runs: asked for, on CPU, and affordable (else logged why)."""
+        settings = self.settings
+        if settings.lone_run_threads <= settings.intra_op_threads or self.execution_provider != "cpu":
+            return False
+        if settings.wide_session_max_model_bytes is not None and model_bytes > settings.wide_session_max_model_bytes:
+            log.warning(
+                "wide session not opened: the memory budget cannot hold a second copy of the model; every run "
+                "uses the narrow session",
+                extra={
+                    "model": self.name,
+                    "bytes": model_bytes,
+                    "max_bytes": settings.wide_session_max_model_bytes,
+                    "threads": settings.intra_op_threads,
+                },
+            )
+            return False
+        return True
 
     def _open(self, data: bytes, threads: int, provider: ExecutionProvider) -> Any:
         import onnxruntime as ort
