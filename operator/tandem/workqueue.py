@@ -85,6 +85,11 @@ class WorkQueue:
         with self._cond:
             return not (self._dirty or self._due or self._processing)
 
+    def quiet(self) -> bool:
+        """Nothing queued or being processed; rechecks may wait their delay (a canary on trial always has one)."""
+        with self._cond:
+            return not (self._dirty or self._processing)
+
     def start(self) -> None:
         for index in range(self._workers):
             thread = threading.Thread(target=self._work, name=f"tandem-{self._name}-{index}", daemon=True)

@@ -17,9 +17,11 @@ import pytest
 from kopf.testing import KopfRunner
 from kubernetes import client as k8s
 
+from integration.test_canary import SHA_3, retrain, served_sha, trained
+from integration.test_operator import SHA_1, phase_is
 from support.apiserver import requests
 from support.cluster import wait_until
-from support.tandem import artifact_message, body, create, get, reconciles
+from support.tandem import artifact_message, body, condition, create, events_for, get, reconciles, wait_for
 from tandem import handlers
 from tandem.api.resources import INFERENCE_SERVICE, TRAINING_JOB
 
@@ -140,3 +142,47 @@ def test_a_reconcile_a_childs_change_calls_for_reads_its_object_from_the_watch(
 
     delta = requests(tandem_api) - before
     assert delta[("GET", "trainingjobs", "")] == 0, delta
+
+
+def test_a_canary_on_trial_and_a_refused_child_write_nothing_over_three_resync_periods(
+    tandem_api: k8s.ApiClient, namespace: str, scoped_operator: KopfRunner
+) -> None:
+    """The two states that used to write on every look: a trial counting down its window (now it names when the
+    window ends), and a child the API server refuses (now a condition, one Warning, and a backoff)."""
+    create(tandem_api, TRAINING_JOB, namespace, body(TRAINING_JOB, "digits", trained(SHA_1, 0.95)))
+    wait_for(tandem_api, TRAINING_JOB, namespace, "digits", lambda o: served_sha(o) == SHA_1, "first model")
+    rollout = {"canaryPercent": 50, "canarySeconds": 600, "minMetrics": {"accuracy": 0.9}}
+    spec = {"model": {"fromTrainingJob": {"name": "digits"}}, "replicas": {"min": 2, "max": 2}, "rollout": rollout,
+            "resources": {"cpu": "50m", "memory": "64Mi"}}
+    create(tandem_api, INFERENCE_SERVICE, namespace, body(INFERENCE_SERVICE, "digits", spec))
+    wait_for(tandem_api, INFERENCE_SERVICE, namespace, "digits", phase_is("Ready"), "ready", timeout=120)
+    retrain(tandem_api, namespace, SHA_3, 0.97, ["--epochs", "3"])
+    wait_for(
+        tandem_api, INFERENCE_SERVICE, namespace, "digits",
+        lambda o: ((o.get("status") or {}).get("canary") or {}).get("model", {}).get("sha256") == SHA_3, "on trial",
+    )
+    # A claim name no volume may carry: the Deployment is refused (422) on every try.
+    refused = {"model": {"uri": "pvc://Bad_Claim/model.onnx"}, "resources": {"cpu": "50m", "memory": "64Mi"}}
+    create(tandem_api, INFERENCE_SERVICE, namespace, body(INFERENCE_SERVICE, "refused", refused))
+    wait_for(
+        tandem_api, INFERENCE_SERVICE, namespace, "refused",
+        lambda o: (condition(o, "Ready") or {}).get("reason") == "ChildRefused", "ChildRefused",
+    )
+    keys = [("InferenceService", namespace, "digits"), ("InferenceService", namespace, "refused")]
+    wait_until(
+        lambda: handlers.queue().quiet() and not any(handlers._own_writes.awaiting(key) for key in keys),
+        timeout=30,
+        what="the operator's writes back through its watch and nothing queued but the trial's next look",
+    )
+    assert len([e for e in events_for(tandem_api, namespace, "refused") if e.reason == "ChildRefused"]) == 1
+
+    before = requests(tandem_api)
+    for _ in range(3):
+        handlers.resync_once()
+        wait_until(handlers.queue().quiet, timeout=30, what="the pass's work done")
+    after = requests(tandem_api)
+
+    delta = {key: after[key] - before[key] for key in after if after[key] != before[key]}
+    writes = {key: n for key, n in delta.items() if key[0] in WRITES and key[1] in TOUCHED}
+    assert writes == {}, delta
+    assert [e.count for e in events_for(tandem_api, namespace, "refused") if e.reason == "ChildRefused"] == [1]

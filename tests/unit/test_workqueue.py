@@ -94,6 +94,15 @@ def test_a_delayed_key_waits_until_its_time(queue: WorkQueue, recorder: Recorder
     queue.add("now")
     wait_until(lambda: recorder.seen == [("now", 0)], timeout=5, what="the undelayed key")
     assert not queue.idle() and len(queue) == 1
+    wait_until(queue.quiet, timeout=5, what="nothing but the delayed key left")
+
+
+def test_a_queue_with_a_key_to_process_is_not_quiet(queue: WorkQueue, recorder: Recorder) -> None:
+    queue.add("now")
+    assert not queue.quiet()
+    queue.start()
+    wait_until(queue.quiet, timeout=5, what="the key processed")
+    assert recorder.seen == [("now", 0)]
 
 
 def test_a_key_delayed_many_times_waits_once_for_the_earliest_time(queue: WorkQueue, recorder: Recorder) -> None:
