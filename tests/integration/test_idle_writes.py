@@ -21,9 +21,19 @@ from integration.test_canary import SHA_3, retrain, served_sha, trained
 from integration.test_operator import SHA_1, phase_is
 from support.apiserver import requests
 from support.cluster import wait_until
-from support.tandem import artifact_message, body, condition, create, events_for, get, reconciles, wait_for
+from support.tandem import (
+    artifact_message,
+    body,
+    condition,
+    create,
+    events_for,
+    get,
+    reconciles,
+    resource_api,
+    wait_for,
+)
 from tandem import handlers
-from tandem.api.resources import INFERENCE_SERVICE, TRAINING_JOB
+from tandem.api.resources import GROUP, INFERENCE_SERVICE, TRAINING_JOB, VERSION
 
 pytestmark = pytest.mark.cluster
 
@@ -186,3 +196,33 @@ def test_a_canary_on_trial_and_a_refused_child_write_nothing_over_three_resync_p
     writes = {key: n for key, n in delta.items() if key[0] in WRITES and key[1] in TOUCHED}
     assert writes == {}, delta
     assert [e.count for e in events_for(tandem_api, namespace, "refused") if e.reason == "ChildRefused"] == [1]
+
+
+def test_a_deletion_the_watch_never_announced_makes_no_write(
+    tandem_api: k8s.ApiClient, namespace: str, scoped_operator: KopfRunner
+) -> None:
+    """A watch that relists after a deletion announces none: the operator keeps the dead object's body, and its
+    children's deletions by the garbage collector queue it. It must forget the object, not recreate them."""
+    serving = {"model": {"uri": "s3://models/idle/model.onnx"}, "resources": {"cpu": "50m", "memory": "64Mi"}}
+    create(tandem_api, INFERENCE_SERVICE, namespace, body(INFERENCE_SERVICE, "ghost", serving))
+    wait_until(lambda: _phase(tandem_api, INFERENCE_SERVICE, namespace, "ghost") == "Ready", timeout=120, what="Ready")
+    key = ("InferenceService", namespace, "ghost")
+    wait_until(lambda: not handlers._own_writes.awaiting(key), timeout=30, what="the operator's writes echoed")
+    stale = handlers._view(key)
+    assert stale is not None
+    resources = resource_api(tandem_api)
+    resources.delete_namespaced_custom_object(GROUP, VERSION, namespace, INFERENCE_SERVICE.plural, "ghost")
+    wait_until(lambda: handlers._view(key) is None, timeout=30, what="the deletion seen")
+
+    before = requests(tandem_api)
+    handlers._keep(key, stale)  # as if the DELETED event had been missed
+    handlers.enqueue(key)  # as a child's deletion by the garbage collector would
+    apps = k8s.AppsV1Api(tandem_api)
+    wait_until(lambda: not apps.list_namespaced_deployment(namespace).items, timeout=120, what="its Deployment gone")
+    wait_until(lambda: handlers._view(key) is None, timeout=30, what="the dead object forgotten")
+    wait_until(handlers.queue().quiet, timeout=30, what="nothing left to do")
+    after = requests(tandem_api)
+
+    delta = {key: after[key] - before[key] for key in after if after[key] != before[key]}
+    writes = {key: n for key, n in delta.items() if key[0] in WRITES - {"DELETE"} and key[1] in TOUCHED}
+    assert writes == {}, delta
