@@ -244,7 +244,8 @@ def create_or_adopt(kube: Kube, desired: dict[str, Any]) -> tuple[dict[str, Any]
     creating it and recording it in status; it is adopted, never duplicated (a Job's template cannot be
     changed, so it is not applied over either). One that another object of the same name made (this one was
     deleted and created again before the garbage collector removed the old one's children) is never adopted:
-    it is deleted, and the create is tried again once it is gone (a 409 until then, retried with backoff).
+    it is deleted, and the create is tried again once it is gone (a 409 until then, retried with backoff). One
+    that no TrainingJob made is someone else's: refused (422, a ChildRefused condition), never touched.
     """
     try:
         return kube.create(desired), True
@@ -255,19 +256,33 @@ def create_or_adopt(kube: Kube, desired: dict[str, Any]) -> tuple[dict[str, Any]
     existing = kube.get(desired["apiVersion"], desired["kind"], meta["namespace"], meta["name"])
     if existing is None:
         raise ApiException(status=409, reason=f"Job {meta['name']} exists and is gone: being deleted")
-    owner = next(reference["uid"] for reference in meta["ownerReferences"] if reference.get("controller"))
-    if not controlled_by(existing, owner):
-        kube.delete(desired["apiVersion"], desired["kind"], meta["namespace"], meta["name"])
+    owner = next(reference for reference in meta["ownerReferences"] if reference.get("controller"))
+    if controlled_by(existing, owner["uid"]):
+        return existing, False
+    if not controlled_by_kind(existing, owner["apiVersion"], owner["kind"]):
+        # Someone else's Job that happens to carry this run's name: never ours to delete or to adopt.
         raise ApiException(
-            status=409, reason=f"Job {meta['name']} belongs to an earlier object of this name: deleted, to be replaced"
+            status=422, reason=f"Job {meta['name']} exists and was not made by any {owner['kind']}: rename or delete it"
         )
-    return existing, False
+    kube.delete(desired["apiVersion"], desired["kind"], meta["namespace"], meta["name"])
+    raise ApiException(
+        status=409, reason=f"Job {meta['name']} belongs to an earlier object of this name: deleted, to be replaced"
+    )
 
 
 def controlled_by(obj: dict[str, Any], uid: str) -> bool:
     """Whether the object's controller is the owner with this uid."""
     references = (obj.get("metadata") or {}).get("ownerReferences") or []
     return any(reference.get("controller") and reference.get("uid") == uid for reference in references)
+
+
+def controlled_by_kind(obj: dict[str, Any], api_version: str, kind: str) -> bool:
+    """Whether the object's controller is an object of this kind (any uid)."""
+    references = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(
+        reference.get("controller") and reference.get("apiVersion") == api_version and reference.get("kind") == kind
+        for reference in references
+    )
 
 
 def may_have_pods(job: dict[str, Any]) -> bool:

@@ -281,7 +281,8 @@ def test_a_job_left_by_an_earlier_object_of_the_same_name_is_replaced_not_adopte
 ) -> None:
     loop.reconcile()
     old = kube.objects[("batch/v1", "Job", "ml", "digits-g1")]
-    gone = {"kind": "TrainingJob", "name": "digits", "uid": "uid-gone", "controller": True}
+    gone = {"apiVersion": "tandem.dev/v1alpha1", "kind": "TrainingJob", "name": "digits", "uid": "uid-gone",
+            "controller": True}
     old["metadata"]["ownerReferences"] = [gone]
     old["metadata"]["annotations"]["tandem.dev/spec-hash"] = "of the old spec"
     loop.body["status"] = {}
@@ -292,6 +293,20 @@ def test_a_job_left_by_an_earlier_object_of_the_same_name_is_replaced_not_adopte
     loop.reconcile()
     job = kube.objects[("batch/v1", "Job", "ml", "digits-g1")]
     assert job["metadata"]["ownerReferences"][0]["uid"] == "uid-digits"
+
+
+def test_a_job_of_the_runs_name_that_no_trainingjob_made_is_refused_and_never_touched(
+    kube: FakeKube, loop: TrainingLoop
+) -> None:
+    loop.reconcile()
+    theirs = kube.objects[("batch/v1", "Job", "ml", "digits-g1")]
+    theirs["metadata"]["ownerReferences"] = []
+    loop.body["status"] = {}
+    outcome = loop.reconcile()
+    assert _condition(outcome, "Running")["reason"] == "ChildRefused"
+    assert "not made by any TrainingJob" in _condition(outcome, "Running")["message"]
+    assert ("delete", "Job", "digits-g1") not in kube.calls
+    assert kube.objects[("batch/v1", "Job", "ml", "digits-g1")] is theirs
 
 
 @pytest.mark.parametrize(
