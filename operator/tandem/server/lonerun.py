@@ -1,28 +1,26 @@
 """Adaptive intra-op parallelism: a run that starts while the server is idle gets every core.
 
 One intra-op thread a run and one run per CPU is the fastest configuration under load, but a lone request then
-leaves the other cores idle: on 2 CPUs the MLP at concurrency 1 served 82% of what 2 threads x 1 run did, while
-2 threads x 2 runs oversubscribes the cores under load (benchmarks/results/serve-defaults.md). So the model
-keeps two onnxruntime sessions of the same bytes: a narrow one (one thread, shared by concurrent runs) and a
-wide one (a thread per CPU). A run takes the wide session when it starts with no other run in progress, no
-other infer request admitted (none decoded or waiting for a run) and no request's run in the last `HOLD_S`
-having found either; every other run takes the narrow one.
+leaves the other cores idle, while a thread per CPU for every run oversubscribes the cores under load
+(benchmarks/results/serve-defaults.md has the figures). So the model keeps two onnxruntime sessions of the
+same bytes: a narrow one (one thread, shared by concurrent runs) and a wide one (a thread per CPU). A run takes
+the wide session when it starts with no other run in progress, no other infer request admitted (none decoded
+or waiting for a run) and no request's run in the last `HOLD_S` having found either; every other run takes the
+narrow one.
 
 The admitted requests matter as much as the runs: a server bound by request parsing often has no run in
-progress between two even under load (a third of the MLP's runs at concurrency 8 found none), while the next
-requests are already admitted. Over gRPC even that is not enough: calls waiting inside grpcio are invisible
-until it hands them to Python one at a time, and 5-13% of runs at concurrency 8 and 64 still found the server
-looking idle. So a run is alone only when, besides, no request run in the last `HOLD_S` found company: a
-server under load never looks idle for that long, while at concurrency 1 every run is alone. With the hold,
-under 1% of runs under load are wide over either protocol. The choice is made once, at a run's start, so a
-run that began alone keeps its threads when a second request arrives; while they overlap the cores are
-oversubscribed by one thread.
+progress between two even under load, while the next requests are already admitted. Over gRPC even that is
+not enough: calls waiting inside grpcio are invisible until it hands them to Python one at a time, so some runs
+under load still found the server looking idle. So a run is alone only when, besides, no request run in the
+last `HOLD_S` found company: a server under load never looks idle for that long, while at concurrency 1 every
+run is alone. The choice is made once, at a run's start, so a run that began alone keeps its threads when a
+second request arrives; while they overlap the cores are oversubscribed by one thread.
 
 CPU provider only: a GPU model keeps one session (its device memory, its own parallelism). The cost is memory:
-the wide session holds its own copy of the weights and of their prepacked form, measured at +11 MiB RSS for the
-7 MiB MLP and +4 MiB for the 2 MiB CNN (sharing the initializers through SessionOptions.add_initializer saved
-nothing). The server opens it only where its memory budget holds it (`budget.WIDE_SESSION_SHARE`, logged
-when not); a pod that cannot afford it otherwise sets --threads, which opens one session for every run.
+the wide session holds its own copy of the weights and of their prepacked form (sharing the initializers
+through SessionOptions.add_initializer saved nothing). The server opens it only where its memory budget holds
+it (`budget.WIDE_SESSION_SHARE`, logged when not); a pod that cannot afford it otherwise sets --threads, which
+opens one session for every run.
 """
 
 from __future__ import annotations
