@@ -8,16 +8,23 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from support.cluster import free_port
 
 
 def start(
-    model: Path, *, name: str = "linear", env: dict[str, str] | None = None
+    model: Path,
+    *,
+    name: str = "linear",
+    env: dict[str, str] | None = None,
+    args: Sequence[str] = (),
+    output: IO[bytes] | None = None,
 ) -> tuple[subprocess.Popen[bytes], int]:
+    """Start `tandem serve` with `args` after the command; its stdout and stderr go to pipes, or to `output`."""
     port = free_port()
     environment = {
         **os.environ,
@@ -31,10 +38,10 @@ def start(
         **(env or {}),
     }
     process = subprocess.Popen(
-        [sys.executable, "-c", "from tandem.cli import main; main()", "serve"],
+        [sys.executable, "-c", "from tandem.cli import main; main()", "serve", *args],
         env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stdout=output or subprocess.PIPE,
+        stderr=output or subprocess.PIPE,
     )
     return process, port
 

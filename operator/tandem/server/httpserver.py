@@ -27,12 +27,14 @@ Defences against clients that hold resources without using them, each with a def
   drained. A client that reads nothing for `idle_timeout_s` while answers wait is cut off (nothing more can be
   said to it). So a connection holds at most about: one read, the requests of one `HEAD_PIECE`, and
   `WRITE_HIGH_WATER` plus one answer, however much it pipelines.
-- a memory budget (`budget.MemoryBudget`), shared with gRPC: a request is charged what its body will make the
-  server hold once its headers are read (from Content-Length), or chunk by chunk as a body of unknown length
-  streams in. One the budget cannot hold now is answered 503 with Retry-After, one it could never hold 413,
-  before its body is read further, let alone parsed, and without a `100 Continue`; then the connection closes
-  as after any refusal. The charge is held while the request waits in the connection's queue and runs, and
-  given back when its answer is written or the connection is lost.
+- a memory budget (`budget.MemoryBudget`), shared with gRPC: a request is checked against what its body will
+  make the server hold once its headers are read (from Content-Length), holds the body's bytes as they arrive
+  and its whole charge once it is complete, before it is parsed (so declared bodies never sent hold nothing);
+  a body of unknown length is charged in full chunk by chunk as it streams in. One the budget cannot hold now
+  is answered 503 with Retry-After, one it could never hold 413, before its body is read further (or, if the
+  budget was taken while it arrived, once complete), never parsed, and without a `100 Continue`; then the
+  connection closes as after any refusal. The charge is held while the request waits in the connection's
+  queue and runs, and given back when its answer is written or the connection is lost.
 """
 
 from __future__ import annotations
@@ -433,7 +435,10 @@ class HttpConnection(asyncio.Protocol):
             return
         self._streamed = declared is None  # a chunked body, if any: charged chunk by chunk in on_body
         if declared:
+            # Refused now if the whole body could not be held now; but held only as it arrives (its bytes), and
+            # its whole charge once complete: a client that declares a body and never sends it holds nothing.
             self._charge_body(declared)
+            self._charge_body(0, raw=True)
         if self._headers.get("expect", "").lower() == "100-continue":
             # Interim answers keep the order of final ones: behind a pipelined request still running, the 100
             # waits until that request's response is written (`_dispatch`).
@@ -451,16 +456,20 @@ class HttpConnection(asyncio.Protocol):
             self.server.release(self._charge)
             self._charge = 0
             return
-        if self._streamed:
-            self._charge_body(self._size)
+        self._charge_body(self._size, raw=not self._streamed)
         self._body.append(body)
 
-    def _charge_body(self, size: int) -> None:
-        """Hold the budget's charge for a body of `size` bytes; raise _Refusal (503 or 413) when it cannot."""
+    def _charge_body(self, size: int, *, raw: bool = False) -> None:
+        """Hold the budget's charge for a body of `size` bytes (`raw`: the bytes themselves, for a body still
+        arriving, which is not parsed before it is complete); raise _Refusal (503 or 413) when it cannot."""
         budget = self.server.budget
         if budget is None:
             return
-        wanted = self.server.charge(size, self._headers)
+        wanted = size if raw else self.server.charge(size, self._headers)
+        if raw and self._charge > size:
+            budget.release(self._charge - size)  # after the check of the whole charge: hold what has come
+            self._charge = size
+            return
         if wanted <= self._charge:
             return
         try:
@@ -471,6 +480,8 @@ class HttpConnection(asyncio.Protocol):
         self._charge = wanted
 
     def on_message_complete(self) -> None:
+        if not self._too_large and not self._streamed and self._size:
+            self._charge_body(self._size)  # the whole charge of a body that has all arrived, before it is parsed
         self.in_message = False
         self._continue_owed = False  # the body came without it: a 100 now would be taken for the answer's start
         self._in_head = True
