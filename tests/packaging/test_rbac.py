@@ -16,15 +16,17 @@ def _grants(group: str, resources: tuple[str, ...], verbs: tuple[str, ...]) -> s
 
 CLUSTER_SCOPED: set[Rule] = (
     _grants("tandem.dev", ("computepools",), ("get", "list", "watch"))
-    | _grants("tandem.dev", ("computepools/status",), ("get", "patch"))
-    | _grants("", ("nodes",), ("get", "list", "watch"))
+    | _grants("tandem.dev", ("computepools/status",), ("patch",))
+    | _grants("", ("nodes",), ("list", "watch"))
     | _grants("", ("pods",), ("list",))
-    | _grants("apiextensions.k8s.io", ("customresourcedefinitions",), ("get", "list", "watch"))
-    | _grants("", ("namespaces",), ("get", "list", "watch"))
+    | _grants("apiextensions.k8s.io", ("customresourcedefinitions",), ("list", "watch"))
+    | _grants("", ("namespaces",), ("list", "watch"))
 )
 """ComputePools, read, and their status, written (by merge patch: never `update`, and no `patch` of the pool
 itself, since kopf's event handlers keep no state on the object); nodes and the pods on them for pool
-capacity (a gang waits until all its workers fit, tandem.gang); CRDs and namespaces, which kopf scans."""
+capacity (a gang waits until all its workers fit, tandem.gang); CRDs and namespaces, which kopf lists and
+watches (namespaces only in a namespaced install). Each verb is one the operator was seen using in the API
+server's audit log, or one tests/e2e/test_rbac_audit.py names with when it is used."""
 
 EVENTS: set[Rule] = _grants("", ("events",), ("create", "patch"))
 """core/v1 Events about the operator's objects, in their namespaces; those about a cluster-scoped ComputePool
@@ -32,7 +34,7 @@ in `default`, the only namespace the API server accepts for them."""
 
 NAMESPACED: set[Rule] = (
     _grants("tandem.dev", ("trainingjobs", "inferenceservices"), ("get", "list", "watch"))
-    | _grants("tandem.dev", ("trainingjobs/status", "inferenceservices/status"), ("get", "patch"))
+    | _grants("tandem.dev", ("trainingjobs/status", "inferenceservices/status"), ("patch",))
     | _grants("tandem.dev", ("trainingjobs/finalizers", "inferenceservices/finalizers"), ("update",))
     | _grants("batch", ("jobs",), WORKLOAD)
     | _grants("", ("services",), WORKLOAD)
