@@ -185,6 +185,12 @@ def test_a_canary_on_trial_and_a_refused_child_write_nothing_over_three_resync_p
         what="the operator's writes back through its watch and nothing queued but the trial's next look",
     )
     assert len([e for e in events_for(tandem_api, namespace, "refused") if e.reason == "ChildRefused"]) == 1
+    core = k8s.CoreV1Api(tandem_api)
+    wait_until(
+        lambda: all(ns.status.phase != "Terminating" for ns in core.list_namespace().items),
+        timeout=120,
+        what="no namespace terminating",
+    )
 
     before = requests(tandem_api)
     for _ in range(3):
@@ -196,6 +202,13 @@ def test_a_canary_on_trial_and_a_refused_child_write_nothing_over_three_resync_p
     writes = {key: n for key, n in delta.items() if key[0] in WRITES and key[1] in TOUCHED}
     assert writes == {}, delta
     assert [e.count for e in events_for(tandem_api, namespace, "refused") if e.reason == "ChildRefused"] == [1]
+    # A trial in its window and a hold both keep a recheck waiting: gone before the next test's operator starts.
+    for name in ("digits", "refused"):
+        resource_api(tandem_api).delete_namespaced_custom_object(
+            GROUP, VERSION, namespace, INFERENCE_SERVICE.plural, name
+        )
+    wait_until(lambda: not resource_api(tandem_api).list_namespaced_custom_object(
+        GROUP, VERSION, namespace, INFERENCE_SERVICE.plural)["items"], timeout=60, what="the services deleted")
 
 
 def test_a_deletion_the_watch_never_announced_makes_no_write(
@@ -213,6 +226,13 @@ def test_a_deletion_the_watch_never_announced_makes_no_write(
     resources = resource_api(tandem_api)
     resources.delete_namespaced_custom_object(GROUP, VERSION, namespace, INFERENCE_SERVICE.plural, "ghost")
     wait_until(lambda: handlers._view(key) is None, timeout=30, what="the deletion seen")
+    # Namespaces other tests left being deleted make the controllers write: measure once they are gone.
+    core = k8s.CoreV1Api(tandem_api)
+    wait_until(
+        lambda: all(ns.status.phase != "Terminating" for ns in core.list_namespace().items),
+        timeout=120,
+        what="no namespace terminating",
+    )
 
     before = requests(tandem_api)
     handlers._keep(key, stale)  # as if the DELETED event had been missed

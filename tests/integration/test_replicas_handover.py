@@ -15,6 +15,7 @@ from kopf.testing import KopfRunner
 from kubernetes import client as k8s
 from kubernetes import watch
 
+from support.cluster import wait_until
 from support.tandem import body, create, patch_spec, wait_for
 from tandem.api.resources import INFERENCE_SERVICE
 from tandem.reconcile import CHILDREN_HASH_ANNOTATION
@@ -58,5 +59,9 @@ def test_switching_from_fixed_to_autoscaled_replicas_never_drops_below_the_fixed
     else:
         pytest.fail(f"the operator applied no Deployment for the autoscaled spec within 90s; saw {seen}")
     assert min(seen) >= 3, seen
-    hpa = k8s.AutoscalingV2Api(tandem_api).read_namespaced_horizontal_pod_autoscaler("handover", namespace)
-    assert (hpa.spec.min_replicas, hpa.spec.max_replicas) == (3, 6)
+    autoscaling = k8s.AutoscalingV2Api(tandem_api)
+    # The autoscaler is applied after the Deployment: it may not exist yet when the Deployment's change is seen.
+    hpas = wait_until(
+        lambda: autoscaling.list_namespaced_horizontal_pod_autoscaler(namespace).items, timeout=60, what="the HPA"
+    )
+    assert [(hpa.metadata.name, hpa.spec.min_replicas, hpa.spec.max_replicas) for hpa in hpas] == [("handover", 3, 6)]
