@@ -10,6 +10,7 @@ delivered: no read of it.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -50,6 +51,25 @@ TOUCHED = {
     "events",
 }
 SHA = hashlib.sha256(b"idle").hexdigest()
+
+
+def no_namespace_terminating(api: k8s.ApiClient) -> None:
+    """Namespaces other tests left being deleted make the controllers write: measurements start once they are gone."""
+    core = k8s.CoreV1Api(api)
+    wait_until(
+        lambda: all(ns.status.phase != "Terminating" for ns in core.list_namespace().items),
+        timeout=120,
+        what="no namespace terminating",
+    )
+
+
+def assert_no_writes(
+    before: Counter[tuple[str, str, str]], after: Counter[tuple[str, str, str]], verbs: set[str] = WRITES
+) -> None:
+    """No request with one of `verbs` to a resource Tandem touches between the two counts of the API server."""
+    delta = {key: after[key] - before[key] for key in after if after[key] != before[key]}
+    writes = {key: n for key, n in delta.items() if key[0] in verbs and key[1] in TOUCHED}
+    assert writes == {}, delta
 
 
 @pytest.fixture
@@ -97,23 +117,15 @@ def test_an_idle_resync_pass_writes_nothing(
             what=f"ready-{index} Ready",
         )
     wait_until(handlers.queue().idle, timeout=30, what="the operator's queue drained")
-    # Other tests' namespaces being deleted make the namespace controller write (DELETEs): let them finish.
-    core = k8s.CoreV1Api(tandem_api)
-    wait_until(
-        lambda: all(ns.status.phase != "Terminating" for ns in core.list_namespace().items),
-        timeout=120,
-        what="no namespace terminating",
-    )
+    no_namespace_terminating(tandem_api)
 
     before = requests(tandem_api)
     handlers.resync_once()
     wait_until(handlers.queue().idle, timeout=30, what="the pass's work done")
     after = requests(tandem_api)
 
-    delta = {key: after[key] - before[key] for key in after if after[key] != before[key]}
-    writes = {key: n for key, n in delta.items() if key[0] in WRITES and key[1] in TOUCHED}
-    assert writes == {}, delta
-    assert delta.get(("LIST", "trainingjobs", ""), 0) >= 1
+    assert_no_writes(before, after)
+    assert after[("LIST", "trainingjobs", "")] - before[("LIST", "trainingjobs", "")] >= 1
 
 
 def test_kopf_writes_no_bookkeeping_of_its_own(
@@ -185,12 +197,7 @@ def test_a_canary_on_trial_and_a_refused_child_write_nothing_over_three_resync_p
         what="the operator's writes back through its watch and nothing queued but the trial's next look",
     )
     assert len([e for e in events_for(tandem_api, namespace, "refused") if e.reason == "ChildRefused"]) == 1
-    core = k8s.CoreV1Api(tandem_api)
-    wait_until(
-        lambda: all(ns.status.phase != "Terminating" for ns in core.list_namespace().items),
-        timeout=120,
-        what="no namespace terminating",
-    )
+    no_namespace_terminating(tandem_api)
 
     before = requests(tandem_api)
     for _ in range(3):
@@ -198,9 +205,7 @@ def test_a_canary_on_trial_and_a_refused_child_write_nothing_over_three_resync_p
         wait_until(handlers.queue().quiet, timeout=30, what="the pass's work done")
     after = requests(tandem_api)
 
-    delta = {key: after[key] - before[key] for key in after if after[key] != before[key]}
-    writes = {key: n for key, n in delta.items() if key[0] in WRITES and key[1] in TOUCHED}
-    assert writes == {}, delta
+    assert_no_writes(before, after)
     assert [e.count for e in events_for(tandem_api, namespace, "refused") if e.reason == "ChildRefused"] == [1]
     # A trial in its window and a hold both keep a recheck waiting: gone before the next test's operator starts.
     for name in ("digits", "refused"):
@@ -226,13 +231,7 @@ def test_a_deletion_the_watch_never_announced_makes_no_write(
     resources = resource_api(tandem_api)
     resources.delete_namespaced_custom_object(GROUP, VERSION, namespace, INFERENCE_SERVICE.plural, "ghost")
     wait_until(lambda: handlers._view(key) is None, timeout=30, what="the deletion seen")
-    # Namespaces other tests left being deleted make the controllers write: measure once they are gone.
-    core = k8s.CoreV1Api(tandem_api)
-    wait_until(
-        lambda: all(ns.status.phase != "Terminating" for ns in core.list_namespace().items),
-        timeout=120,
-        what="no namespace terminating",
-    )
+    no_namespace_terminating(tandem_api)
 
     before = requests(tandem_api)
     handlers._keep(key, stale)  # as if the DELETED event had been missed
@@ -243,6 +242,4 @@ def test_a_deletion_the_watch_never_announced_makes_no_write(
     wait_until(handlers.queue().quiet, timeout=30, what="nothing left to do")
     after = requests(tandem_api)
 
-    delta = {key: after[key] - before[key] for key in after if after[key] != before[key]}
-    writes = {key: n for key, n in delta.items() if key[0] in WRITES - {"DELETE"} and key[1] in TOUCHED}
-    assert writes == {}, delta
+    assert_no_writes(before, after, verbs=WRITES - {"DELETE"})  # the garbage collector's deletions aside
