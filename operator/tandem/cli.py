@@ -12,7 +12,7 @@ import click
 
 SUBCOMMANDS: dict[str, tuple[str, str, str | None]] = {
     "operator": ("tandem.operator_main", "operator_command", "operator"),
-    "crds": ("tandem.api.crdgen", "crds_command", None),
+    "crds": ("tandem.api.generate", "crds_command", None),
     "train": ("tandem.trainer.cli", "train", "train"),
     "serve": ("tandem.server.cli", "serve", "serve"),
     "profile": ("tandem.profiling.cli", "profile", "serve"),

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tandem.api.crdgen import crd, drift, generated_files, openapi_schema
+from tandem.api.crdgen import crd, openapi_schema
+from tandem.api.generate import drift, generated_files
 from tandem.api.resources import COMPUTE_POOL, INFERENCE_SERVICE, RESOURCES, TRAINING_JOB, Resource
 from tandem.api.trainingjob import TrainingJobSpec
 
