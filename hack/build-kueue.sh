@@ -13,7 +13,10 @@ OUT="$CACHE/bin/kueue-$KUEUE_VERSION"
 MODULE=sigs.k8s.io/kueue
 export GOFLAGS="${GOFLAGS:--trimpath}" CGO_ENABLED=0 GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
 
-say() { printf '[build-kueue %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SAY_AS=build-kueue
+# shellcheck source=hack/lib/common.sh
+. "$ROOT/hack/lib/common.sh"
 
 mkdir -p "$CACHE"
 # The same lock as hack/build-tools.sh: two Go builds at once only compete for the same cores and build cache.

@@ -15,7 +15,10 @@ CACHE="${TANDEM_CACHE:-$HOME/.cache/tandem}"
 OUT="$CACHE/bin/metrics-server-$METRICS_SERVER_VERSION-prometheus-$PROMETHEUS_VERSION-adapter-$ADAPTER_VERSION"
 export GOFLAGS="${GOFLAGS:--trimpath}" CGO_ENABLED=0 GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
 
-say() { printf '[build-metrics %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SAY_AS=build-metrics
+# shellcheck source=hack/lib/common.sh
+. "$ROOT/hack/lib/common.sh"
 
 build_metrics_server() {
   [ -x "$OUT/metrics-server" ] && return 0

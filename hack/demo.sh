@@ -13,8 +13,9 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-T0=$SECONDS
-say() { printf '[demo %4ss] %s\n' "$((SECONDS - T0))" "$*" >&2; }
+SAY_AS=demo SAY_T0=$SECONDS
+# shellcheck source=hack/lib/common.sh
+. "$ROOT/hack/lib/common.sh"
 
 say "python environment"
 VENV="${TANDEM_VENV:-$("$ROOT/hack/python-env.sh")}"
@@ -76,4 +77,4 @@ INSTALLED=1
 
 PYTHONPATH="$ROOT/tests:$ROOT/operator" "$VENV/bin/python" -m support.walkthrough \
   --namespace "$NAMESPACE" --requests "${TANDEM_DEMO_REQUESTS:-500}"
-say "done in $((SECONDS - T0))s"
+say "done in $((SECONDS - SAY_T0))s"

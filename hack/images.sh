@@ -27,8 +27,10 @@ ALL=(operator trainer server server-gpu)
 PACKAGES=python3,libstdc++6,libgomp1,ca-certificates,usr-is-merged
 VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$root/pyproject.toml" | head -n 1)
 
-say() { printf '[images %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { say "error: $*"; exit 1; }
+# common.sh's name for the clone; the functions hashed into image keys keep spelling it $root.
+ROOT=$root SAY_AS=images
+# shellcheck source=hack/lib/common.sh
+. "$ROOT/hack/lib/common.sh"
 
 # --- what each image is ------------------------------------------------------------------------------------
 lock_of() {

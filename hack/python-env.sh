@@ -4,11 +4,13 @@
 # multi-GB CUDA build; uv's cache keeps the wheels, so only the first run downloads them and a lock change
 # installs just the difference. Prints the environment's path on stdout; progress goes to stderr.
 set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 CACHE="${TANDEM_CACHE:-$HOME/.cache/tandem}"
 UV_VERSION=0.13.9
 venv="$CACHE/venv"
-say() { printf '[python-env %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+SAY_AS=python-env
+# shellcheck source=hack/lib/common.sh
+. "$ROOT/hack/lib/common.sh"
 # uv lives apart from the environment it manages, so syncing the environment never removes uv itself.
 uv="$CACHE/uv/bin/uv"
 if [[ "$("$uv" --version 2>/dev/null)" != "uv $UV_VERSION "* ]]; then
@@ -16,7 +18,7 @@ if [[ "$("$uv" --version 2>/dev/null)" != "uv $UV_VERSION "* ]]; then
   python3 -m venv "$CACHE/uv"
   "$CACHE/uv/bin/pip" install -q "uv==$UV_VERSION" >&2
 fi
-key=$(cat "$root/uv.lock" "$root/pyproject.toml" | sha256sum | cut -c1-12)
+key=$(cat "$ROOT/uv.lock" "$ROOT/pyproject.toml" | sha256sum | cut -c1-12)
 stamp="$key with bytecode"
 fresh=""
 if [ "$(cat "$venv/.tandem-lock" 2>/dev/null)" != "$stamp" ]; then
@@ -26,7 +28,7 @@ fi
 # --frozen: install the lock as it is, never re-resolve. The project itself is installed editable, pointing
 # at this clone (a no-op when it already does).
 UV_PROJECT_ENVIRONMENT="$venv" "$uv" sync --frozen --quiet --python "$(command -v python3)" \
-  --extra operator --extra train --extra serve --extra dev --directory "$root" >&2
+  --extra operator --extra train --extra serve --extra dev --directory "$ROOT" >&2
 # Every module's bytecode, written once per install (about 2 minutes): the operators, servers and trainers the
 # tests start then import the Kubernetes client, torch and onnxruntime from .pyc files instead of compiling them
 # again in each process, as they would where PYTHONDONTWRITEBYTECODE is set. Some packages ship files that are

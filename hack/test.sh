@@ -2,15 +2,17 @@
 # The whole check, as CI runs it: environment (cached), lint, types, CRD drift, then every test on a real
 # local control plane. Extra arguments go to pytest (e.g. `hack/test.sh tests/unit -x`).
 set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$root"
-say() { printf '\n[test %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+SAY_AS=test SAY_GAP=$'\n'
+# shellcheck source=hack/lib/common.sh
+. "$ROOT/hack/lib/common.sh"
 
 say "python environment"
 venv="$(hack/python-env.sh)"
 # The cached environment is shared by every clone on the machine and its editable install points at the last
 # clone that synced it; this tree's own sources come first, whatever another clone did since.
-export PATH="$venv/bin:$PATH" PYTHONPATH="$root/operator${PYTHONPATH:+:$PYTHONPATH}"
+export PATH="$venv/bin:$PATH" PYTHONPATH="$ROOT/operator${PYTHONPATH:+:$PYTHONPATH}"
 
 # The two cold builds overlap: the Go build is CPU-bound, the image build mostly copies and compresses files.
 say "container images, in the background (cold: Debian root filesystem and locked wheels, torch included, ~20 min)"

@@ -1,4 +1,5 @@
-# Helpers shared by the hack/ scripts that run a local cluster; sourced, never run.
+# Helpers shared by the hack/ scripts, sourced (never run) before anything else: progress lines (say, die) for
+# all of them; the state dir, components and certificates for those that run a local cluster.
 # The sourcing script sets ROOT (the repository) and SAY_AS (the tag in front of its progress lines) before,
 # and RUN_DIR (where its components' pids/ and logs/ are) after; `issue` works inside the directory holding
 # the local CA.
@@ -9,7 +10,13 @@ SERVICE_CIDR=10.0.0.0/24
 
 kc() { "$BIN/kubectl" --kubeconfig "$DIR/kubeconfig" "$@"; }
 
-say() { printf '[%s %s] %s\n' "${SAY_AS:-hack}" "$(date +%H:%M:%S)" "$*" >&2; }
+# say MESSAGE: a progress line on stderr, tagged with SAY_AS and the time of day, or with the seconds since
+# SAY_T0 where the script sets it (the demo's lines count its run); SAY_GAP, if set, goes before each line.
+say() {
+  local stamp
+  if [ -n "${SAY_T0:-}" ]; then printf -v stamp '%4ss' "$((SECONDS - SAY_T0))"; else stamp="$(date +%H:%M:%S)"; fi
+  printf '%s[%s %s] %s\n' "${SAY_GAP:-}" "${SAY_AS:-hack}" "$stamp" "$*" >&2
+}
 die() { say "error: $*"; exit 1; }
 
 # free_ports N: N TCP ports on 127.0.0.1 that nothing listens on now.
