@@ -13,7 +13,7 @@
 # nvidia.com/gpu) and real-cpu-0 (tandem.dev/pool=real-cpu). Both carry the taint
 # tandem.dev/real-node=true:NoSchedule and pool labels of their own, so that only pods meant for real
 # containers land on them; kwok's fake nodes (tandem.dev/pool=gpu|cpu) keep taking everything else. Why
-# each setting is there: docs/dev-cluster.md and ../shared/research/containers.md.
+# each setting is there: docs/dev-cluster.md (Real nodes, and its table of what the machine refuses).
 #
 # Nothing leaves the machine: pods get routes to the pod and service ranges only (no default route), the
 # bridge does not masquerade, forwarded pod traffic toward anything else is dropped, and CoreDNS has no
