@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from support import fake_kube
 from tandem import reconcile
 from tandem.api.computepool import ComputePoolSpec
 from tandem.api.inferenceservice import InferenceServiceSpec, ServedModel
@@ -24,50 +25,18 @@ from tandem.profiling import observed
 SHA = "ab" * 32
 
 
-class FakeKube:
-    """Objects by (kind, namespace, name); apply replaces, lists filter by labels."""
+class FakeKube(fake_kube.FakeKube):
+    """The shared in-memory API, holding the services of these tests (uids from service() or the test) and
+    playing the Job controller and kubelet for profile Jobs."""
 
     def __init__(self) -> None:
-        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
-        self.status: dict[str, Any] | None = None
-
-    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
-        key = (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
-        stored = {**obj, "status": self.objects.get(key, {}).get("status", {})}
-        self.objects[key] = stored
-        return stored
-
-    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.objects.get((kind, namespace, name))
-
-    read = get  # no watch stores: every read is a GET, as Kube.read without them
-
-    def list_objects(
-        self, api_version: str, kind: str, namespace: str, selector: dict[str, str]
-    ) -> list[dict[str, Any]]:
-        return [
-            obj
-            for (k, ns, _), obj in self.objects.items()
-            if k == kind and ns == namespace
-            and all((obj["metadata"].get("labels") or {}).get(key) == value for key, value in selector.items())
-        ]
-
-    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
-        self.objects.pop((kind, namespace, name), None)
-
-    def get_custom(self, resource: Any, namespace: str, name: str) -> dict[str, Any] | None:
-        """Every service of these tests exists (with the uid service() or the test gives it); no TrainingJob does."""
-        uid = {"resnet": "uid-1", "resnet-b": "uid-2"}[name] if resource.kind == "InferenceService" else None
-        return {"metadata": {"name": name, "uid": uid}} if uid else None
-
-    def patch_status(
-        self, resource: Any, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
-    ) -> dict[str, Any]:
-        self.status = status
-        return status
+        super().__init__()
+        for name, uid in (("resnet", "uid-1"), ("resnet-b", "uid-2")):
+            self.custom[("InferenceService", "ml", name)] = {"metadata": {"name": name, "uid": uid}}
 
     def jobs(self) -> list[dict[str, Any]]:
-        return [obj for (kind, _, _), obj in self.objects.items() if kind == "Job"]
+        """The stored Jobs themselves: finish() changes them in place."""
+        return [obj for (_, kind, _, _), obj in self.objects.items() if kind == "Job"]
 
     def finish(self, job: dict[str, Any], message: str, succeeded: bool = True) -> None:
         """Play the Job controller and kubelet: the Job completes and its pod reports `message`."""
@@ -84,7 +53,7 @@ class FakeKube:
                 ],
             },
         }
-        self.objects[("Pod", "ml", pod["metadata"]["name"])] = pod
+        self.objects[("v1", "Pod", "ml", pod["metadata"]["name"])] = pod
 
 
 def profile_message(p99: float, rps: float, device: str = "cpu", sha256: str = SHA) -> str:
@@ -133,10 +102,10 @@ def test_first_reconcile_starts_a_profile_per_candidate_pool_and_deploys_nothing
     five_x_pools: dict[str, Any], config: OperatorConfig
 ) -> None:
     kube = FakeKube()
-    outcome = reconcile.reconcile_serving(kube, service(), five_x_pools, config)  # type: ignore[arg-type]
+    outcome = reconcile.reconcile_serving(kube, service(), five_x_pools, config)
     jobs = by_pool(kube)
     assert set(jobs) == {"cpu", "gpu"}
-    assert not [key for key in kube.objects if key[0] == "Deployment"]
+    assert not [key for key in kube.objects if key[1] == "Deployment"]
     decided = condition(outcome.status, "PlacementDecided")
     assert (decided["status"], decided["reason"]) == ("False", "Profiling")
     assert condition(outcome.status, "ModelResolved")["status"] == "True"
@@ -159,11 +128,11 @@ def test_measured_profiles_decide_and_deploy_on_the_cheapest_pool(
     five_x_pools: dict[str, Any], config: OperatorConfig, rps: float, pool: str, replicas: int, cost: float
 ) -> None:
     kube = FakeKube()
-    reconcile.reconcile_serving(kube, service(rps), five_x_pools, config)  # type: ignore[arg-type]
+    reconcile.reconcile_serving(kube, service(rps), five_x_pools, config)
     jobs = by_pool(kube)
     kube.finish(jobs["cpu"], profile_message(4.2, 322))
     kube.finish(jobs["gpu"], profile_message(2.4, 18_000, device="cuda"))
-    outcome = reconcile.reconcile_serving(kube, service(rps), five_x_pools, config)  # type: ignore[arg-type]
+    outcome = reconcile.reconcile_serving(kube, service(rps), five_x_pools, config)
     placement = outcome.status["placement"]
     assert (placement["pool"], placement["costPerHour"]) == (pool, cost)
     assert [c["pool"] for c in placement["candidates"]] == ["cpu", "gpu"]
@@ -187,11 +156,11 @@ def test_a_gpu_pool_profiled_without_a_gpu_is_reported_not_invented(
     five_x_pools: dict[str, Any], config: OperatorConfig
 ) -> None:
     kube = FakeKube()
-    reconcile.reconcile_serving(kube, service(5_000), five_x_pools, config)  # type: ignore[arg-type]
+    reconcile.reconcile_serving(kube, service(5_000), five_x_pools, config)
     jobs = by_pool(kube)
     kube.finish(jobs["cpu"], profile_message(4.2, 322))
     kube.finish(jobs["gpu"], profile_message(4.3, 310, device="cpu"))
-    outcome = reconcile.reconcile_serving(kube, service(5_000), five_x_pools, config)  # type: ignore[arg-type]
+    outcome = reconcile.reconcile_serving(kube, service(5_000), five_x_pools, config)
     cpu, gpu = outcome.status["placement"]["candidates"]
     assert outcome.status["placement"]["pool"] == "cpu" and cpu["replicas"] == 20
     assert not gpu["measured"] and gpu["p99LatencyMs"] is None and gpu["throughputPerReplica"] is None
@@ -203,11 +172,11 @@ def test_unattainable_slo_deploys_on_the_fastest_with_a_false_condition(
 ) -> None:
     kube = FakeKube()
     body = service(50, p99=1)
-    reconcile.reconcile_serving(kube, body, five_x_pools, config)  # type: ignore[arg-type]
+    reconcile.reconcile_serving(kube, body, five_x_pools, config)
     jobs = by_pool(kube)
     kube.finish(jobs["cpu"], profile_message(4.2, 322))
     kube.finish(jobs["gpu"], profile_message(2.4, 18_000, device="cuda"))
-    outcome = reconcile.reconcile_serving(kube, body, five_x_pools, config)  # type: ignore[arg-type]
+    outcome = reconcile.reconcile_serving(kube, body, five_x_pools, config)
     decided = condition(outcome.status, "PlacementDecided")
     assert (decided["status"], decided["reason"]) == ("False", "SloUnattainable")
     assert outcome.status["placement"]["pool"] == "gpu"
@@ -221,21 +190,21 @@ def test_profiles_are_reused_across_services_and_slo_changes(
     five_x_pools: dict[str, Any], config: OperatorConfig
 ) -> None:
     kube = FakeKube()
-    reconcile.reconcile_serving(kube, service(50), five_x_pools, config)  # type: ignore[arg-type]
+    reconcile.reconcile_serving(kube, service(50), five_x_pools, config)
     jobs = by_pool(kube)
     kube.finish(jobs["cpu"], profile_message(4.2, 322))
     kube.finish(jobs["gpu"], profile_message(2.4, 18_000, device="cuda"))
-    first = reconcile.reconcile_serving(kube, service(50), five_x_pools, config)  # type: ignore[arg-type]
+    first = reconcile.reconcile_serving(kube, service(50), five_x_pools, config)
     assert first.status["placement"]["pool"] == "cpu"
     changed = service(5_000)
     changed["metadata"]["generation"] = 2
     changed["status"] = first.status
-    second = reconcile.reconcile_serving(kube, changed, five_x_pools, config)  # type: ignore[arg-type]
+    second = reconcile.reconcile_serving(kube, changed, five_x_pools, config)
     assert second.status["placement"]["pool"] == "gpu"
     assert len(kube.jobs()) == 2
     other = service(50)
     other["metadata"].update(name="resnet-b", uid="uid-2")
-    third = reconcile.reconcile_serving(kube, other, five_x_pools, config)  # type: ignore[arg-type]
+    third = reconcile.reconcile_serving(kube, other, five_x_pools, config)
     assert third.status["placement"]["pool"] == "cpu" and len(kube.jobs()) == 2
 
 
@@ -243,13 +212,13 @@ def test_a_new_model_is_profiled_while_the_old_deployment_keeps_serving(
     five_x_pools: dict[str, Any], config: OperatorConfig
 ) -> None:
     kube = FakeKube()
-    reconcile.reconcile_serving(kube, service(50), five_x_pools, config)  # type: ignore[arg-type]
+    reconcile.reconcile_serving(kube, service(50), five_x_pools, config)
     for job in kube.jobs():
         kube.finish(job, profile_message(4.2, 322, device="cuda" if "gpu" in job["metadata"]["name"] else "cpu"))
-    first = reconcile.reconcile_serving(kube, service(50), five_x_pools, config)  # type: ignore[arg-type]
+    first = reconcile.reconcile_serving(kube, service(50), five_x_pools, config)
     newer = service(50, model={"uri": "s3://models/resnet18-v2.onnx", "sha256": "cd" * 32})
     newer["status"] = first.status
-    outcome = reconcile.reconcile_serving(kube, newer, five_x_pools, config)  # type: ignore[arg-type]
+    outcome = reconcile.reconcile_serving(kube, newer, five_x_pools, config)
     assert len(kube.jobs()) == 4
     assert condition(outcome.status, "PlacementDecided")["reason"] == "Profiling"
     assert outcome.status["model"]["sha256"] == SHA  # still serving the old one
@@ -261,11 +230,11 @@ def test_a_failed_profile_excludes_its_pool_with_the_pods_words(
     five_x_pools: dict[str, Any], config: OperatorConfig
 ) -> None:
     kube = FakeKube()
-    reconcile.reconcile_serving(kube, service(50), five_x_pools, config)  # type: ignore[arg-type]
+    reconcile.reconcile_serving(kube, service(50), five_x_pools, config)
     jobs = by_pool(kube)
     kube.finish(jobs["cpu"], profile_message(4.2, 322))
     kube.finish(jobs["gpu"], json.dumps({"error": "onnxruntime cannot open the model"}), succeeded=False)
-    outcome = reconcile.reconcile_serving(kube, service(50), five_x_pools, config)  # type: ignore[arg-type]
+    outcome = reconcile.reconcile_serving(kube, service(50), five_x_pools, config)
     gpu = outcome.status["placement"]["candidates"][1]
     assert gpu["note"].endswith("failed (Done): onnxruntime cannot open the model")
 
@@ -278,13 +247,13 @@ def test_the_ledger_grows_with_replicas_requests_and_time(
     monkeypatch.setattr(reconcile, "now", lambda: clock[0])
     body = service(50)
     body["spec"]["placement"] = "cpu"
-    first = reconcile.reconcile_serving(kube, body, five_x_pools, config)  # type: ignore[arg-type]
+    first = reconcile.reconcile_serving(kube, body, five_x_pools, config)
     assert first.status["usage"]["coreSeconds"] == 0
-    kube.objects[("Deployment", "ml", "resnet")]["status"] = {"replicas": 2, "readyReplicas": 2}
-    body["status"] = reconcile.reconcile_serving(kube, body, five_x_pools, config).status  # type: ignore[arg-type]
+    kube.set_status("apps/v1", "Deployment", "resnet", {"replicas": 2, "readyReplicas": 2})
+    body["status"] = reconcile.reconcile_serving(kube, body, five_x_pools, config).status
     clock[0] += timedelta(minutes=30)
-    kube.objects[("Deployment", "ml", "resnet")]["status"] = {"replicas": 3, "readyReplicas": 3}
-    grown = reconcile.reconcile_serving(kube, body, five_x_pools, config)  # type: ignore[arg-type]
+    kube.set_status("apps/v1", "Deployment", "resnet", {"replicas": 3, "readyReplicas": 3})
+    grown = reconcile.reconcile_serving(kube, body, five_x_pools, config)
     # 2 replicas x 16 cores x 1800 s at 0.0625 per core-hour and 8 W per core.
     assert grown.status["usage"] == {
         "gpuSeconds": 0.0, "coreSeconds": 57_600.0, "estimatedCost": 1.0, "energyWh": 128.0
@@ -338,11 +307,11 @@ def test_without_an_autoscaler_the_deployment_gets_the_replicas_the_slo_needs(
 ) -> None:
     kube = FakeKube()
     body = service(1_000, replicas={"min": 1, "max": 4})
-    reconcile.reconcile_serving(kube, body, five_x_pools, config)  # type: ignore[arg-type]
+    reconcile.reconcile_serving(kube, body, five_x_pools, config)
     jobs = by_pool(kube)
     kube.finish(jobs["cpu"], profile_message(4.2, 322))
     kube.finish(jobs["gpu"], profile_message(2.4, 18_000, device="cuda"))
-    outcome = reconcile.reconcile_serving(kube, body, five_x_pools, config)  # type: ignore[arg-type]
+    outcome = reconcile.reconcile_serving(kube, body, five_x_pools, config)
     assert outcome.status["placement"]["pool"] == "cpu"
     deployment = kube.get("apps/v1", "Deployment", "ml", "resnet")
     assert deployment is not None and deployment["spec"]["replicas"] == 4
