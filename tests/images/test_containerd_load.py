@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from images.conftest import REPO, Image
-from support.cluster import wait_until
+from support.cluster import stop_process, wait_until
 
 pytestmark = pytest.mark.images
 
@@ -40,8 +39,7 @@ def containerd(tmp_path: Path) -> Iterator[Path]:
         assert process.poll() is None, (state / "log").read_text()[-3000:]
         yield socket
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
+        stop_process(process)
 
 
 def test_server_archive_loads_into_containerd_under_its_version_and_content_tags(

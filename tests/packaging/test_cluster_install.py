@@ -17,7 +17,7 @@ import pytest
 import yaml
 from pkgtools import CHART, MANIFESTS, REPO, run, set_args
 
-from support.cluster import wait_until
+from support.cluster import stop_process, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -170,11 +170,7 @@ def reconcile_with_service_account(
         for kind in ("deployment", "service", "poddisruptionbudget"):
             kubectl_json(kubectl, "get", kind, "digits", "--namespace", namespace)
     finally:
-        operator.terminate()
-        try:
-            operator.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            operator.kill()
+        stop_process(operator)
         log.close()
     text = (tmp_path / "operator.log").read_text()
     assert not rbac_denials(text), "the operator was refused:\n" + "\n".join(rbac_denials(text)[:20])
@@ -233,11 +229,7 @@ def test_leader_election_role_lets_the_operator_take_and_renew_its_lease(
         wait_until(renewed, timeout=60, what=f"Lease {elected.name} taken and renewed")
         assert operator.poll() is None, "the operator exited: " + (tmp_path / "operator.log").read_text()[-2000:]
     finally:
-        operator.terminate()
-        try:
-            operator.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            operator.kill()
+        stop_process(operator)
         log.close()
         run([helm, "uninstall", elected.name, "--namespace", elected.namespace, "--wait", "--timeout", "2m"],
             check=False)
@@ -262,8 +254,4 @@ def test_denial_detector_sees_an_operator_without_rights(
         try:
             wait_until(lambda: rbac_denials(log_path.read_text()), timeout=60, what="an RBAC denial in the log")
         finally:
-            operator.terminate()
-            try:
-                operator.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                operator.kill()
+            stop_process(operator)

@@ -19,7 +19,7 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
-from support.cluster import CLUSTER_SCRIPT, LocalCluster, pid_is_alive, port_is_open, wait_until
+from support.cluster import CLUSTER_SCRIPT, LocalCluster, pid_is_alive, port_is_open, stop_process, wait_until
 from support.tandem import REPO, body, create, ensure_pools, get, install_crds
 from tandem.api.resources import TRAINING_JOB
 
@@ -91,10 +91,5 @@ def test_operator_reconnects_after_the_apiserver_restarts(private_cluster: Local
         assert owners == ["after", "before"]
         assert operator.poll() is None, log.read_text()[-3000:]
     finally:
-        operator.terminate()
-        try:
-            operator.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            operator.kill()
-            operator.wait()
+        stop_process(operator)
         api.close()
