@@ -5,6 +5,7 @@ operator's throughput, the raw API server rate for creating the same number of J
 ratio, and the operator's resident memory at the end (and its peak). Not a test: numbers vary with the
 machine; ratios from the same run are what to compare.
 
+    export PYTHONPATH=operator:tests
     python benchmarks/operator_bench.py --count 500            # starts and stops a private cluster
     python benchmarks/operator_bench.py --kubeconfig ~/.kube/x # uses a running one
 """
@@ -30,11 +31,11 @@ from kubernetes import config as k8s_config
 from kubernetes import watch
 from prometheus_client.parser import text_string_to_metric_families
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+from support.cluster import stop_process
+from support.tandem import body, create, ensure_pools, install_crds
+from tandem.api.resources import TRAINING_JOB
 
-from support.tandem import body, create, ensure_pools, install_crds  # noqa: E402
-from tandem.api.resources import TRAINING_JOB  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 CLIENTS = 16
 WRITES = ("POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION")
@@ -285,8 +286,7 @@ def run(api: k8s.ApiClient, kubeconfig: Path, count: int) -> dict[str, Any]:
         processes_after = cpu_by_process(operator.pid)
         burst_seconds = time.perf_counter() - burst_start
     finally:
-        operator.terminate()
-        operator.wait(timeout=60)
+        stop_process(operator, grace=60)
         core.delete_namespace(tj_ns)
     return {
         "count": count,

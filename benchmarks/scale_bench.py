@@ -9,6 +9,7 @@ TrainingJobs are created suspended: their Jobs exist (phase Queued) but no worke
 operator's reconcile cost, not the scheduler's with a thousand GPU pods pending on 16 fake GPUs. Services
 run one 50m replica each on the kwok CPU nodes.
 
+    export PYTHONPATH=operator:tests
     python benchmarks/scale_bench.py                              # private cluster, started and stopped
     python benchmarks/scale_bench.py --kubeconfig /tmp/c/kubeconfig --jobs 200 --services 40
     python benchmarks/scale_bench.py --jobs 10000 --services 0 --idle 0 --restart   # catch-up after a restart
@@ -24,7 +25,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,10 +37,6 @@ from typing import Any
 
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
-from prometheus_client.parser import text_string_to_metric_families
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from operator_bench import (
     REPO,
     WRITES,
@@ -53,7 +49,9 @@ from operator_bench import (
     stop_cluster,
     wait_for_operator,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
+from support.cluster import free_port, stop_process
 from support.tandem import body, create, ensure_pools, install_crds
 from tandem.api.resources import GROUP, INFERENCE_SERVICE, TRAINING_JOB, VERSION
 
@@ -115,13 +113,6 @@ def converged(api: k8s.ApiClient, namespace: str, jobs: int, services: int) -> t
 
 RESYNC = 15
 """Seconds between the benchmarked operator's resync passes."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def start_operator(kubeconfig: Path, metrics_port: int = 0) -> subprocess.Popen[bytes]:
@@ -194,8 +185,7 @@ def catch_up(kubeconfig: Path, jobs: int, services: int) -> dict[str, float]:
         seconds = time.perf_counter() - started
         rss, hwm = memory_kib(operator.pid)
     finally:
-        operator.terminate()
-        operator.wait(timeout=60)
+        stop_process(operator, grace=60)
     return {"catch_up_seconds": seconds, "restart_rss_mib": rss / 1024, "restart_peak_mib": hwm / 1024}
 
 
@@ -267,14 +257,11 @@ def run(
         requests_after = apiserver_requests(api)
         rss, hwm = memory_kib(operator.pid)
         idle_rows = idle_window(api, ns, idle) if idle else []
-        operator.terminate()
-        operator.wait(timeout=60)
+        stop_process(operator, grace=60)
         restarted = catch_up(kubeconfig, jobs, services) if restart else {}
     finally:
         stop.set()
-        if operator.poll() is None:
-            operator.terminate()
-            operator.wait(timeout=60)
+        stop_process(operator, grace=60)
         core.delete_namespace(ns)
     count = jobs + services
     return {

@@ -14,6 +14,7 @@ Peers live in their own virtual environments (kserve and mlserver conflict) unde
 $HOME/.cache/tandem/bench-venvs, created here when missing. Needs `wrk` on PATH (apt-get install wrk) and, for
 gRPC, `ghz` on PATH or in ~/go/bin (go install github.com/bojand/ghz/cmd/ghz@v0.120.0).
 
+    export PYTHONPATH=operator:tests
     python benchmarks/serve_bench.py                      # everything, 10 s per point
     python benchmarks/serve_bench.py --servers tandem --duration 5 --variant "w1=--workers 1"
     python benchmarks/serve_bench.py --servers tandem,kserve --protocols rest,grpc --concurrency 1,8,64 \
@@ -31,7 +32,6 @@ import resource
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,6 +44,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+
+from support.cluster import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "serve.md"
@@ -147,13 +149,6 @@ class Point:
 
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # models

@@ -1,11 +1,11 @@
 """Soak: `tandem serve` under concurrent load for a few minutes, on loopback only.
 
-Starts the server on a tiny ONNX model (tests/server/server_models.py), drives it with N client threads
+Starts the server on a tiny ONNX model (tests/support/server_models.py), drives it with N client threads
 sending V2 infer requests (keep-alive connections) for --seconds, and reports requests served, errors
 (anything but 200, or a connection failure: must be 0) and the server's resident memory at the start, the
 middle and the end (flat means no leak). Not a test.
 
-    python benchmarks/server_soak.py --seconds 180 --clients 8
+    PYTHONPATH=operator:tests python benchmarks/server_soak.py --seconds 180 --clients 8
 """
 
 from __future__ import annotations
@@ -21,11 +21,8 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "server"))
-
-import server_models  # noqa: E402
-import server_procs  # noqa: E402
+from support import server_models, server_procs
+from support.cluster import stop_process
 
 BODY = json.dumps(
     {"inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6, 7, 8]}]}
@@ -102,8 +99,7 @@ def main() -> None:
             thread.join()
         alive = server.poll() is None
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop_process(server)
     total = counts["ok"] + counts["errors"]
     print(f"| soak: {args.clients} clients, {args.seconds:.0f} s | value |")
     print("|---|---|")

@@ -9,7 +9,8 @@ node's two cores) writing to its own output. A run counts as:
 Needs a running cluster with real nodes and Tandem installed, as `make demo` leaves them with --keep:
 
     hack/demo.sh --keep
-    KUBECONFIG=.tandem/cluster/kubeconfig python benchmarks/training_soak.py --runs 20 --workers 2 --workers 4
+    export PYTHONPATH=operator:tests KUBECONFIG=.tandem/cluster/kubeconfig
+    python benchmarks/training_soak.py --runs 20 --workers 2 --workers 4
 """
 
 from __future__ import annotations
@@ -17,15 +18,12 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import click
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from support.digits import MODEL_CLAIM, bound_directory, model_claim, training_spec
 from tandem.api.resources import GROUP, TRAINING_JOB, VERSION

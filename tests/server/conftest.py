@@ -10,8 +10,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import server_models
 from server_support import InProcessClient, make_client
+
+from support import server_models
 
 
 @pytest.fixture(scope="session")

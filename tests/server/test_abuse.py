@@ -36,9 +36,9 @@ import grpc
 import numpy as np
 import orjson
 import pytest
-import server_models
-import server_procs as servers
 
+from support import server_models
+from support import server_procs as servers
 from tandem.server import proto
 from tandem.server.budget import JSON_EXPANSION, SMALL
 

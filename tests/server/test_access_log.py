@@ -16,8 +16,8 @@ from pathlib import Path
 import grpc
 import orjson
 import pytest
-import server_procs as servers
 
+from support import server_procs as servers
 from tandem.server import proto
 from tandem.server.dataplane import DataPlane
 from tandem.server.grpcserver import GrpcFront

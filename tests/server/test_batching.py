@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-from server_models import LOOKUP_TABLE, linear_expected
 
+from support.server_models import LOOKUP_TABLE, linear_expected
 from tandem.server.batching import Batcher
 from tandem.server.dataplane import DataPlane
 from tandem.server.errors import InferenceFailed

@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-import server_models
-import server_procs as servers
-from server_models import IDENTITY_TYPES, linear_expected
 
+from support import server_models
+from support import server_procs as servers
 from support.cluster import free_port
+from support.server_models import IDENTITY_TYPES, linear_expected
 
 grpc = pytest.importorskip("grpc")
 tritongrpc = pytest.importorskip("tritonclient.grpc")

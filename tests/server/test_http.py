@@ -8,7 +8,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-import server_procs as servers
+
+from support import server_procs as servers
 
 BODY = orjson.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]})
 

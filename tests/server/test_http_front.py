@@ -16,9 +16,9 @@ from pathlib import Path
 
 import orjson
 import pytest
-import server_procs as servers
 from server_support import InProcessClient
 
+from support import server_procs as servers
 from tandem.server.config import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_URL_BYTES
 from tandem.server.dataplane import DataPlane
 from tandem.server.httpserver import HttpServer, Request, Response

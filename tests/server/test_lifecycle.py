@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 import orjson
-import server_procs as servers
+
+from support import server_procs as servers
 
 
 def test_sha256_mismatch_is_refused_with_a_clear_log_and_exit_1(model_dir: Path) -> None:

@@ -14,9 +14,9 @@ from typing import Any
 import grpc
 import orjson
 import pytest
-import server_models
 from server_support import InProcessClient, make_client
 
+from support import server_models
 from tandem.server import proto
 from tandem.server.dataplane import DataPlane
 from tandem.server.grpcserver import GrpcFront

@@ -452,7 +452,7 @@ def test_tandem_serve_takes_its_budget_from_the_flag_and_publishes_what_it_holds
     import urllib.error
     import urllib.request
 
-    import server_procs
+    from support import server_procs
 
     budget = 8 * MiB
     metrics_port = server_procs.free_port()

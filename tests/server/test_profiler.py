@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from server_procs import serving
 
 from support.cluster import free_port
+from support.server_procs import serving
 from tandem.cli import main
 from tandem.profiling import load
 from tandem.profiling.result import ProfileFailure, ProfileResult

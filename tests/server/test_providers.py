@@ -10,9 +10,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import server_procs as servers
 from click.testing import CliRunner
 
+from support import server_procs as servers
 from tandem.server import providers
 from tandem.server.model import OnnxModel, SessionSettings
 from tandem.server.providers import CPU, CUDA, TENSORRT, ExecutionProvider, plan_providers

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-from server_models import linear_expected
 from server_support import InProcessClient, make_client
 
 from support.models import failing_on_nonzero_model
+from support.server_models import linear_expected
 from tandem.server import datatypes
 
 ROWS = np.array([[1.0, 2.0, 3.0, 4.0], [0.5, -1.0, 0.0, 2.0]], dtype=np.float32)

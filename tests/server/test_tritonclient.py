@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import server_procs as servers
-from server_models import linear_expected
+
+from support import server_procs as servers
+from support.server_models import linear_expected
 
 tritonhttp = pytest.importorskip("tritonclient.http")
 
