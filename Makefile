@@ -1,10 +1,10 @@
 # Entry points; each is a script under hack/ that prints its progress.
-.PHONY: demo test unit lint crds cluster-up cluster-down bench
+.PHONY: demo test unit lint crds manifests cluster-up cluster-down bench
 
 demo:            ## Build or reuse the local cluster, install Tandem, train and serve the digits example.
 	hack/demo.sh
 
-test:            ## Everything CI runs: lint, types, CRD drift, unit, integration and end-to-end tests.
+test:            ## Everything CI runs: lint, types, CRD and manifest drift, unit, integration and end-to-end tests.
 	hack/test.sh
 
 unit:            ## Fast tests only: no cluster.
@@ -15,6 +15,9 @@ lint:
 
 crds:            ## Regenerate the CRDs from the API models.
 	tandem crds
+
+manifests:       ## Regenerate manifests/operator from the Helm chart.
+	hack/manifests.sh
 
 cluster-up:
 	hack/cluster.sh up

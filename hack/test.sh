@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole check, as CI runs it: environment (cached), lint, types, CRD drift, then every test on a real
-# local control plane. Extra arguments go to pytest (e.g. `hack/test.sh tests/unit -x`).
+# The whole check, as CI runs it: environment (cached), lint, types, drift of the generated CRDs and operator
+# manifests, then every test on a real local control plane. Extra arguments go to pytest (e.g.
+# `hack/test.sh tests/unit -x`).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -40,6 +41,8 @@ say "mypy"
 mypy
 say "CRDs match the models"
 tandem crds --check
+say "manifests/operator matches the chart"
+hack/manifests.sh --check
 
 say "pytest"
 exec pytest "${@:-tests}"

@@ -1,7 +1,9 @@
-"""manifests/ and examples/: kustomize renders a complete install; samples are valid resources."""
+"""manifests/ and examples/: the operator base is the chart's render, kustomize renders a complete install,
+samples are valid resources."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,11 @@ def test_example_overlay_renders_with_its_image_replicas_and_lease_role(kubectl:
     assert env["TANDEM_NAMESPACES"] == "team-a,team-b"
     assert env["POD_NAME"] is None  # still the downward API entry of the base
     assert len(find(objects, "Role", "tandem-leader-election")) == 1
+
+
+def test_operator_base_is_what_hack_manifests_renders_from_the_chart(helm: Path) -> None:
+    """A chart change without `hack/manifests.sh` fails here, as a model change without `tandem crds` fails."""
+    run([REPO / "hack" / "manifests.sh", "--check"], env={**os.environ, "TANDEM_BIN_DIR": str(helm.parent)})
 
 
 def test_kustomize_operator_container_matches_the_chart(helm: Path) -> None:
