@@ -31,7 +31,6 @@ import re
 import resource
 import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -45,7 +44,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from support.cluster import free_port
+from support.cluster import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "serve.md"
@@ -355,13 +354,7 @@ def running(launch: Launch, name: str, logfile: Path) -> Iterator[tuple[str, int
                 time.sleep(0.3)
             yield base, process.pid
         finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
+            stop_process(process, grace=20, group=True)
 
 
 def check_answer(url: str, body: bytes) -> None:

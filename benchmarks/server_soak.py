@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -67,20 +65,8 @@ def main() -> None:
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="tandem-soak-"))
     model = server_models.linear_model(folder / "linear.onnx")
-    port = server_procs.free_port()
-    env = {
-        **os.environ,
-        "TANDEM_MODEL_NAME": "linear",
-        "TANDEM_MODEL_URI": model.as_uri(),
-        "TANDEM_HTTP_PORT": str(port),
-        "TANDEM_METRICS_PORT": str(server_procs.free_port()),
-        "TANDEM_HOST": "127.0.0.1",
-        "TANDEM_THREADS": "1",
-    }
     with (folder / "server.log").open("wb") as log:  # a file, not a pipe: an unread pipe blocks the server
-        server = subprocess.Popen(
-            [sys.executable, "-m", "tandem", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
+        server, port = server_procs.start(model, output=log)
     try:
         server_procs.wait_ready(server, port)
         counts = {"ok": 0, "errors": 0}

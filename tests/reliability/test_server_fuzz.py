@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,20 +29,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, int]
     """`tandem serve` with its log in a file: a pipe nobody reads fills up and blocks the server."""
     folder = tmp_path_factory.mktemp("fuzz")
     model = server_models.linear_model(folder / "linear.onnx")
-    port = server_procs.free_port()
-    env = {
-        **os.environ,
-        "TANDEM_MODEL_NAME": "linear",
-        "TANDEM_MODEL_URI": model.as_uri(),
-        "TANDEM_HTTP_PORT": str(port),
-        "TANDEM_METRICS_PORT": str(server_procs.free_port()),
-        "TANDEM_HOST": "127.0.0.1",
-        "TANDEM_THREADS": "1",
-    }
     with (folder / "server.log").open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tandem", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
+        process, port = server_procs.start(model, output=log)
         try:
             server_procs.wait_ready(process, port)
             yield process, port

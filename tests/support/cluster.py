@@ -51,15 +51,22 @@ def wait_until(
         time.sleep(interval)
 
 
-def stop_process(proc: subprocess.Popen[str] | subprocess.Popen[bytes], grace: float = 30.0) -> None:
-    """SIGTERM, as a kubelet would, then SIGKILL after `grace` seconds; a process already gone is left alone."""
+def stop_process(
+    proc: subprocess.Popen[str] | subprocess.Popen[bytes], grace: float = 30.0, group: bool = False
+) -> None:
+    """SIGTERM, as a kubelet would, then SIGKILL after `grace` seconds; a process already gone is left alone.
+
+    With `group`, both signals go to the process group of a process started in a session of its own
+    (start_new_session), so that the workers a server forks stop with it.
+    """
     if proc.poll() is not None:
         return
-    proc.terminate()
+    send = (lambda sig: os.killpg(proc.pid, sig)) if group else proc.send_signal
+    send(signal.SIGTERM)
     try:
         proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        send(signal.SIGKILL)
         proc.wait()
 
 
