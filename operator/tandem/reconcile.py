@@ -230,6 +230,17 @@ def _meta(body: Mapping[str, Any]) -> tuple[str, str, str, int]:
     return meta.get("namespace", ""), meta["name"], meta["uid"], int(meta.get("generation") or 1)
 
 
+def _own_job(kube: Kube, namespace: str, job_name: str | None, uid: str) -> dict[str, Any] | None:
+    """The Job status names, if this object (by uid) made it.
+
+    Status names a run before its Job exists, and a run's name is deterministic: a TrainingJob deleted and made
+    again finds the earlier object's Job under that name until the garbage collector has removed it. That Job
+    is never read as this object's run (its phase, its workers' reports) nor adopted: create_or_adopt deletes it.
+    """
+    job = kube.read("batch/v1", "Job", namespace, job_name) if job_name else None
+    return job if job is not None and controlled_by(job, uid) else None
+
+
 def _made_for(job: dict[str, Any] | None, spec_hash: str) -> bool:
     """Whether a Job was made for the spec with this hash."""
     annotations = ((job or {}).get("metadata") or {}).get("annotations") or {}
@@ -312,7 +323,7 @@ def reconcile_training(
         return _unplaced_training(kube, body, previous, spec, generation, problem)
     pool = parsed_pools[pool_name]
     spec_hash = run_spec_hash(spec)
-    recorded = kube.read("batch/v1", "Job", namespace, previous.job_name) if previous.job_name else None
+    recorded = _own_job(kube, namespace, previous.job_name, uid)
     job = recorded if _made_for(recorded, spec_hash) else None
     run_generation = _run_generation(job) if job is not None else generation
     run = training_build.TrainingRun(name=name, namespace=namespace, uid=uid, generation=run_generation, spec=spec)
@@ -420,7 +431,7 @@ def _unplaced_training(
     """A run whose pool cannot be resolved (deleted, renamed): its Job, if one runs or finished, is still
     observed and its result recorded, with PoolResolved False saying why no new run can start."""
     namespace, name, uid, _ = _meta(body)
-    job = kube.read("batch/v1", "Job", namespace, previous.job_name) if previous.job_name else None
+    job = _own_job(kube, namespace, previous.job_name, uid)
     if job is None or previous.phase in (TrainingPhase.SUCCEEDED, TrainingPhase.FAILED):
         return _training_problem(kube, body, previous, generation, problem)
     run_generation = _run_generation(job)

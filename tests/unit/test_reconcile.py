@@ -119,6 +119,26 @@ def test_a_job_left_by_an_earlier_object_of_the_same_name_is_replaced_not_adopte
     assert job["metadata"]["ownerReferences"][0]["uid"] == "uid-digits"
 
 
+def test_the_earlier_objects_job_still_being_collected_is_never_read_as_this_run(
+    kube: FakeKube, loop: TrainingLoop
+) -> None:
+    """The new object's status already names the run; the old Job under that name is not its run until it is gone."""
+    loop.reconcile()
+    key = ("batch/v1", "Job", "ml", "digits-g1")
+    old = kube.objects[key]
+    old["metadata"]["ownerReferences"] = [{"apiVersion": "tandem.dev/v1alpha1", "kind": "TrainingJob",
+                                           "name": "digits", "uid": "uid-gone", "controller": True}]
+    kube.add_pod("digits-g1", "Succeeded", message=json.dumps(ARTIFACT), seconds=30)
+    kube.set_status("batch/v1", "Job", "digits-g1", {"succeeded": 1, "conditions": [COMPLETE]})
+    loop.body["status"] = {"jobName": "digits-g1", "phase": "Pending"}
+    written = len(kube.writes("patch_status"))
+    with pytest.raises(ApiException) as refused:
+        loop.reconcile()
+    assert refused.value.status == 409
+    assert ("delete", "Job", "digits-g1") in kube.calls
+    assert len(kube.writes("patch_status")) == written  # nothing of the old run recorded
+
+
 def test_a_job_of_the_runs_name_that_no_trainingjob_made_is_refused_and_never_touched(
     kube: FakeKube, loop: TrainingLoop
 ) -> None:
