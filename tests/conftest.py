@@ -25,7 +25,7 @@ from support.cluster import (
     running,
     wait_until,
 )
-from support.tandem import ensure_pools, install_crds
+from support.tandem import HANDLERS, ensure_pools, install_crds
 
 
 def _wants_cluster(items: list[pytest.Item]) -> bool:
@@ -102,7 +102,7 @@ def operator(tandem_api: k8s.ApiClient, monkeypatch: pytest.MonkeyPatch) -> Iter
     `.output` holds everything the operator logged, for tests that read it.
     """
     monkeypatch.setenv("TANDEM_RESYNC_SECONDS", "3")
-    with KopfRunner(["run", "--all-namespaces", "--standalone", "-m", "tandem.handlers"], timeout=60) as runner:
+    with KopfRunner(["run", "--all-namespaces", "--standalone", "-m", HANDLERS], timeout=60) as runner:
         yield runner
     assert runner.exception is None, runner.output[-4000:]
     assert runner.exit_code == 0, runner.output[-4000:]

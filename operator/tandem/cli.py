@@ -11,7 +11,7 @@ import importlib
 import click
 
 SUBCOMMANDS: dict[str, tuple[str, str, str | None]] = {
-    "operator": ("tandem.operator_main", "operator_command", "operator"),
+    "operator": ("tandem.controller.main", "operator_command", "operator"),
     "crds": ("tandem.api.generate", "crds_command", None),
     "train": ("tandem.trainer.cli", "train", "train"),
     "serve": ("tandem.server.cli", "serve", "serve"),

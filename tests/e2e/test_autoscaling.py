@@ -25,7 +25,7 @@ from support.digits import CPU_POOL
 from support.models import tiny_model
 from support.tandem import body, condition, create, wait_for
 from tandem.api.resources import INFERENCE_SERVICE
-from tandem.build.serving import REQUESTS_IN_FLIGHT_METRIC, REQUESTS_PER_SECOND_METRIC
+from tandem.render.serving import REQUESTS_IN_FLIGHT_METRIC, REQUESTS_PER_SECOND_METRIC
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.timeout(600)]
 

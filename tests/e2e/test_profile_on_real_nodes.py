@@ -1,8 +1,8 @@
 """Profile Jobs for real: the replica's server and `tandem profile` run in real containers on the real nodes.
 
-The operator's own profile Job (tandem.build.profiling) for ONNX models on the shared volume runs on real-cpu
+The operator's own profile Job (tandem.render.profiling) for ONNX models on the shared volume runs on real-cpu
 and real-gpu (the server as a native sidecar, in the CPU or the GPU server image); the operator's reader
-(tandem.profiling.observed) takes the figures from the containers' termination messages. This machine has no
+(tandem.decide.observed) takes the figures from the containers' termination messages. This machine has no
 GPU: the real-gpu server fell back to the CPU, the profile says so, and the decision's candidate for that
 pool is excluded with that note instead of being priced as GPU figures. Then the profile's prediction is
 held against real replicas under load. (The full auto flow is in tests/integration/test_auto_placement.py on kwok,
@@ -28,12 +28,13 @@ from support.tandem import body, create, wait_for
 from tandem.api.computepool import ComputePoolSpec
 from tandem.api.inferenceservice import InferenceServiceSpec, ServedModel, Slo
 from tandem.api.resources import INFERENCE_SERVICE
-from tandem.build import profiling as profiling_build
 from tandem.config import OperatorConfig
-from tandem.costing import decide, replica_rates
-from tandem.placement import pod_placement
-from tandem.profiling import load, observed
+from tandem.decide import observed
+from tandem.decide.costing import decide, replica_rates
+from tandem.decide.placement import pod_placement
+from tandem.profiling import load
 from tandem.profiling.measure import sample_request
+from tandem.render import profiling as profiling_build
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.timeout(400)]
 

@@ -23,9 +23,9 @@ from support.tandem import CPU_POOL, GPU_POOL, body, condition, create, events_f
 from tandem.api.computepool import ComputePoolSpec
 from tandem.api.inferenceservice import InferenceServiceSpec, ServedModel
 from tandem.api.resources import INFERENCE_SERVICE
-from tandem.build import profiling as profiling_build
 from tandem.config import OperatorConfig
-from tandem.placement import pod_placement
+from tandem.decide.placement import pod_placement
+from tandem.render import profiling as profiling_build
 
 pytestmark = pytest.mark.cluster
 

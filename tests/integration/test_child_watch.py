@@ -18,10 +18,10 @@ import pytest
 from kubernetes import client as k8s
 
 from support.cluster import wait_until
-from tandem.children import ChildWatch
-from tandem.exclusive import Key
-from tandem.kube import Kube, api_client
-from tandem.own_writes import OwnWrites
+from tandem.controller.children import ChildWatch
+from tandem.controller.exclusive import Key
+from tandem.controller.kube import Kube, api_client
+from tandem.controller.own_writes import OwnWrites
 
 pytestmark = pytest.mark.cluster
 

@@ -23,14 +23,14 @@ from kubernetes.client.exceptions import ApiException
 
 from support.cluster import wait_until
 from support.tandem import body, create, get, patch_spec
-from tandem import handlers
 from tandem.api.resources import TRAINING_JOB
 from tandem.config import OperatorConfig
-from tandem.events import EventRecorder
-from tandem.exclusive import Exclusive
-from tandem.kube import Kube
-from tandem.reconcile import Outcome
-from tandem.workqueue import WorkQueue
+from tandem.controller import handlers
+from tandem.controller.events import EventRecorder
+from tandem.controller.exclusive import Exclusive
+from tandem.controller.kube import Kube
+from tandem.controller.reconcile import Outcome
+from tandem.controller.workqueue import WorkQueue
 
 pytestmark = pytest.mark.cluster
 

@@ -15,8 +15,8 @@ from kubernetes import client as k8s
 from support.cluster import wait_until
 from support.tandem import body, create, events_for, resource_api
 from tandem.api.resources import COMPUTE_POOL, GROUP, TRAINING_JOB, VERSION
-from tandem.events import EventRecorder
-from tandem.kube import Kube
+from tandem.controller.events import EventRecorder
+from tandem.controller.kube import Kube
 
 pytestmark = pytest.mark.cluster
 

@@ -23,6 +23,7 @@ from integration.test_operator import SHA_1, phase_is
 from support.apiserver import requests
 from support.cluster import wait_until
 from support.tandem import (
+    HANDLERS,
     artifact_message,
     body,
     condition,
@@ -33,8 +34,8 @@ from support.tandem import (
     resource_api,
     wait_for,
 )
-from tandem import handlers
 from tandem.api.resources import GROUP, INFERENCE_SERVICE, TRAINING_JOB, VERSION
+from tandem.controller import handlers
 
 pytestmark = pytest.mark.cluster
 
@@ -78,7 +79,7 @@ def scoped_operator(tandem_api: k8s.ApiClient, namespace: str, monkeypatch: pyte
     measured window."""
     monkeypatch.setenv("TANDEM_RESYNC_SECONDS", "3")
     monkeypatch.setenv("TANDEM_NAMESPACES", namespace)
-    with KopfRunner(["run", "--namespace", namespace, "--standalone", "-m", "tandem.handlers"], timeout=60) as runner:
+    with KopfRunner(["run", "--namespace", namespace, "--standalone", "-m", HANDLERS], timeout=60) as runner:
         yield runner
     assert runner.exception is None, runner.output[-4000:]
     assert runner.exit_code == 0, runner.output[-4000:]

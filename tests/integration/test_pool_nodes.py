@@ -14,9 +14,9 @@ from kubernetes import client as k8s
 
 from support.apiserver import requests
 from support.cluster import wait_until
-from support.tandem import body, create, get, reconciles, resource_api
-from tandem import handlers
+from support.tandem import HANDLERS, body, create, get, reconciles, resource_api
 from tandem.api.resources import COMPUTE_POOL, GROUP, INFERENCE_SERVICE, VERSION
+from tandem.controller import handlers
 
 pytestmark = pytest.mark.cluster
 
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.cluster
 def hour_resync_operator(tandem_api: k8s.ApiClient, monkeypatch: pytest.MonkeyPatch) -> Iterator[KopfRunner]:
     """The operator with an hour between resync passes: within a test only watch events can move a pool."""
     monkeypatch.setenv("TANDEM_RESYNC_SECONDS", "3600")
-    with KopfRunner(["run", "--all-namespaces", "--standalone", "-m", "tandem.handlers"], timeout=60) as runner:
+    with KopfRunner(["run", "--all-namespaces", "--standalone", "-m", HANDLERS], timeout=60) as runner:
         yield runner
     assert runner.exception is None, runner.output[-4000:]
     assert runner.exit_code == 0, runner.output[-4000:]

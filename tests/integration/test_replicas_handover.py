@@ -18,7 +18,7 @@ from kubernetes import watch
 from support.cluster import wait_until
 from support.tandem import body, create, patch_spec, wait_for
 from tandem.api.resources import INFERENCE_SERVICE
-from tandem.reconcile import CHILDREN_HASH_ANNOTATION
+from tandem.controller.reconcile import CHILDREN_HASH_ANNOTATION
 
 pytestmark = pytest.mark.cluster
 

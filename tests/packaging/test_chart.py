@@ -149,7 +149,7 @@ def test_watch_namespaces_become_roles_and_a_cluster_role_for_cluster_scoped_obj
     resources = {res for rule in cluster_role["rules"] for res in rule["resources"]}
     assert resources == {
         "computepools", "computepools/status", "nodes", "pods", "customresourcedefinitions", "namespaces"
-    }  # pods: listed cluster-wide for pool room (tandem.gang)
+    }  # pods: listed cluster-wide for pool room (tandem.decide.gang)
 
 
 def test_default_pools_are_gpu_for_training_and_cpu_for_serving(helm: Path) -> None:
@@ -181,10 +181,10 @@ def test_service_monitor_scrapes_the_metrics_service(helm: Path) -> None:
 
 def test_server_pod_monitor_scrapes_the_metrics_port_of_serving_pods_and_not_of_profile_jobs(helm: Path) -> None:
     from tandem.api.computepool import ComputePoolSpec
-    from tandem.api.inferenceservice import InferenceServiceSpec, ServedModel
-    from tandem.build.serving import Serving, deployment
+    from tandem.api.inferenceservice import InferenceServiceSpec, Replicas, ServedModel
     from tandem.config import OperatorConfig
-    from tandem.placement import pod_placement
+    from tandem.decide.placement import pod_placement
+    from tandem.render.serving import Serving, deployment
 
     (monitor,) = find(render(helm, OPTION_SETS["server-pod-monitor"]), "PodMonitor")
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
@@ -193,6 +193,7 @@ def test_server_pod_monitor_scrapes_the_metrics_port_of_serving_pods_and_not_of_
     serving = Serving(
         name="digits", namespace="ml", uid="u", spec=InferenceServiceSpec.model_validate({"model": {"uri": "s3://m"}}),
         model=ServedModel(uri="s3://m"), placement=pod_placement("cpu", pool), pool=pool, accelerators=0,
+        replicas=Replicas(),
     )
     template = deployment(serving, OperatorConfig())["spec"]["template"]
     labels = template["metadata"]["labels"]

@@ -24,7 +24,7 @@ CLUSTER_SCOPED: set[Rule] = (
 )
 """ComputePools, read, and their status, written (by merge patch: never `update`, and no `patch` of the pool
 itself, since kopf's event handlers keep no state on the object); nodes and the pods on them for pool
-capacity (a gang waits until all its workers fit, tandem.gang); CRDs and namespaces, which kopf lists and
+capacity (a gang waits until all its workers fit, tandem.decide.gang); CRDs and namespaces, which kopf lists and
 watches (namespaces only in a namespaced install). Each verb is one the operator was seen using in the API
 server's audit log, or one tests/e2e/test_rbac_audit.py names with when it is used."""
 
@@ -49,7 +49,7 @@ NAMESPACED: set[Rule] = (
 OwnerReferencesPermissionEnforcement asks of whoever sets blockOwnerDeletion on a child (the operator adds
 no finalizer); children the operator applies (server-side apply is PATCH), reads and deletes (pods are
 listed cluster-wide, CLUSTER_SCOPED);
-Kueue's Workloads of queued runs, read for the status and deactivated while suspended (tandem.queueing);
+Kueue's Workloads of queued runs, read for the status and deactivated while suspended (tandem.controller.queueing);
 the ServiceAccount a run names, looked up before its Job is made (never its token: serviceaccounts/token)."""
 
 LEASE: set[Rule] = {
@@ -111,8 +111,8 @@ def test_kustomize_base_grants_the_same_rules_as_the_chart(helm: Path) -> None:
 
 
 def test_every_kind_the_operator_client_knows_is_granted(helm: Path) -> None:
-    """A kind added to tandem.kube without a matching rule here fails this test, not a real cluster."""
-    from tandem.kube import _PATHS
+    """A kind added to tandem.controller.kube without a matching rule here fails this test, not a real cluster."""
+    from tandem.controller.kube import _PATHS
 
     granted = rbac_rules(render(helm))["cluster"]
     for prefix, plural in _PATHS.values():

@@ -25,10 +25,10 @@ from kubernetes.client.exceptions import ApiException
 
 from support.cluster import stop_process, wait_until
 from support.tandem import REPO, artifact_message, body, create, get
-from tandem import backoff, handlers
 from tandem.api.resources import INFERENCE_SERVICE, TRAINING_JOB
-from tandem.kube import Kube
-from tandem.reconcile import Outcome
+from tandem.controller import backoff, handlers
+from tandem.controller.kube import Kube
+from tandem.controller.reconcile import Outcome
 
 pytestmark = pytest.mark.cluster
 

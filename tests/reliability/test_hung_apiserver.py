@@ -25,11 +25,11 @@ from kubernetes import config as k8s_config
 
 from reliability.blackhole import Blackhole, api_server, kubeconfig_through
 from support.cluster import wait_until
-from tandem import handlers
 from tandem.api.resources import TRAINING_JOB
 from tandem.config import OperatorConfig
-from tandem.kube import TIMEOUT, Kube, api_client
-from tandem.leader import Leadership
+from tandem.controller import handlers
+from tandem.controller.kube import TIMEOUT, Kube, api_client
+from tandem.controller.leader import Leadership
 
 DEADLINE = sum(TIMEOUT) + 2.0
 """The longest one call may take (connect + read timeouts), plus scheduling slack on a loaded machine."""
@@ -69,7 +69,7 @@ def test_a_resync_pass_against_a_hung_api_server_ends_and_the_loop_survives(
 
     stop = threading.Event()
     loop = threading.Thread(target=handlers.resync_forever, args=(stop, 0.1))
-    with caplog.at_level(logging.WARNING, logger="tandem.handlers"):
+    with caplog.at_level(logging.WARNING, logger="tandem.controller.handlers"):
         loop.start()
         wait_until(
             lambda: sum("API server unavailable" in r.message for r in caplog.records) >= 2,
@@ -159,7 +159,7 @@ def test_a_renewal_that_fails_once_does_not_end_leadership(
     campaigns: list[Leadership],
 ) -> None:
     proxy, through_proxy = cut_off
-    with caplog.at_level(logging.WARNING, logger="tandem.leader"):
+    with caplog.at_level(logging.WARNING, logger="tandem.controller.leader"):
         # A call caught by the hang costs up to a whole read timeout (3 s) before the retry: a renew deadline
         # of 10 s leaves room for that, as the operator's default does.
         leader = _lead(campaigns, "only", namespace, through_proxy, lease=20, renew=10.0)

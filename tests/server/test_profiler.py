@@ -16,9 +16,9 @@ from click.testing import CliRunner
 
 from support.cluster import free_port
 from support.server_procs import serving
+from tandem.api.profile import ProfileFailure, ProfileResult
 from tandem.cli import main
 from tandem.profiling import load
-from tandem.profiling.result import ProfileFailure, ProfileResult
 
 FAST = ["--latency-seconds", "0.3", "--throughput-seconds", "0.5"]
 

@@ -1,4 +1,4 @@
-"""An in-memory stand-in for `tandem.kube.Kube`, for unit tests of reconcile: what it stores, it answers.
+"""An in-memory stand-in for `tandem.controller.kube.Kube`, for unit tests of reconcile: what it stores, it answers.
 
 It does as much of the API server as the reconciles rely on (server-side apply's ownership of spec.replicas,
 409 on a create that exists, 422 for a kind marked invalid, label-selected lists, owner-driven garbage
@@ -14,7 +14,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from tandem.api.resources import Resource
-from tandem.kube import FIELD_MANAGER, Kube
+from tandem.controller.kube import FIELD_MANAGER, Kube
 
 Key = tuple[str, str, str, str]
 

@@ -16,6 +16,8 @@ from support.cluster import wait_until
 from tandem.api.resources import COMPUTE_POOL, GROUP, VERSION, Resource
 
 REPO = Path(__file__).resolve().parents[2]
+HANDLERS = "tandem.controller.handlers"
+"""The module kopf runs as the operator (`kopf run -m`), as `tandem operator` does."""
 
 GPU_POOL: dict[str, Any] = {
     "nodeSelector": {"tandem.dev/pool": "gpu"},

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from trainer_support import SMALL_RUN, read_termination, run_trainer_process, trainer_command, trainer_env
 
-from tandem.build.training import EXIT_STOPPED as POLICY_IGNORES
+from tandem.render.training import EXIT_STOPPED as POLICY_IGNORES
 from tandem.trainer.checkpoint import POINTER_FILE
 from tandem.trainer.failures import EXIT_STOPPED
 

@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 
 from support import fake_kube
-from tandem import reconcile
 from tandem.api.computepool import ComputePoolSpec
 from tandem.api.inferenceservice import InferenceServiceSpec, ServedModel
-from tandem.build import profiling as profiling_build
 from tandem.config import OperatorConfig
-from tandem.placement import pod_placement
-from tandem.profiling import observed
+from tandem.controller import reconcile
+from tandem.decide import observed
+from tandem.decide.placement import pod_placement
+from tandem.render import profiling as profiling_build
 
 SHA = "ab" * 32
 

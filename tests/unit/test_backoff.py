@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tandem.backoff import delay, retry_after
+from tandem.controller.backoff import delay, retry_after
 
 
 def test_the_ceiling_doubles_with_each_attempt() -> None:

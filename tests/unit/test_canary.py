@@ -6,10 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tandem import canary
 from tandem.api.inferenceservice import CanaryStatus, RejectedModel, Rollout, ServedModel
-from tandem.canary import CanaryMetrics, CanaryObservation
-from tandem.canary_metrics import parse, quantile
+from tandem.controller.canary_metrics import parse, quantile
+from tandem.decide import canary
+from tandem.decide.canary import CanaryMetrics, CanaryObservation
 from tandem.errors import Problem
 from tandem.server.metrics import ServerMetrics
 

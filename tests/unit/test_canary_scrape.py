@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tandem import canary_metrics
-from tandem.canary import CanaryMetrics
-from tandem.canary_metrics import MAX_RESPONSE_BYTES, ScrapeFailure, Scraper, parse, scrape
+from tandem.controller import canary_metrics
+from tandem.controller.canary_metrics import MAX_RESPONSE_BYTES, ScrapeFailure, Scraper, parse, scrape
+from tandem.decide.canary import CanaryMetrics
 from tandem.server.metrics import ServerMetrics
 
 Answer = Callable[[socket.socket, threading.Event], None]

@@ -17,7 +17,7 @@ import pytest
 from tandem.api.common import Usage
 from tandem.api.computepool import ComputePoolSpec
 from tandem.api.inferenceservice import PlacementStatus, Slo
-from tandem.costing import (
+from tandem.decide.costing import (
     PLANNING_UTILISATION,
     Candidate,
     NoCandidate,

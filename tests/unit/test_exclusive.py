@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from tandem.exclusive import Exclusive
+from tandem.controller.exclusive import Exclusive
 
 KEY = ("TrainingJob", "ml", "digits")
 

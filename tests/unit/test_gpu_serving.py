@@ -10,9 +10,9 @@ from typing import Any
 
 from tandem.api.computepool import ComputePoolSpec
 from tandem.api.inferenceservice import InferenceServiceSpec, ServedModel
-from tandem.build.serving import GPU_MAX_BATCH_SIZE, Serving, deployment
 from tandem.config import OperatorConfig
-from tandem.placement import pod_placement, serving_accelerators
+from tandem.decide.placement import pod_placement, serving_accelerators
+from tandem.render.serving import GPU_MAX_BATCH_SIZE, Serving, deployment
 
 
 def replica(body: dict[str, Any], pools: dict[str, ComputePoolSpec], pool: str, **fields: Any) -> dict[str, Any]:
@@ -20,7 +20,7 @@ def replica(body: dict[str, Any], pools: dict[str, ComputePoolSpec], pool: str, 
     serving = Serving(
         name="digits", namespace="ml", uid="uid", spec=spec, model=ServedModel(uri="s3://m/model.onnx"),
         placement=pod_placement(pool, pools[pool]), pool=pools[pool],
-        accelerators=serving_accelerators(spec, pools[pool]),
+        accelerators=serving_accelerators(spec, pools[pool]), replicas=spec.replicas,
     )
     pod: dict[str, Any] = deployment(serving, OperatorConfig(server_image="cpu:1", server_gpu_image="gpu:1"))[
         "spec"

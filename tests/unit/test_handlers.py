@@ -1,4 +1,5 @@
-"""The one reconcile path of tandem.handlers, without kopf running: what it keeps of an object, when it holds one."""
+"""The one reconcile path of the operator's handlers, without kopf running: what it keeps of an object, when it holds
+one."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from tandem import handlers, reconcile
-from tandem.reconcile import Outcome
-from tandem.workqueue import WorkQueue
+from tandem.controller import handlers, reconcile
+from tandem.controller.reconcile import Outcome
+from tandem.controller.workqueue import WorkQueue
 
 KEY = ("InferenceService", "ml", "digits")
 BODY = {

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from kubernetes import client
 
-from tandem.kube import TIMEOUT
-from tandem.leader import Leadership
+from tandem.controller.kube import TIMEOUT
+from tandem.controller.leader import Leadership
 
 
 def _api() -> client.ApiClient:

@@ -7,7 +7,7 @@ import threading
 import pytest
 from prometheus_client import REGISTRY
 
-from tandem import metrics
+from tandem.controller import metrics
 
 
 def _count(kind: str, phase: str) -> float | None:

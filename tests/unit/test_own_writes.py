@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from tandem.own_writes import OwnWrites
+from tandem.controller.own_writes import OwnWrites
 
 JOB = ("Job", "ns", "run-g1")
 

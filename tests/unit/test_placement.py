@@ -7,7 +7,7 @@ import pytest
 from tandem.api.computepool import ComputePoolSpec
 from tandem.api.inferenceservice import InferenceServiceSpec
 from tandem.api.trainingjob import TrainingJobSpec
-from tandem.placement import (
+from tandem.decide.placement import (
     PlacementError,
     pod_placement,
     resource_requirements,

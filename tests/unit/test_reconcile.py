@@ -12,10 +12,10 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from support.fake_kube import FakeKube
-from tandem import reconcile
 from tandem.api.resources import TRAINING_JOB
 from tandem.config import OperatorConfig
-from tandem.reconcile import Outcome, reconcile_pool, reconcile_serving, reconcile_training
+from tandem.controller import reconcile
+from tandem.controller.reconcile import Outcome, reconcile_pool, reconcile_serving, reconcile_training
 
 ARTIFACT = {"uri": "s3://models/digits/v1/model.onnx", "sha256": "e" * 64, "sizeBytes": 1}
 COMPLETE = {"type": "Complete", "status": "True"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tandem.resync import serving_due, training_due
+from tandem.controller.resync import serving_due, training_due
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 

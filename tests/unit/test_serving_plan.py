@@ -1,4 +1,4 @@
-"""tandem.serving_plan.plan: one pure decision from the spec, the pools and the observed profiles.
+"""tandem.decide.serving_plan.plan: one pure decision from the spec, the pools and the observed profiles.
 
 The auto rows feed the decision what `tandem profile` now measures (requests to the real server over HTTP, at
 the replica's concurrency, with its batching) beside what the in-process profile measured before; each row
@@ -14,11 +14,11 @@ import pytest
 
 from tandem.api.computepool import ComputePoolSpec
 from tandem.api.inferenceservice import InferenceServiceSpec
+from tandem.api.profile import ProfileResult
+from tandem.decide import observed
+from tandem.decide.placement import PlacementError
+from tandem.decide.serving_plan import AwaitingProfiles, ServingPlan, plan
 from tandem.errors import Problem
-from tandem.placement import PlacementError
-from tandem.profiling import observed
-from tandem.profiling.result import ProfileResult
-from tandem.serving_plan import AwaitingProfiles, ServingPlan, plan
 
 SHA = "cd" * 32
 

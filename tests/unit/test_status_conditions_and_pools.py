@@ -5,7 +5,7 @@ from typing import Any
 
 from tandem.api.common import ConditionStatus
 from tandem.api.computepool import ComputePoolSpec, ComputePoolStatus
-from tandem.status.conditions import find, has_ready_condition, is_true, set_condition
+from tandem.api.conditions import find, has_ready_condition, is_true, set_condition
 from tandem.status.pools import matches, pool_status
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from tandem.api.artifact import ModelArtifact
 from tandem.api.common import ConditionStatus
+from tandem.api.conditions import find
 from tandem.api.inferenceservice import (
     InferenceServiceStatus,
     ModelSource,
@@ -16,7 +17,6 @@ from tandem.api.inferenceservice import (
 )
 from tandem.api.trainingjob import TrainingJobStatus, TrainingPhase
 from tandem.errors import Problem
-from tandem.status.conditions import find
 from tandem.status.serving import problem_status, resolve_model, rollout, serving_status
 
 SHA = "f" * 64

@@ -8,10 +8,10 @@ import pytest
 
 from tandem.api.common import ConditionStatus
 from tandem.api.computepool import ComputePoolSpec
+from tandem.api.conditions import find
 from tandem.api.trainingjob import TrainingJobSpec, TrainingJobStatus, TrainingPhase
-from tandem.build.training import TrainingRun
-from tandem.status import usage
-from tandem.status.conditions import find
+from tandem.decide import usage
+from tandem.render.training import TrainingRun
 from tandem.status.training import ObservedRun, failure_message, read_artifact, training_status
 
 SHA = "c" * 64

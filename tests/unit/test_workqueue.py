@@ -9,7 +9,7 @@ from collections.abc import Hashable, Iterator
 import pytest
 
 from support.cluster import wait_until
-from tandem.workqueue import WorkQueue
+from tandem.controller.workqueue import WorkQueue
 
 
 class Recorder:

@@ -69,9 +69,9 @@ def profile(
     termination_message_path: str | None,
 ) -> None:
     """Measure latency percentiles and throughput of one running replica; print JSON."""
+    from tandem.api.profile import Device, ProfileFailure
     from tandem.profiling.measure import ProfileError, ProfileSettings
     from tandem.profiling.measure import profile as measure
-    from tandem.profiling.result import Device, ProfileFailure
 
     settings = ProfileSettings(
         url=url.rstrip("/"),

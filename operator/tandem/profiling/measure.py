@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from tandem.api.profile import Device, ProfileResult
 from tandem.profiling.load import LoadError, closed_loop
-from tandem.profiling.result import Device, ProfileResult
 from tandem.server import datatypes
 
 GPU_PROVIDERS = ("cuda", "tensorrt")

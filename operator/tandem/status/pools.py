@@ -8,8 +8,8 @@ from decimal import Decimal
 from typing import Any
 
 from tandem.api.computepool import ComputePoolSpec, ComputePoolStatus, ResourceTotals
+from tandem.api.conditions import has_ready_condition, set_condition
 from tandem.quantity import format_cpu, format_memory, parse_quantity
-from tandem.status.conditions import has_ready_condition, set_condition
 
 
 def node_summary(name: str, labels: Mapping[str, str], status: Mapping[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from tandem.api.conditions import Event, find, set_condition
 from tandem.api.inferenceservice import (
     InferenceServiceStatus,
     ModelSource,
@@ -13,9 +14,8 @@ from tandem.api.inferenceservice import (
     ServicePhase,
 )
 from tandem.api.trainingjob import TrainingJobStatus, TrainingPhase
-from tandem.build.serving import grpc_address
 from tandem.errors import Problem
-from tandem.status.conditions import Event, find, set_condition
+from tandem.render.serving import grpc_address
 
 
 def resolve_model(source: ModelSource, training_job: TrainingJobStatus | None) -> ServedModel:

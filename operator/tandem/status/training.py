@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from tandem.api.artifact import ModelArtifact, TrainingFailure
 from tandem.api.computepool import ComputePoolSpec
+from tandem.api.conditions import Event, set_condition
 from tandem.api.trainingjob import (
     CheckpointReport,
     CheckpointStatus,
@@ -24,9 +25,8 @@ from tandem.api.trainingjob import (
     WorkerCounts,
     WorkerStopped,
 )
-from tandem.build.training import CONTAINER, TrainingRun
-from tandem.status import usage
-from tandem.status.conditions import Event, set_condition
+from tandem.decide import usage
+from tandem.render.training import CONTAINER, TrainingRun
 from tandem.status.queueing import queued_reason
 
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
@@ -37,7 +37,7 @@ RESUMING = ("Preempted", "Evicted", "Suspended")
 @dataclass(frozen=True)
 class ObservedRun:
     """The child Job of the current generation (None if absent), its pods, Kueue's Workload for it (a run
-    with spec.queue, once Kueue has made one), and why the operator still holds its gang (tandem.gang)."""
+    with spec.queue, once Kueue has made one), and why the operator still holds its gang (tandem.decide.gang)."""
 
     job: dict[str, Any] | None
     pods: list[dict[str, Any]] = field(default_factory=list)

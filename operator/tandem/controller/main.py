@@ -14,12 +14,12 @@ import kopf
 from prometheus_client import start_http_server
 
 from tandem.config import OperatorConfig
-from tandem.kube import load_config
+from tandem.controller.kube import load_config
 
 
 def run_kopf(namespaces: tuple[str, ...], stop: threading.Event, liveness: str | None) -> None:
     """Run kopf until `stop` is set or a signal arrives; the handlers register on import."""
-    import tandem.handlers  # noqa: F401
+    import tandem.controller.handlers  # noqa: F401
 
     async def operate() -> None:
         try:
@@ -87,8 +87,8 @@ def operator_command(
     stop = threading.Event()
     leadership = None
     if leader_election:
-        import tandem.handlers
-        from tandem.leader import Leadership
+        import tandem.controller.handlers
+        from tandem.controller.leader import Leadership
 
         identity = os.environ.get("POD_NAME") or socket.gethostname()
         leadership = Leadership(
@@ -98,7 +98,7 @@ def operator_command(
         if not leadership.wait_for_leadership(stop):
             sys.exit(1)
         # Writes are fenced by the lease from here on; kopf is stopped as soon as the fence closes.
-        tandem.handlers.set_fence(leadership.leading)
+        tandem.controller.handlers.set_fence(leadership.leading)
         threading.Thread(target=leadership.watch, args=(stop,), name="tandem-lease-watch", daemon=True).start()
     liveness = f"http://0.0.0.0:{health_port}/healthz" if health_port else None
     run_kopf(config.namespaces, stop, liveness)

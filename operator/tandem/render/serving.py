@@ -11,8 +11,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tandem.api.computepool import ComputePoolSpec
-from tandem.api.inferenceservice import Autoscaling, AutoscalingMetric, InferenceServiceSpec, ServedModel
-from tandem.build.meta import (
+from tandem.api.inferenceservice import Autoscaling, AutoscalingMetric, InferenceServiceSpec, Replicas, ServedModel
+from tandem.config import OperatorConfig
+from tandem.decide.placement import PodPlacement, resource_requirements
+from tandem.render.meta import (
     MANAGED_BY,
     PVC_MOUNT_ROOT,
     env_list,
@@ -23,8 +25,6 @@ from tandem.build.meta import (
     pvc_volumes,
     restricted_security_context,
 )
-from tandem.config import OperatorConfig
-from tandem.placement import PodPlacement, resource_requirements
 from tandem.storage import pvc_claim
 
 KIND = "InferenceService"
@@ -38,7 +38,9 @@ MODEL_SHA_ANNOTATION = "tandem.dev/model-sha256"
 
 @dataclass(frozen=True)
 class Serving:
-    """One InferenceService with its resolved model and placement."""
+    """One InferenceService with the operator's decisions for it: the model to serve, where, on how many
+    accelerators and replicas. A decision is a field of its own, never written into the user's spec: `spec` is
+    what the user asked, `replicas` what the plan (tandem.decide.serving_plan) settled on."""
 
     name: str
     namespace: str
@@ -48,6 +50,7 @@ class Serving:
     placement: PodPlacement
     pool: ComputePoolSpec
     accelerators: int
+    replicas: Replicas
 
     @property
     def labels(self) -> dict[str, str]:
@@ -59,7 +62,7 @@ class Serving:
 
     @property
     def autoscaled(self) -> bool:
-        return self.spec.replicas.max > self.spec.replicas.min
+        return self.replicas.max > self.replicas.min
 
     def meta(self) -> dict[str, Any]:
         owner = owner_reference(KIND, self.name, self.uid)
@@ -212,7 +215,7 @@ def deployment(serving: Serving, config: OperatorConfig) -> dict[str, Any]:
         "template": {"metadata": template_meta, "spec": pod_spec},
     }
     if not serving.autoscaled:
-        deployment_spec["replicas"] = spec.replicas.min
+        deployment_spec["replicas"] = serving.replicas.min
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": serving.meta(), "spec": deployment_spec}
 
 
@@ -345,8 +348,8 @@ def autoscaler(serving: Serving) -> dict[str, Any] | None:
     spec = serving.spec
     hpa_spec: dict[str, Any] = {
         "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": serving.name},
-        "minReplicas": spec.replicas.min,
-        "maxReplicas": spec.replicas.max,
+        "minReplicas": serving.replicas.min,
+        "maxReplicas": serving.replicas.max,
         "metrics": [_autoscaler_metric(spec.autoscaling)],
     }
     window = spec.autoscaling.scale_down_stabilization_seconds
@@ -368,7 +371,7 @@ def disruption_budget(serving: Serving) -> dict[str, Any]:
     down until its replacement is ready; `minAvailable: 1` makes the drain wait instead, and `kubectl drain`
     says why ("would violate the pod's disruption budget") until another replica is ready.
     """
-    budget: dict[str, Any] = {"maxUnavailable": 1} if serving.spec.replicas.min >= 2 else {"minAvailable": 1}
+    budget: dict[str, Any] = {"maxUnavailable": 1} if serving.replicas.min >= 2 else {"minAvailable": 1}
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",

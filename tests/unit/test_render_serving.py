@@ -7,7 +7,9 @@ from pydantic import ValidationError
 
 from tandem.api.computepool import ComputePoolSpec
 from tandem.api.inferenceservice import InferenceServiceSpec, ServedModel
-from tandem.build.serving import (
+from tandem.config import OperatorConfig
+from tandem.decide.placement import pod_placement, serving_accelerators
+from tandem.render.serving import (
     MODEL_SHA_ANNOTATION,
     REPLICAS_HANDOVER_MANAGER,
     REQUESTS_IN_FLIGHT_METRIC,
@@ -21,8 +23,6 @@ from tandem.build.serving import (
     service,
     service_url,
 )
-from tandem.config import OperatorConfig
-from tandem.placement import pod_placement, serving_accelerators
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64
@@ -45,6 +45,7 @@ def _serving(
         placement=pod_placement(pool, pools[pool]),
         pool=pools[pool],
         accelerators=serving_accelerators(spec, pools[pool]),
+        replicas=spec.replicas,
     )
 
 

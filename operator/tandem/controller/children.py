@@ -5,7 +5,7 @@ kopf filters watch events by label on the client: the operator would receive eve
 the cluster and drop most of them. Here the API server applies the label selector (`tandem.dev/trainingjob`
 present, `tandem.dev/inferenceservice` present), so only the operator's own children travel. Each event adds
 the owner's key to the work queue, unless the change is the operator's own latest write coming back
-(tandem.own_writes): the reconcile that wrote it has seen it all.
+(tandem.controller.own_writes): the reconcile that wrote it has seen it all.
 
 Each watch also keeps what it received, as an informer's store: the reconcile reads a child from it instead of
 asking the API server again (an event's object is no longer thrown away and fetched once more). The store
@@ -33,10 +33,10 @@ import urllib3
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from tandem import backoff
-from tandem.exclusive import Key
-from tandem.kube import PAGE, TIMEOUT, collection_path, send
-from tandem.own_writes import OwnWrites
+from tandem.controller import backoff
+from tandem.controller.exclusive import Key
+from tandem.controller.kube import PAGE, TIMEOUT, collection_path, send
+from tandem.controller.own_writes import OwnWrites
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ API_VERSIONS = {
     "PodDisruptionBudget": "policy/v1",
     "HorizontalPodAutoscaler": "autoscaling/v2",
 }
-"""Child kind -> its apiVersion (tandem.kube knows the path of each)."""
+"""Child kind -> its apiVersion (tandem.controller.kube knows the path of each)."""
 QUERY = {
     "label_selector": "labelSelector",
     "limit": "limit",

@@ -11,11 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from tandem import costing, placement
 from tandem.api.computepool import ComputePoolSpec
 from tandem.api.inferenceservice import InferenceServiceSpec, Placement, PlacementStatus, Replicas
+from tandem.decide import costing, observed, placement
 from tandem.errors import Problem
-from tandem.profiling import observed
 from tandem.quantity import parse_quantity
 
 Pools = Mapping[str, ComputePoolSpec]

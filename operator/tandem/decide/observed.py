@@ -1,6 +1,6 @@
 """What the operator learns from profile Jobs: pure functions of the Job and pod objects it listed.
 
-A profile is cached as a completed Job with the model, pool and settings labels (tandem.build.profiling);
+A profile is cached as a completed Job with the model, pool and settings labels (tandem.render.profiling);
 its figures are in the profile pod's termination message. This module turns those objects into a profile, a
 "still running", or a failure with the pod's own words, and a profile into the decision's Candidate.
 """
@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tandem.costing import Candidate, Profile
-from tandem.profiling.result import ProfileFailure, ProfileResult
+from tandem.api.profile import ProfileFailure, ProfileResult
+from tandem.decide.costing import Candidate, Profile
 
 
 class ProfileState(StrEnum):

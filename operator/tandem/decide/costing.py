@@ -20,7 +20,7 @@ from datetime import datetime
 from tandem.api.common import Usage
 from tandem.api.computepool import ComputePoolSpec
 from tandem.api.inferenceservice import PlacementStatus, PoolEstimate, Slo
-from tandem.status.usage import add, priced
+from tandem.decide.usage import add, priced
 
 PLANNING_UTILISATION = 0.8
 """Replicas are planned at 80% of their measured saturation throughput: at saturation the request queue grows

@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tandem.build.serving import METRICS_PORT
-from tandem.canary import CanaryMetrics
+from tandem.decide.canary import CanaryMetrics
+from tandem.render.serving import METRICS_PORT
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer

@@ -7,9 +7,9 @@ and status functions see exactly what the API server returned.
 
 Every call has a deadline (`TIMEOUT`): a hung API server (connections accepted, no answers) costs a worker
 that much, never forever. urllib3 retries nothing on its own (a read retried blindly doubles the wait and hides
-the failure); retrying is the caller's choice, with `tandem.backoff`. Writes pass through an optional
-`fence`: a replica that may no longer lead (tandem.leader) sends no write at all. What a write returns is
-recorded in an optional `tandem.own_writes.OwnWrites`, so the watches can tell the operator's own writes when
+the failure); retrying is the caller's choice, with `tandem.controller.backoff`. Writes pass through an optional
+`fence`: a replica that may no longer lead (tandem.controller.leader) sends no write at all. What a write returns is
+recorded in an optional `tandem.controller.own_writes.OwnWrites`, so the watches can tell the operator's own writes when
 they come back.
 """
 
@@ -27,12 +27,12 @@ from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 
 from tandem.api.resources import GROUP, VERSION, Resource
-from tandem.own_writes import Identity, OwnWrites
+from tandem.controller.own_writes import Identity, OwnWrites
 
 FIELD_MANAGER = "tandem-operator"
 TIMEOUT = (3.0, 5.0)
 """(connect, read) seconds for one API call. Short enough that renew deadline + TIMEOUT stays below the lease
-duration (tandem.leader), long enough for a page of PAGE objects on a loaded API server."""
+duration (tandem.controller.leader), long enough for a page of PAGE objects on a loaded API server."""
 CONNECTIONS = 32
 """Connections kept open to the API server: more than the work queue's workers plus the child watches."""
 PAGE = 500
@@ -114,7 +114,7 @@ def api_client(configuration: client.Configuration | None = None) -> client.ApiC
 
 
 class Store(Protocol):
-    """Objects of one kind as a watch last received them (tandem.children.ChildWatch)."""
+    """Objects of one kind as a watch last received them (tandem.controller.children.ChildWatch)."""
 
     def get(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 
@@ -149,7 +149,7 @@ class Kube:
         target: Identity | None = None,
     ) -> dict[str, Any]:
         """One request; `target`, for a write, names the object it changes, so that its watch event can wait
-        for the response (tandem.own_writes)."""
+        for the response (tandem.controller.own_writes)."""
         if method != "GET" and self.fence is not None and not self.fence():
             raise NotLeading(f"{method} {path} not sent: leadership is not assured")
         if target is None or self.writes is None:
@@ -259,7 +259,7 @@ class Kube:
     def post_event(self, involved: dict[str, Any], type: str, reason: str, message: str) -> dict[str, Any]:
         """A core/v1 Event about `involved` (a resource body), as kopf.event would post it; returns it as stored.
 
-        Posted by tandem.events' thread, outside kopf's handler tasks, where kopf's event queue is not
+        Posted by tandem.controller.events' thread, outside kopf's handler tasks, where kopf's event queue is not
         reachable. Cluster-scoped objects' events go to `default`, the one namespace the API server accepts for
         a core/v1 Event about an object without one (the chart grants events there in a namespaced install).
         """

@@ -24,7 +24,7 @@ from typing import Any
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from tandem.kube import Kube, NotLeading
+from tandem.controller.kube import Kube, NotLeading
 
 log = logging.getLogger(__name__)
 

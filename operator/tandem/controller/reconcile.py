@@ -1,7 +1,7 @@
 """Level-triggered reconciliation: read the resource and what it owns, apply the desired children, write status.
 
 Everything here is I/O glue between `Kube` and the pure modules (placement, build, status); the kopf
-registrations in tandem.handlers only decide when to call it. Each function can run any number of times
+registrations in tandem.controller.handlers only decide when to call it. Each function can run any number of times
 for the same state and converges to the same objects.
 
 Writes happen only on a real difference: status is patched only when it changed, and conditionally on the
@@ -26,8 +26,8 @@ from typing import Any, TypeVar
 from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, ValidationError
 
-from tandem import canary, canary_metrics, costing, gang, placement, queueing, serving_plan
 from tandem.api.computepool import ComputePoolSpec, ComputePoolStatus
+from tandem.api.conditions import Event, find, has_ready_condition, set_condition
 from tandem.api.inferenceservice import (
     InferenceServiceSpec,
     InferenceServiceStatus,
@@ -35,16 +35,17 @@ from tandem.api.inferenceservice import (
 )
 from tandem.api.resources import COMPUTE_POOL, INFERENCE_SERVICE, TRAINING_JOB, Resource
 from tandem.api.trainingjob import TrainingJobSpec, TrainingJobStatus, TrainingPhase
-from tandem.build import profiling as profiling_build
-from tandem.build import serving as serving_build
-from tandem.build import training as training_build
-from tandem.children import refusal
 from tandem.config import OperatorConfig
+from tandem.controller import canary_metrics, queueing
+from tandem.controller.children import refusal
+from tandem.controller.kube import FIELD_MANAGER, Kube
+from tandem.decide import canary, costing, gang, placement, serving_plan
+from tandem.decide import observed as profiles
 from tandem.errors import Problem
-from tandem.kube import FIELD_MANAGER, Kube
-from tandem.profiling import observed as profiles
 from tandem.quantity import parse_quantity
-from tandem.status.conditions import Event, find, has_ready_condition, set_condition
+from tandem.render import profiling as profiling_build
+from tandem.render import serving as serving_build
+from tandem.render import training as training_build
 from tandem.status.pools import pool_status
 from tandem.status.queueing import evicted
 from tandem.status.serving import problem_status, resolve_model, serving_status
@@ -377,7 +378,7 @@ def reconcile_training(
         if created:
             message = f"Job {run.job_name} with {spec.workers} workers on ComputePool {pool_name}"
             events.append(Event("Normal", "Created", message))
-    # Kueue owns a queued Job's suspend (tandem.queueing): a queued run is held through its Workload instead.
+    # Kueue owns a queued Job's suspend (tandem.controller.queueing): a queued run is held through its Workload instead.
     workload = queueing.workload_of(kube, job) if job is not None and not created and spec.queue else None
     if job is not None and not created and spec.queue:
         job = _prioritise(kube, job, spec.priority_class)
@@ -492,7 +493,7 @@ def _hold_or_start(
 
 
 def _gang_fit(kube: Kube, spec: TrainingJobSpec, pool_name: str, pool: ComputePoolSpec) -> gang.GangFit:
-    """Whether every worker of the run fits the pool's nodes now (tandem.gang), from the nodes and live pods."""
+    """Whether every worker of the run fits the pool's nodes now (tandem.decide.gang), from the nodes and live pods."""
     requests = placement.resource_requirements(spec.resources.cpu, spec.resources.memory, spec.resources.gpus, pool)
     worker = gang.pod_requests({"containers": [{"resources": requests}]})
     nodes = kube.nodes(pool.node_selector or None)
@@ -776,11 +777,12 @@ def _reconcile_serving(
         name=name,
         namespace=namespace,
         uid=uid,
-        spec=spec.model_copy(update={"replicas": planned.replicas}),
+        spec=spec,
         model=model,
         placement=placement.pod_placement(planned.pool, pool),
         pool=pool,
         accelerators=planned.accelerators,
+        replicas=planned.replicas,
     )
     deployment = _apply_serving_children(kube, body, serving, config, spec_current=spec_current)
     if serving_build.autoscaler(serving) is None and previous.observed_generation not in (None, generation):

@@ -30,7 +30,7 @@ def training_due(body: Mapping[str, Any]) -> bool:
     """A TrainingJob needs the resync unless its status is current and it is finished or suspended.
 
     A run queued in Kueue (spec.queue) is not settled: Kueue's verdict on it (pending for quota, inadmissible,
-    preempted) and the Workload a suspended run must deactivate (tandem.queueing) appear on its Workload,
+    preempted) and the Workload a suspended run must deactivate (tandem.controller.queueing) appear on its Workload,
     which no watch of the operator follows; only admission touches the Job."""
     if not _current(body) or _false_condition(body, "PoolResolved"):
         return True
@@ -44,6 +44,6 @@ def serving_due(body: Mapping[str, Any]) -> bool:
     (the reconcile also asks for its own next look then).
 
     Its usage ledger does not make it due: the ledger is brought up to date with the next change the service
-    writes anyway (tandem.reconcile.settle_usage), so a Ready service at rest costs no read and no write."""
+    writes anyway (tandem.controller.reconcile.settle_usage), so a Ready service at rest costs no read and no write."""
     status = body.get("status") or {}
     return not _current(body) or status.get("phase") != "Ready" or bool(status.get("canary"))

@@ -1,6 +1,6 @@
 """The batch/v1 Job that profiles an InferenceService's model on one candidate pool (placement: auto).
 
-The pod runs a serving replica's own server container (tandem.build.serving.server_container: same image,
+The pod runs a serving replica's own server container (tandem.render.serving.server_container: same image,
 CPU and memory, threads, batching and execution provider, one accelerator on an accelerator pool) as a
 native sidecar, and `tandem profile` beside it, which sends it requests over loopback as clients would and
 reports its JSON in the termination message; the operator reads it from pod status as it reads the trainer's
@@ -26,8 +26,12 @@ from typing import Any
 
 from tandem.api.computepool import ComputePoolSpec
 from tandem.api.inferenceservice import InferenceServiceSpec, ServedModel
-from tandem.build import serving as serving_build
-from tandem.build.meta import (
+from tandem.cgroup import sized_runtime
+from tandem.config import OperatorConfig
+from tandem.decide.placement import PodPlacement
+from tandem.quantity import parse_quantity
+from tandem.render import serving as serving_build
+from tandem.render.meta import (
     MANAGED_BY,
     dns_name,
     env_list,
@@ -37,10 +41,6 @@ from tandem.build.meta import (
     pod_security_context,
     restricted_security_context,
 )
-from tandem.cgroup import sized_runtime
-from tandem.config import OperatorConfig
-from tandem.placement import PodPlacement
-from tandem.quantity import parse_quantity
 
 KIND = "InferenceService"
 CONTAINER = "profiler"
@@ -189,6 +189,7 @@ def _replica(profile: ProfileTarget) -> serving_build.Serving:
         placement=profile.placement,
         pool=profile.pool,
         accelerators=profile.accelerators,
+        replicas=profile.spec.replicas,
     )
 
 

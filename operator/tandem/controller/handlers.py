@@ -1,21 +1,21 @@
 """kopf registrations: when to reconcile, nothing about how.
 
-kopf watches Tandem's own kinds, tandem.children the operator's children (with server-side label
-selectors); both only add object keys to a work queue (tandem.workqueue, client-go's semantics: a key
+kopf watches Tandem's own kinds, tandem.controller.children the operator's children (with server-side label
+selectors); both only add object keys to a work queue (tandem.controller.workqueue, client-go's semantics: a key
 waits at most once, is processed by one worker at a time, comes back after a backoff when it failed). The
 periodic resync adds keys to the same queue. Workers reconcile through one path, `reconcile_object`:
 
-* one reconcile per object at a time (tandem.exclusive), whichever thread asks;
+* one reconcile per object at a time (tandem.controller.exclusive), whichever thread asks;
 * from the newest body the watch delivered for it (kept for every object, as an informer's store), or a fresh
-  read when the operator's own latest write to it has not come back yet (tandem.own_writes), never from an older
+  read when the operator's own latest write to it has not come back yet (own_writes), never from an older
   body than one already acted on (a resync's list only names keys); status is written conditionally on the
   body's resourceVersion, so a 409 means "someone wrote after you read": read again and reconcile once more;
 * API errors become retries: throttling and outages are temporary, retried after an exponential backoff
-  with jitter that honours Retry-After (tandem.backoff); other refusals are permanent until the next event.
+  with jitter that honours Retry-After (tandem.controller.backoff); other refusals are permanent until the next event.
 
 No kopf change handlers (create/update/resume): the reconcile is level-triggered, so an event handler that
 compares metadata.generation with status.observedGeneration says as much, and kopf then writes no progress
-or diff-base annotations of its own: the operator's only writes are the fenced ones of tandem.kube.
+or diff-base annotations of its own: the operator's only writes are the fenced ones of tandem.controller.kube.
 """
 
 from __future__ import annotations
@@ -33,15 +33,15 @@ import kopf
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from tandem import backoff, metrics, resync
 from tandem.api.resources import COMPUTE_POOL, GROUP, INFERENCE_SERVICE, TRAINING_JOB, VERSION, Resource
-from tandem.children import ChildWatch
 from tandem.config import OperatorConfig
-from tandem.events import EventRecorder
-from tandem.exclusive import Exclusive, Key
-from tandem.kube import Kube, NotLeading, api_client, load_config
-from tandem.own_writes import OwnWrites
-from tandem.reconcile import (
+from tandem.controller import backoff, metrics, resync
+from tandem.controller.children import ChildWatch
+from tandem.controller.events import EventRecorder
+from tandem.controller.exclusive import Exclusive, Key
+from tandem.controller.kube import Kube, NotLeading, api_client, load_config
+from tandem.controller.own_writes import OwnWrites
+from tandem.controller.reconcile import (
     Gone,
     Hold,
     Outcome,
@@ -51,8 +51,8 @@ from tandem.reconcile import (
     reconcile_serving,
     reconcile_training,
 )
+from tandem.controller.workqueue import WorkQueue
 from tandem.status.pools import node_summary, selected
-from tandem.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ CHILDREN = (
     ("PodDisruptionBudget", "tandem.dev/inferenceservice", "InferenceService"),
     ("HorizontalPodAutoscaler", "tandem.dev/inferenceservice", "InferenceService"),
 )
-"""(child kind, label naming its owner, owner kind): watched by tandem.children, the owner queued on change."""
+"""(child kind, label naming its owner, owner kind): watched by children, the owner queued on change."""
 
 CACHE_SYNC_SECONDS = 60.0
 """How long the workers wait at start for the child watches' first lists."""
@@ -96,7 +96,7 @@ def config() -> OperatorConfig:
 
 
 def set_fence(fence: Callable[[], bool] | None) -> None:
-    """Writes are sent only while `fence()` is true (tandem.leader's lease check); call before kopf starts."""
+    """Writes are sent only while `fence()` is true (leader's lease check); call before kopf starts."""
     _state["fence"] = fence
 
 
@@ -277,7 +277,7 @@ def _run(
 
 
 def _post_event(body: Mapping[str, Any], type: str, reason: str, message: str) -> None:
-    """An Event about the resource, handed to tandem.events' poster: kopf.event needs kopf's per-object task
+    """An Event about the resource, handed to tandem.controller.events' poster: kopf.event needs kopf's per-object task
     context, which the queue's workers do not run in, and a reconcile need not wait for an event to be stored."""
     recorder: EventRecorder = _state["events"]
     recorder.record(body, type, reason, message)
@@ -297,7 +297,7 @@ def _forget(kind: str, namespace: str | None, name: str) -> None:
 
 def resync_forever(stop: threading.Event, interval: float) -> None:
     """Periodic resync, as controller-runtime's SyncPeriod: refreshes pool status and usage of running
-    work, and retries resources that wait for a pool or a model (tandem.resync says which).
+    work, and retries resources that wait for a pool or a model (tandem.controller.resync says which).
 
     It only adds keys to the work queue, so periodic work takes the same per-key path as events: the list says
     which objects to look at, the worker takes each under its lock from the newest body its watch delivered.
@@ -367,7 +367,7 @@ def process(key: Hashable, attempt: int) -> float | None:
     """Reconcile one queued key from its watched body (or a read); the delay before it is retried, or None when done.
 
     An object whose child the API server refused is not reconciled again for the same spec until its hold ends
-    (tandem.reconcile.Hold): the resync and its children's events find it held, and one recheck is queued for
+    (tandem.controller.reconcile.Hold): the resync and its children's events find it held, and one recheck is queued for
     the hold's end."""
     kind, namespace, name = cast(Key, key)
     view = _view((kind, namespace, name))

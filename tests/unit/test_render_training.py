@@ -8,8 +8,10 @@ import pytest
 from tandem.api.artifact import EXIT_PEER_LOST
 from tandem.api.computepool import ComputePoolSpec
 from tandem.api.trainingjob import TrainingJobSpec
-from tandem.build.meta import dns_name
-from tandem.build.training import (
+from tandem.config import OperatorConfig
+from tandem.decide.placement import pod_placement
+from tandem.render.meta import dns_name
+from tandem.render.training import (
     COMPLETION_INDEX,
     KUEUE_PRIORITY_LABEL,
     KUEUE_QUEUE_LABEL,
@@ -17,8 +19,6 @@ from tandem.build.training import (
     training_job,
     worker_service,
 )
-from tandem.config import OperatorConfig
-from tandem.placement import pod_placement
 
 
 def _run(body: dict[str, Any], generation: int = 3, name: str = "digits", **fields: Any) -> TrainingRun:

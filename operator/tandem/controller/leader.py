@@ -9,8 +9,8 @@ is not a lost lease. This module adds what that library leaves to its user:
   as a failed attempt instead of killing the election thread;
 * a fence: `leading()` is true only within `renew_deadline` of the start of the last attempt that renewed
   the Lease, measured on this process's monotonic clock. It closes on time even when a renewal hangs, and
-  tandem.kube sends no write while it is closed. A follower may take the Lease only `lease_duration` after it
-  saw the last renewal, so with renew_deadline + the longest write (tandem.kube.TIMEOUT) < lease_duration the
+  tandem.controller.kube sends no write while it is closed. A follower may take the Lease only `lease_duration` after it
+  saw the last renewal, so with renew_deadline + the longest write (tandem.controller.kube.TIMEOUT) < lease_duration the
   old leader's last write has landed or failed before a new leader can act.
 """
 
@@ -28,7 +28,7 @@ from kubernetes import client
 from kubernetes.leaderelection import electionconfig, leaderelection
 from kubernetes.leaderelection.resourcelock.leaselock import LeaseLock
 
-from tandem.kube import TIMEOUT, api_client
+from tandem.controller.kube import TIMEOUT, api_client
 
 log = logging.getLogger(__name__)
 

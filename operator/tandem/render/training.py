@@ -14,7 +14,9 @@ from typing import Any
 from tandem.api.artifact import EXIT_PEER_LOST, EXIT_PERMANENT, EXIT_USAGE
 from tandem.api.computepool import ComputePoolSpec
 from tandem.api.trainingjob import TrainingJobSpec
-from tandem.build.meta import (
+from tandem.config import OperatorConfig
+from tandem.decide.placement import PodPlacement, resource_requirements
+from tandem.render.meta import (
     MANAGED_BY,
     PVC_MOUNT_ROOT,
     dns_name,
@@ -26,8 +28,6 @@ from tandem.build.meta import (
     pvc_volumes,
     restricted_security_context,
 )
-from tandem.config import OperatorConfig
-from tandem.placement import PodPlacement, resource_requirements
 from tandem.storage import pvc_claim
 
 KIND = "TrainingJob"
@@ -187,7 +187,7 @@ def failure_policy() -> dict[str, Any]:
 
 
 def held_as_gang(spec: TrainingJobSpec) -> bool:
-    """Whether the operator starts the run's Job itself once every worker fits (tandem.gang): a run of several
+    """Whether the operator starts the run's Job itself once every worker fits (tandem.decide.gang): a run of several
     workers that no Kueue queue admits. Its Job is created suspended, as a queued one is for Kueue."""
     return spec.workers > 1 and spec.queue is None
 

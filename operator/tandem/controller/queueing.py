@@ -7,7 +7,7 @@ its quota and suspends the Job; `spec.active: true` puts it back in its queue. A
 by its Job's `spec.suspend`, as before.
 
 Kueue's API is optional (its CRDs may not be installed): an absent API reads as "no Workload". The calls go
-through tandem.kube like every other (its path table, deadline and leadership fence).
+through tandem.controller.kube like every other (its path table, deadline and leadership fence).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from tandem.kube import Kube
+from tandem.controller.kube import Kube
 
 API_VERSION = "kueue.x-k8s.io/v1beta2"
 KIND = "Workload"

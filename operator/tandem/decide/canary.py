@@ -1,6 +1,6 @@
 """Canary rollouts: which model every replica serves, which one is on trial, and the verdict on it.
 
-Pure: the reconciler reads the canary's Deployment and its servers' metrics (tandem.canary_metrics) and
+Pure: the reconciler reads the canary's Deployment and its servers' metrics (tandem.controller.canary_metrics) and
 hands them in; the result says what to deploy and what the status and events say. The rules:
 
 - The first model a service serves goes to every replica (there is nothing to compare it with), unless it is
@@ -22,9 +22,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from tandem.api.conditions import Event
 from tandem.api.inferenceservice import CanaryStatus, RejectedModel, Rollout, ServedModel
 from tandem.errors import Problem
-from tandem.status.conditions import Event
 
 CONDITION = "Canary"
 READY_GRACE_SECONDS = 300
