@@ -264,14 +264,15 @@ class Launch:
     grpc_port: int | None = None
 
 
-def tandem_launch(model: Path, name: str, work: Path, extra: str) -> Launch:
-    """Tandem with its own defaults (threads and runs in flight sized from the CPU limit) plus `extra` flags."""
+def tandem_launch(model: Path, name: str, work: Path, extra: str, tree: Path | None = None) -> Launch:
+    """Tandem with its own defaults (threads and runs in flight sized from the CPU limit) plus `extra` flags;
+    from another checkout's sources when `tree` names one (PYTHONPATH goes before the installed package)."""
     port, grpc_port = free_port(), free_port()
     tandem = Path(sys.executable).parent / "tandem"
     command = [str(tandem), "serve", "--model-name", name, "--model-uri", model.as_uri(), "--http-port",
                str(port), "--metrics-port", str(port), "--grpc-port", str(grpc_port), "--no-access-log",
                *shlex.split(extra)]  # fmt: skip
-    return Launch(command, {}, work, port, grpc_port)
+    return Launch(command, {"PYTHONPATH": str(tree / "operator")} if tree else {}, work, port, grpc_port)
 
 
 def kserve_launch(model: Path, name: str, threads: int, work: Path) -> Launch:
@@ -569,6 +570,24 @@ def paired(measured: list[Point], a: Point, b: Point) -> str:
     return f"; round by round {ratios[0]:.0%}-{ratios[-1]:.0%}, median {statistics.median(ratios):.1%}"
 
 
+def baseline_costs(points: list[Point], baselines: list[str]) -> list[str]:
+    """CPU time per request of Tandem against each baseline checkout, point by point: the price of what changed
+    between them. CPU per request, not req/s, because it barely moves with the machine's other load."""
+    out: list[str] = []
+    for baseline in baselines:
+        for point in points:
+            if point.server != "tandem" or not point.cpu_ms:
+                continue
+            other = find(points, point.model, baseline, point.concurrency, point.protocol)
+            if other and other.cpu_ms:
+                out.append(
+                    f"- {point.model} {PROTOCOL_NAMES[point.protocol]} c={point.concurrency}: CPU per request "
+                    f"{point.cpu_ms:.2f} ms vs {other.cpu_ms:.2f} ms for {baseline} "
+                    f"({point.cpu_ms / other.cpu_ms - 1:+.1%})"
+                )
+    return out
+
+
 def targets(points: list[Point], concurrencies: list[int], measured: list[Point]) -> list[str]:
     """The issue's targets, judged on the medians `points`; `measured` (every round) adds round-by-round ratios."""
     out: list[str] = []
@@ -663,6 +682,10 @@ def main() -> int:
     )
     parser.add_argument("--variant", action="append", default=[], help='extra Tandem run: "label=--flags"')
     parser.add_argument("--tandem-args", default="", help="flags for the main Tandem run")
+    parser.add_argument(
+        "--baseline-tree", action="append", default=[], metavar="LABEL=DIR",
+        help="extra Tandem run from another checkout's sources (git worktree add DIR COMMIT), with the main flags",
+    )
     parser.add_argument("--rounds", type=int, default=1, help="repeat everything; report medians")
     parser.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/serve.md")
     args = parser.parse_args()
@@ -691,6 +714,10 @@ def main() -> int:
             for server in servers:
                 if server == "tandem":
                     runs += [(label, tandem_launch(path, model, work, flags)) for label, flags in variants]
+                    runs += [
+                        (label, tandem_launch(path, model, work, args.tandem_args, Path(tree)))
+                        for label, tree in (b.split("=", 1) for b in args.baseline_tree)
+                    ]
                 elif server == "kserve":
                     runs.append(("kserve", kserve_launch(path, model, args.threads, work)))
                 elif server == "tandem-uvicorn":
@@ -717,7 +744,9 @@ def main() -> int:
                                     points.append(point)
     measured, points = points, medians(points)
     report = table(points, args.threads, concurrencies)
-    verdicts = targets(points, concurrencies, measured)
+    verdicts = targets(points, concurrencies, measured) + baseline_costs(
+        points, [b.split("=", 1)[0] for b in args.baseline_tree]
+    )
     header = (
         f"Measured {time.strftime('%Y-%m-%d %H:%M %Z')} on {machine()}; batch-1 V2 requests, REST as JSON from wrk "
         f"(1 thread), gRPC as raw_input_contents from ghz (1 OS thread, a connection per 8 calls), "
