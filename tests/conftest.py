@@ -27,6 +27,21 @@ from support.cluster import (
 )
 from support.tandem import HANDLERS, ensure_pools, install_crds
 
+FOLDER_MARKERS: dict[str, tuple[str, ...]] = {
+    "e2e": ("e2e", "cluster"),
+    "integration": ("cluster",),
+    "images": ("images",),
+}
+"""The markers every test of a folder carries, so `-m` selects by what a test needs without each file saying it."""
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by its folder before `-m` selects (this hook runs before pytest's own)."""
+    for item in items:
+        for marker in FOLDER_MARKERS.get(item.path.parent.name, ()):
+            item.add_marker(marker)
+
 
 def _wants_cluster(items: list[pytest.Item]) -> bool:
     return any(item.get_closest_marker("cluster") or "cluster" in getattr(item, "fixturenames", ()) for item in items)

@@ -27,7 +27,7 @@ from support.tandem import body, condition, create, wait_for
 from tandem.api.resources import INFERENCE_SERVICE
 from tandem.render.serving import REQUESTS_IN_FLIGHT_METRIC, REQUESTS_PER_SECOND_METRIC
 
-pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 
 SCALE_DOWN_WINDOW_S = 5
 

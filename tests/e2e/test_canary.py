@@ -21,7 +21,7 @@ from support.models import failing_on_nonzero_model, tiny_model
 from support.tandem import body, condition, create, events_for, patch_spec, wait_for
 from tandem.api.resources import INFERENCE_SERVICE, TRAINING_JOB
 
-pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 
 NAME = "canary"
 WINDOW_S = 20

@@ -28,7 +28,7 @@ from tandem.api.artifact import EXIT_PEER_LOST
 from tandem.api.resources import INFERENCE_SERVICE, TRAINING_JOB
 from tandem.datasets import load_digits
 
-pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1500)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 TRAINING_TIMEOUT = 600
 SCRIPTS = {"digits_cnn.py": REPO_ROOT / "examples/digits/train.py", "train.py": REPO_ROOT / "examples/custom/train.py"}

@@ -25,7 +25,7 @@ from support.digits import CPU_POOL, GPU_POOL, accuracy, held_out, predict, serv
 from support.tandem import body, condition, create, patch_spec, wait_for
 from tandem.api.resources import INFERENCE_SERVICE, TRAINING_JOB
 
-pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1500)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 TRAINING_TIMEOUT = 600
 SERVING_TIMEOUT = 180

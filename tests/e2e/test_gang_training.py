@@ -23,7 +23,7 @@ from support.digits import training_spec
 from support.tandem import body, condition, create, wait_for
 from tandem.api.resources import TRAINING_JOB
 
-pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 SKEWED = REPO_ROOT / "tests" / "trainer" / "scripts" / "skewed_teardown.py"
 

@@ -28,7 +28,7 @@ from support.models import tiny_model
 from support.tandem import body, condition, create, patch_spec, wait_for
 from tandem.api.resources import INFERENCE_SERVICE
 
-pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 
 HOSTILE_IMAGE = "localhost/tandem-hostile-canary:test"
 SCRIPT = Path(__file__).with_name("hostile_metrics_server.py")

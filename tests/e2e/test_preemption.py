@@ -25,7 +25,7 @@ from tandem.api.resources import GROUP as TANDEM_GROUP
 from tandem.api.resources import TRAINING_JOB
 from tandem.api.resources import VERSION as TANDEM_VERSION
 
-pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1500)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 KUEUE, KUEUE_VERSION = "kueue.x-k8s.io", "v1beta2"
 QUEUE = "real-gpu"

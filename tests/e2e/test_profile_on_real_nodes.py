@@ -36,7 +36,7 @@ from tandem.profiling import load
 from tandem.profiling.measure import sample_request
 from tandem.render import profiling as profiling_build
 
-pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.timeout(400)]
+pytestmark = pytest.mark.timeout(400)
 
 
 def run_profile(

@@ -19,7 +19,7 @@ from kubernetes import client as k8s
 from e2e.conftest import RELEASE, RELEASE_NAMESPACE, Release
 from support.cluster import ExternalCluster, LocalCluster
 
-pytestmark = [pytest.mark.e2e, pytest.mark.last]
+pytestmark = pytest.mark.last
 
 USER = f"system:serviceaccount:{RELEASE_NAMESPACE}:{RELEASE}"
 """The chart's ServiceAccount as the API server names it: the one user hack/cluster.sh's audit policy logs."""

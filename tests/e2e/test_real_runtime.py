@@ -23,7 +23,7 @@ from support.tandem import body, condition, create, get, wait_for
 from support.tools import run, tool
 from tandem.api.resources import INFERENCE_SERVICE, TRAINING_JOB
 
-pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 
 
 def finished(api: k8s.ApiClient, namespace: str, name: str, timeout: float = 300) -> dict[str, Any]:

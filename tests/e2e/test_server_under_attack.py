@@ -31,7 +31,7 @@ from tandem.api.resources import INFERENCE_SERVICE
 from tandem.render.serving import GRPC_PORT, METRICS_PORT
 from tandem.server import proto
 
-pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 
 MiB = 1 << 20
 LIMIT = 512 * MiB

@@ -11,8 +11,6 @@ import pytest
 from images.conftest import REPO, Image
 from support.cluster import stop_process, wait_until
 
-pytestmark = pytest.mark.images
-
 CONFIG = """
 version = 2
 root = "{state}/root"

@@ -9,8 +9,6 @@ import pytest
 
 from images.conftest import REPO, Image, Pod, podman
 
-pytestmark = pytest.mark.images
-
 LOCKS = {"operator": "operator", "trainer": "train", "server": "serve", "server-gpu": "serve-gpu"}
 COMMANDS = {"operator": ["operator"], "trainer": ["train", "digits"], "server": ["serve"], "server-gpu": ["serve"]}
 SIZE_LIMITS_MB = {"operator": 250, "server": 350, "server-gpu": 3000}

@@ -18,7 +18,7 @@ from support.cluster import LocalCluster, free_port, wait_until
 from support.tandem import body, create, get
 from tandem.api.resources import COMPUTE_POOL, GROUP, VERSION
 
-pytestmark = [pytest.mark.images, pytest.mark.cluster]
+pytestmark = pytest.mark.cluster
 
 
 def healthy(port: int) -> bool:

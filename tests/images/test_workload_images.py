@@ -23,8 +23,6 @@ import tritonclient.http as v2
 from images.conftest import Image, Pod, logs, remove, state
 from support.cluster import free_port, wait_until
 
-pytestmark = pytest.mark.images
-
 MODEL_MOUNT = "/models"
 TERMINATION_LOG = "/dev/termination-log"
 
