@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -23,6 +22,7 @@ from kubernetes import client as k8s
 from prometheus_client.parser import text_string_to_metric_families
 
 from e2e.conftest import Load, ModelVolume, Release, service_address
+from support.attacks import attack_for
 from support.cluster import wait_until
 from support.digits import CPU_POOL
 from support.models import tiny_model
@@ -75,21 +75,6 @@ def metric(pod_ip: str, name: str) -> float:
             if sample.name == name:
                 return float(sample.value)
     raise AssertionError(f"{name} not among the replica's metrics")
-
-
-def attack_for(seconds: float, connections: int, one: Callable[[int], Awaitable[None]]) -> None:
-    """Run `one(i)` again and again on `connections` concurrent tasks until `seconds` have passed."""
-
-    async def main() -> None:
-        deadline = time.monotonic() + seconds
-
-        async def again(i: int) -> None:
-            while time.monotonic() < deadline:
-                await one(i)
-
-        await asyncio.gather(*(again(i) for i in range(connections)))
-
-    asyncio.run(main())
 
 
 def large_bodies(host: str, port: int, answers: list[int]) -> None:

@@ -28,7 +28,7 @@ import http.client
 import statistics
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
@@ -39,6 +39,7 @@ import pytest
 
 from support import server_models
 from support import server_procs as servers
+from support.attacks import attack_for
 from tandem.server import proto
 from tandem.server.budget import JSON_EXPANSION, SMALL
 
@@ -207,21 +208,6 @@ def under_attack(server: Server, attack: str) -> Iterator[Watch]:
         sampler.join()
         watch.client.close()
         watch.report(attack)
-
-
-def attack_for(seconds: float, connections: int, one: Callable[[int], Awaitable[None]]) -> None:
-    """Run `one(i)` again and again on `connections` concurrent tasks until `seconds` have passed."""
-
-    async def main() -> None:
-        deadline = time.monotonic() + seconds
-
-        async def again(i: int) -> None:
-            while time.monotonic() < deadline:
-                await one(i)
-
-        await asyncio.gather(*(again(i) for i in range(connections)))
-
-    asyncio.run(main())
 
 
 async def answer_of(reader: asyncio.StreamReader) -> tuple[int, bytes]:
