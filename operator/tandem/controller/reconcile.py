@@ -602,20 +602,21 @@ def _profile_on(
     kube: Kube, body: Mapping[str, Any], target: profiling_build.ProfileTarget, config: OperatorConfig
 ) -> tuple[profiles.Observation, list[Event]]:
     """The cached profile for the target (any equivalent Job in the namespace), or a new profile Job."""
-    job = profiles.pick(kube.list_objects("batch/v1", "Job", target.namespace, target.cache_labels))
+    job = profiles.pick(kube.list_objects("batch/v1", "Job", target.replica.namespace, target.cache_labels))
     if job is None:
         confirm_alive(kube, INFERENCE_SERVICE, body)
         kube.apply(profiling_build.profile_job(target, config))
         message = (
-            f"Job {target.job_name} profiles model {target.model.version or target.model.uri} "
+            f"Job {target.job_name} profiles model {target.replica.model.version or target.replica.model.uri} "
             f"on ComputePool {target.pool_name}"
         )
         return profiles.Observation(profiles.ProfileState.RUNNING, target.job_name), [
             Event("Normal", "Profiling", message)
         ]
     name = str(job["metadata"]["name"])
-    pods = kube.list_objects("v1", "Pod", target.namespace, {"job-name": name}) if profiles.job_finished(job) else []
-    return profiles.observe(job, pods, target.model.sha256), []
+    finished = profiles.job_finished(job)
+    pods = kube.list_objects("v1", "Pod", target.replica.namespace, {"job-name": name}) if finished else []
+    return profiles.observe(job, pods, target.replica.model.sha256), []
 
 
 def gather_profiles(

@@ -89,29 +89,23 @@ def settings_key(spec: InferenceServiceSpec, image: str, accelerators: int) -> s
 
 @dataclass(frozen=True)
 class ProfileTarget:
-    """One InferenceService's model on one candidate pool."""
+    """One InferenceService's model on one candidate pool: the replica it would run there, and its image."""
 
-    service: str
-    namespace: str
-    uid: str
-    spec: InferenceServiceSpec
-    model: ServedModel
-    placement: PodPlacement
-    pool: ComputePoolSpec
-    accelerators: int
+    replica: serving_build.Serving
+    """The replica the profile runs, exactly as a Deployment on that pool would (one of them)."""
     image: str
 
     @property
     def pool_name(self) -> str:
-        return self.placement.pool
+        return self.replica.placement.pool
 
     @property
     def key(self) -> str:
-        return model_key(self.model)
+        return model_key(self.replica.model)
 
     @property
     def settings(self) -> str:
-        return settings_key(self.spec, self.image, self.accelerators)
+        return settings_key(self.replica.spec, self.image, self.replica.accelerators)
 
     @property
     def cache_labels(self) -> dict[str, str]:
@@ -120,8 +114,8 @@ class ProfileTarget:
 
     @property
     def job_name(self) -> str:
-        model = (self.model.sha256 or self.key)[:10]
-        return dns_name(self.service, "profile", self.pool_name, model, self.settings[:6])
+        model = (self.replica.model.sha256 or self.key)[:10]
+        return dns_name(self.replica.name, "profile", self.pool_name, model, self.settings[:6])
 
 
 def target(
@@ -136,8 +130,8 @@ def target(
 ) -> ProfileTarget:
     """The profile of `model` on `pool`, with one accelerator per replica on an accelerator pool."""
     accelerators = max(spec.resources.gpus, 1) if pool.accelerator else 0
-    return ProfileTarget(
-        service=service,
+    replica = serving_build.Serving(
+        name=service,
         namespace=namespace,
         uid=uid,
         spec=spec,
@@ -145,8 +139,9 @@ def target(
         placement=placement,
         pool=pool,
         accelerators=accelerators,
-        image=serving_build.server_image(spec, accelerators, config),
+        replicas=spec.replicas,
     )
+    return ProfileTarget(replica, serving_build.server_image(spec, accelerators, config))
 
 
 def concurrency(spec: InferenceServiceSpec, accelerators: int) -> int:
@@ -162,41 +157,27 @@ def concurrency(spec: InferenceServiceSpec, accelerators: int) -> int:
 
 
 def _profiler_env(profile: ProfileTarget) -> dict[str, str]:
-    runtime = serving_build.server_runtime(profile.spec, profile.accelerators)
+    runtime = serving_build.server_runtime(profile.replica.spec, profile.replica.accelerators)
     env = {
-        "TANDEM_MODEL_NAME": profile.service,
+        "TANDEM_MODEL_NAME": profile.replica.name,
         "TANDEM_PROFILE_URL": f"http://127.0.0.1:{serving_build.HTTP_PORT}",
         "TANDEM_PROFILE_METRICS_URL": f"http://127.0.0.1:{serving_build.METRICS_PORT}/metrics",
-        "TANDEM_PROFILE_CONCURRENCY": str(concurrency(profile.spec, profile.accelerators)),
-        "TANDEM_PROFILE_DEVICE": "cuda" if profile.accelerators else "cpu",
+        "TANDEM_PROFILE_CONCURRENCY": str(concurrency(profile.replica.spec, profile.replica.accelerators)),
+        "TANDEM_PROFILE_DEVICE": "cuda" if profile.replica.accelerators else "cpu",
         "TANDEM_THREADS": str(runtime.threads or 1),
         "TANDEM_MAX_BATCH_SIZE": str(runtime.max_batch_size),
         "TANDEM_MAX_BATCH_DELAY_MS": str(runtime.max_batch_delay_ms),
         "TANDEM_TERMINATION_MESSAGE_PATH": TERMINATION_MESSAGE_PATH,
     }
-    if profile.model.sha256:
-        env["TANDEM_MODEL_SHA256"] = profile.model.sha256
+    if profile.replica.model.sha256:
+        env["TANDEM_MODEL_SHA256"] = profile.replica.model.sha256
     return env
-
-
-def _replica(profile: ProfileTarget) -> serving_build.Serving:
-    return serving_build.Serving(
-        name=profile.service,
-        namespace=profile.namespace,
-        uid=profile.uid,
-        spec=profile.spec,
-        model=profile.model,
-        placement=profile.placement,
-        pool=profile.pool,
-        accelerators=profile.accelerators,
-        replicas=profile.spec.replicas,
-    )
 
 
 def profile_job(profile: ProfileTarget, config: OperatorConfig) -> dict[str, Any]:
     """The Job that profiles the target once on its pool, owned by the InferenceService."""
-    spec = profile.spec
-    replica = _replica(profile)
+    replica = profile.replica
+    spec = replica.spec
     volumes, mounts = serving_build.server_volumes(replica)
     server = serving_build.server_container(replica, config, mounts)
     # A native sidecar: started (and ready) before the profiler, stopped once the profiler has exited.
@@ -214,7 +195,7 @@ def profile_job(profile: ProfileTarget, config: OperatorConfig) -> dict[str, Any
         "securityContext": restricted_security_context(),
         "volumeMounts": [mount for mount in mounts if mount["name"] == "tmp"],
     }
-    pod_spec = profile.placement.apply(
+    pod_spec = replica.placement.apply(
         {
             "restartPolicy": "Never",
             "initContainers": [server],
@@ -230,15 +211,14 @@ def profile_job(profile: ProfileTarget, config: OperatorConfig) -> dict[str, Any
         **config.extra_pod_labels,
         **MANAGED_BY,
         "app.kubernetes.io/name": "tandem-profiler",
-        FOR_LABEL: profile.service,
+        FOR_LABEL: replica.name,
         "tandem.dev/pool": profile.pool_name,
     }
-    job_labels = {**MANAGED_BY, "app.kubernetes.io/name": "tandem-profiler", FOR_LABEL: profile.service}
+    job_labels = {**MANAGED_BY, "app.kubernetes.io/name": "tandem-profiler", FOR_LABEL: replica.name}
     job_labels.update(profile.cache_labels)
-    meta = object_meta(
-        profile.job_name, profile.namespace, job_labels, owner_reference(KIND, profile.service, profile.uid)
-    )
-    meta["annotations"] = {MODEL_SHA_ANNOTATION: profile.model.sha256 or "", MODEL_URI_ANNOTATION: profile.model.uri}
+    owner = owner_reference(KIND, replica.name, replica.uid)
+    meta = object_meta(profile.job_name, replica.namespace, job_labels, owner)
+    meta["annotations"] = {MODEL_SHA_ANNOTATION: replica.model.sha256 or "", MODEL_URI_ANNOTATION: replica.model.uri}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
