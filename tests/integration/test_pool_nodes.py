@@ -74,6 +74,10 @@ def test_a_resync_pass_lists_no_nodes(tandem_api: k8s.ApiClient, operator: KopfR
     # A fresh operator first reconciles what earlier tests left in this package's cluster: on a slow pass of
     # this shared machine that took over 30 s.
     controller = running_controller()
+    # kopf delivers its initial listing only after the operator's startup: a pass before the pools' bodies came
+    # would read them.
+    wait_until(lambda: all(controller.views.kept(("ComputePool", "", pool)) for pool in ("gpu", "cpu")),
+               timeout=60, what="the pools' bodies delivered by the operator's watch")
     wait_until(controller.queue.idle, timeout=120, what="the operator's queue drained")
     before, reconciled = requests(tandem_api), reconciles("ComputePool")
     for _ in range(passes):

@@ -46,7 +46,7 @@ def running_controller(timeout: float = 90) -> Controller:
 
     def started() -> Controller | None:
         controller: Controller | None = _memos[0].get("controller") if _memos else None
-        return controller if controller is not None and controller.started.is_set() else None
+        return controller if controller is not None and controller.running.is_set() else None
 
     found: Controller = wait_until(started, timeout=timeout, what="the operator's Controller started")
     return found

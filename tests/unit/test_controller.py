@@ -4,6 +4,7 @@ holds one; and no module of the controller keeping a running operator's state.""
 from __future__ import annotations
 
 import ast
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,24 @@ def test_an_object_whose_child_was_refused_is_held_until_its_spec_changes(
     controller.process(KEY, 0)
     assert seen == [1, 2]
 
+
+def test_a_controller_stopped_while_it_starts_starts_no_worker_and_no_resync() -> None:
+    """kopf cancels a startup that the operator's stop interrupts and runs no cleanup after it: the startup
+    handler stops the Controller, which must then end its start instead of going on to act (no API server answers
+    here, so its child watches never list)."""
+    controller = Controller(api_client(k8s.Configuration(host="http://127.0.0.1:9")), OperatorConfig())
+    starting = threading.Thread(target=controller.start, args=(0.1,))
+    starting.start()
+    for _ in range(50):  # until it waits for its child watches' first lists
+        if controller.child_watches:
+            break
+        threading.Event().wait(0.1)
+    assert controller.child_watches
+    controller.stop()
+    starting.join(5)
+    assert not starting.is_alive()
+    assert not controller.running.is_set()
+    assert not any(thread.name.startswith(("tandem-reconcile", "tandem-resync")) for thread in threading.enumerate())
 
 CONTROLLER = Path(__file__).resolve().parents[2] / "operator" / "tandem" / "controller"
 CONSTANT_CALLS = {"getLogger", "TypeVar", "Counter", "Gauge", "Histogram", "frozenset", "tuple"}

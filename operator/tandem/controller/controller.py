@@ -124,41 +124,60 @@ class Controller:
         self._indexes = indexes
         self._indexed = False
         self._resync_stop = threading.Event()
-        self.started = threading.Event()
-        """Set once `start` has started the workers and the resync."""
+        self._lifecycle = threading.Lock()
+        """`start` and `stop` may run at once (kopf cancels a startup when it is stopped): whatever start has begun
+        when stop runs is stopped, and start begins nothing after."""
+        self._stopped = False
+        self.running = threading.Event()
+        """Set once `start` has started the workers and the resync, cleared by `stop`."""
 
     # ---- start and stop ---------------------------------------------------------------------------------
 
     def start(self, resync_interval: float) -> None:
         """Start posting events, watching children, the workers (once the children are listed) and the resync."""
-        self.events.start()
-        # Children are watched with a server-side label selector (kopf would filter them on the client); their
-        # stores are the reconcile's view of them, so workers start once each has listed (client-go's
-        # WaitForCacheSync). A watch that cannot list in time is read around (Kube.read asks the API server).
-        self.child_watches = [
-            ChildWatch(self.kube.api, kind, label, owner, self.enqueue, namespace, own_writes=self.own_writes)
-            for kind, label, owner in CHILDREN
-            for namespace in (self.config.namespaces or (None,))
-        ]
-        for child_watch in self.child_watches:
-            child_watch.start()
+        with self._lifecycle:
+            if self._stopped:
+                return
+            self.events.start()
+            # Children are watched with a server-side label selector (kopf would filter them on the client); their
+            # stores are the reconcile's view of them, so workers start once each has listed (client-go's
+            # WaitForCacheSync). A watch that cannot list in time is read around (Kube.read asks the API server).
+            self.child_watches = [
+                ChildWatch(self.kube.api, kind, label, owner, self.enqueue, namespace, own_writes=self.own_writes)
+                for kind, label, owner in CHILDREN
+                for namespace in (self.config.namespaces or (None,))
+            ]
+            for child_watch in self.child_watches:
+                child_watch.start()
         deadline = time.monotonic() + CACHE_SYNC_SECONDS
         for child_watch in self.child_watches:
-            if not child_watch.listed.wait(max(0.0, deadline - time.monotonic())):
+            while not child_watch.listed.is_set() and time.monotonic() < deadline:
+                if self._resync_stop.wait(0.1):  # stopped meanwhile
+                    return
+            if not child_watch.listed.is_set():
                 log.warning("%s watch has not listed within %ss; reading them from the API server meanwhile",
                             child_watch.kind, CACHE_SYNC_SECONDS)
-        self.queue.start()
-        threading.Thread(
-            target=self.resync_forever, args=(self._resync_stop, resync_interval), name="tandem-resync", daemon=True
-        ).start()
-        self.started.set()
+        with self._lifecycle:
+            if self._stopped:
+                return
+            self.queue.start()
+            threading.Thread(
+                target=self.resync_forever,
+                args=(self._resync_stop, resync_interval),
+                name="tandem-resync",
+                daemon=True,
+            ).start()
+            self.running.set()
 
     def stop(self) -> None:
-        self._resync_stop.set()
-        for child_watch in self.child_watches:
-            child_watch.stop()
-        self.queue.stop()
-        self.events.stop()
+        with self._lifecycle:
+            self._stopped = True
+            self.running.clear()
+            self._resync_stop.set()
+            for child_watch in self.child_watches:
+                child_watch.stop()
+            self.queue.stop()
+            self.events.stop()
 
     def store_for(self, kind: str, namespace: str) -> ChildWatch | None:
         """The child watch whose store holds children of this kind in this namespace, once it has listed."""

@@ -12,6 +12,7 @@ tandem.controller.handlers` runs without one.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Mapping
@@ -33,7 +34,7 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 @kopf.on.startup()
-def configure(
+async def configure(
     settings: kopf.OperatorSettings,
     memo: kopf.Memo,
     pool_index: kopf.Index[str, Any],
@@ -67,7 +68,13 @@ def configure(
         indexes=(pool_index, node_index),
     )
     memo.controller = controller
-    controller.start(resync_interval=float(os.environ.get("TANDEM_RESYNC_SECONDS", "30")))
+    try:
+        # In a thread, as it waits for the child watches' first lists. kopf cancels a startup that the operator's
+        # stop interrupts and then runs no cleanup: the Controller is stopped here, or it would go on acting.
+        await asyncio.to_thread(controller.start, float(os.environ.get("TANDEM_RESYNC_SECONDS", "30")))
+    except asyncio.CancelledError:
+        controller.stop()
+        raise
 
 
 @kopf.on.cleanup()
