@@ -25,9 +25,7 @@ from support.cluster import wait_until
 from support.tandem import body, create, get, patch_spec
 from tandem.api.resources import TRAINING_JOB
 from tandem.config import OperatorConfig
-from tandem.controller import handlers
-from tandem.controller.events import EventRecorder
-from tandem.controller.exclusive import Exclusive
+from tandem.controller.controller import Controller, key_of
 from tandem.controller.kube import Kube
 from tandem.controller.reconcile import Outcome
 from tandem.controller.workqueue import WorkQueue
@@ -48,27 +46,24 @@ def spec(epochs: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def queue(tandem_api: k8s.ApiClient, monkeypatch: pytest.MonkeyPatch) -> Iterator[WorkQueue]:
-    """The handlers' queue and reconcile path wired to the test cluster, without kopf: the test is the watch."""
-    monkeypatch.setitem(handlers._state, "kube", Kube(tandem_api))
-    monkeypatch.setitem(handlers._state, "config", OperatorConfig())
-    recorder = EventRecorder(handlers.kube)
-    monkeypatch.setitem(handlers._state, "events", recorder)
-    recorder.start()
-    monkeypatch.delitem(handlers._state, "pool_index", raising=False)
-    monkeypatch.setattr(handlers, "exclusive", Exclusive())
-    work = WorkQueue(handlers.process, workers=2)
-    monkeypatch.setitem(handlers._state, "queue", work)
-    work.start()
-    yield work
-    work.stop()
-    recorder.stop()
+def controller(tandem_api: k8s.ApiClient) -> Iterator[Controller]:
+    """The operator's queue and reconcile path wired to the test cluster, without kopf: the test is the watch."""
+    controller = Controller(tandem_api, OperatorConfig(), workers=2)
+    controller.events.start()
+    controller.queue.start()
+    yield controller
+    controller.stop()
 
 
-def reconciles(obj: Mapping[str, Any]) -> Outcome | None:
+@pytest.fixture
+def queue(controller: Controller) -> WorkQueue:
+    return controller.queue
+
+
+def reconciles(controller: Controller, obj: Mapping[str, Any]) -> Outcome | None:
     """A reconcile from the body in hand, as a worker does once it has read the object."""
-    key = handlers.key_of("TrainingJob", obj)
-    return handlers.reconcile_object("TrainingJob", key, handlers._step("TrainingJob"), obj)
+    key = key_of("TrainingJob", obj)
+    return controller.reconcile_object("TrainingJob", key, controller.step_for("TrainingJob"), obj)
 
 
 def live_jobs(api: k8s.ApiClient, namespace: str) -> list[str]:
@@ -76,10 +71,10 @@ def live_jobs(api: k8s.ApiClient, namespace: str) -> list[str]:
     return sorted(job.metadata.name for job in jobs if not job.metadata.deletion_timestamp)
 
 
-def stale_list(monkeypatch: pytest.MonkeyPatch, listed: list[dict[str, Any]]) -> None:
+def stale_list(monkeypatch: pytest.MonkeyPatch, controller: Controller, listed: list[dict[str, Any]]) -> None:
     """Make the resync's list return `listed`: a list taken before what the test does next."""
     monkeypatch.setattr(
-        handlers, "_watched", lambda resource: copy.deepcopy(listed) if resource == TRAINING_JOB else []
+        controller, "watched", lambda resource: copy.deepcopy(listed) if resource == TRAINING_JOB else []
     )
 
 
@@ -88,18 +83,23 @@ def with_kind(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_a_resync_pass_listed_before_a_spec_update_never_applies_the_older_spec(
-    tandem_api: k8s.ApiClient, namespace: str, queue: WorkQueue, monkeypatch: pytest.MonkeyPatch
+    tandem_api: k8s.ApiClient,
+    namespace: str,
+    controller: Controller,
+    queue: WorkQueue,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     create(tandem_api, TRAINING_JOB, namespace, body(TRAINING_JOB, NAME, spec("1")))
-    reconciles(get(tandem_api, TRAINING_JOB, namespace, NAME))
+    reconciles(controller, get(tandem_api, TRAINING_JOB, namespace, NAME))
     assert live_jobs(tandem_api, namespace) == ["race-g1"]
-    stale_list(monkeypatch, [with_kind(get(tandem_api, TRAINING_JOB, namespace, NAME))])  # the pass lists here
+    listed = [with_kind(get(tandem_api, TRAINING_JOB, namespace, NAME))]
+    stale_list(monkeypatch, controller, listed)  # the pass lists here
 
     patch_spec(tandem_api, TRAINING_JOB, namespace, NAME, spec("2"))
-    reconciles(get(tandem_api, TRAINING_JOB, namespace, NAME))
+    reconciles(controller, get(tandem_api, TRAINING_JOB, namespace, NAME))
     wait_until(lambda: live_jobs(tandem_api, namespace) == ["race-g2"], timeout=30, what="run g1 replaced by g2")
 
-    handlers.resync_once()  # ... and reaches the object only now
+    controller.resync_once()  # ... and reaches the object only now
     wait_until(queue.idle, timeout=30, what="the resync's work done")
 
     assert live_jobs(tandem_api, namespace) == ["race-g2"]
@@ -108,28 +108,33 @@ def test_a_resync_pass_listed_before_a_spec_update_never_applies_the_older_spec(
 
 
 def test_a_resync_waits_for_a_reconcile_in_progress_and_works_from_what_it_left(
-    tandem_api: k8s.ApiClient, namespace: str, queue: WorkQueue, monkeypatch: pytest.MonkeyPatch
+    tandem_api: k8s.ApiClient,
+    namespace: str,
+    controller: Controller,
+    queue: WorkQueue,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     create(tandem_api, TRAINING_JOB, namespace, body(TRAINING_JOB, NAME, spec("1")))
-    reconciles(get(tandem_api, TRAINING_JOB, namespace, NAME))
-    stale_list(monkeypatch, [with_kind(get(tandem_api, TRAINING_JOB, namespace, NAME))])
+    reconciles(controller, get(tandem_api, TRAINING_JOB, namespace, NAME))
+    stale_list(monkeypatch, controller, [with_kind(get(tandem_api, TRAINING_JOB, namespace, NAME))])
     patch_spec(tandem_api, TRAINING_JOB, namespace, NAME, spec("2"))
     updated = get(tandem_api, TRAINING_JOB, namespace, NAME)
 
     inside, proceed = threading.Event(), threading.Event()
-    step = handlers._step("TrainingJob")
+    step = controller.step_for("TrainingJob")
 
     def paused_step(obj: Mapping[str, Any]) -> Outcome:
         inside.set()  # a worker holds the object's lock here, mid-reconcile of the update
         assert proceed.wait(30)
         return step(obj)
 
-    key = handlers.key_of("TrainingJob", updated)
-    worker = threading.Thread(target=handlers.reconcile_object, args=("TrainingJob", key, paused_step, updated))
+    key = key_of("TrainingJob", updated)
+    worker = threading.Thread(target=controller.reconcile_object, args=("TrainingJob", key, paused_step, updated))
     worker.start()
     assert inside.wait(30)
-    handlers.resync_once()
-    wait_until(lambda: handlers.exclusive.waiting(key) == 1, timeout=30, what="the resync's reconcile waiting")
+    controller.resync_once()
+    exclusive = controller.views.exclusive
+    wait_until(lambda: exclusive.waiting(key) == 1, timeout=30, what="the resync's reconcile waiting")
     assert live_jobs(tandem_api, namespace) == ["race-g1"]  # it has not acted meanwhile
     proceed.set()
     worker.join(30)
@@ -142,16 +147,16 @@ def test_a_resync_waits_for_a_reconcile_in_progress_and_works_from_what_it_left(
 
 
 def test_an_event_older_than_the_generation_acted_on_is_read_again(
-    tandem_api: k8s.ApiClient, namespace: str, queue: WorkQueue
+    tandem_api: k8s.ApiClient, namespace: str, controller: Controller, queue: WorkQueue
 ) -> None:
     create(tandem_api, TRAINING_JOB, namespace, body(TRAINING_JOB, NAME, spec("1")))
     old = get(tandem_api, TRAINING_JOB, namespace, NAME)
-    reconciles(old)
+    reconciles(controller, old)
     patch_spec(tandem_api, TRAINING_JOB, namespace, NAME, spec("2"))
-    reconciles(get(tandem_api, TRAINING_JOB, namespace, NAME))
+    reconciles(controller, get(tandem_api, TRAINING_JOB, namespace, NAME))
     wait_until(lambda: live_jobs(tandem_api, namespace) == ["race-g2"], timeout=30, what="run g2 alone")
 
-    reconciles(old)  # an event of generation 1, delivered late
+    reconciles(controller, old)  # an event of generation 1, delivered late
 
     assert live_jobs(tandem_api, namespace) == ["race-g2"]
     assert get(tandem_api, TRAINING_JOB, namespace, NAME)["status"]["jobName"] == "race-g2"

@@ -32,10 +32,10 @@ from support.tandem import (
     get,
     reconciles,
     resource_api,
+    running_controller,
     wait_for,
 )
 from tandem.api.resources import GROUP, INFERENCE_SERVICE, TRAINING_JOB, VERSION
-from tandem.controller import handlers
 
 pytestmark = pytest.mark.cluster
 
@@ -117,12 +117,13 @@ def test_an_idle_resync_pass_writes_nothing(
             timeout=120,
             what=f"ready-{index} Ready",
         )
-    wait_until(handlers.queue().idle, timeout=30, what="the operator's queue drained")
+    controller = running_controller()
+    wait_until(controller.queue.idle, timeout=30, what="the operator's queue drained")
     no_namespace_terminating(tandem_api)
 
     before = requests(tandem_api)
-    handlers.resync_once()
-    wait_until(handlers.queue().idle, timeout=30, what="the pass's work done")
+    controller.resync_once()
+    wait_until(controller.queue.idle, timeout=30, what="the pass's work done")
     after = requests(tandem_api)
 
     assert_no_writes(before, after)
@@ -149,8 +150,9 @@ def test_a_reconcile_a_childs_change_calls_for_reads_its_object_from_the_watch(
     create(tandem_api, TRAINING_JOB, namespace, body(TRAINING_JOB, "held", spec))
     wait_until(lambda: _phase(tandem_api, TRAINING_JOB, namespace, "held") == "Queued", timeout=60, what="Queued")
     key = ("TrainingJob", namespace, "held")
+    controller = running_controller()
     wait_until(
-        lambda: handlers.queue().idle() and not handlers._own_writes.awaiting(key),
+        lambda: controller.queue.idle() and not controller.own_writes.awaiting(key),
         timeout=30,
         what="the operator's writes back through its watch and its queue drained",
     )
@@ -161,7 +163,7 @@ def test_a_reconcile_a_childs_change_calls_for_reads_its_object_from_the_watch(
     patch = {"metadata": {"labels": {"team": "vision"}}}  # someone else's change to the child Job
     k8s.BatchV1Api(tandem_api).patch_namespaced_job(job, namespace, patch)
     wait_until(lambda: reconciles("TrainingJob") > reconciled, timeout=30, what="the owner reconciled")
-    wait_until(handlers.queue().idle, timeout=30, what="its work done")
+    wait_until(controller.queue.idle, timeout=30, what="its work done")
 
     delta = requests(tandem_api) - before
     assert delta[("GET", "trainingjobs", "")] == 0, delta
@@ -192,8 +194,9 @@ def test_a_canary_on_trial_and_a_refused_child_write_nothing_over_three_resync_p
         lambda o: (condition(o, "Ready") or {}).get("reason") == "ChildRefused", "ChildRefused",
     )
     keys = [("InferenceService", namespace, "digits"), ("InferenceService", namespace, "refused")]
+    controller = running_controller()
     wait_until(
-        lambda: handlers.queue().quiet() and not any(handlers._own_writes.awaiting(key) for key in keys),
+        lambda: controller.queue.quiet() and not any(controller.own_writes.awaiting(key) for key in keys),
         timeout=30,
         what="the operator's writes back through its watch and nothing queued but the trial's next look",
     )
@@ -202,8 +205,8 @@ def test_a_canary_on_trial_and_a_refused_child_write_nothing_over_three_resync_p
 
     before = requests(tandem_api)
     for _ in range(3):
-        handlers.resync_once()
-        wait_until(handlers.queue().quiet, timeout=30, what="the pass's work done")
+        controller.resync_once()
+        wait_until(controller.queue.quiet, timeout=30, what="the pass's work done")
     after = requests(tandem_api)
 
     assert_no_writes(before, after)
@@ -226,21 +229,22 @@ def test_a_deletion_the_watch_never_announced_makes_no_write(
     create(tandem_api, INFERENCE_SERVICE, namespace, body(INFERENCE_SERVICE, "ghost", serving))
     wait_until(lambda: _phase(tandem_api, INFERENCE_SERVICE, namespace, "ghost") == "Ready", timeout=120, what="Ready")
     key = ("InferenceService", namespace, "ghost")
-    wait_until(lambda: not handlers._own_writes.awaiting(key), timeout=30, what="the operator's writes echoed")
-    stale = handlers._view(key)
+    controller = running_controller()
+    wait_until(lambda: not controller.own_writes.awaiting(key), timeout=30, what="the operator's writes echoed")
+    stale = controller.views.kept(key)
     assert stale is not None
     resources = resource_api(tandem_api)
     resources.delete_namespaced_custom_object(GROUP, VERSION, namespace, INFERENCE_SERVICE.plural, "ghost")
-    wait_until(lambda: handlers._view(key) is None, timeout=30, what="the deletion seen")
+    wait_until(lambda: controller.views.kept(key) is None, timeout=30, what="the deletion seen")
     no_namespace_terminating(tandem_api)
 
     before = requests(tandem_api)
-    handlers._keep(key, stale)  # as if the DELETED event had been missed
-    handlers.enqueue(key)  # as a child's deletion by the garbage collector would
+    controller.views.keep(key, stale)  # as if the DELETED event had been missed
+    controller.enqueue(key)  # as a child's deletion by the garbage collector would
     apps = k8s.AppsV1Api(tandem_api)
     wait_until(lambda: not apps.list_namespaced_deployment(namespace).items, timeout=120, what="its Deployment gone")
-    wait_until(lambda: handlers._view(key) is None, timeout=30, what="the dead object forgotten")
-    wait_until(handlers.queue().quiet, timeout=30, what="nothing left to do")
+    wait_until(lambda: controller.views.kept(key) is None, timeout=30, what="the dead object forgotten")
+    wait_until(controller.queue.quiet, timeout=30, what="nothing left to do")
     after = requests(tandem_api)
 
     assert_no_writes(before, after, verbs=WRITES - {"DELETE"})  # the garbage collector's deletions aside

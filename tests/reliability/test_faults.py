@@ -26,7 +26,9 @@ from kubernetes.client.exceptions import ApiException
 from support.cluster import stop_process, wait_until
 from support.tandem import REPO, artifact_message, body, create, get
 from tandem.api.resources import INFERENCE_SERVICE, TRAINING_JOB
-from tandem.controller import backoff, handlers
+from tandem.config import OperatorConfig
+from tandem.controller import backoff
+from tandem.controller.controller import Controller
 from tandem.controller.kube import Kube
 from tandem.controller.reconcile import Outcome
 
@@ -125,9 +127,9 @@ def test_conflicting_write_becomes_a_temporary_error_that_kopf_retries(
     tandem_api: k8s.ApiClient, namespace: str
 ) -> None:
     """Expected: a real 409 from the API server (an update with a stale resourceVersion) raised inside a
-    reconcile is turned by handlers._run into kopf.TemporaryError with a jittered exponential delay (kopf retries
-    the handler), never a PermanentError and never an event. (handlers.reconcile_object first reads the object
-    again and retries once: tests/integration/test_concurrency.py.)"""
+    reconcile is turned by Controller.run_step into kopf.TemporaryError with a jittered exponential delay (kopf
+    retries the handler), never a PermanentError and never an event. (Controller.reconcile_object first reads the
+    object again and retries once: tests/integration/test_concurrency.py.)"""
     created = create(tandem_api, TRAINING_JOB, namespace, body(TRAINING_JOB, "race", training_spec()))
     stale = dict(created)
     custom = k8s.CustomObjectsApi(tandem_api)
@@ -145,7 +147,7 @@ def test_conflicting_write_becomes_a_temporary_error_that_kopf_retries(
         stale_update()
     assert conflict.value.status == 409
     with pytest.raises(kopf.TemporaryError) as retried:
-        handlers._run("TrainingJob", created, stale_update)
+        Controller(tandem_api, OperatorConfig()).run_step("TrainingJob", created, stale_update)
     assert retried.value.delay is not None and 0 <= retried.value.delay <= backoff.BASE  # first retry, jittered
     assert "409" in str(retried.value)
 

@@ -27,7 +27,7 @@ from reliability.blackhole import Blackhole, api_server, kubeconfig_through
 from support.cluster import wait_until
 from tandem.api.resources import TRAINING_JOB
 from tandem.config import OperatorConfig
-from tandem.controller import handlers
+from tandem.controller.controller import Controller
 from tandem.controller.kube import TIMEOUT, Kube, api_client
 from tandem.controller.leader import Leadership
 
@@ -58,18 +58,17 @@ def test_a_call_to_an_api_server_that_never_answers_ends_within_its_deadline(hun
 
 
 def test_a_resync_pass_against_a_hung_api_server_ends_and_the_loop_survives(
-    hung: Blackhole, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    hung: Blackhole, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setitem(handlers._state, "kube", Kube(_client_for(hung.url)))
-    monkeypatch.setitem(handlers._state, "config", OperatorConfig())
+    controller = Controller(_client_for(hung.url), OperatorConfig())
     started = time.monotonic()
     with pytest.raises(urllib3.exceptions.HTTPError):
-        handlers.resync_once()
+        controller.resync_once()
     assert time.monotonic() - started < DEADLINE
 
     stop = threading.Event()
-    loop = threading.Thread(target=handlers.resync_forever, args=(stop, 0.1))
-    with caplog.at_level(logging.WARNING, logger="tandem.controller.handlers"):
+    loop = threading.Thread(target=controller.resync_forever, args=(stop, 0.1))
+    with caplog.at_level(logging.WARNING, logger="tandem.controller.controller"):
         loop.start()
         wait_until(
             lambda: sum("API server unavailable" in r.message for r in caplog.records) >= 2,

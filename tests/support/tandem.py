@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import kopf
 import yaml
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
@@ -14,10 +15,42 @@ from prometheus_client import REGISTRY
 
 from support.cluster import wait_until
 from tandem.api.resources import COMPUTE_POOL, GROUP, VERSION, Resource
+from tandem.controller.controller import Controller
 
 REPO = Path(__file__).resolve().parents[2]
 HANDLERS = "tandem.controller.handlers"
 """The module kopf runs as the operator (`kopf run -m`), as `tandem operator` does."""
+
+_memos: list[kopf.Memo] = []
+"""kopf's memo of the operator run going on in this process, if any (the tests' own record)."""
+
+
+@kopf.on.startup(id="tandem-tests-keep-memo")
+def _keep_memo(memo: kopf.Memo, **_: Any) -> None:
+    """Registered beside the operator's handlers in kopf's default registry, which `kopf run -m` (KopfRunner) uses:
+    kopf hands every startup handler of a run the same memo, the one the operator's own keeps its Controller in."""
+    _memos[:] = [memo]
+
+
+@kopf.on.cleanup(id="tandem-tests-forget-memo")
+def _forget_memo(**_: Any) -> None:
+    _memos.clear()
+
+
+def running_controller(timeout: float = 90) -> Controller:
+    """The Controller of the operator that KopfRunner runs in this process, once it has started (KopfRunner
+    returns before kopf's startup handlers have run; the operator's waits for its child watches to list).
+
+    The operator keeps its Controller only in kopf's memo (tandem.controller.handlers.configure), so that nothing of
+    a running operator is module state in tandem.controller; the record of which run is going on is the tests'."""
+
+    def started() -> Controller | None:
+        controller: Controller | None = _memos[0].get("controller") if _memos else None
+        return controller if controller is not None and controller.running.is_set() else None
+
+    found: Controller = wait_until(started, timeout=timeout, what="the operator's Controller started")
+    return found
+
 
 GPU_POOL: dict[str, Any] = {
     "nodeSelector": {"tandem.dev/pool": "gpu"},

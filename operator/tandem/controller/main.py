@@ -8,6 +8,7 @@ import os
 import socket
 import sys
 import threading
+from collections.abc import Callable
 
 import click
 import kopf
@@ -17,8 +18,14 @@ from tandem.config import OperatorConfig
 from tandem.controller.kube import load_config
 
 
-def run_kopf(namespaces: tuple[str, ...], stop: threading.Event, liveness: str | None) -> None:
-    """Run kopf until `stop` is set or a signal arrives; the handlers register on import."""
+def run_kopf(
+    namespaces: tuple[str, ...],
+    stop: threading.Event,
+    liveness: str | None,
+    fence: Callable[[], bool] | None = None,
+) -> None:
+    """Run kopf until `stop` is set or a signal arrives; the handlers register on import. Writes are sent only
+    while `fence()` is true (the leader's lease check): kopf's memo carries it to the startup handler."""
     import tandem.controller.handlers  # noqa: F401
 
     async def operate() -> None:
@@ -29,6 +36,7 @@ def run_kopf(namespaces: tuple[str, ...], stop: threading.Event, liveness: str |
                 standalone=True,
                 stop_flag=stop,
                 liveness_endpoint=liveness,
+                memo=kopf.Memo(fence=fence),
             )
         finally:
             # kopf waits for a threading.Event in an executor thread; asyncio.run() joins that thread
@@ -87,7 +95,6 @@ def operator_command(
     stop = threading.Event()
     leadership = None
     if leader_election:
-        import tandem.controller.handlers
         from tandem.controller.leader import Leadership
 
         identity = os.environ.get("POD_NAME") or socket.gethostname()
@@ -98,10 +105,9 @@ def operator_command(
         if not leadership.wait_for_leadership(stop):
             sys.exit(1)
         # Writes are fenced by the lease from here on; kopf is stopped as soon as the fence closes.
-        tandem.controller.handlers.set_fence(leadership.leading)
         threading.Thread(target=leadership.watch, args=(stop,), name="tandem-lease-watch", daemon=True).start()
     liveness = f"http://0.0.0.0:{health_port}/healthz" if health_port else None
-    run_kopf(config.namespaces, stop, liveness)
+    run_kopf(config.namespaces, stop, liveness, leadership.leading if leadership is not None else None)
     if leadership is not None and leadership.lost.is_set():
         exit_now(1)  # leadership lost: exit so the pod restarts and queues for the Lease again
 

@@ -33,7 +33,10 @@ ENERGY = Counter("tandem_energy_watt_hours_total", "Estimated energy of workload
 _phases: dict[tuple[str, str, str], str] = {}
 _counts: dict[tuple[str, str], int] = {}
 _phases_lock = threading.Lock()
-"""The reconcile workers record phases concurrently; the count and its series move together under it."""
+"""The reconcile workers record phases concurrently; the count and its series move together under it.
+
+These three are the memory of the tandem_resources gauge and, like it (prometheus_client registers metrics in one
+registry per process), process-wide: the only state of tandem.controller kept outside the operator's Controller."""
 
 
 @contextmanager

@@ -1,8 +1,9 @@
 """Level-triggered reconciliation: read the resource and what it owns, apply the desired children, write status.
 
-Everything here is I/O glue between `Kube` and the pure modules (placement, build, status); the kopf
-registrations in tandem.controller.handlers only decide when to call it. Each function can run any number of times
-for the same state and converges to the same objects.
+Everything here is I/O glue between `Kube` and the pure modules (decide, render, status); the operator's
+Controller (tandem.controller.controller) calls it from its work queue, whose keys the kopf registrations in
+tandem.controller.handlers and the child watches add. Each function can run any number of times for the same
+state and converges to the same objects.
 
 Writes happen only on a real difference: status is patched only when it changed, and conditionally on the
 resourceVersion of the body it was computed from (a 409 tells the caller its view was stale); an
