@@ -12,8 +12,6 @@ from kubernetes.client.exceptions import ApiException
 from support.tandem import body, create, patch_spec
 from tandem.api.resources import COMPUTE_POOL, INFERENCE_SERVICE, TRAINING_JOB, Resource
 
-pytestmark = pytest.mark.cluster
-
 GOOD_TRAINING: dict[str, Any] = {"model": {"output": "pvc://models/digits"}, "resources": {"gpus": 1}}
 GOOD_SERVING: dict[str, Any] = {"model": {"fromTrainingJob": {"name": "digits"}}}
 GOOD_POOL: dict[str, Any] = {"nodeSelector": {"tandem.dev/pool": "cpu"}}

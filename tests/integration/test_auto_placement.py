@@ -14,7 +14,6 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import pytest
 from kopf.testing import KopfRunner
 from kubernetes import client as k8s
 
@@ -26,8 +25,6 @@ from tandem.api.resources import INFERENCE_SERVICE
 from tandem.config import OperatorConfig
 from tandem.decide.placement import pod_placement
 from tandem.render import profiling as profiling_build
-
-pytestmark = pytest.mark.cluster
 
 SHA = hashlib.sha256(b"resnet18").hexdigest()
 URI = "s3://models/resnet18/model.onnx"  # no volume: the test namespace has no claim

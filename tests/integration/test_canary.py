@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from kopf.testing import KopfRunner
 from kubernetes import client as k8s
 
@@ -17,8 +16,6 @@ from integration.test_operator import SHA_1, SHA_2, phase_is, training_spec
 from support.cluster import wait_until
 from support.tandem import artifact_message, body, condition, create, events_for, patch_spec, wait_for
 from tandem.api.resources import INFERENCE_SERVICE, TRAINING_JOB
-
-pytestmark = pytest.mark.cluster
 
 SHA_3 = "3" * 64
 

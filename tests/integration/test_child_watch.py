@@ -23,8 +23,6 @@ from tandem.controller.exclusive import Key
 from tandem.controller.kube import Kube, api_client
 from tandem.controller.own_writes import OwnWrites
 
-pytestmark = pytest.mark.cluster
-
 
 def job(name: str, labels: dict[str, str]) -> dict[str, Any]:
     return {

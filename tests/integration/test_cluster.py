@@ -15,8 +15,6 @@ from kubernetes.client.rest import ApiException
 
 from support.cluster import LocalCluster, pid_is_alive, port_is_open, wait_until
 
-pytestmark = pytest.mark.cluster
-
 GPU_TOLERATION = k8s.V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
 
 

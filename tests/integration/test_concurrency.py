@@ -30,8 +30,6 @@ from tandem.controller.kube import Kube
 from tandem.controller.reconcile import Outcome
 from tandem.controller.workqueue import WorkQueue
 
-pytestmark = pytest.mark.cluster
-
 SHA = hashlib.sha256(b"race").hexdigest()
 NAME = "race"
 

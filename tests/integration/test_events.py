@@ -18,8 +18,6 @@ from tandem.api.resources import COMPUTE_POOL, GROUP, TRAINING_JOB, VERSION
 from tandem.controller.events import EventRecorder
 from tandem.controller.kube import Kube
 
-pytestmark = pytest.mark.cluster
-
 SPEC = {
     "resources": {"gpus": 1, "cpu": "1", "memory": "1Gi"},
     "model": {"output": "s3://models/events"},

@@ -8,7 +8,6 @@ the real worker 0 is still training: the TrainingJob must keep running and then 
 
 from __future__ import annotations
 
-import pytest
 from kopf.testing import KopfRunner
 from kubernetes import client as k8s
 
@@ -16,8 +15,6 @@ from integration.test_operator import SHA_1, phase_is, pods_of, training_spec
 from support.cluster import wait_until
 from support.tandem import artifact_message, body, create, get, wait_for
 from tandem.api.resources import TRAINING_JOB
-
-pytestmark = pytest.mark.cluster
 
 FORGED = "f" * 64
 

@@ -23,8 +23,6 @@ from support.cluster import wait_until
 from support.tandem import artifact_message, body, condition, create, resource_api, wait_for
 from tandem.api.resources import COMPUTE_POOL, GROUP, TRAINING_JOB, VERSION
 
-pytestmark = pytest.mark.cluster
-
 SHA = hashlib.sha256(b"gang model").hexdigest()
 
 

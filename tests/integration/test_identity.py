@@ -9,14 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from kubernetes import client as k8s
 
 from support.cluster import wait_until
 from support.tandem import artifact_message, body, condition, create, wait_for
 from tandem.api.resources import INFERENCE_SERVICE, TRAINING_JOB
-
-pytestmark = pytest.mark.cluster
 
 
 def training(name: str, account: str) -> dict[str, Any]:

@@ -37,8 +37,6 @@ from support.tandem import (
 )
 from tandem.api.resources import GROUP, INFERENCE_SERVICE, TRAINING_JOB, VERSION
 
-pytestmark = pytest.mark.cluster
-
 WRITES = {"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"}
 TOUCHED = {
     "trainingjobs",

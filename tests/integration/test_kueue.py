@@ -24,8 +24,6 @@ from tandem.api.resources import GROUP as TRAINING_JOB_GROUP
 from tandem.api.resources import TRAINING_JOB
 from tandem.api.resources import VERSION as TRAINING_JOB_VERSION
 
-pytestmark = pytest.mark.cluster
-
 GROUP, VERSION = "kueue.x-k8s.io", "v1beta2"
 PLURALS = {
     "ResourceFlavor": "resourceflavors",

@@ -14,7 +14,6 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-import pytest
 from kopf.testing import KopfRunner
 from kubernetes import client as k8s
 
@@ -31,8 +30,6 @@ from support.tandem import (
     wait_for,
 )
 from tandem.api.resources import COMPUTE_POOL, INFERENCE_SERVICE, TRAINING_JOB
-
-pytestmark = pytest.mark.cluster
 
 SHA_1 = hashlib.sha256(b"model one").hexdigest()
 SHA_2 = hashlib.sha256(b"model two").hexdigest()

@@ -17,8 +17,6 @@ from support.cluster import wait_until
 from support.tandem import HANDLERS, body, create, get, reconciles, resource_api, running_controller
 from tandem.api.resources import COMPUTE_POOL, GROUP, INFERENCE_SERVICE, VERSION
 
-pytestmark = pytest.mark.cluster
-
 
 @pytest.fixture
 def hour_resync_operator(tandem_api: k8s.ApiClient, monkeypatch: pytest.MonkeyPatch) -> Iterator[KopfRunner]:

@@ -16,7 +16,7 @@ from kubernetes import config as k8s_config
 
 from support.cluster import REPO_ROOT, LocalCluster, pid_is_alive, port_is_open, wait_until
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 NODES_SCRIPT = REPO_ROOT / "hack" / "nodes.sh"
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")

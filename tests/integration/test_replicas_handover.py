@@ -20,8 +20,6 @@ from support.tandem import body, create, patch_spec, wait_for
 from tandem.api.resources import INFERENCE_SERVICE
 from tandem.controller.reconcile import CHILDREN_HASH_ANNOTATION
 
-pytestmark = pytest.mark.cluster
-
 SPEC: dict[str, Any] = {
     "model": {"uri": "s3://models/handover/model.onnx"},
     "resources": {"cpu": "50m", "memory": "64Mi"},

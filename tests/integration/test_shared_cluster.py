@@ -33,8 +33,6 @@ from support.tandem import (
 )
 from tandem.api.resources import COMPUTE_POOL, GROUP, TRAINING_JOB, VERSION
 
-pytestmark = pytest.mark.cluster
-
 HOLD = "tandem.test/hold"
 """A finalizer of the test's own: it keeps a deleted Job in the API server, as a garbage collector behind would."""
 
@@ -194,7 +192,7 @@ def test_ttl_0_with_the_operator_away_across_the_completion_records_the_model_ex
     second = _operator_process(kubeconfig)
     try:
         done = wait_for(tandem_api, TRAINING_JOB, namespace, "ttl", phase_is("Succeeded", "Failed"), "done")
-        assert done["status"]["phase"] == "Succeeded"
+        assert done["status"]["phase"] == "Succeeded", done["status"]
         assert done["status"]["model"]["sha256"] == SHA_1
         wait_until(lambda: not job_names(tandem_api, namespace), timeout=60,
                    what="the TTL controller deleting the Job once its result is recorded")
