@@ -440,7 +440,7 @@ def test_the_server_bounds_the_wide_session_by_its_memory_budget() -> None:
     assert server.budget is not None and server.budget.limit == budget
     assert server.model.settings.wide_session_max_model_bytes == budget // 8  # weights x 2 within a quarter
     assert server.http.budget is server.budget and server.grpc.budget is server.budget
-    assert server.grpc.max_concurrent_rpcs == 2 + config.max_queued_requests + 32
+    assert server.grpc.max_concurrent_rpcs == 2 + config.max_queued_requests // 2 + 32  # REST keeps half the queue
     unbounded = InferenceServer(ServerConfig("m", "file:///m.onnx", threads=1, workers=2, lone_run_threads=2))
     assert unbounded.budget is None and unbounded.model.settings.wide_session_max_model_bytes is None
 

@@ -113,6 +113,7 @@ class InferenceServer:
             self.dataplane.enable_batching(
                 self.model, self.config.max_batch_size, self.config.max_batch_delay_ms / 1000, self.config.workers
             )
+        self.metrics.serving(self.model.name)
         self.metrics.model_ready.labels(self.model.name).set(1)
         self.metrics.execution_provider.labels(
             self.model.name, self.model.version or "", self.model.execution_provider or "cpu"

@@ -107,8 +107,8 @@ def _install_loop() -> None:
 )  # fmt: skip
 @click.option(
     "--max-concurrent-rpcs", envvar="TANDEM_MAX_CONCURRENT_RPCS", type=click.IntRange(min=1), default=None,
-    help="gRPC calls in progress at once; one more gets RESOURCE_EXHAUSTED [default: workers + "
-    f"--max-queued-requests + {defaults.GRPC_SPARE_RPCS}].",
+    help="gRPC calls in progress at once; one more gets RESOURCE_EXHAUSTED [default: workers + half of "
+    f"--max-queued-requests + {defaults.GRPC_SPARE_RPCS}, so REST always finds room in the queue].",
 )  # fmt: skip
 @click.option(
     "--drain-timeout",

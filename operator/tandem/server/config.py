@@ -28,8 +28,12 @@ buffers, so the headers proxies and tracing libraries add never reach it; a conn
 this much of a head (when it begins in the same read as the end of the request before it) before it is
 refused."""
 GRPC_SPARE_RPCS = 32
-"""gRPC calls allowed beyond the infer requests the data plane admits, so health and metadata calls still get
-through when inference is full (and an infer call beyond it is refused by the data plane's UNAVAILABLE first)."""
+"""gRPC calls allowed beyond gRPC's share of the infer requests the data plane admits, so health and metadata
+calls still get through when inference is full."""
+GRPC_SHARE_OF_QUEUE = 1 / 2
+"""Share of the data plane's queue that gRPC calls may fill by default. grpcio holds a call before the data plane
+sees it, so a flood of gRPC calls bounded only by the whole queue fills it and REST clients get 503: with half,
+REST always finds room."""
 DEFAULT_MAX_QUEUED_REQUESTS = 256
 """Infer requests waiting beyond the ones running: at a few thousand requests per second, well under 100 ms
 of queue, which absorbs any burst a Service spreads over a replica and refuses a flood before it is a
@@ -75,8 +79,8 @@ class ServerConfig:
     (`budget`); None: no budget. `tandem serve` derives it from the cgroup memory limit unless given."""
     max_concurrent_rpcs: int | None = None
     """gRPC calls in progress at once; one more is answered RESOURCE_EXHAUSTED by grpcio before its message
-    is read. None: the infer requests the data plane admits (`workers` + `max_queued_requests`) plus
-    GRPC_SPARE_RPCS."""
+    is read. None: the infer requests the data plane runs (`workers`), GRPC_SHARE_OF_QUEUE of those it queues
+    (`max_queued_requests`), plus GRPC_SPARE_RPCS."""
     drain_timeout_s: float = 25.0
     """On SIGTERM, how long in-flight requests may take before connections are cut (pods get 30 s)."""
     spinning: bool = False
@@ -90,4 +94,4 @@ class ServerConfig:
     def grpc_concurrent_rpcs(self) -> int:
         if self.max_concurrent_rpcs is not None:
             return self.max_concurrent_rpcs
-        return max(1, self.workers) + self.max_queued_requests + GRPC_SPARE_RPCS
+        return max(1, self.workers) + int(self.max_queued_requests * GRPC_SHARE_OF_QUEUE) + GRPC_SPARE_RPCS

@@ -85,6 +85,13 @@ class ServerMetrics:
         self._batch: dict[str, Histogram] = {}
         self._in_flight: dict[str, Gauge] = {}
 
+    def serving(self, model: str) -> None:
+        """Create the model's request and in-flight series at zero when it loads, as Prometheus advises for
+        labelled metrics: a replica no request has reached yet reports a rate of 0 instead of no series, which
+        an autoscaler reading it through prometheus-adapter needs in order to scale in."""
+        self._requests.setdefault((model, 200), self.requests.labels(model, "200"))
+        self._in_flight.setdefault(model, self.in_flight.labels(model))
+
     def started(self, model: str) -> None:
         gauge = self._in_flight.get(model)
         if gauge is None:
