@@ -9,9 +9,7 @@ tenant's service as usual, and end the trial the way it ends one whose figures c
 
 from __future__ import annotations
 
-import hashlib
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -22,10 +20,12 @@ import pytest
 from kubernetes import client as k8s
 
 from e2e.conftest import ModelVolume, Release
+from e2e.test_canary import put
 from support.cluster import free_port, wait_until
 from support.digits import CPU_POOL
 from support.models import tiny_model
 from support.tandem import body, condition, create, patch_spec, wait_for
+from support.tools import run
 from tandem.api.resources import INFERENCE_SERVICE
 
 pytestmark = pytest.mark.timeout(600)
@@ -39,26 +39,22 @@ WINDOW_S = 40
 MiB = 1 << 20
 
 
-def run(*command: str) -> str:
-    return subprocess.run(command, check=True, capture_output=True, text=True, timeout=300).stdout
-
-
 @pytest.fixture(scope="module")
 def hostile_image(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The hostile server on the Debian base that hack/images.sh built, imported into every real node."""
-    bases = [name for name in run("buildah", "images", "--format", "{{.Name}}:{{.Tag}}").split()
+    bases = [name for name in run(["buildah", "images", "--format", "{{.Name}}:{{.Tag}}"], timeout=300).stdout.split()
              if name.startswith("localhost/tandem-base:")]
     assert bases, "no tandem-base image: run hack/images.sh build"
-    container = run("buildah", "from", "--quiet", "--pull=never", bases[0]).strip()
+    container = run(["buildah", "from", "--quiet", "--pull=never", bases[0]], timeout=300).stdout.strip()
     # A replica's container runs `tandem serve` in whatever image the tenant names: here that is the script.
-    run("buildah", "copy", "--quiet", "--chmod", "0755", container, str(SCRIPT), "/usr/local/bin/tandem")
-    run("buildah", "config", "--user", "65532:65532", "--env", "PATH=/usr/local/bin:/usr/bin:/bin",
-        "--entrypoint", '["tandem"]', "--cmd", '["serve"]', container)
-    run("buildah", "commit", "--quiet", "--rm", container, HOSTILE_IMAGE)
+    run(["buildah", "copy", "--quiet", "--chmod", "0755", container, SCRIPT, "/usr/local/bin/tandem"], timeout=300)
+    run(["buildah", "config", "--user", "65532:65532", "--env", "PATH=/usr/local/bin:/usr/bin:/bin",
+         "--entrypoint", '["tandem"]', "--cmd", '["serve"]', container], timeout=300)
+    run(["buildah", "commit", "--quiet", "--rm", container, HOSTILE_IMAGE], timeout=300)
     archive = tmp_path_factory.mktemp("hostile") / "hostile.tar"
-    run("buildah", "push", "--quiet", HOSTILE_IMAGE, f"oci-archive:{archive}:{HOSTILE_IMAGE}")
+    run(["buildah", "push", "--quiet", HOSTILE_IMAGE, f"oci-archive:{archive}:{HOSTILE_IMAGE}"], timeout=300)
     for sock in NODE_SOCKETS.glob("*/containerd.sock"):
-        run("ctr", "--address", str(sock), "--namespace", "k8s.io", "images", "import", str(archive))
+        run(["ctr", "--address", sock, "--namespace", "k8s.io", "images", "import", archive], timeout=300)
     return HOSTILE_IMAGE
 
 
@@ -100,11 +96,6 @@ def operator_rss() -> int:
         except (OSError, StopIteration, UnicodeDecodeError):
             continue
     raise AssertionError("no `tandem operator` process on this machine")
-
-
-def put(models: ModelVolume, file: str, data: bytes) -> dict[str, str]:
-    (models.path / file).write_bytes(data)
-    return {"uri": f"pvc://{models.claim}/{file}", "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def ready(obj: dict[str, Any]) -> bool:
