@@ -147,12 +147,6 @@ def container_state(kube: k8s.ApiClient, namespace: str, pod: str) -> tuple[int,
     return server.restart_count, server.last_state.terminated if server.last_state else None
 
 
-@pytest.mark.xfail(
-    reason="issue 28, open: in a CI run the replica was OOM-killed 15 s after it started, under the large bodies, "
-    "though its budget was half its limit; it passed when run alone. The budget does not yet bound the "
-    "container's memory (see docs/server.md).",
-    strict=False,
-)
 def test_a_replica_with_a_memory_limit_is_never_oom_killed_by_the_abuse_suites_attacks_and_keeps_serving(
     kube: k8s.ApiClient, namespace: str, release: Release, models: ModelVolume
 ) -> None:

@@ -25,16 +25,20 @@ from tandem.server import proto
 from tandem.server.budget import (
     BINARY_EXPANSION,
     GRPC_EXPANSION,
+    GRPC_READ_COPIES,
+    GRPC_READERS,
     JSON_EXPANSION,
     KEPT_FOR_SMALL,
     MemoryBudget,
     body_charge,
+    grpc_message_bytes,
     rest_charge,
 )
+from tandem.server.config import DEFAULT_MAX_REQUEST_BYTES
 from tandem.server.dataplane import DataPlane
 from tandem.server.errors import MemoryExhausted, PayloadTooLarge
 from tandem.server.grpcserver import GrpcFront
-from tandem.server.httpserver import HttpServer, Request, Response
+from tandem.server.httpserver import HEAD_UNCHARGED, HttpServer, Request, Response
 from tandem.server.metrics import ServerMetrics
 from tandem.server.model import OnnxModel, SessionSettings
 from tandem.server.rest import RestApp
@@ -142,6 +146,59 @@ async def http_server(gate: Gate, budget: MemoryBudget) -> AsyncIterator[tuple[H
 
 def echo(request: Request) -> Response:
     return Response(200, b"%d" % len(request.body))
+
+
+def test_large_heads_still_arriving_are_charged_and_refused_503_once_the_budget_is_spent() -> None:
+    async def exchange() -> tuple[int, int, list[bytes], int, bytes, int]:
+        gate, budget = Gate(echo), MemoryBudget(2 * MiB)
+        server = HttpServer(gate, budget=budget, max_header_bytes=64 * 1024)
+        port = await server.listen("127.0.0.1", 0)
+        per_head = 2 * server.max_header_bytes
+        fits = budget.large_limit // per_head  # each charge is a large request's at this budget
+        connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(fits + 4)]
+        large_head = b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Large: " + b"a" * (HEAD_UNCHARGED + 1)
+        for _, writer in connections[:fits]:
+            writer.write(large_head)  # never completed
+        await until(lambda: budget.held == fits * per_head)
+        held = budget.held
+        for _, writer in connections[fits:]:
+            writer.write(large_head)
+        refused = [await connection[0].readuntil(b"}") for connection in connections[fits:]]
+        reader, writer = connections[0]
+        writer.write(b"\r\n\r\n")  # the first head completes: its charge comes back, the request is served
+        served = await reader.readuntil(b"\r\n\r\n0")
+        after_one = budget.held
+        for _, writer in connections:
+            writer.close()
+        await until(lambda: budget.held == 0)
+        await server.drain(30)
+        return fits, held, refused, after_one, served, budget.held
+
+    fits, held, refused, after_one, served, after = asyncio.run(exchange())
+    assert fits > 0 and held == fits * 2 * 64 * 1024
+    assert all(answer.startswith(b"HTTP/1.1 503 ") and b"retry-after: 1\r\n" in answer for answer in refused)
+    assert served.startswith(b"HTTP/1.1 200 ") and after_one == held - 2 * 64 * 1024
+    assert after == 0
+
+
+def test_with_the_budget_spent_an_ordinary_head_arriving_a_piece_at_a_time_is_still_served() -> None:
+    async def exchange() -> bytes:
+        gate, budget = Gate(echo), MemoryBudget(2 * MiB)
+        async with http_server(gate, budget) as (_, port):
+            budget.take(budget.large_limit)
+            while budget.held + budget.small <= budget.limit:
+                budget.take(budget.small)  # the small requests' share too
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            head = b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Trace: " + b"t" * 4000 + b"\r\n\r\n"
+            for start in range(0, len(head), 500):
+                writer.write(head[start : start + 500])
+                await writer.drain()
+            answer = await reader.readuntil(b"\r\n\r\n0")
+            writer.close()
+            budget.release(budget.held)
+        return answer
+
+    assert asyncio.run(exchange()).startswith(b"HTTP/1.1 200 ")
 
 
 def test_a_body_the_budget_cannot_hold_now_is_refused_with_503_and_retry_after_before_it_is_sent() -> None:
@@ -326,11 +383,31 @@ def model_infer_request(rows: int) -> bytes:
     return data
 
 
+@dataclass
+class ServedGrpc:
+    """A gRPC front serving the linear model, and a client channel to it."""
+
+    infer: Any
+    """ModelInfer as a client calls it (unary)."""
+    opened: asyncio.Event
+    """Set: the data plane answers infer calls."""
+    entered: list[int]
+    """One item per infer call that reached the data plane."""
+    channel: grpc.aio.Channel
+    front: GrpcFront
+
+
 @asynccontextmanager
 async def grpc_front(
-    model_dir: Path, *, max_concurrent_rpcs: int | None = None, budget: MemoryBudget | None = None
-) -> AsyncIterator[tuple[Any, asyncio.Event, list[int]]]:
-    """A gRPC front whose infer calls wait for the event; yields a ModelInfer callable, the event, the calls in."""
+    model_dir: Path,
+    *,
+    max_concurrent_rpcs: int | None = None,
+    budget: MemoryBudget | None = None,
+    max_message_bytes: int = 64 * MiB,
+    readers: int | None = None,
+    read_timeout_s: float = 60,
+) -> AsyncIterator[ServedGrpc]:
+    """A gRPC front whose infer calls wait for `opened`."""
     dataplane = DataPlane(ThreadPoolExecutor(2))
     model = OnnxModel("linear", (model_dir / "linear.onnx").as_uri())
     model.load()
@@ -338,14 +415,15 @@ async def grpc_front(
     opened, entered = asyncio.Event(), list[int]()
     gate_infer(dataplane, opened, entered)
     front = GrpcFront(
-        dataplane, ServerMetrics(), max_message_bytes=64 * MiB, idle_timeout_s=60,
-        max_concurrent_rpcs=max_concurrent_rpcs, budget=budget,
+        dataplane, ServerMetrics(), max_message_bytes=max_message_bytes, idle_timeout_s=60,
+        max_concurrent_rpcs=max_concurrent_rpcs, budget=budget, readers=readers, read_timeout_s=read_timeout_s,
     )  # fmt: skip
     port = await front.listen("127.0.0.1", 0)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+    options = [("grpc.max_send_message_length", -1)]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
         infer = channel.unary_unary(f"/{proto.SERVICE}/ModelInfer")
         try:
-            yield infer, opened, entered
+            yield ServedGrpc(infer, opened, entered, channel, front)
         finally:
             opened.set()
             await front.drain(10)
@@ -361,7 +439,8 @@ async def code_of(call: Awaitable[Any]) -> grpc.StatusCode:
 
 def test_a_flood_of_rpcs_beyond_the_bound_gets_resource_exhausted_and_the_server_serves_on(model_dir: Path) -> None:
     async def flood() -> tuple[list[grpc.StatusCode], list[grpc.StatusCode], grpc.StatusCode]:
-        async with grpc_front(model_dir, max_concurrent_rpcs=4) as (infer, opened, entered):
+        async with grpc_front(model_dir, max_concurrent_rpcs=4) as served:
+            infer, opened, entered = served.infer, served.opened, served.entered
             held = [asyncio.ensure_future(code_of(infer(model_infer_request(1)))) for _ in range(4)]
             await until(lambda: len(entered) == 4)
             beyond = await asyncio.gather(*(code_of(infer(model_infer_request(1))) for _ in range(16)))
@@ -379,7 +458,8 @@ def test_a_message_the_budget_cannot_hold_now_gets_resource_exhausted_with_retry
     async def exchange() -> tuple[grpc.aio.AioRpcError, grpc.StatusCode, int, int]:
         budget = MemoryBudget(64 * MiB)
         message = model_infer_request(4096)  # 64 KiB: 1.5 MiB charged, a large request at this budget
-        async with grpc_front(model_dir, budget=budget) as (infer, opened, entered):
+        async with grpc_front(model_dir, budget=budget) as served:
+            infer, opened, entered = served.infer, served.opened, served.entered
             held = asyncio.ensure_future(code_of(infer(message)))
             await until(lambda: len(entered) == 1)
             others = budget.large_limit - budget.held
@@ -403,12 +483,67 @@ def test_a_message_the_budget_cannot_hold_now_gets_resource_exhausted_with_retry
 def test_a_message_the_budget_could_never_hold_gets_resource_exhausted_without_being_parsed(model_dir: Path) -> None:
     async def exchange() -> tuple[grpc.StatusCode, list[int], int]:
         budget = MemoryBudget(16 * MiB)
-        async with grpc_front(model_dir, budget=budget) as (infer, _, entered):
-            code = await code_of(infer(model_infer_request(64 * 1024)))  # 1 MiB, 24 MiB charged
-        return code, entered, budget.held
+        async with grpc_front(model_dir, budget=budget) as served:
+            code = await code_of(served.infer(model_infer_request(64 * 1024)))  # 1 MiB, 24 MiB charged
+        return code, served.entered, budget.held
 
     code, entered, held = asyncio.run(exchange())
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and entered == [] and held == 0
+
+
+def test_a_message_over_the_largest_the_server_reads_gets_resource_exhausted_unread(model_dir: Path) -> None:
+    async def exchange() -> tuple[grpc.StatusCode, list[int], grpc.StatusCode]:
+        async with grpc_front(model_dir, max_message_bytes=64 * 1024, readers=1) as served:
+            served.opened.set()
+            code = await code_of(served.infer(model_infer_request(8192)))  # 128 KiB
+            after = await code_of(served.infer(model_infer_request(1)))
+        return code, served.entered, after
+
+    code, entered, after = asyncio.run(exchange())
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and entered == [1]  # only the call after it
+    assert after == grpc.StatusCode.OK
+
+
+def test_a_call_whose_message_never_comes_gives_its_reading_slot_back_and_the_calls_behind_it_are_served(
+    model_dir: Path,
+) -> None:
+    async def exchange() -> tuple[grpc.StatusCode, str, list[grpc.StatusCode]]:
+        never = asyncio.Event()
+
+        async def no_message() -> AsyncIterator[bytes]:
+            await never.wait()  # headers sent, the message never
+            yield b""
+
+        async with grpc_front(model_dir, readers=1, read_timeout_s=1) as served:
+            served.opened.set()
+            reading = served.front.reading
+            assert reading is not None
+            silent = served.channel.stream_unary(f"/{proto.SERVICE}/ModelInfer")(no_message())
+            await until(reading.locked)  # the silent call holds the only slot
+            behind = [asyncio.ensure_future(code_of(served.infer(model_infer_request(1)))) for _ in range(3)]
+            with pytest.raises(grpc.aio.AioRpcError) as timed_out:
+                await silent
+            codes = await asyncio.gather(*behind)
+            never.set()
+        return timed_out.value.code(), timed_out.value.details() or "", list(codes)
+
+    code, details, behind = asyncio.run(exchange())
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED and "not received within 1 s" in details
+    assert behind == [grpc.StatusCode.OK] * 3
+
+
+def test_the_server_keeps_room_for_reading_grpc_messages_out_of_what_requests_may_hold() -> None:
+    from tandem.server.app import InferenceServer
+    from tandem.server.config import ServerConfig
+
+    budget = 64 * MiB
+    server = InferenceServer(ServerConfig("m", "file:///m.onnx", memory_budget_bytes=budget))
+    assert server.grpc.max_message_bytes == grpc_message_bytes(budget, DEFAULT_MAX_REQUEST_BYTES) == 2 * MiB
+    assert server.grpc.reading is not None
+    readers_room = GRPC_READERS * GRPC_READ_COPIES * server.grpc.max_message_bytes
+    assert server.budget is not None and server.budget.limit + readers_room == budget
+    unbounded = InferenceServer(ServerConfig("m", "file:///m.onnx"))
+    assert unbounded.grpc.reading is None and unbounded.grpc.max_message_bytes == DEFAULT_MAX_REQUEST_BYTES
 
 
 # the wide session
@@ -437,7 +572,6 @@ def test_the_server_bounds_the_wide_session_by_its_memory_budget() -> None:
     budget = 64 * MiB
     config = ServerConfig("m", "file:///m.onnx", threads=1, workers=2, lone_run_threads=2, memory_budget_bytes=budget)
     server = InferenceServer(config)
-    assert server.budget is not None and server.budget.limit == budget
     assert server.model.settings.wide_session_max_model_bytes == budget // 8  # weights x 2 within a quarter
     assert server.http.budget is server.budget and server.grpc.budget is server.budget
     assert server.grpc.max_concurrent_rpcs == 2 + config.max_queued_requests // 2 + 32  # REST keeps half the queue

@@ -13,7 +13,14 @@ import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
 
-from tandem.server.budget import MemoryBudget, rest_charge
+from tandem.server.budget import (
+    GRPC_READERS,
+    MemoryBudget,
+    grpc_message_bytes,
+    requests_share,
+    rest_charge,
+    wide_session_max_model_bytes,
+)
 from tandem.server.config import ServerConfig
 from tandem.server.dataplane import DataPlane
 from tandem.server.errors import ModelLoadError
@@ -46,7 +53,11 @@ class InferenceServer:
                 lone_run_threads=config.lone_run_threads,
                 spinning=config.spinning,
                 execution_provider=config.execution_provider,
-                wide_session_max_model_bytes=self.budget.wide_session_max_model_bytes if self.budget else None,
+                wide_session_max_model_bytes=(
+                    None
+                    if config.memory_budget_bytes is None
+                    else wide_session_max_model_bytes(config.memory_budget_bytes)
+                ),
             ),
         )
         self.dataplane.add(self.model)
@@ -66,14 +77,19 @@ class InferenceServer:
             budget=self.budget,
             charge=rest_charge,
         )
+        limit = config.memory_budget_bytes
         self.grpc = GrpcFront(
             self.dataplane,
             self.metrics,
-            max_message_bytes=config.max_request_bytes,
+            max_message_bytes=config.max_request_bytes
+            if limit is None
+            else grpc_message_bytes(limit, config.max_request_bytes),
             idle_timeout_s=config.idle_timeout_s,
             access_log=self.access_log,
             max_concurrent_rpcs=config.grpc_concurrent_rpcs,
             budget=self.budget,
+            readers=None if limit is None else GRPC_READERS,
+            read_timeout_s=config.body_timeout_s,
         )
         self.http_port = config.http_port
         self.grpc_port = config.grpc_port
@@ -81,10 +97,13 @@ class InferenceServer:
         self._stop = asyncio.Event()
 
     def _budget(self, limit: int | None) -> MemoryBudget | None:
-        """The memory budget both fronts charge requests to, published as metrics; None without a limit."""
+        """The memory budget both fronts charge requests to, all of `limit` but the room kept for reading gRPC
+        messages, published as metrics; None without a limit."""
         if limit is None:
             return None
-        budget = MemoryBudget(limit, on_refuse=self.metrics.memory_refused.inc)
+        budget = MemoryBudget(
+            requests_share(limit, self.config.max_request_bytes), on_refuse=self.metrics.memory_refused.inc
+        )
         self.metrics.memory_budget.set(limit)
         self.metrics.memory_held.set_function(lambda: budget.held)
         return budget

@@ -12,6 +12,11 @@ refusing some requests it could have served. Decoding is synchronous on the one 
 one decode is never held twice at once, while each request is charged for it; the overcharge is the margin
 that keeps the bound true for the worst body.
 
+gRPC messages are the exception: grpcio holds a message before the server sees its size. So a share of the
+budget (GRPC_READING_SHARE) is kept for the few messages read at once (GRPC_READERS, each held twice while it
+is read: grpcio's buffer and the bytes made of it), which bounds the size of a gRPC message
+(`grpc_message_bytes`); requests are charged to the rest (`requests_share`), gRPC messages included once read.
+
 A flood of large bodies must not starve the small requests most clients send: the last `KEPT_FOR_SMALL` of
 the budget is only for requests charged at most `SMALL` of it. Used from the event loop only (the HTTP and
 gRPC fronts share it), so it needs no lock.
@@ -32,6 +37,12 @@ elements (a Python object per element); numeric data is a view of the body."""
 GRPC_EXPANSION = 24
 """Bytes held per byte of a gRPC message: the message plus up to 20x measured for typed INT32 contents (one
 varint byte becomes a Python int in a list); 9x for FP32 contents, 1x for raw contents."""
+GRPC_READERS = 4
+"""gRPC messages read at once; more calls wait for a slot, each holding no more than its stream window."""
+GRPC_READING_SHARE = 1 / 4
+"""Share of the budget kept for the gRPC messages being read."""
+GRPC_READ_COPIES = 2
+"""Copies of a gRPC message alive as its read completes: grpcio's receive buffer and the bytes made of it."""
 SMALL = 1 / 64
 """Requests charged at most this share of the budget are small: they may use the share kept for them."""
 KEPT_FOR_SMALL = 1 / 8
@@ -77,10 +88,22 @@ class MemoryBudget:
     def release(self, charge: int) -> None:
         self.held -= charge
 
-    @property
-    def wide_session_max_model_bytes(self) -> int:
-        """The largest model whose second, wide session (`lonerun`) fits the share of the budget it may cost."""
-        return int(self.limit * WIDE_SESSION_SHARE) // WIDE_SESSION_COST
+
+def wide_session_max_model_bytes(budget: int) -> int:
+    """The largest model whose second, wide session (`lonerun`) fits the share of a budget of `budget` bytes
+    it may cost."""
+    return int(budget * WIDE_SESSION_SHARE) // WIDE_SESSION_COST
+
+
+def grpc_message_bytes(budget: int, max_request_bytes: int) -> int:
+    """The largest gRPC message a server with a memory budget of `budget` bytes reads: GRPC_READERS of them,
+    GRPC_READ_COPIES times each, fill GRPC_READING_SHARE of the budget."""
+    return min(max_request_bytes, int(budget * GRPC_READING_SHARE) // (GRPC_READERS * GRPC_READ_COPIES))
+
+
+def requests_share(budget: int, max_request_bytes: int) -> int:
+    """What requests may be charged under a memory budget of `budget` bytes: all but the gRPC reading room."""
+    return budget - GRPC_READERS * GRPC_READ_COPIES * grpc_message_bytes(budget, max_request_bytes)
 
 
 def body_charge(length: int, json_length: int | None) -> int:

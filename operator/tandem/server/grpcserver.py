@@ -8,19 +8,28 @@ calls are not served, and grpcio answers them UNIMPLEMENTED. Infer requests are 
 as REST, under the HTTP status their V2 error carries, and every call gets a line in the access log as a
 REST request does.
 
-What a client can make it hold is bounded before anything is decoded: grpcio refuses a message over
-`max_message_bytes` (RESOURCE_EXHAUSTED) and a call beyond `max_concurrent_rpcs` in progress
-(RESOURCE_EXHAUSTED, before its message is read), and every call's message is charged to the memory budget it
-shares with the HTTP front (`budget.grpc_charge`) before it is parsed: one the budget cannot hold now is
-answered RESOURCE_EXHAUSTED with a `grpc-retry-pushback-ms` hint, and its bytes come back when the call ends.
+What a client can make it hold is bounded before anything is decoded. grpcio reads a unary call's whole
+message before its handler runs, so the server could not charge a message to its memory budget until after
+it was held. So every method is served as grpcio's stream-unary (the wire is the same; a client sees a unary
+call), and its one message is read only once one of `readers` reading slots is free: a message is held, at
+most `max_message_bytes` (grpcio refuses a larger one, RESOURCE_EXHAUSTED), by at most `readers` calls at a
+time, and the budget keeps room for them (`budget.grpc_message_bytes`). A call waiting for a slot holds no
+more than its HTTP/2 stream window: the window does not grow with bandwidth estimates (BDP probing is off),
+and only a read asks the client for the rest. A message not read within `read_timeout_s` ends its call with
+DEADLINE_EXCEEDED, so slow senders do not keep the slots. Calls in progress are bounded by
+`max_concurrent_rpcs` (grpcio answers one more RESOURCE_EXHAUSTED before its message is read). Once read, a
+message is charged to the memory budget the HTTP front also uses (`budget.grpc_charge`) before it is parsed:
+one the budget cannot hold now is answered RESOURCE_EXHAUSTED with a `grpc-retry-pushback-ms` hint, and its
+bytes come back when the call ends.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, cast
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -58,6 +67,8 @@ class GrpcFront:
         access_log: AccessLog | None = None,
         max_concurrent_rpcs: int | None = None,
         budget: MemoryBudget | None = None,
+        readers: int | None = None,
+        read_timeout_s: float = 60.0,
     ) -> None:
         self.dataplane = dataplane
         self.metrics = metrics
@@ -67,6 +78,9 @@ class GrpcFront:
         self.max_concurrent_rpcs = max_concurrent_rpcs
         """Calls in progress at once; None: no bound."""
         self.budget = budget
+        self.read_timeout_s = read_timeout_s
+        self.reading = asyncio.Semaphore(readers) if readers is not None else None
+        """Slots for reading messages; None: every call in progress reads at once (there is no memory budget)."""
         self.draining = False
         """Set on SIGTERM: ServerReady answers false; in-flight calls complete."""
         self._server: grpc.aio.Server | None = None
@@ -79,6 +93,8 @@ class GrpcFront:
             # A second server on the same port must fail, not silently share it.
             ("grpc.so_reuseport", 0),
             ("grpc.max_connection_idle_ms", int(self.idle_timeout_s * 1000)),
+            # A call's stream window stays at its initial size until its message is read, whatever the link.
+            ("grpc.http2.bdp_probe", 0),
         ]
         server = grpc.aio.server(options=options, maximum_concurrent_rpcs=self.max_concurrent_rpcs)
         server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(proto.SERVICE, self._handlers())])
@@ -103,16 +119,18 @@ class GrpcFront:
             "ModelInfer": self._model_infer,
         }
         return {
-            name: grpc.unary_unary_rpc_method_handler(self._guarded(name, method)) for name, method in methods.items()
+            name: grpc.stream_unary_rpc_method_handler(self._guarded(name, method)) for name, method in methods.items()
         }
 
-    def _guarded(self, name: str, method: Method) -> Method:
-        """The method answering serialized bytes, every ServerError by its gRPC code and message, bugs by
-        INTERNAL; each call gets an access-log line, written before an error aborts it."""
+    def _guarded(self, name: str, method: Method) -> Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], Any]:
+        """The method answering the call's one message, read in a reading slot; every ServerError answered by
+        its gRPC code and message, bugs by INTERNAL; each call gets an access-log line, written before an error
+        aborts it."""
         path = f"/{proto.SERVICE}/{name}"
 
-        async def call(data: bytes, context: grpc.aio.ServicerContext) -> Any:
+        async def call(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
+            data = await self._read(context)
             charge = 0
             try:
                 charge = self._charge(data)
@@ -136,6 +154,22 @@ class GrpcFront:
             await context.abort(code, message, _trailers(error))
 
         return call
+
+    async def _read(self, context: grpc.aio.ServicerContext) -> bytes:
+        """The call's one message, read once a slot is free; the call is aborted if it sends none in time."""
+        try:
+            if self.reading is None:
+                message = await asyncio.wait_for(context.read(), self.read_timeout_s)
+            else:
+                async with self.reading:
+                    message = await asyncio.wait_for(context.read(), self.read_timeout_s)
+        except TimeoutError:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"request message not received within {self.read_timeout_s:g} s"
+            )
+        if message is grpc.aio.EOF:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call ended without its request message")
+        return cast(bytes, message)
 
     def _charge(self, data: bytes) -> int:
         """Charge the call's message to the memory budget before it is parsed; the bytes charged."""

@@ -27,7 +27,10 @@ Defences against clients that hold resources without using them, each with a def
   drained. A client that reads nothing for `idle_timeout_s` while answers wait is cut off (nothing more can be
   said to it). So a connection holds at most about: one read, the requests of one `HEAD_PIECE`, and
   `WRITE_HIGH_WATER` plus one answer, however much it pipelines.
-- a memory budget (`budget.MemoryBudget`), shared with gRPC: a request is checked against what its body will
+- a memory budget (`budget.MemoryBudget`), shared with gRPC. A head still arriving past `HEAD_UNCHARGED`
+  bytes is charged what the head limits let a connection hold of one (twice `max_header_bytes`) until it is
+  complete, so many connections sending large heads are refused 503 once the budget is spent, while the
+  small heads of ordinary requests cost no charge. A request is checked against what its body will
   make the server hold once its headers are read (from Content-Length), holds the body's bytes as they arrive
   and its whole charge once it is complete, before it is parsed (so declared bodies never sent hold nothing);
   a body of unknown length is charged in full chunk by chunk as it streams in. One the budget cannot hold now
@@ -66,6 +69,10 @@ WRITE_HIGH_WATER = 64 * 1024
 HEAD_PIECE = 4096
 """Between requests, reads are parsed this many bytes at a time, so a read full of tiny pipelined requests is
 parsed only as far as the connection may queue: the rest waits, unparsed, until its answers are read."""
+HEAD_UNCHARGED = 8 * 1024
+"""Bytes of an incomplete head a connection holds without a charge to the memory budget: more than the heads of
+ordinary requests, proxies' headers included, so only a large or dribbled head pays; what every connection may
+hold uncharged is this times `max_connections`, beside the server's baseline."""
 _LINGER_S = 2.0
 """After a refusal, how long the connection keeps reading (and dropping) what the client sent before it read
 the answer; closing with unread bytes would reset the connection and could destroy the answer in flight."""
@@ -371,6 +378,8 @@ class HttpConnection(asyncio.Protocol):
         if len(data) <= room:
             if self._feed(data) and heads == self._heads:
                 self._head_size += len(data)  # all of it was head (a piece that also ends one is not counted)
+                if self._head_size > HEAD_UNCHARGED and not self._charge:
+                    self._charge_head()
             return not self._refused
         # Feed only what the head may still take: if it is still open after that, the next byte crosses the limit.
         view = memoryview(data)
@@ -422,6 +431,9 @@ class HttpConnection(asyncio.Protocol):
         self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
+        if self._charge:  # a large head's: what the body holds is charged from here on
+            self.server.release(self._charge)
+            self._charge = 0
         self._in_head = False
         self._head_size = 0
         self._heads += 1
@@ -445,6 +457,19 @@ class HttpConnection(asyncio.Protocol):
             self._continue_owed = True
             if not self.busy and not self.queue:
                 self._send_continue()
+
+    def _charge_head(self) -> None:
+        """Hold a large head's charge; refuse the request (503) when the budget cannot."""
+        budget = self.server.budget
+        if budget is None:
+            return
+        charge = 2 * self.server.max_header_bytes
+        try:
+            budget.take(charge)
+        except ServerError as exc:
+            self._refuse(exc.status, exc.message, exc.retry_after_s if isinstance(exc, Overloaded) else None)
+            return
+        self._charge = charge
 
     def on_body(self, body: bytes) -> None:
         if self._too_large:
