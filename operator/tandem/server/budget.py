@@ -71,7 +71,15 @@ class MemoryBudget:
         """Hold `charge` bytes more for a request whose whole charge is then `total` (default: `charge`).
 
         PayloadTooLarge when the request could never be held, MemoryExhausted when it cannot be now."""
-        whole = charge if total is None else total
+        self._admit(charge, charge if total is None else total)
+        self.held += charge
+
+    def check(self, whole: int) -> None:
+        """Refuse as `take` would a request whose whole charge is `whole`, holding nothing: for a body
+        declared but not arrived yet."""
+        self._admit(whole, whole)
+
+    def _admit(self, charge: int, whole: int) -> None:
         ceiling = self.limit if whole <= self.small else self.large_limit
         if whole > ceiling:
             self.on_refuse()
@@ -83,7 +91,6 @@ class MemoryBudget:
             raise MemoryExhausted(
                 f"server memory budget spent ({self.held} of {self.limit} bytes held by requests); retry shortly"
             )
-        self.held += charge
 
     def release(self, charge: int) -> None:
         self.held -= charge

@@ -9,7 +9,7 @@ validate and run path, and one bound on the requests waiting for it.
 from __future__ import annotations
 
 import asyncio
-import uuid
+import random
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -191,7 +191,8 @@ class DataPlane:
         return InferResponse(
             model_name=model.name,
             model_version=model.version,
-            id=request.id if request.id is not None else uuid.uuid4().hex,
+            # As unique as uuid4's 128 random bits, without a system call per request.
+            id=request.id if request.id is not None else f"{random.getrandbits(128):032x}",
             outputs=outputs,
         )
 

@@ -159,10 +159,11 @@ class GrpcFront:
         """The call's one message, read once a slot is free; the call is aborted if it sends none in time."""
         try:
             if self.reading is None:
-                message = await asyncio.wait_for(context.read(), self.read_timeout_s)
+                async with asyncio.timeout(self.read_timeout_s):
+                    message = await context.read()
             else:
-                async with self.reading:
-                    message = await asyncio.wait_for(context.read(), self.read_timeout_s)
+                async with self.reading, asyncio.timeout(self.read_timeout_s):
+                    message = await context.read()
         except TimeoutError:
             await context.abort(
                 grpc.StatusCode.DEADLINE_EXCEEDED, f"request message not received within {self.read_timeout_s:g} s"

@@ -229,6 +229,11 @@ class _Refusal(Exception):
         self.retry_after_s = retry_after_s
 
 
+def _refusal(error: ServerError) -> _Refusal:
+    """The refusal of a request the memory budget cannot hold (503 with Retry-After) or could never hold (413)."""
+    return _Refusal(error.status, error.message, error.retry_after_s if isinstance(error, Overloaded) else None)
+
+
 class HttpConnection(asyncio.Protocol):
     """One client connection: parses requests and writes responses in order."""
 
@@ -267,6 +272,10 @@ class HttpConnection(asyncio.Protocol):
         self._too_large = False
         self._charge = 0
         """Bytes of the memory budget held for the request being read."""
+        self._declared = 0
+        """The Content-Length of the body being read (0: none)."""
+        self._whole = 0
+        """The whole charge of a body with a Content-Length, held once it has all arrived."""
         self._streamed = False
         """The body being read has no Content-Length: it is charged as it arrives."""
         self._keep_alive = True
@@ -302,7 +311,11 @@ class HttpConnection(asyncio.Protocol):
         if self.backlog:  # a read that was under way as reading paused: it goes after what was held back
             self.backlog += data
             return
-        if len(data) <= HEAD_PIECE and not self._holding():
+        if not self._holding() and (
+            len(data) <= HEAD_PIECE or (len(data) <= self.server.max_header_bytes and data.count(b"\r\n\r\n") <= 1)
+        ):
+            # At most one head ends in this read, so at most one request is queued by parsing it whole, and a
+            # head that begins in it stays within the head limit: as safe as parsing it in pieces, and cheaper.
             self._receive(data)
             if self._holding():
                 self._pause()
@@ -446,11 +459,15 @@ class HttpConnection(asyncio.Protocol):
             self._too_large = True
             return
         self._streamed = declared is None  # a chunked body, if any: charged chunk by chunk in on_body
-        if declared:
+        self._declared = declared or 0
+        if declared and self.server.budget is not None:
             # Refused now if the whole body could not be held now; but held only as it arrives (its bytes), and
             # its whole charge once complete: a client that declares a body and never sends it holds nothing.
-            self._charge_body(declared)
-            self._charge_body(0, raw=True)
+            self._whole = self.server.charge(declared, self._headers)
+            try:
+                self.server.budget.check(self._whole)
+            except ServerError as exc:
+                raise _refusal(exc) from None
         if self._headers.get("expect", "").lower() == "100-continue":
             # Interim answers keep the order of final ones: behind a pipelined request still running, the 100
             # waits until that request's response is written (`_dispatch`).
@@ -467,7 +484,8 @@ class HttpConnection(asyncio.Protocol):
         try:
             budget.take(charge)
         except ServerError as exc:
-            self._refuse(exc.status, exc.message, exc.retry_after_s if isinstance(exc, Overloaded) else None)
+            refusal = _refusal(exc)
+            self._refuse(refusal.status, refusal.message, refusal.retry_after_s)
             return
         self._charge = charge
 
@@ -481,32 +499,27 @@ class HttpConnection(asyncio.Protocol):
             self.server.release(self._charge)
             self._charge = 0
             return
-        self._charge_body(self._size, raw=not self._streamed)
+        if self._streamed:
+            self._hold(self.server.charge(self._size, self._headers))
+        elif self._size < self._declared:
+            self._hold(self._size)  # the bytes of a body still arriving (it is not parsed before it is complete)
         self._body.append(body)
 
-    def _charge_body(self, size: int, *, raw: bool = False) -> None:
-        """Hold the budget's charge for a body of `size` bytes (`raw`: the bytes themselves, for a body still
-        arriving, which is not parsed before it is complete); raise _Refusal (503 or 413) when it cannot."""
+    def _hold(self, charge: int) -> None:
+        """Hold `charge` bytes of the budget for the request being read, counting what it holds already; raise
+        _Refusal (503 or 413) when the budget cannot."""
         budget = self.server.budget
-        if budget is None:
-            return
-        wanted = size if raw else self.server.charge(size, self._headers)
-        if raw and self._charge > size:
-            budget.release(self._charge - size)  # after the check of the whole charge: hold what has come
-            self._charge = size
-            return
-        if wanted <= self._charge:
+        if budget is None or charge <= self._charge:
             return
         try:
-            budget.take(wanted - self._charge, total=wanted)
+            budget.take(charge - self._charge, total=charge)
         except ServerError as exc:
-            retry = exc.retry_after_s if isinstance(exc, Overloaded) else None
-            raise _Refusal(exc.status, exc.message, retry) from None
-        self._charge = wanted
+            raise _refusal(exc) from None
+        self._charge = charge
 
     def on_message_complete(self) -> None:
         if not self._too_large and not self._streamed and self._size:
-            self._charge_body(self._size)  # the whole charge of a body that has all arrived, before it is parsed
+            self._hold(self._whole)  # the whole charge of a body that has all arrived, before it is parsed
         self.in_message = False
         self._continue_owed = False  # the body came without it: a 100 now would be taken for the answer's start
         self._in_head = True
