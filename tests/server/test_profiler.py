@@ -78,6 +78,25 @@ def test_a_profile_measures_the_server_over_http_and_writes_the_termination_mess
     assert result.onnxruntime
     assert len(message.read_text()) < 4096  # what Kubernetes keeps of a termination message
 
+def high_water_mark(pid: int) -> int:
+    """The kernel's count of a process's most resident memory (VmHWM), in bytes."""
+    with open(f"/proc/{pid}/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+
+
+def test_a_profile_reports_the_servers_footprint_as_the_kernel_counts_it(model_dir: Path) -> None:
+    metrics = free_port()
+    env = {"TANDEM_METRICS_PORT": str(metrics), "TANDEM_ACCESS_LOG": "false"}
+    with serving(model_dir / "linear.onnx", env=env) as (process, port):
+        before = high_water_mark(process.pid)
+        code, out, _ = run(*profile_args((port, metrics)))
+        after = high_water_mark(process.pid)
+    assert code == 0
+    result = ProfileResult.model_validate(json.loads(out))
+    assert result.peak_resident_bytes is not None and before <= result.peak_resident_bytes <= after
+
+
 def test_a_batching_server_is_measured_with_its_batches_and_their_delay(batching_server: tuple[int, int]) -> None:
     code, out, _ = run(*profile_args(batching_server, "--concurrency", "8", "--max-batch-size", "8"))
     assert code == 0

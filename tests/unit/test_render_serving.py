@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -86,6 +87,16 @@ def test_rollout_never_takes_a_serving_replica_down_first(
     strategy = deployment(_serving(serving_spec_body, pools), config)["spec"]["strategy"]
     assert strategy["type"] == "RollingUpdate"
     assert strategy["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_a_replica_gets_the_memory_the_plan_raised_and_otherwise_the_specs(
+    serving_spec_body: dict[str, Any], pools: dict[str, ComputePoolSpec], config: OperatorConfig
+) -> None:
+    asked = _serving(serving_spec_body, pools)
+    raised = replace(asked, memory="1401Mi")
+    assert _container(deployment(asked, config))["resources"]["limits"]["memory"] == asked.spec.resources.memory
+    resources = _container(deployment(raised, config))["resources"]
+    assert resources["requests"]["memory"] == resources["limits"]["memory"] == "1401Mi"
 
 
 def test_probes_use_the_v2_health_endpoints(

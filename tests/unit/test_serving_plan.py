@@ -21,6 +21,7 @@ from tandem.decide.serving_plan import AwaitingProfiles, ServingPlan, plan
 from tandem.errors import Problem
 
 SHA = "cd" * 32
+MiB = 1 << 20
 
 
 def pools(cpu_core_hour: float = 0.0625, accelerator_hour: float = 4.0) -> dict[str, ComputePoolSpec]:
@@ -49,12 +50,14 @@ def auto(p99_ms: float, rps: float, cpu: str = "16") -> InferenceServiceSpec:
 
 
 def measured(
-    rps: float, p99_ms: float, loaded_p99_ms: float | None = None, device: str = "cpu", batch: int = 1
+    rps: float, p99_ms: float, loaded_p99_ms: float | None = None, device: str = "cpu", batch: int = 1,
+    footprint: int | None = None,
 ) -> observed.Observation:
     result = ProfileResult(
         sha256=SHA, device=device, requested_device=device, threads=1, concurrency=batch, max_batch_size=batch,
         p50_latency_ms=p99_ms / 2, p90_latency_ms=p99_ms / 1.5, p99_latency_ms=p99_ms, latency_samples=500,
         throughput_per_replica=rps, loaded_p99_latency_ms=loaded_p99_ms or p99_ms, throughput_seconds=3,
+        peak_resident_bytes=footprint,
     )
     return observed.Observation(observed.ProfileState.SUCCEEDED, "job", result=result)
 
@@ -102,6 +105,22 @@ def test_auto_raises_the_replica_floor_to_what_the_load_needs() -> None:
     # ceil(2000 / (1000 x 0.8)) = 3 CPU replicas at 0.0625/h against 3 GPU replicas at 4.0625/h.
     assert (chosen.pool, chosen.replicas.min, chosen.replicas.max) == ("cpu", 3, 100)
     assert chosen.decision is not None and chosen.status == chosen.decision.status()
+
+
+def test_auto_raises_the_replicas_memory_to_twice_the_footprint_the_profile_measured() -> None:
+    large = {"cpu": measured(1_000, 2, footprint=700 * MiB + 1), "gpu": measured(900, 3, device="cuda")}
+    chosen = decided(plan(auto(20, 500, cpu="1"), pools(), large))
+    # The server keeps half its limit for requests: 700 MiB and a byte of footprint need 1401 MiB.
+    assert chosen.pool == "cpu" and chosen.memory == "1401Mi"
+    assert "memory 1401Mi per replica, to fit the footprint the profile measured" in chosen.status.reason
+
+
+def test_a_footprint_the_specs_memory_holds_leaves_it_as_it_is() -> None:
+    small = {"cpu": measured(1_000, 2, footprint=300 * MiB), "gpu": measured(900, 3, device="cuda")}
+    assert decided(plan(auto(20, 500, cpu="1"), pools(), small)).memory is None  # 600 MiB within the 1Gi default
+    unmeasured = {"cpu": measured(1_000, 2), "gpu": measured(900, 3, device="cuda")}
+    assert decided(plan(auto(20, 500, cpu="1"), pools(), unmeasured)).memory is None
+    assert decided(plan(spec(placement="cpu"), pools())).memory is None  # nothing measured without auto
 
 
 @dataclass(frozen=True)

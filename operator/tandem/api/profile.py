@@ -59,6 +59,9 @@ class ProfileResult(ApiModel):
     """Length of the throughput phase."""
     onnxruntime: str = ""
     """onnxruntime version of the image."""
+    peak_resident_bytes: int | None = Field(default=None, ge=0)
+    """Most memory the server process held over the profile (its resident high-water mark: model, sessions,
+    runtime and the profile's requests); None when the server did not report it."""
     note: str | None = None
     """Anything the reader should know, such as a GPU that was asked for and not found."""
 

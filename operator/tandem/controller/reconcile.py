@@ -785,6 +785,7 @@ def _reconcile_serving(
         pool=pool,
         accelerators=planned.accelerators,
         replicas=planned.replicas,
+        memory=planned.memory,
     )
     deployment = _apply_serving_children(kube, body, serving, config, spec_current=spec_current)
     if serving_build.autoscaler(serving) is None and previous.observed_generation not in (None, generation):

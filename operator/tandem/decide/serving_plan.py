@@ -10,15 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 
 from tandem.api.computepool import ComputePoolSpec
 from tandem.api.inferenceservice import InferenceServiceSpec, Placement, PlacementStatus, Replicas
+from tandem.cgroup import MEMORY_BUDGET_SHARE
 from tandem.decide import costing, observed, placement
 from tandem.errors import Problem
-from tandem.quantity import parse_quantity
+from tandem.quantity import format_memory, parse_quantity
 
 Pools = Mapping[str, ComputePoolSpec]
 Profiles = Mapping[str, observed.Observation]
+MiB = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,9 @@ class ServingPlan:
     status: PlacementStatus
     decision: costing.Decision | None = None
     """For placement auto, the evidence behind the choice."""
+    memory: str | None = None
+    """Memory request and limit per replica, raised from the spec's to fit the footprint the profile measured;
+    None: the spec's."""
 
 
 @dataclass(frozen=True)
@@ -108,10 +114,32 @@ def _auto(spec: InferenceServiceSpec, pools: Pools, profiles: Profiles) -> Servi
         raise Problem("NoUsableProfile", str(error)) from error
     pool = pools[decision.pool]
     floor = max(spec.replicas.min, decision.replicas)
+    status = decision.status()
+    chosen = profiles[decision.pool].result
+    memory = footprint_memory(spec, chosen.peak_resident_bytes if chosen else None)
+    if memory is not None:
+        reason = f"{status.reason}; memory {memory} per replica, to fit the footprint the profile measured"
+        status = status.model_copy(update={"reason": reason})
     return ServingPlan(
         pool=decision.pool,
         accelerators=placement.serving_accelerators(spec, pool),
         replicas=Replicas(min=floor, max=max(spec.replicas.max, floor)),
-        status=decision.status(),
+        status=status,
         decision=decision,
+        memory=memory,
     )
+
+
+def footprint_memory(spec: InferenceServiceSpec, peak_resident_bytes: int | None) -> str | None:
+    """The memory a replica needs for a server whose measured footprint is `peak_resident_bytes`, when the
+    spec asks for less; None when the spec's memory holds it (or nothing was measured).
+
+    The server keeps MEMORY_BUDGET_SHARE of its memory limit as the budget for what requests hold, so its own
+    footprint (model, sessions, runtime) must fit the rest; a replica given less is OOM-killed under a load its
+    budget admits. Rounded up to whole MiB."""
+    if not peak_resident_bytes:
+        return None
+    needed = -(-int(peak_resident_bytes / (1 - MEMORY_BUDGET_SHARE)) // MiB) * MiB
+    if needed <= int(parse_quantity(spec.resources.memory)):
+        return None
+    return format_memory(Decimal(needed))

@@ -4,7 +4,8 @@ The profile Job runs the replica's own server container (same image, CPU limit, 
 execution provider) beside this profiler, which waits for it to be ready, reads the model's V2 metadata for
 its inputs, and sends batch-1 JSON requests as clients would. So the figures include what an in-process
 `session.run` loop leaves out (HTTP, JSON decoding, the event loop, dynamic batching) and come from the
-execution provider the replica really got, which the server reports on its metrics endpoint.
+execution provider the replica really got, which the server reports on its metrics endpoint, as it reports
+its footprint (its resident high-water mark), from which the operator plans a replica's memory.
 
 Two bounded phases:
 - latency: one request at a time, after a warm-up, for percentiles of an unloaded replica;
@@ -31,6 +32,7 @@ from tandem.server import datatypes
 GPU_PROVIDERS = ("cuda", "tensorrt")
 """How the server names the GPU providers in its execution-provider metric."""
 PROVIDER_METRIC = "tandem_model_execution_provider"
+PEAK_RESIDENT_METRIC = "tandem_server_peak_resident_bytes"
 
 
 class ProfileError(Exception):
@@ -121,16 +123,19 @@ def sample_request(document: dict[str, Any], seed: int = 0) -> bytes:
     return json.dumps({"inputs": inputs}, separators=(",", ":")).encode()
 
 
-def execution_providers(settings: ProfileSettings) -> list[str]:
-    """The providers the server says the model runs on (its metrics), or [] when it does not say."""
+def _metric_lines(settings: ProfileSettings) -> list[str]:
+    """The lines of the server's metrics page, or [] when it cannot be read."""
     try:
         status, body = _get(settings.metrics_url)
     except OSError:
         return []
-    if status != 200:
-        return []
+    return body.decode(errors="replace").splitlines() if status == 200 else []
+
+
+def execution_providers(lines: list[str]) -> list[str]:
+    """The providers the server says the model runs on (its metrics), or [] when it does not say."""
     found: list[str] = []
-    for line in body.decode(errors="replace").splitlines():
+    for line in lines:
         if not line.startswith(PROVIDER_METRIC + "{") or not line.rstrip().endswith(" 1.0"):
             continue
         labels = line[len(PROVIDER_METRIC) + 1 : line.rindex("}")]
@@ -139,6 +144,19 @@ def execution_providers(settings: ProfileSettings) -> list[str]:
             if key.strip() == "provider":
                 found.append(value.strip().strip('"'))
     return found
+
+
+def peak_resident_bytes(lines: list[str]) -> int | None:
+    """The server process's resident high-water mark from its metrics, or None when it does not say."""
+    for line in lines:
+        name, _, value = line.partition(" ")
+        if name == PEAK_RESIDENT_METRIC:
+            try:
+                peak = int(float(value))
+            except ValueError:
+                return None
+            return peak or None
+    return None
 
 
 def percentile_ms(seconds: list[float], q: float) -> float:
@@ -174,7 +192,8 @@ def profile(settings: ProfileSettings) -> ProfileResult:
         loaded = closed_loop(settings.url, settings.model, body, settings.concurrency, settings.throughput_seconds)
     except LoadError as exc:
         raise ProfileError(f"the server refused the sample requests: {exc}") from exc
-    providers = execution_providers(settings)
+    metrics = _metric_lines(settings)  # after the throughput phase: the footprint under load
+    providers = execution_providers(metrics)
     device = Device.CUDA if any(provider in GPU_PROVIDERS for provider in providers) else Device.CPU
     note = None
     if not providers:
@@ -199,5 +218,6 @@ def profile(settings: ProfileSettings) -> ProfileResult:
         loaded_p99_latency_ms=percentile_ms(loaded.latencies, 99) if loaded.latencies else 0.0,
         throughput_seconds=round(loaded.seconds, 3),
         onnxruntime=_onnxruntime_version(),
+        peak_resident_bytes=peak_resident_bytes(metrics),
         note=note,
     )

@@ -51,6 +51,8 @@ class Serving:
     pool: ComputePoolSpec
     accelerators: int
     replicas: Replicas
+    memory: str | None = None
+    """Memory request and limit per replica when the plan raised it from the spec's (a measured footprint)."""
 
     @property
     def labels(self) -> dict[str, str]:
@@ -172,7 +174,7 @@ def server_container(serving: Serving, config: OperatorConfig, mounts: list[dict
             {"name": "metrics", "containerPort": METRICS_PORT},
         ],
         "resources": resource_requirements(
-            spec.resources.cpu, spec.resources.memory, serving.accelerators, serving.pool
+            spec.resources.cpu, serving.memory or spec.resources.memory, serving.accelerators, serving.pool
         ),
         "readinessProbe": _probe("/v2/health/ready", 2, 3),
         "livenessProbe": _probe("/v2/health/live", 10, 3),

@@ -80,6 +80,13 @@ class ServerMetrics:
             "gRPC RESOURCE_EXHAUSTED).",
             registry=self.registry,
         )
+        self.peak_resident = Gauge(
+            "tandem_server_peak_resident_bytes",
+            "Most memory the server process has held resident since it started (its high-water mark): the "
+            "footprint the operator plans a replica's memory from.",
+            registry=self.registry,
+        )
+        self.peak_resident.set_function(peak_resident_bytes)
         self._requests: dict[tuple[str, int], Counter] = {}
         self._latency: dict[str, Histogram] = {}
         self._batch: dict[str, Histogram] = {}
@@ -118,3 +125,19 @@ class ServerMetrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def peak_resident_bytes() -> float:
+    """The process's resident high-water mark (VmHWM), in bytes; 0 where /proc does not say.
+
+    Not getrusage's ru_maxrss: Linux carries that over exec, so a server started by a larger process would
+    report its parent's peak."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return float(int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    return 0.0
+
