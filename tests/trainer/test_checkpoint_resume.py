@@ -12,7 +12,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from trainer_support import SMALL_RUN, held_out_digits, onnx_logits, run_trainer_process, trainer_command, trainer_env
+from trainer_support import (
+    checkpointed_small_run,
+    held_out_digits,
+    onnx_logits,
+    run_trainer_process,
+    trainer_command,
+    trainer_env,
+)
 
 from tandem import storage
 from tandem.trainer import digits
@@ -27,12 +34,7 @@ SMALL_RUN_STEPS = 540
 def test_a_run_killed_after_a_checkpoint_resumes_from_that_step_and_ends_with_the_uninterrupted_model(
     tmp_path: Path, reference_small_run: Path
 ) -> None:
-    args = [
-        *SMALL_RUN,
-        "--output", f"file://{tmp_path}/out",
-        "--checkpoint-uri", f"file://{tmp_path}/ckpt",
-        "--checkpoint-every", "25",
-    ]  # fmt: skip
+    args = checkpointed_small_run(tmp_path)
     pointer = tmp_path / "ckpt" / POINTER_FILE
     victim = subprocess.Popen(
         trainer_command(args),

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from trainer_support import SMALL_RUN, read_termination, trainer_command, trainer_env
+from trainer_support import SMALL_RUN, checkpointed_small_run, read_termination, trainer_command, trainer_env
 
 from support.cluster import free_port
 from tandem.api.artifact import EXIT_PEER_LOST, EXIT_RETRYABLE
@@ -36,12 +36,7 @@ def _worker(rank: int, port: int, args: list[str], termination: Path, **extra: s
 
 @pytest.mark.slow
 def test_a_killed_peer_stops_the_survivor_with_peer_lost_and_the_restarted_group_resumes(tmp_path: Path) -> None:
-    args = [
-        *SMALL_RUN,
-        "--output", f"file://{tmp_path}/out",
-        "--checkpoint-uri", f"file://{tmp_path}/ckpt",
-        "--checkpoint-every", "25",
-    ]  # fmt: skip
+    args = checkpointed_small_run(tmp_path)
     pointer = tmp_path / "ckpt" / POINTER_FILE
     port = free_port()
     survivor = _worker(0, port, args, tmp_path / "survivor")

@@ -13,7 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
-from trainer_support import SMALL_RUN, read_termination, run_trainer_process, trainer_command, trainer_env
+from trainer_support import (
+    SMALL_RUN,
+    checkpointed_small_run,
+    read_termination,
+    run_trainer_process,
+    trainer_command,
+    trainer_env,
+)
 
 from tandem.render.training import EXIT_STOPPED as POLICY_IGNORES
 from tandem.trainer.checkpoint import POINTER_FILE
@@ -30,12 +37,7 @@ def test_the_stop_exit_code_is_the_one_the_job_failure_policy_ignores() -> None:
 def test_a_run_stopped_by_sigterm_reports_its_newest_checkpoint_and_the_next_start_resumes_from_it(
     tmp_path: Path,
 ) -> None:
-    args = [
-        *SMALL_RUN,
-        "--output", f"file://{tmp_path}/out",
-        "--checkpoint-uri", f"file://{tmp_path}/ckpt",
-        "--checkpoint-every", "25",
-    ]  # fmt: skip
+    args = checkpointed_small_run(tmp_path)
     pointer = tmp_path / "ckpt" / POINTER_FILE
     stopped_message = tmp_path / "stopped-termination"
     worker = subprocess.Popen(

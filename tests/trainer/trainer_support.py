@@ -21,6 +21,16 @@ import numpy.typing as npt
 SMALL_RUN = ["--epochs", "3", "--batch-size", "8", "--seed", "3"]
 """A short run (540 optimizer steps) for tests about behaviour rather than accuracy."""
 
+def checkpointed_small_run(folder: Path) -> list[str]:
+    """SMALL_RUN writing its model under `folder`/out and a checkpoint every 25 steps under `folder`/ckpt."""
+    return [
+        *SMALL_RUN,
+        "--output", f"file://{folder}/out",
+        "--checkpoint-uri", f"file://{folder}/ckpt",
+        "--checkpoint-every", "25",
+    ]  # fmt: skip
+
+
 DIST_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 

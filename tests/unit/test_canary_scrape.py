@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tandem.controller import canary_metrics
-from tandem.controller.canary_metrics import MAX_RESPONSE_BYTES, ScrapeFailure, Scraper, parse, scrape
+from tandem.controller.canary_metrics import MAX_RESPONSE_BYTES, ScrapeFailure, Scraper, parse
 from tandem.decide.canary import CanaryMetrics
 from tandem.server.metrics import ServerMetrics
 
@@ -109,6 +109,14 @@ def serve() -> Iterator[Serve]:
 
 
 @pytest.fixture
+def operators() -> Iterator[Scraper]:
+    """A scraper as the operator makes one (tandem.controller.controller.Controller.scraper)."""
+    made = Scraper()
+    yield made
+    made.close()
+
+
+@pytest.fixture
 def scraper() -> Iterator[Scraper]:
     """A scraper with a pool of two threads, so a few hostile pods are more than it has."""
     small = Scraper(workers=2)
@@ -169,34 +177,34 @@ def failure(outcome: CanaryMetrics | ScrapeFailure) -> ScrapeFailure:
     return outcome
 
 
-def test_the_figures_are_summed_over_every_pod_as_parse_sums_them(serve: Serve) -> None:
+def test_the_figures_are_summed_over_every_pod_as_parse_sums_them(serve: Serve, operators: Scraper) -> None:
     texts = [served_text(100, 0), served_text(100, 3), served_text(50, 1)]
     first = serve(exposition(texts[0]), "127.0.0.2")
     for index, text in enumerate(texts[1:], start=3):
         serve(exposition(text), f"127.0.0.{index}", first.port)
-    outcome = scrape(["127.0.0.2", "127.0.0.3", "127.0.0.4"], port=first.port)
+    outcome = operators.scrape(["127.0.0.2", "127.0.0.3", "127.0.0.4"], port=first.port)
     assert outcome == parse(texts)
     assert isinstance(outcome, CanaryMetrics) and (outcome.requests, outcome.errors) == (250, 4)
 
 
-def test_a_redirect_is_a_failed_scrape_and_its_target_is_never_contacted(serve: Serve) -> None:
+def test_a_redirect_is_a_failed_scrape_and_its_target_is_never_contacted(serve: Serve, operators: Scraper) -> None:
     target = serve(exposition(served_text(10, 0)))
     location = f"http://127.0.0.1:{target.port}/metrics"
     pod = serve(sends(f"HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n".encode()))
-    outcome = failure(scrape([pod.ip], port=pod.port))
+    outcome = failure(operators.scrape([pod.ip], port=pod.port))
     assert outcome.pod_ip == pod.ip and "302" in outcome.reason and "redirect" in outcome.reason
     assert target.gauge.total == 0
 
 
 @pytest.mark.parametrize(("announce", "says"), [(True, "announced"), (False, "more than")])
 def test_a_body_over_the_cap_is_refused_having_held_about_the_cap(
-    serve: Serve, announce: bool, says: str
+    serve: Serve, announce: bool, says: str, operators: Scraper
 ) -> None:
     flood = Flood(announce)
     pod = serve(flood)
     tracemalloc.start()
     try:
-        outcome = failure(scrape([pod.ip], port=pod.port))
+        outcome = failure(operators.scrape([pod.ip], port=pod.port))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -207,9 +215,11 @@ def test_a_body_over_the_cap_is_refused_having_held_about_the_cap(
 
 
 @pytest.mark.parametrize("head", [b"", b"HTTP/1.1 200 OK\r\n\r\n"], ids=["in-the-status-line", "in-the-body"])
-def test_an_answer_dripped_a_byte_at_a_time_is_cut_at_the_pods_deadline(serve: Serve, head: bytes) -> None:
+def test_an_answer_dripped_a_byte_at_a_time_is_cut_at_the_pods_deadline(
+    serve: Serve, head: bytes, operators: Scraper
+) -> None:
     pod = serve(drip(head))
-    outcome = failure(scrape([pod.ip], port=pod.port, pod_deadline=0.5, scrape_deadline=60))
+    outcome = failure(operators.scrape([pod.ip], port=pod.port, pod_deadline=0.5, scrape_deadline=60))
     assert outcome.reason == "no complete answer within its 0.5s deadline"
 
 
@@ -227,22 +237,24 @@ def test_an_answer_dripped_a_byte_at_a_time_is_cut_at_the_pods_deadline(serve: S
     ],
     ids=["server-error", "garbage", "html", "not-utf8", "overflow", "missing-metrics", "not-http", "hang-up"],
 )
-def test_a_bad_answer_is_a_failure_that_says_why_not_an_exception(serve: Serve, answer: Answer, says: str) -> None:
+def test_a_bad_answer_is_a_failure_that_says_why_not_an_exception(
+    serve: Serve, answer: Answer, says: str, operators: Scraper
+) -> None:
     pod = serve(answer)
-    outcome = failure(scrape([pod.ip], port=pod.port))
+    outcome = failure(operators.scrape([pod.ip], port=pod.port))
     assert outcome.pod_ip == pod.ip and says in outcome.reason
     assert len(outcome.reason) <= 203  # a pod's own words are cut short before they reach the log
 
 
-def test_a_pod_that_refuses_the_connection_is_a_failure() -> None:
+def test_a_pod_that_refuses_the_connection_is_a_failure(operators: Scraper) -> None:
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]
-    assert "could not be read" in failure(scrape(["127.0.0.1"], port=port)).reason
+    assert "could not be read" in failure(operators.scrape(["127.0.0.1"], port=port)).reason
 
 
-def test_a_pod_address_that_is_not_an_ip_is_refused_without_a_lookup() -> None:
-    assert "not an IP address" in failure(scrape(["metadata.google.internal"], port=80)).reason
+def test_a_pod_address_that_is_not_an_ip_is_refused_without_a_lookup(operators: Scraper) -> None:
+    assert "not an IP address" in failure(operators.scrape(["metadata.google.internal"], port=80)).reason
 
 
 def test_hostile_pods_beyond_the_pool_hold_no_more_than_its_threads_and_a_good_pod_is_still_read(

@@ -100,8 +100,6 @@ PROCESS_WIDE = {
     ("metrics", "_phases"): "the memory behind the process-wide tandem_resources gauge",
     ("metrics", "_counts"): "the memory behind the process-wide tandem_resources gauge",
     ("metrics", "_phases_lock"): "guards the two above",
-    ("canary_metrics", "_SCRAPER"): "one bounded thread pool for canary scrapes in the process",
-    ("reconcile", "_admissions"): "one gang admission at a time in the process",
 }
 """Module-level objects left in the controller, each with why it is not a running operator's state."""
 

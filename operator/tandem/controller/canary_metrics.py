@@ -75,7 +75,7 @@ class ScrapeFailure:
 
 
 class Scraper:
-    """Reads canary pods on a bounded pool of threads; the module keeps one for the whole operator."""
+    """Reads canary pods on a bounded pool of threads; the operator's Controller keeps one for all its reconciles."""
 
     def __init__(self, workers: int = SCRAPE_WORKERS) -> None:
         self._workers = workers
@@ -113,19 +113,6 @@ class Scraper:
     def close(self) -> None:
         """Cancels reads not started and waits for those running (each ends by its deadline)."""
         self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-_SCRAPER = Scraper()
-
-
-def scrape(
-    pod_ips: Iterable[str],
-    port: int = METRICS_PORT,
-    pod_deadline: float = POD_DEADLINE_SECONDS,
-    scrape_deadline: float = SCRAPE_DEADLINE_SECONDS,
-) -> CanaryMetrics | ScrapeFailure:
-    """The canary's figures from each pod's metrics port, or why they could not be read, on the shared pool."""
-    return _SCRAPER.scrape(pod_ips, port, pod_deadline, scrape_deadline)
 
 
 def parse(texts: Iterable[str]) -> CanaryMetrics:

@@ -36,6 +36,7 @@ from kubernetes.client.exceptions import ApiException
 from tandem.api.resources import COMPUTE_POOL, INFERENCE_SERVICE, TRAINING_JOB, Resource
 from tandem.config import OperatorConfig
 from tandem.controller import backoff, metrics, resync
+from tandem.controller.canary_metrics import Scraper
 from tandem.controller.children import ChildWatch
 from tandem.controller.events import EventRecorder
 from tandem.controller.exclusive import Key
@@ -121,6 +122,11 @@ class Controller:
         """Objects whose child the API server refused, held until their backoff ends or their spec changes."""
         self.node_summaries: dict[str, dict[str, Any]] = {}
         """The last summary of each node seen by `node_changed` (kopf's index already holds the new one)."""
+        self.scraper = Scraper()
+        """The bounded pool of threads every canary scrape of this operator runs on, so hostile pods can hold no
+        more of them than it has."""
+        self.admissions = threading.Lock()
+        """One gang admission at a time in this operator, so two gangs are not both started into room for one."""
         self._indexes = indexes
         self._indexed = False
         self._resync_stop = threading.Event()
@@ -178,6 +184,7 @@ class Controller:
                 child_watch.stop()
             self.queue.stop()
             self.events.stop()
+            self.scraper.close()
 
     def store_for(self, kind: str, namespace: str) -> ChildWatch | None:
         """The child watch whose store holds children of this kind in this namespace, once it has listed."""
@@ -357,8 +364,8 @@ class Controller:
         if kind == "ComputePool":
             return lambda body: reconcile_pool(self.kube, body, self.nodes())
         if kind == "TrainingJob":
-            return lambda body: reconcile_training(self.kube, body, self.pools(), self.config)
-        return lambda body: reconcile_serving(self.kube, body, self.pools(), self.config)
+            return lambda body: reconcile_training(self.kube, body, self.pools(), self.config, self.admissions)
+        return lambda body: reconcile_serving(self.kube, body, self.pools(), self.config, self.scraper)
 
     def pools(self) -> dict[str, Any]:
         """ComputePool specs by name, from kopf's index once kopf has listed them; else read."""

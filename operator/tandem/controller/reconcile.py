@@ -17,9 +17,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import threading
 import time
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -310,8 +310,15 @@ def _run_generation(job: dict[str, Any]) -> int:
 
 
 def reconcile_training(
-    kube: Kube, body: Mapping[str, Any], pools: Mapping[str, Any], config: OperatorConfig
+    kube: Kube,
+    body: Mapping[str, Any],
+    pools: Mapping[str, Any],
+    config: OperatorConfig,
+    admissions: AbstractContextManager[Any] | None = None,
 ) -> Outcome:
+    """Reconcile a TrainingJob. `admissions` is held while a gang is checked against its pool and started:
+    the operator's one lock, so two gangs are not both started into room for one; a lone caller has no other
+    admission to exclude and may leave it out."""
     namespace, name, uid, generation = _meta(body)
     previous = _parse_status(TrainingJobStatus, body)
     try:
@@ -387,7 +394,7 @@ def reconcile_training(
         workload = queueing.hold(kube, workload, spec.suspend)
     gang_wait: str | None = None
     if job is not None and spec.queue is None:
-        job, gang_wait = _hold_or_start(kube, job, spec, pool_name, pool)
+        job, gang_wait = _hold_or_start(kube, job, spec, pool_name, pool, admissions or nullcontext())
     # A Job created a moment ago has no pods yet, nor has a suspended Job whose status counts none; their events
     # bring the next reconcile. (Ten thousand queued runs cost no pod list each.) A run Kueue evicted is the
     # exception: its stopped workers count nowhere in the Job's status (their exit is ignored), yet one may
@@ -465,12 +472,13 @@ def _finished(job: dict[str, Any]) -> bool:
     )
 
 
-_admissions = threading.Lock()
-"""One gang admission at a time in this operator, so two gangs are not both started into room for one."""
-
-
 def _hold_or_start(
-    kube: Kube, job: dict[str, Any], spec: TrainingJobSpec, pool_name: str, pool: ComputePoolSpec
+    kube: Kube,
+    job: dict[str, Any],
+    spec: TrainingJobSpec,
+    pool_name: str,
+    pool: ComputePoolSpec,
+    admissions: AbstractContextManager[Any],
 ) -> tuple[dict[str, Any], str | None]:
     """The Job suspended or started as spec.suspend says, a gang only once all of it fits the pool: the Job as
     stored, and why it still waits (None when it does not). A Job the operator does not queue for Kueue."""
@@ -485,7 +493,7 @@ def _hold_or_start(
         return kube.merge_patch("batch/v1", "Job", meta["namespace"], meta["name"], patch), None
     if not suspended:
         return job, None  # started as a whole already: its retried workers are the Job's to replace
-    with _admissions:
+    with admissions:
         fit = _gang_fit(kube, spec, pool_name, pool)
         if not fit.fits:
             return job, fit.message
@@ -713,12 +721,18 @@ def _profiling(
 
 
 def reconcile_serving(
-    kube: Kube, body: Mapping[str, Any], pools: Mapping[str, Any], config: OperatorConfig
+    kube: Kube,
+    body: Mapping[str, Any],
+    pools: Mapping[str, Any],
+    config: OperatorConfig,
+    scraper: canary_metrics.Scraper | None = None,
 ) -> Outcome:
     """Reconcile an InferenceService; a child the API server refuses is a Ready False condition (ChildRefused),
-    with the Outcome naming the body refused, rather than an error retried at every resync."""
+    with the Outcome naming the body refused, rather than an error retried at every resync. A canary's
+    metrics are read on `scraper`, the operator's bounded pool; without one they are not read, and a trial
+    waits for them as for a pod that cannot be read."""
     try:
-        return _reconcile_serving(kube, body, pools, config)
+        return _reconcile_serving(kube, body, pools, config, scraper)
     except ApiException as exc:
         if not refused(exc):
             raise
@@ -729,7 +743,11 @@ def reconcile_serving(
 
 
 def _reconcile_serving(
-    kube: Kube, body: Mapping[str, Any], pools: Mapping[str, Any], config: OperatorConfig
+    kube: Kube,
+    body: Mapping[str, Any],
+    pools: Mapping[str, Any],
+    config: OperatorConfig,
+    scraper: canary_metrics.Scraper | None,
 ) -> Outcome:
     namespace, name, uid, generation = _meta(body)
     previous = _parse_status(InferenceServiceStatus, body)
@@ -741,7 +759,7 @@ def _reconcile_serving(
     training_job = _training_job_status(kube, namespace, source.name) if source else None
     try:
         candidate = resolve_model(spec.model, training_job)
-        observed = _observe_canary(kube, namespace, name, previous) if previous.canary is not None else None
+        observed = _observe_canary(kube, namespace, name, previous, scraper) if previous.canary is not None else None
         rollout = canary.plan(
             spec.rollout,
             previous.model,
@@ -805,7 +823,7 @@ def _reconcile_serving(
 
 
 def _observe_canary(
-    kube: Kube, namespace: str, name: str, previous: InferenceServiceStatus
+    kube: Kube, namespace: str, name: str, previous: InferenceServiceStatus, scraper: canary_metrics.Scraper | None
 ) -> canary.CanaryObservation:
     """The canary's Deployment and its ready servers' metrics, as they are now."""
     stored = kube.read("apps/v1", "Deployment", namespace, serving_build.canary_name(name))
@@ -815,7 +833,7 @@ def _observe_canary(
         for pod in kube.list_objects("v1", "Pod", namespace, serving_build.canary_selector(name))
         if has_ready_condition(pod) and (pod.get("status") or {}).get("podIP")
     ]
-    metrics = canary_metrics.scrape(ips) if ips else None
+    metrics = scraper.scrape(ips) if ips and scraper is not None else None
     if isinstance(metrics, canary_metrics.ScrapeFailure):
         # Not read is what None means to canary.plan: the trial waits, and fails if its window ends unread.
         canary_metrics.log.info(
