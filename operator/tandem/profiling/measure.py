@@ -24,6 +24,8 @@ from importlib import metadata as distributions
 from typing import Any
 
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from tandem.api.profile import Device, ProfileResult
 from tandem.profiling.load import LoadError, closed_loop
@@ -123,40 +125,30 @@ def sample_request(document: dict[str, Any], seed: int = 0) -> bytes:
     return json.dumps({"inputs": inputs}, separators=(",", ":")).encode()
 
 
-def _metric_lines(settings: ProfileSettings) -> list[str]:
-    """The lines of the server's metrics page, or [] when it cannot be read."""
+def _server_samples(settings: ProfileSettings) -> list[Sample]:
+    """The samples of the server's metrics page, or [] when it cannot be read or is not Prometheus text."""
     try:
         status, body = _get(settings.metrics_url)
-    except OSError:
+        if status != 200:
+            return []
+        return [sample for family in text_string_to_metric_families(body.decode()) for sample in family.samples]
+    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
         return []
-    return body.decode(errors="replace").splitlines() if status == 200 else []
 
 
-def execution_providers(lines: list[str]) -> list[str]:
+def execution_providers(samples: list[Sample]) -> list[str]:
     """The providers the server says the model runs on (its metrics), or [] when it does not say."""
-    found: list[str] = []
-    for line in lines:
-        if not line.startswith(PROVIDER_METRIC + "{") or not line.rstrip().endswith(" 1.0"):
-            continue
-        labels = line[len(PROVIDER_METRIC) + 1 : line.rindex("}")]
-        for pair in labels.split(","):
-            key, _, value = pair.partition("=")
-            if key.strip() == "provider":
-                found.append(value.strip().strip('"'))
-    return found
+    return [
+        sample.labels["provider"]
+        for sample in samples
+        if sample.name == PROVIDER_METRIC and sample.value == 1.0 and "provider" in sample.labels
+    ]
 
 
-def peak_resident_bytes(lines: list[str]) -> int | None:
+def peak_resident_bytes(samples: list[Sample]) -> int | None:
     """The server process's resident high-water mark from its metrics, or None when it does not say."""
-    for line in lines:
-        name, _, value = line.partition(" ")
-        if name == PEAK_RESIDENT_METRIC:
-            try:
-                peak = int(float(value))
-            except ValueError:
-                return None
-            return peak or None
-    return None
+    peak = next((int(sample.value) for sample in samples if sample.name == PEAK_RESIDENT_METRIC), 0)
+    return peak or None
 
 
 def percentile_ms(seconds: list[float], q: float) -> float:
@@ -192,7 +184,7 @@ def profile(settings: ProfileSettings) -> ProfileResult:
         loaded = closed_loop(settings.url, settings.model, body, settings.concurrency, settings.throughput_seconds)
     except LoadError as exc:
         raise ProfileError(f"the server refused the sample requests: {exc}") from exc
-    metrics = _metric_lines(settings)  # after the throughput phase: the footprint under load
+    metrics = _server_samples(settings)  # after the throughput phase: the footprint under load
     providers = execution_providers(metrics)
     device = Device.CUDA if any(provider in GPU_PROVIDERS for provider in providers) else Device.CPU
     note = None

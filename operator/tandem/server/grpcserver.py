@@ -29,6 +29,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import nullcontext
 from typing import Any, cast
 
 import grpc
@@ -158,12 +159,8 @@ class GrpcFront:
     async def _read(self, context: grpc.aio.ServicerContext) -> bytes:
         """The call's one message, read once a slot is free; the call is aborted if it sends none in time."""
         try:
-            if self.reading is None:
-                async with asyncio.timeout(self.read_timeout_s):
-                    message = await context.read()
-            else:
-                async with self.reading, asyncio.timeout(self.read_timeout_s):
-                    message = await context.read()
+            async with self.reading or nullcontext(), asyncio.timeout(self.read_timeout_s):
+                message = await context.read()
         except TimeoutError:
             await context.abort(
                 grpc.StatusCode.DEADLINE_EXCEEDED, f"request message not received within {self.read_timeout_s:g} s"

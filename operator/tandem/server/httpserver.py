@@ -476,18 +476,12 @@ class HttpConnection(asyncio.Protocol):
                 self._send_continue()
 
     def _charge_head(self) -> None:
-        """Hold a large head's charge; refuse the request (503) when the budget cannot."""
-        budget = self.server.budget
-        if budget is None:
-            return
-        charge = 2 * self.server.max_header_bytes
+        """Hold a large head's charge, what the head limits let it grow to; refuse the request (503) when the
+        budget cannot. Called between parser calls, so the refusal is answered here rather than raised."""
         try:
-            budget.take(charge)
-        except ServerError as exc:
-            refusal = _refusal(exc)
+            self._hold(2 * self.server.max_header_bytes)
+        except _Refusal as refusal:
             self._refuse(refusal.status, refusal.message, refusal.retry_after_s)
-            return
-        self._charge = charge
 
     def on_body(self, body: bytes) -> None:
         if self._too_large:
