@@ -21,7 +21,7 @@ from kubernetes import client as k8s
 
 from e2e.conftest import ModelVolume, Release
 from e2e.test_canary import put
-from support.cluster import free_port, wait_until
+from support.cluster import wait_until
 from support.digits import CPU_POOL
 from support.models import tiny_model
 from support.tandem import body, condition, create, patch_spec, wait_for
@@ -63,8 +63,9 @@ class Listener(threading.Thread):
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
-        self.port = free_port()
-        self.sock = socket.create_server(("0.0.0.0", self.port))
+        # Bound to the kernel's pick directly: a port probed free on loopback may be taken on another address.
+        self.sock = socket.create_server(("0.0.0.0", 0))
+        self.port: int = self.sock.getsockname()[1]
         self.connections = 0
 
     def run(self) -> None:
