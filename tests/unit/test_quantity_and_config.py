@@ -23,6 +23,8 @@ from tandem.quantity import format_cpu, format_memory, parse_quantity
         ("1e3", Decimal(1000)),
         ("1E", Decimal(10**18)),
         ("250u", Decimal("0.00025")),
+        ("3n", Decimal("3e-9")),
+        ("1Ei", Decimal(2**60)),
         (" 4 ", Decimal(4)),
     ],
 )

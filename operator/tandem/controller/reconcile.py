@@ -641,7 +641,7 @@ def gather_profiles(
     namespace, name, uid, _ = _meta(body)
     found: dict[str, profiles.Observation] = {}
     events: list[Event] = []
-    for pool_name in serving_plan.profile_pools(spec, pools):
+    for pool_name in serving_plan.profile_pools(pools):
         pool = pools[pool_name]
         target = profiling_build.target(
             name, namespace, uid, spec, model, placement.pod_placement(pool_name, pool), pool, config

@@ -76,19 +76,22 @@ def serving_pool(spec: InferenceServiceSpec, pools: Pools) -> tuple[str, str]:
         return spec.pool, f"spec.pool names {spec.pool}"
     if spec.placement == Placement.AUTO:
         raise PlacementError("NeedsProfile", "placement auto is decided from measured profiles")
-    want_accelerator = spec.placement == Placement.GPU
+    return kind_pool(spec.placement, spec.resources.gpus, pools)
+
+
+def kind_pool(kind: Placement, gpus: int, pools: Pools) -> tuple[str, str]:
+    """The pool and the reason for placement `kind` (cpu or gpu) with `gpus` asked per replica: a serving pool
+    of that kind first, else any pool of it, alphabetically first; auto measures the pools this picks."""
+    want_accelerator = kind == Placement.GPU
     matching = [name for name, pool in pools.items() if bool(pool.accelerator) == want_accelerator]
     serving = [name for name in matching if pools[name].role == PoolRole.SERVING]
     chosen = _first(serving) or _first(matching)
     if chosen is None:
-        kind = "an accelerator" if want_accelerator else "no accelerator"
-        raise PlacementError(
-            "NoMatchingPool", f"placement {spec.placement.value} needs a ComputePool with {kind}; none exists"
-        )
-    gpus = max(spec.resources.gpus, 1) if want_accelerator else spec.resources.gpus
-    check_accelerators(chosen, pools[chosen], gpus)
+        wanted = "an accelerator" if want_accelerator else "no accelerator"
+        raise PlacementError("NoMatchingPool", f"placement {kind.value} needs a ComputePool with {wanted}; none exists")
+    check_accelerators(chosen, pools[chosen], max(gpus, 1) if want_accelerator else gpus)
     role = "serving " if chosen in serving else ""
-    return chosen, f"placement {spec.placement.value}: {role}pool {chosen}"
+    return chosen, f"placement {kind.value}: {role}pool {chosen}"
 
 
 def serving_accelerators(spec: InferenceServiceSpec, pool: ComputePoolSpec) -> int:

@@ -54,18 +54,15 @@ def is_auto(spec: InferenceServiceSpec) -> bool:
     return spec.placement == Placement.AUTO and spec.pool is None
 
 
-def profile_pools(spec: InferenceServiceSpec, pools: Pools) -> list[str]:
+def profile_pools(pools: Pools) -> list[str]:
     """The pools auto placement measures: the pool placement cpu would choose and the one gpu would.
 
     So auto never considers a pool the explicit placements would not use.
     """
     names: list[str] = []
     for kind in (Placement.CPU, Placement.GPU):
-        probe = spec.model_copy(
-            update={"placement": kind, "pool": None, "resources": spec.resources.model_copy(update={"gpus": 0})}
-        )
         try:
-            name, _ = placement.serving_pool(probe, pools)
+            name, _ = placement.kind_pool(kind, 0, pools)
         except placement.PlacementError:
             continue
         names.append(name)
@@ -98,7 +95,7 @@ def _auto(spec: InferenceServiceSpec, pools: Pools, profiles: Profiles) -> Servi
         raise Problem("SloRequired", "placement auto needs spec.slo (p99LatencyMs and targetRequestsPerSecond)")
     waiting: list[str] = []
     candidates: list[costing.Candidate] = []
-    for pool_name in profile_pools(spec, pools):
+    for pool_name in profile_pools(pools):
         pool = pools[pool_name]
         found = profiles.get(pool_name)
         if found is None or found.state == observed.ProfileState.RUNNING:

@@ -28,7 +28,7 @@ from tandem.api.computepool import ComputePoolSpec
 from tandem.api.inferenceservice import InferenceServiceSpec, ServedModel
 from tandem.cgroup import sized_runtime
 from tandem.config import OperatorConfig
-from tandem.decide.placement import PodPlacement
+from tandem.decide.placement import PodPlacement, serving_accelerators
 from tandem.quantity import parse_quantity
 from tandem.render import serving as serving_build
 from tandem.render.meta import (
@@ -129,7 +129,7 @@ def target(
     config: OperatorConfig,
 ) -> ProfileTarget:
     """The profile of `model` on `pool`, with one accelerator per replica on an accelerator pool."""
-    accelerators = max(spec.resources.gpus, 1) if pool.accelerator else 0
+    accelerators = serving_accelerators(spec, pool)
     replica = serving_build.Serving(
         name=service,
         namespace=namespace,
