@@ -11,22 +11,13 @@ KUEUE_VERSION="${TANDEM_KUEUE_VERSION:-v0.17.0}"
 CACHE="${TANDEM_CACHE:-$HOME/.cache/tandem}"
 OUT="$CACHE/bin/kueue-$KUEUE_VERSION"
 MODULE=sigs.k8s.io/kueue
-export GOFLAGS="${GOFLAGS:--trimpath}" CGO_ENABLED=0 GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SAY_AS=build-kueue
 # shellcheck source=hack/lib/common.sh
 . "$ROOT/hack/lib/common.sh"
 
-mkdir -p "$CACHE"
-# The same lock as hack/build-tools.sh: two Go builds at once only compete for the same cores and build cache.
-exec 9> "$CACHE/build.lock"
-if ! flock -n 9; then
-  say "another build holds $CACHE/build.lock; waiting for it"
-  flock 9
-fi
-
-start=$(date +%s)
+build_begin
 if [ ! -x "$OUT/kueue" ] || [ ! -f "$OUT/webhooks.yaml" ]; then
   mkdir -p "$OUT"
   say "downloading $MODULE@$KUEUE_VERSION (module source: CRDs and webhook manifests)"
@@ -47,5 +38,4 @@ if [ ! -x "$OUT/kueue" ] || [ ! -f "$OUT/webhooks.yaml" ]; then
   cp "$src/config/components/webhook/manifests.yaml" "$OUT/webhooks.yaml.new"
   mv "$OUT/webhooks.yaml.new" "$OUT/webhooks.yaml"
 fi
-say "kueue $KUEUE_VERSION ready in $OUT ($(( $(date +%s) - start ))s)"
-echo "$OUT"
+build_done "kueue $KUEUE_VERSION" "$OUT"

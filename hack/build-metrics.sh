@@ -13,7 +13,6 @@ PROMETHEUS_VERSION="${TANDEM_PROMETHEUS_VERSION:-v0.316.0}"
 ADAPTER_VERSION="${TANDEM_PROMETHEUS_ADAPTER_VERSION:-v0.12.0}"
 CACHE="${TANDEM_CACHE:-$HOME/.cache/tandem}"
 OUT="$CACHE/bin/metrics-server-$METRICS_SERVER_VERSION-prometheus-$PROMETHEUS_VERSION-adapter-$ADAPTER_VERSION"
-export GOFLAGS="${GOFLAGS:--trimpath}" CGO_ENABLED=0 GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SAY_AS=build-metrics
@@ -51,17 +50,9 @@ build_adapter() {
   )
 }
 
-mkdir -p "$CACHE" "$OUT"
-# The same lock as hack/build-tools.sh: two Go builds at once only compete for the same cores and build cache.
-exec 9> "$CACHE/build.lock"
-if ! flock -n 9; then
-  say "another build holds $CACHE/build.lock; waiting for it"
-  flock 9
-fi
-
-start=$(date +%s)
+mkdir -p "$OUT"
+build_begin
 build_metrics_server
 build_adapter
 build_prometheus
-say "metrics pipeline ready in $OUT ($(( $(date +%s) - start ))s)"
-echo "$OUT"
+build_done "metrics pipeline" "$OUT"

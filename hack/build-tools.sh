@@ -14,7 +14,6 @@ COREDNS_VERSION="${TANDEM_COREDNS_VERSION:-v1.15.0}"
 CRICTL_VERSION="${TANDEM_CRICTL_VERSION:-v1.34.0}"
 CACHE="${TANDEM_CACHE:-$HOME/.cache/tandem}"
 BIN="$CACHE/bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION-helm-$HELM_VERSION-coredns-$COREDNS_VERSION-crictl-$CRICTL_VERSION"
-export GOFLAGS="${GOFLAGS:--trimpath}" CGO_ENABLED=0 GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SAY_AS=build-tools
@@ -115,20 +114,12 @@ build_crictl() {
     "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
 }
 
-# One build at a time: hack/cluster.sh and the pytest fixture call this script too, and a second
-# concurrent build would only compete for the same 2 cores and the same go build cache.
-exec 9> "$CACHE/build.lock"
-if ! flock -n 9; then
-  say "another build-tools.sh holds $CACHE/build.lock; waiting for it"
-  flock 9
-fi
-
-start=$(date +%s)
+# One build at a time (hack/cluster.sh and the pytest fixtures run this script too).
+build_begin
 build_etcd
 build_kwok
 build_helm
 build_coredns
 build_crictl
 build_kubernetes
-say "binaries ready in $BIN ($(( $(date +%s) - start ))s)"
-echo "$BIN"
+build_done binaries "$BIN"

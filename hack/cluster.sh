@@ -46,13 +46,9 @@ stop_all() { stop kueue "${METRICS_COMPONENTS[@]}" $(printf '%s\n' "${COMPONENTS
 # --- certificates ----------------------------------------------------------------------------------
 
 make_pki() {
-  local p="$DIR/pki"
-  mkdir -p "$p"
+  new_ca "$DIR/pki" tandem-local-ca
   (
-    cd "$p"
-    openssl ecparam -name prime256v1 -genkey -noout -out ca.key 2>/dev/null
-    openssl req -x509 -new -key ca.key -subj "/CN=tandem-local-ca" -days 3650 -out ca.crt \
-      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"
+    cd "$DIR/pki"
     local addresses="IP:127.0.0.1"
     [ "$API_HOST" != 127.0.0.1 ] && addresses="$addresses,IP:$API_HOST"
     issue apiserver "/CN=kube-apiserver" serverAuth \
@@ -74,15 +70,8 @@ write_kubeconfig() {
 # --- components ------------------------------------------------------------------------------------
 
 resolve_bin() {
-  if [ -n "${TANDEM_BIN_DIR:-}" ]; then
-    BIN="$TANDEM_BIN_DIR"
-  else
-    BIN="$("$ROOT/hack/build-tools.sh" | tail -n1)"
-  fi
-  local b
-  for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kubelet kube-proxy coredns crictl; do
-    [ -x "$BIN/$b" ] || die "missing $BIN/$b"
-  done
+  resolve_built BIN TANDEM_BIN_DIR build-tools.sh -x \
+    etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kubelet kube-proxy coredns crictl
 }
 
 start_etcd() {

@@ -1,5 +1,6 @@
 # Helpers shared by the hack/ scripts, sourced (never run) before anything else: progress lines (say, die) for
-# all of them; the state dir, components and certificates for those that run a local cluster.
+# all of them; the state dir, components and certificates for those that run a local cluster; the Go
+# environment, lock and last line of the hack/build-*.sh scripts.
 # The sourcing script sets ROOT (the repository) and SAY_AS (the tag in front of its progress lines) before,
 # and RUN_DIR (where its components' pids/ and logs/ are) after; `issue` works inside the directory holding
 # the local CA.
@@ -9,6 +10,21 @@ DIR="$(realpath -m "${TANDEM_CLUSTER_DIR:-$ROOT/.tandem/cluster}")"
 SERVICE_CIDR=10.0.0.0/24
 
 kc() { "$BIN/kubectl" --kubeconfig "$DIR/kubeconfig" "$@"; }
+
+# resolve_built VAR ENV SCRIPT TEST FILE...: sets VAR to the directory that $ENV names or else to the one
+# hack/SCRIPT builds (cached; a build script prints it as its last line), and dies unless `test TEST DIR/FILE`
+# holds for each FILE: how the cluster takes its binaries, Kueue's and the metrics pipeline's.
+resolve_built() {
+  local _var="$1" _env="$2" _script="$3" _test="$4" _dir _f
+  shift 4
+  if [ -n "${!_env:-}" ]; then
+    _dir="${!_env}"
+  else
+    _dir="$("$ROOT/hack/$_script" | tail -n1)"
+  fi
+  for _f in "$@"; do test "$_test" "$_dir/$_f" || die "missing $_dir/$_f"; done
+  printf -v "$_var" '%s' "$_dir"
+}
 
 # say MESSAGE: a progress line on stderr, tagged with SAY_AS and the time of day, or with the seconds since
 # SAY_T0 where the script sets it (the demo's lines count its run); SAY_GAP, if set, goes before each line.
@@ -33,6 +49,14 @@ PY
 }
 
 port_open() { (exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null; }
+
+# new_ca DIR CN: DIR (made if missing) holding a new CA, ca.key and ca.crt, for `issue` to sign with there.
+new_ca() {
+  mkdir -p "$1"
+  openssl ecparam -name prime256v1 -genkey -noout -out "$1/ca.key" 2>/dev/null
+  openssl req -x509 -new -key "$1/ca.key" -subj "/CN=$2" -days 3650 -out "$1/ca.crt" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"
+}
 
 # issue NAME SUBJECT EKU SAN: an EC key and a certificate signed by the local CA in the current directory.
 issue() {
@@ -134,4 +158,27 @@ wait_for() {
     [ "$SECONDS" -lt "$deadline" ] || die "$what not ready after ${timeout}s (logs: $RUN_DIR/logs)"
     sleep 0.2
   done
+}
+
+# --- the build scripts (hack/build-*.sh) -----------------------------------------------------------
+
+# build_begin: the Go environment of every build (trimmed paths, static binaries, the installed toolchain) and
+# the one lock of all builds, $CACHE/build.lock, held until the script exits (waited for if another build has
+# it: two Go builds at once only compete for the same cores and build cache); starts the clock of build_done.
+build_begin() {
+  export GOFLAGS="${GOFLAGS:--trimpath}" CGO_ENABLED=0 GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
+  mkdir -p "$CACHE"
+  exec 9> "$CACHE/build.lock"
+  if ! flock -n 9; then
+    say "another build holds $CACHE/build.lock; waiting for it"
+    flock 9
+  fi
+  BUILD_START=$SECONDS
+}
+
+# build_done WHAT OUT: how long the build took, then OUT alone as the last line on stdout, which is all that
+# callers read of a build script (`| tail -n1`).
+build_done() {
+  say "$1 ready in $2 ($((SECONDS - BUILD_START))s)"
+  echo "$2"
 }

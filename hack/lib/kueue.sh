@@ -10,15 +10,7 @@
 
 KUEUE_ROOT="$ROOT/hack/kueue"
 
-kueue_resolve() {
-  if [ -n "${TANDEM_KUEUE_DIR:-}" ]; then
-    KUEUE_DIR="$TANDEM_KUEUE_DIR"
-  else
-    KUEUE_DIR="$("$ROOT/hack/build-kueue.sh" | tail -n1)"
-  fi
-  local f
-  for f in kueue webhooks.yaml conversion.txt crds; do [ -e "$KUEUE_DIR/$f" ] || die "missing $KUEUE_DIR/$f"; done
-}
+kueue_resolve() { resolve_built KUEUE_DIR TANDEM_KUEUE_DIR build-kueue.sh -e kueue webhooks.yaml conversion.txt crds; }
 
 # kueue_render WHAT FILE...: an upstream manifest pointed at this cluster's manager (JSON list on stdout).
 kueue_render() {

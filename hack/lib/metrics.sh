@@ -31,15 +31,8 @@ METRICS_COMPONENTS=(prometheus-adapter prometheus metrics-server)
 # The front proxy's own CA and client certificate: the API server presents it when it forwards a request to
 # an aggregated API, which trusts the user and groups in its headers because of it.
 metrics_pki() {
-  local p="$DIR/pki/front-proxy"
-  mkdir -p "$p"
-  (
-    cd "$p"
-    openssl ecparam -name prime256v1 -genkey -noout -out ca.key 2>/dev/null
-    openssl req -x509 -new -key ca.key -subj "/CN=tandem-front-proxy-ca" -days 3650 -out ca.crt \
-      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"
-    issue front-proxy-client "/CN=front-proxy-client" clientAuth ""
-  )
+  new_ca "$DIR/pki/front-proxy" tandem-front-proxy-ca
+  (cd "$DIR/pki/front-proxy" && issue front-proxy-client "/CN=front-proxy-client" clientAuth "")
 }
 
 # The aggregation layer of kube-apiserver.
@@ -62,13 +55,7 @@ metrics_controller_manager_flags() {
 # --- the pipeline --------------------------------------------------------------------------------------------
 
 metrics_resolve() {
-  if [ -n "${TANDEM_METRICS_DIR:-}" ]; then
-    METRICS_DIR="$TANDEM_METRICS_DIR"
-  else
-    METRICS_DIR="$("$ROOT/hack/build-metrics.sh" | tail -n1)"
-  fi
-  local f
-  for f in metrics-server prometheus prometheus-adapter; do [ -x "$METRICS_DIR/$f" ] || die "missing $METRICS_DIR/$f"; done
+  resolve_built METRICS_DIR TANDEM_METRICS_DIR build-metrics.sh -x metrics-server prometheus prometheus-adapter
 }
 
 # metrics_endpoint NAME PORT: a Service without a selector in kube-system whose only endpoint is this host's
