@@ -13,7 +13,6 @@ from collections.abc import Iterator
 import pytest
 from kopf.testing import KopfRunner
 from kubernetes import client as k8s
-from kubernetes import config as k8s_config
 
 # tests/ is on sys.path (pytest's rootdir-of-conftest insertion), so helpers import as `support.*`.
 from support.cluster import (
@@ -25,7 +24,7 @@ from support.cluster import (
     running,
     wait_until,
 )
-from support.tandem import HANDLERS, ensure_pools, install_crds
+from support.tandem import HANDLERS, api_client, ensure_pools, install_crds
 
 FOLDER_MARKERS: dict[str, tuple[str, ...]] = {
     "e2e": ("e2e", "cluster"),
@@ -77,9 +76,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster |
 @pytest.fixture(scope="session")
 def kube(cluster: LocalCluster | ExternalCluster) -> Iterator[k8s.ApiClient]:
     """A kubernetes.client.ApiClient for the session's cluster."""
-    api = k8s_config.new_client_from_config(config_file=str(cluster.kubeconfig))
-    yield api
-    api.close()
+    with api_client(cluster) as api:
+        yield api
 
 
 @pytest.fixture

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client as k8s
-from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from support.cluster import ExternalCluster, LocalCluster, chosen, running, wait_until
 from support.digits import MODEL_CLAIM, RELEASE_VALUES, bound_directory, model_claim
+from support.tandem import api_client
 from support.tools import run, tool
 
 RELEASE = "tandem"
@@ -53,9 +53,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster |
 
 @pytest.fixture(scope="package")
 def kube(cluster: LocalCluster | ExternalCluster) -> Iterator[k8s.ApiClient]:
-    api = k8s_config.new_client_from_config(config_file=str(cluster.kubeconfig))
-    yield api
-    api.close()
+    """The root conftest's `kube`, again at package scope: a session-scoped one cannot use this package's cluster."""
+    with api_client(cluster) as api:
+        yield api
 
 
 def helm(*args: str, timeout: float = 600) -> str:

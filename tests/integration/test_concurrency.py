@@ -80,15 +80,19 @@ def with_kind(obj: dict[str, Any]) -> dict[str, Any]:
     return {**obj, "apiVersion": "tandem.dev/v1alpha1", "kind": "TrainingJob"}
 
 
+def started(api: k8s.ApiClient, namespace: str, controller: Controller) -> dict[str, Any]:
+    """Create the TrainingJob at generation 1 and reconcile it once, so that its run race-g1 exists for the
+    newer spec of each race to replace; returns the body that reconcile worked from."""
+    create(api, TRAINING_JOB, namespace, body(TRAINING_JOB, NAME, spec("1")))
+    first = get(api, TRAINING_JOB, namespace, NAME)
+    reconciles(controller, first)
+    return first
+
+
 def test_a_resync_pass_listed_before_a_spec_update_never_applies_the_older_spec(
-    tandem_api: k8s.ApiClient,
-    namespace: str,
-    controller: Controller,
-    queue: WorkQueue,
-    monkeypatch: pytest.MonkeyPatch,
+    tandem_api: k8s.ApiClient, namespace: str, controller: Controller, queue: WorkQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    create(tandem_api, TRAINING_JOB, namespace, body(TRAINING_JOB, NAME, spec("1")))
-    reconciles(controller, get(tandem_api, TRAINING_JOB, namespace, NAME))
+    started(tandem_api, namespace, controller)
     assert live_jobs(tandem_api, namespace) == ["race-g1"]
     listed = [with_kind(get(tandem_api, TRAINING_JOB, namespace, NAME))]
     stale_list(monkeypatch, controller, listed)  # the pass lists here
@@ -106,14 +110,9 @@ def test_a_resync_pass_listed_before_a_spec_update_never_applies_the_older_spec(
 
 
 def test_a_resync_waits_for_a_reconcile_in_progress_and_works_from_what_it_left(
-    tandem_api: k8s.ApiClient,
-    namespace: str,
-    controller: Controller,
-    queue: WorkQueue,
-    monkeypatch: pytest.MonkeyPatch,
+    tandem_api: k8s.ApiClient, namespace: str, controller: Controller, queue: WorkQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    create(tandem_api, TRAINING_JOB, namespace, body(TRAINING_JOB, NAME, spec("1")))
-    reconciles(controller, get(tandem_api, TRAINING_JOB, namespace, NAME))
+    started(tandem_api, namespace, controller)
     stale_list(monkeypatch, controller, [with_kind(get(tandem_api, TRAINING_JOB, namespace, NAME))])
     patch_spec(tandem_api, TRAINING_JOB, namespace, NAME, spec("2"))
     updated = get(tandem_api, TRAINING_JOB, namespace, NAME)
@@ -147,9 +146,7 @@ def test_a_resync_waits_for_a_reconcile_in_progress_and_works_from_what_it_left(
 def test_an_event_older_than_the_generation_acted_on_is_read_again(
     tandem_api: k8s.ApiClient, namespace: str, controller: Controller, queue: WorkQueue
 ) -> None:
-    create(tandem_api, TRAINING_JOB, namespace, body(TRAINING_JOB, NAME, spec("1")))
-    old = get(tandem_api, TRAINING_JOB, namespace, NAME)
-    reconciles(controller, old)
+    old = started(tandem_api, namespace, controller)
     patch_spec(tandem_api, TRAINING_JOB, namespace, NAME, spec("2"))
     reconciles(controller, get(tandem_api, TRAINING_JOB, namespace, NAME))
     wait_until(lambda: live_jobs(tandem_api, namespace) == ["race-g2"], timeout=30, what="run g2 alone")

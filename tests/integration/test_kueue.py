@@ -141,6 +141,27 @@ def job_of(api: k8s.ApiClient, namespace: str, name: str) -> k8s.V1Job:
     return job
 
 
+def running(api: k8s.ApiClient, namespace: str, job: dict[str, Any]) -> None:
+    """Create the TrainingJob and wait until its workers run: admitted, and holding its quota."""
+    create(api, TRAINING_JOB, namespace, job)
+    name = job["metadata"]["name"]
+    wait_for(api, TRAINING_JOB, namespace, name, phase_is("Running"), "Running", timeout=120)
+
+
+def suspend(api: k8s.ApiClient, namespace: str, name: str) -> None:
+    """Set spec.suspend and wait until the run reports it: Queued, for the reason Suspended."""
+    patch_spec(api, TRAINING_JOB, namespace, name, {"suspend": True})
+    wait_for(api, TRAINING_JOB, namespace, name, queued_because("Suspended"), "Suspended")
+
+
+def resumes_as_the_same_run_and_succeeds(api: k8s.ApiClient, namespace: str, name: str, job_name: str) -> None:
+    """A run stopped by a suspend or a preemption is resumed in the Job it had, not started again in a new one;
+    the check and waits every test of resuming ends with."""
+    wait_for(api, TRAINING_JOB, namespace, name, phase_is("Running"), "running again", timeout=120)
+    assert job_of(api, namespace, name).metadata.name == job_name  # the same run, not a new one
+    wait_for(api, TRAINING_JOB, namespace, name, phase_is("Succeeded"), "Succeeded", timeout=120)
+
+
 def test_a_queued_run_waits_suspended_until_kueue_admits_it_then_runs(
     operator: Any, queues: str, tandem_api: k8s.ApiClient
 ) -> None:
@@ -170,8 +191,7 @@ def test_a_run_beyond_the_quota_waits_until_the_first_finishes(
     operator: Any, queues: str, tandem_api: k8s.ApiClient
 ) -> None:
     namespace = queues
-    create(tandem_api, TRAINING_JOB, namespace, training("first", gpus_per_worker=GPU_QUOTA // 2, duration="25s"))
-    wait_for(tandem_api, TRAINING_JOB, namespace, "first", phase_is("Running"), "Running", timeout=120)
+    running(tandem_api, namespace, training("first", gpus_per_worker=GPU_QUOTA // 2, duration="25s"))
     create(tandem_api, TRAINING_JOB, namespace, training("second", gpus_per_worker=GPU_QUOTA // 2))
 
     wait_for(
@@ -205,11 +225,9 @@ def test_suspending_a_queued_run_releases_its_quota_and_resuming_queues_it_again
     operator: Any, queues: str, tandem_api: k8s.ApiClient
 ) -> None:
     namespace = queues
-    create(tandem_api, TRAINING_JOB, namespace, training("paused", gpus_per_worker=GPU_QUOTA // 2, duration="20s"))
-    wait_for(tandem_api, TRAINING_JOB, namespace, "paused", phase_is("Running"), "Running", timeout=120)
+    running(tandem_api, namespace, training("paused", gpus_per_worker=GPU_QUOTA // 2, duration="20s"))
 
-    patch_spec(tandem_api, TRAINING_JOB, namespace, "paused", {"suspend": True})
-    wait_for(tandem_api, TRAINING_JOB, namespace, "paused", queued_because("Suspended"), "Suspended")
+    suspend(tandem_api, namespace, "paused")
     job_name = job_of(tandem_api, namespace, "paused").metadata.name
     wait_until(lambda: job_of(tandem_api, namespace, "paused").spec.suspend, timeout=60, what="Job suspended")
     assert (workload_of_job(tandem_api, namespace, job_name) or {})["spec"]["active"] is False
@@ -220,9 +238,7 @@ def test_suspending_a_queued_run_releases_its_quota_and_resuming_queues_it_again
     assert get(tandem_api, TRAINING_JOB, namespace, "paused")["status"]["phase"] == "Queued"
 
     patch_spec(tandem_api, TRAINING_JOB, namespace, "paused", {"suspend": False})
-    wait_for(tandem_api, TRAINING_JOB, namespace, "paused", phase_is("Running"), "Running again", timeout=120)
-    assert job_of(tandem_api, namespace, "paused").metadata.name == job_name  # the same run, not a new one
-    wait_for(tandem_api, TRAINING_JOB, namespace, "paused", phase_is("Succeeded"), "Succeeded", timeout=120)
+    resumes_as_the_same_run_and_succeeds(tandem_api, namespace, "paused", job_name)
 
 
 def test_a_run_created_suspended_in_a_queue_is_held_until_resumed(
@@ -244,11 +260,9 @@ def test_a_run_created_suspended_in_a_queue_is_held_until_resumed(
 
 
 def test_suspend_and_resume_without_a_queue(operator: Any, tandem_api: k8s.ApiClient, namespace: str) -> None:
-    create(tandem_api, TRAINING_JOB, namespace, training("plain", gpus_per_worker=1, duration="15s", queue=None))
-    wait_for(tandem_api, TRAINING_JOB, namespace, "plain", phase_is("Running"), "Running", timeout=120)
+    running(tandem_api, namespace, training("plain", gpus_per_worker=1, duration="15s", queue=None))
 
-    patch_spec(tandem_api, TRAINING_JOB, namespace, "plain", {"suspend": True})
-    wait_for(tandem_api, TRAINING_JOB, namespace, "plain", queued_because("Suspended"), "Suspended")
+    suspend(tandem_api, namespace, "plain")
     assert job_of(tandem_api, namespace, "plain").spec.suspend is True
 
     patch_spec(tandem_api, TRAINING_JOB, namespace, "plain", {"suspend": False})
@@ -279,8 +293,7 @@ def test_an_urgent_workload_preempts_a_run_which_resumes_after_it(
     operator: Any, queues: str, tandem_api: k8s.ApiClient
 ) -> None:
     namespace = queues
-    create(tandem_api, TRAINING_JOB, namespace, training("ordinary", gpus_per_worker=GPU_QUOTA // 2, duration="30s"))
-    wait_for(tandem_api, TRAINING_JOB, namespace, "ordinary", phase_is("Running"), "Running", timeout=120)
+    running(tandem_api, namespace, training("ordinary", gpus_per_worker=GPU_QUOTA // 2, duration="30s"))
 
     batch = k8s.BatchV1Api(tandem_api)
     batch.create_namespaced_job(namespace, urgent_job("urgent", GPU_QUOTA))
@@ -314,8 +327,7 @@ def test_an_urgent_training_run_preempts_an_ordinary_one_which_resumes_after_it(
     operator: Any, queues: str, tandem_api: k8s.ApiClient
 ) -> None:
     namespace = queues
-    create(tandem_api, TRAINING_JOB, namespace, training("ordinary", gpus_per_worker=GPU_QUOTA // 2, duration="40s"))
-    wait_for(tandem_api, TRAINING_JOB, namespace, "ordinary", phase_is("Running"), "Running", timeout=120)
+    running(tandem_api, namespace, training("ordinary", gpus_per_worker=GPU_QUOTA // 2, duration="40s"))
     job_name = job_of(tandem_api, namespace, "ordinary").metadata.name
 
     create(tandem_api, TRAINING_JOB, namespace,
@@ -330,9 +342,7 @@ def test_an_urgent_training_run_preempts_an_ordinary_one_which_resumes_after_it(
     assert (workload_of_job(tandem_api, namespace, job_name) or {})["spec"].get("priority", 0) == 0
 
     wait_for(tandem_api, TRAINING_JOB, namespace, "urgent", phase_is("Succeeded"), "Succeeded", timeout=120)
-    wait_for(tandem_api, TRAINING_JOB, namespace, "ordinary", phase_is("Running"), "resumed", timeout=120)
-    assert job_of(tandem_api, namespace, "ordinary").metadata.name == job_name  # the same run, not a new one
-    wait_for(tandem_api, TRAINING_JOB, namespace, "ordinary", phase_is("Succeeded"), "Succeeded", timeout=120)
+    resumes_as_the_same_run_and_succeeds(tandem_api, namespace, "ordinary", job_name)
 
 
 def test_a_priority_class_that_does_not_exist_is_named_and_mending_it_lets_the_run_start(

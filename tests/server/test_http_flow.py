@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import pytest
@@ -18,6 +19,7 @@ from tandem.server.httpserver import (
     HEAD_PIECE,
     MAX_QUEUED,
     WRITE_HIGH_WATER,
+    Handler,
     HttpConnection,
     HttpServer,
     Request,
@@ -54,6 +56,18 @@ async def read_until(reader: asyncio.StreamReader, marker: bytes, count: int = 1
     return bytes(data)
 
 
+@asynccontextmanager
+async def one_client(handler: Handler) -> AsyncIterator[tuple[HttpServer, asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A server on a free loopback port and one connection to it. On the way out the client hangs up and the
+    server must drain: an exchange that leaves a request unfinished fails the test rather than leaking it."""
+    server = HttpServer(handler)
+    port = await server.listen("127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    yield server, reader, writer
+    writer.close()
+    assert await server.drain(10)
+
+
 def test_100_continue_waits_for_the_response_of_a_pipelined_request_before_it() -> None:
     release = asyncio.Event()
 
@@ -63,21 +77,17 @@ def test_100_continue_waits_for_the_response_of_a_pipelined_request_before_it() 
         return Response(200, request.path.encode() + b":" + request.body)
 
     async def exchange() -> bytes:
-        server = HttpServer(slow_then_echo)
-        port = await server.listen("127.0.0.1", 0)
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(
-            b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"
-            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n"
-        )
-        # the second request's headers are parsed (it waits for its body) while the first is still running
-        await until(lambda: bool(server.connections) and only_connection(server).waiting_for == "body")
-        release.set()
-        received = await read_until(reader, b"\r\n\r\n", 2)  # the slow answer's head, then the 100
-        writer.write(b"ping")
-        received += await read_until(reader, b"/echo:ping")
-        writer.close()
-        assert await server.drain(10)
+        async with one_client(slow_then_echo) as (server, reader, writer):
+            writer.write(
+                b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"
+                b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n"
+            )
+            # the second request's headers are parsed (it waits for its body) while the first is still running
+            await until(lambda: bool(server.connections) and only_connection(server).waiting_for == "body")
+            release.set()
+            received = await read_until(reader, b"\r\n\r\n", 2)  # the slow answer's head, then the 100
+            writer.write(b"ping")
+            received += await read_until(reader, b"/echo:ping")
         return received
 
     received = asyncio.run(exchange())
@@ -87,15 +97,11 @@ def test_100_continue_waits_for_the_response_of_a_pipelined_request_before_it() 
 
 def test_100_continue_is_sent_at_once_when_nothing_is_owed_before_it() -> None:
     async def exchange() -> bytes:
-        server = HttpServer(lambda request: Response(200, request.body))
-        port = await server.listen("127.0.0.1", 0)
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
-        received = await read_until(reader, b"\r\n\r\n")
-        writer.write(b"pong")
-        received += await read_until(reader, b"pong")
-        writer.close()
-        assert await server.drain(10)
+        async with one_client(lambda request: Response(200, request.body)) as (_, reader, writer):
+            writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+            received = await read_until(reader, b"\r\n\r\n")
+            writer.write(b"pong")
+            received += await read_until(reader, b"pong")
         return received
 
     received = asyncio.run(exchange())
@@ -111,19 +117,14 @@ def test_no_100_continue_once_the_body_has_arrived_without_it() -> None:
         return Response(200, request.body)
 
     async def exchange() -> bytes:
-        server = HttpServer(slow)
-        port = await server.listen("127.0.0.1", 0)
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(
-            b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"
-            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\nping"
-        )
-        await until(lambda: bool(server.connections) and len(only_connection(server).queue) == 1)
-        release.set()
-        received = await read_until(reader, b"ping")
-        writer.close()
-        assert await server.drain(10)
-        return received
+        async with one_client(slow) as (server, reader, writer):
+            writer.write(
+                b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"
+                b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\nping"
+            )
+            await until(lambda: bool(server.connections) and len(only_connection(server).queue) == 1)
+            release.set()
+            return await read_until(reader, b"ping")
 
     assert b"100 Continue" not in asyncio.run(exchange())
 

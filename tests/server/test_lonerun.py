@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from support.clock import Clock
 from tandem import cgroup
 from tandem.server import model as model_module
 from tandem.server.config import ServerConfig
@@ -36,16 +37,6 @@ def test_a_run_that_starts_while_another_is_in_progress_gets_the_narrow_session(
         assert (first, second, third) == (WIDE, NARROW, NARROW)
         assert sessions.running == 3
     assert sessions.running == 0
-
-
-class Clock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_a_run_while_another_request_is_admitted_gets_the_narrow_session() -> None:

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import kopf
 import yaml
 from kubernetes import client as k8s
+from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import REGISTRY
 
-from support.cluster import wait_until
+from support.cluster import ExternalCluster, LocalCluster, wait_until
 from tandem.api.resources import COMPUTE_POOL, GROUP, VERSION, Resource
 from tandem.controller.controller import Controller
 
@@ -66,6 +68,17 @@ CPU_POOL: dict[str, Any] = {
     "price": {"coreHour": 0.03},
     "power": {"wattsPerCore": 6},
 }
+
+
+@contextmanager
+def api_client(cluster: LocalCluster | ExternalCluster) -> Iterator[k8s.ApiClient]:
+    """A kubernetes ApiClient for `cluster`, closed on the way out so that its pooled connections do not outlive
+    the fixture (and the cluster) they were made for."""
+    api = k8s_config.new_client_from_config(config_file=str(cluster.kubeconfig))
+    try:
+        yield api
+    finally:
+        api.close()
 
 
 def install_crds(api: k8s.ApiClient) -> None:

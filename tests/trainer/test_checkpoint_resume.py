@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 import torch
 from trainer_support import (
     checkpointed_small_run,
+    first_checkpoint,
     held_out_digits,
     onnx_logits,
     run_trainer_process,
@@ -35,18 +35,13 @@ def test_a_run_killed_after_a_checkpoint_resumes_from_that_step_and_ends_with_th
     tmp_path: Path, reference_small_run: Path
 ) -> None:
     args = checkpointed_small_run(tmp_path)
-    pointer = tmp_path / "ckpt" / POINTER_FILE
     victim = subprocess.Popen(
         trainer_command(args),
         env=trainer_env(tmp_path / "killed-termination"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 240
-    while not pointer.exists():
-        assert victim.poll() is None, "the run ended before its first checkpoint"
-        assert time.monotonic() < deadline, "no checkpoint within 240 s"
-        time.sleep(0.005)
+    pointer = first_checkpoint(tmp_path, victim)
     victim.send_signal(signal.SIGKILL)
     assert victim.wait() == -signal.SIGKILL
     killed_at = json.loads(pointer.read_text())["step"]

@@ -11,15 +11,21 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from trainer_support import SMALL_RUN, checkpointed_small_run, read_termination, trainer_command, trainer_env
+from trainer_support import (
+    SMALL_RUN,
+    checkpointed_small_run,
+    first_checkpoint,
+    read_termination,
+    trainer_command,
+    trainer_env,
+)
 
 from support.cluster import free_port
 from tandem.api.artifact import EXIT_PEER_LOST, EXIT_RETRYABLE
-from tandem.trainer.checkpoint import POINTER_FILE
 from tandem.trainer.failures import lost_peer
 
 
@@ -37,15 +43,10 @@ def _worker(rank: int, port: int, args: list[str], termination: Path, **extra: s
 @pytest.mark.slow
 def test_a_killed_peer_stops_the_survivor_with_peer_lost_and_the_restarted_group_resumes(tmp_path: Path) -> None:
     args = checkpointed_small_run(tmp_path)
-    pointer = tmp_path / "ckpt" / POINTER_FILE
     port = free_port()
     survivor = _worker(0, port, args, tmp_path / "survivor")
     victim = _worker(1, port, args, tmp_path / "victim")
-    deadline = time.monotonic() + 240
-    while not pointer.exists():
-        assert survivor.poll() is None and victim.poll() is None, "a worker ended before the first checkpoint"
-        assert time.monotonic() < deadline, "no checkpoint within 240 s"
-        time.sleep(0.01)
+    pointer = first_checkpoint(tmp_path, survivor, victim)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     log, _ = survivor.communicate(timeout=120)
@@ -63,26 +64,28 @@ def test_a_killed_peer_stops_the_survivor_with_peer_lost_and_the_restarted_group
     assert published["metrics"]["resumed_from_step"] >= killed_at
 
 
-def test_a_peer_that_never_comes_is_a_counted_rendezvous_failure_naming_the_missing_rank(tmp_path: Path) -> None:
-    """Not PeerLost: a lonely worker must not be restarted for free forever. The join timeout, not the
-    collective one, bounds the wait, and the message says which rank never came."""
-    alone = _worker(0, free_port(), [*SMALL_RUN, "--output", f"file://{tmp_path}/out"], tmp_path / "alone",
+def _rendezvous_failure_alone(rank: int, tmp_path: Path) -> dict[str, Any]:
+    """The termination message of `rank` started without its peer and a join timeout of 3 s, once it has exited
+    with a counted failure: what each lonely rank then says about the other is the test's own check."""
+    alone = _worker(rank, free_port(), [*SMALL_RUN, "--output", f"file://{tmp_path}/out"], tmp_path / "alone",
                     TANDEM_DIST_JOIN_TIMEOUT_SECONDS="3")  # fmt: skip
     log, _ = alone.communicate(timeout=120)
     assert alone.returncode == EXIT_RETRYABLE, log
     failure = read_termination(tmp_path / "alone")
     assert failure is not None and failure["reason"] == "RendezvousFailed", failure
+    return failure
+
+
+def test_a_peer_that_never_comes_is_a_counted_rendezvous_failure_naming_the_missing_rank(tmp_path: Path) -> None:
+    """Not PeerLost: a lonely worker must not be restarted for free forever. The join timeout, not the
+    collective one, bounds the wait, and the message says which rank never came."""
+    failure = _rendezvous_failure_alone(0, tmp_path)
     assert "ranks [1] did not join" in failure["error"], failure
 
 
 def test_a_worker_without_its_rendezvous_host_names_rank_0_as_missing(tmp_path: Path) -> None:
     """A retried rank 1 whose rank 0 already finished: nothing listens at MASTER_ADDR any more."""
-    alone = _worker(1, free_port(), [*SMALL_RUN, "--output", f"file://{tmp_path}/out"], tmp_path / "alone",
-                    TANDEM_DIST_JOIN_TIMEOUT_SECONDS="3")  # fmt: skip
-    log, _ = alone.communicate(timeout=120)
-    assert alone.returncode == EXIT_RETRYABLE, log
-    failure = read_termination(tmp_path / "alone")
-    assert failure is not None and failure["reason"] == "RendezvousFailed", failure
+    failure = _rendezvous_failure_alone(1, tmp_path)
     assert "missing ranks [0]" in failure["error"], failure
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 from trainer_support import (
     SMALL_RUN,
     checkpointed_small_run,
+    first_checkpoint,
     read_termination,
     run_trainer_process,
     trainer_command,
@@ -23,7 +23,6 @@ from trainer_support import (
 )
 
 from tandem.render.training import EXIT_STOPPED as POLICY_IGNORES
-from tandem.trainer.checkpoint import POINTER_FILE
 from tandem.trainer.failures import EXIT_STOPPED
 
 SMALL_RUN_STEPS = 540
@@ -38,16 +37,11 @@ def test_a_run_stopped_by_sigterm_reports_its_newest_checkpoint_and_the_next_sta
     tmp_path: Path,
 ) -> None:
     args = checkpointed_small_run(tmp_path)
-    pointer = tmp_path / "ckpt" / POINTER_FILE
     stopped_message = tmp_path / "stopped-termination"
     worker = subprocess.Popen(
         trainer_command(args), env=trainer_env(stopped_message), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    deadline = time.monotonic() + 240
-    while not pointer.exists():
-        assert worker.poll() is None, "the run ended before its first checkpoint"
-        assert time.monotonic() < deadline, "no checkpoint within 240 s"
-        time.sleep(0.005)
+    pointer = first_checkpoint(tmp_path, worker)
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=60) == EXIT_STOPPED
 

@@ -21,6 +21,7 @@ import numpy.typing as npt
 SMALL_RUN = ["--epochs", "3", "--batch-size", "8", "--seed", "3"]
 """A short run (540 optimizer steps) for tests about behaviour rather than accuracy."""
 
+
 def checkpointed_small_run(folder: Path) -> list[str]:
     """SMALL_RUN writing its model under `folder`/out and a checkpoint every 25 steps under `folder`/ckpt."""
     return [
@@ -29,6 +30,20 @@ def checkpointed_small_run(folder: Path) -> list[str]:
         "--checkpoint-uri", f"file://{folder}/ckpt",
         "--checkpoint-every", "25",
     ]  # fmt: skip
+
+
+def first_checkpoint(folder: Path, *workers: subprocess.Popen[Any]) -> Path:
+    """The pointer file of a checkpointed_small_run(`folder`), once its first checkpoint is published: the moment
+    to stop a run that must resume from one. Fails if a worker ends first or nothing comes within 240 s."""
+    from tandem.trainer.checkpoint import POINTER_FILE  # imports torch: not at import, which every trainer test does
+
+    pointer = folder / "ckpt" / POINTER_FILE
+    deadline = time.monotonic() + 240
+    while not pointer.exists():
+        assert all(worker.poll() is None for worker in workers), "a worker ended before the first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.005)
+    return pointer
 
 
 DIST_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")

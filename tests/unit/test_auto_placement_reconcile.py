@@ -98,6 +98,29 @@ def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
     return next(item for item in status["conditions"] if item["type"] == kind)
 
 
+CPU_PROFILE = profile_message(4.2, 322)
+GPU_PROFILE = profile_message(2.4, 18_000, device="cuda")
+"""Measured on the GPU: 56 times a CPU replica's throughput at 5 times its price (five_x_pools), so that the
+SLO's request rate decides which pool is cheaper."""
+
+
+def after_profiling(
+    kube: FakeKube,
+    body: dict[str, Any],
+    pools: dict[str, Any],
+    config: OperatorConfig,
+    gpu_message: str = GPU_PROFILE,
+    gpu_succeeded: bool = True,
+) -> reconcile.Outcome:
+    """The reconcile that decides: the first starts a profile Job per pool, the test plays the Job controller
+    finishing them (the cpu pool's with CPU_PROFILE), and the next reads what they measured."""
+    reconcile.reconcile_serving(kube, body, pools, config)
+    jobs = by_pool(kube)
+    kube.finish(jobs["cpu"], CPU_PROFILE)
+    kube.finish(jobs["gpu"], gpu_message, succeeded=gpu_succeeded)
+    return reconcile.reconcile_serving(kube, body, pools, config)
+
+
 def test_first_reconcile_starts_a_profile_per_candidate_pool_and_deploys_nothing(
     five_x_pools: dict[str, Any], config: OperatorConfig
 ) -> None:
@@ -128,11 +151,7 @@ def test_measured_profiles_decide_and_deploy_on_the_cheapest_pool(
     five_x_pools: dict[str, Any], config: OperatorConfig, rps: float, pool: str, replicas: int, cost: float
 ) -> None:
     kube = FakeKube()
-    reconcile.reconcile_serving(kube, service(rps), five_x_pools, config)
-    jobs = by_pool(kube)
-    kube.finish(jobs["cpu"], profile_message(4.2, 322))
-    kube.finish(jobs["gpu"], profile_message(2.4, 18_000, device="cuda"))
-    outcome = reconcile.reconcile_serving(kube, service(rps), five_x_pools, config)
+    outcome = after_profiling(kube, service(rps), five_x_pools, config)
     placement = outcome.status["placement"]
     assert (placement["pool"], placement["costPerHour"]) == (pool, cost)
     assert [c["pool"] for c in placement["candidates"]] == ["cpu", "gpu"]
@@ -155,12 +174,8 @@ def test_measured_profiles_decide_and_deploy_on_the_cheapest_pool(
 def test_a_gpu_pool_profiled_without_a_gpu_is_reported_not_invented(
     five_x_pools: dict[str, Any], config: OperatorConfig
 ) -> None:
-    kube = FakeKube()
-    reconcile.reconcile_serving(kube, service(5_000), five_x_pools, config)
-    jobs = by_pool(kube)
-    kube.finish(jobs["cpu"], profile_message(4.2, 322))
-    kube.finish(jobs["gpu"], profile_message(4.3, 310, device="cpu"))
-    outcome = reconcile.reconcile_serving(kube, service(5_000), five_x_pools, config)
+    measured_on_cpu = profile_message(4.3, 310, device="cpu")
+    outcome = after_profiling(FakeKube(), service(5_000), five_x_pools, config, gpu_message=measured_on_cpu)
     cpu, gpu = outcome.status["placement"]["candidates"]
     assert outcome.status["placement"]["pool"] == "cpu" and cpu["replicas"] == 20
     assert not gpu["measured"] and gpu["p99LatencyMs"] is None and gpu["throughputPerReplica"] is None
@@ -171,12 +186,7 @@ def test_unattainable_slo_deploys_on_the_fastest_with_a_false_condition(
     five_x_pools: dict[str, Any], config: OperatorConfig
 ) -> None:
     kube = FakeKube()
-    body = service(50, p99=1)
-    reconcile.reconcile_serving(kube, body, five_x_pools, config)
-    jobs = by_pool(kube)
-    kube.finish(jobs["cpu"], profile_message(4.2, 322))
-    kube.finish(jobs["gpu"], profile_message(2.4, 18_000, device="cuda"))
-    outcome = reconcile.reconcile_serving(kube, body, five_x_pools, config)
+    outcome = after_profiling(kube, service(50, p99=1), five_x_pools, config)
     decided = condition(outcome.status, "PlacementDecided")
     assert (decided["status"], decided["reason"]) == ("False", "SloUnattainable")
     assert outcome.status["placement"]["pool"] == "gpu"
@@ -190,11 +200,7 @@ def test_profiles_are_reused_across_services_and_slo_changes(
     five_x_pools: dict[str, Any], config: OperatorConfig
 ) -> None:
     kube = FakeKube()
-    reconcile.reconcile_serving(kube, service(50), five_x_pools, config)
-    jobs = by_pool(kube)
-    kube.finish(jobs["cpu"], profile_message(4.2, 322))
-    kube.finish(jobs["gpu"], profile_message(2.4, 18_000, device="cuda"))
-    first = reconcile.reconcile_serving(kube, service(50), five_x_pools, config)
+    first = after_profiling(kube, service(50), five_x_pools, config)
     assert first.status["placement"]["pool"] == "cpu"
     changed = service(5_000)
     changed["metadata"]["generation"] = 2
@@ -229,12 +235,8 @@ def test_a_new_model_is_profiled_while_the_old_deployment_keeps_serving(
 def test_a_failed_profile_excludes_its_pool_with_the_pods_words(
     five_x_pools: dict[str, Any], config: OperatorConfig
 ) -> None:
-    kube = FakeKube()
-    reconcile.reconcile_serving(kube, service(50), five_x_pools, config)
-    jobs = by_pool(kube)
-    kube.finish(jobs["cpu"], profile_message(4.2, 322))
-    kube.finish(jobs["gpu"], json.dumps({"error": "onnxruntime cannot open the model"}), succeeded=False)
-    outcome = reconcile.reconcile_serving(kube, service(50), five_x_pools, config)
+    failure = json.dumps({"error": "onnxruntime cannot open the model"})
+    outcome = after_profiling(FakeKube(), service(50), five_x_pools, config, gpu_message=failure, gpu_succeeded=False)
     gpu = outcome.status["placement"]["candidates"][1]
     assert gpu["note"].endswith("failed (Done): onnxruntime cannot open the model")
 
@@ -306,12 +308,7 @@ def test_without_an_autoscaler_the_deployment_gets_the_replicas_the_slo_needs(
     five_x_pools: dict[str, Any], config: OperatorConfig
 ) -> None:
     kube = FakeKube()
-    body = service(1_000, replicas={"min": 1, "max": 4})
-    reconcile.reconcile_serving(kube, body, five_x_pools, config)
-    jobs = by_pool(kube)
-    kube.finish(jobs["cpu"], profile_message(4.2, 322))
-    kube.finish(jobs["gpu"], profile_message(2.4, 18_000, device="cuda"))
-    outcome = reconcile.reconcile_serving(kube, body, five_x_pools, config)
+    outcome = after_profiling(kube, service(1_000, replicas={"min": 1, "max": 4}), five_x_pools, config)
     assert outcome.status["placement"]["pool"] == "cpu"
     deployment = kube.get("apps/v1", "Deployment", "ml", "resnet")
     assert deployment is not None and deployment["spec"]["replicas"] == 4

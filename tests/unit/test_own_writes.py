@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from support.clock import Clock
 from tandem.controller.own_writes import OwnWrites
 
 JOB = ("Job", "ns", "run-g1")
@@ -12,14 +13,6 @@ JOB = ("Job", "ns", "run-g1")
 
 def written(kind: str = "Job", version: str = "7", name: str = "run-g1") -> dict[str, Any]:
     return {"kind": kind, "metadata": {"namespace": "ns", "name": name, "resourceVersion": version}}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_the_echo_of_the_latest_write_is_recognised_once() -> None:

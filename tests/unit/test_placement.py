@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -27,6 +28,14 @@ def _serving(body: dict[str, Any], **fields: Any) -> InferenceServiceSpec:
     return InferenceServiceSpec.model_validate({**body, **fields})
 
 
+def _refusal(decide: Callable[..., object], *args: Any) -> PlacementError:
+    """The PlacementError `decide(*args)` raises: its reason is what the resource's condition will say, so each
+    refusal test names the one it expects. A placement returned instead fails the test."""
+    with pytest.raises(PlacementError) as raised:
+        decide(*args)
+    return raised.value
+
+
 def test_training_job_defaults_to_the_training_role_pool(
     training_spec_body: dict[str, Any], pools: dict[str, ComputePoolSpec]
 ) -> None:
@@ -36,9 +45,7 @@ def test_training_job_defaults_to_the_training_role_pool(
 def test_training_job_without_a_training_pool_is_refused(
     training_spec_body: dict[str, Any], pools: dict[str, ComputePoolSpec]
 ) -> None:
-    with pytest.raises(PlacementError) as raised:
-        training_pool(_training(training_spec_body), {"cpu": pools["cpu"]})
-    assert raised.value.reason == "NoTrainingPool"
+    assert _refusal(training_pool, _training(training_spec_body), {"cpu": pools["cpu"]}).reason == "NoTrainingPool"
 
 
 def test_training_job_runs_on_its_named_pool(
@@ -51,25 +58,22 @@ def test_training_job_runs_on_its_named_pool(
 def test_unknown_pool_is_pool_not_found_naming_the_pool(
     training_spec_body: dict[str, Any], pools: dict[str, ComputePoolSpec]
 ) -> None:
-    with pytest.raises(PlacementError) as raised:
-        training_pool(_training(training_spec_body, pool="tpu"), pools)
-    assert raised.value.reason == "PoolNotFound"
-    assert "'tpu'" in raised.value.message
-    assert "cpu, gpu" in raised.value.message
+    refusal = _refusal(training_pool, _training(training_spec_body, pool="tpu"), pools)
+    assert refusal.reason == "PoolNotFound"
+    assert "'tpu'" in refusal.message
+    assert "cpu, gpu" in refusal.message
 
 
 def test_gpus_on_a_cpu_pool_are_refused(training_spec_body: dict[str, Any], pools: dict[str, ComputePoolSpec]) -> None:
-    with pytest.raises(PlacementError) as raised:
-        training_pool(_training(training_spec_body, pool="cpu", resources={"gpus": 1}), pools)
-    assert raised.value.reason == "PoolHasNoAccelerator"
+    spec = _training(training_spec_body, pool="cpu", resources={"gpus": 1})
+    assert _refusal(training_pool, spec, pools).reason == "PoolHasNoAccelerator"
 
 
 def test_zero_gpus_on_a_gpu_pool_are_refused(
     training_spec_body: dict[str, Any], pools: dict[str, ComputePoolSpec]
 ) -> None:
-    with pytest.raises(PlacementError) as raised:
-        training_pool(_training(training_spec_body, resources={"gpus": 0}), pools)
-    assert raised.value.reason == "AcceleratorNotRequested"
+    spec = _training(training_spec_body, resources={"gpus": 0})
+    assert _refusal(training_pool, spec, pools).reason == "AcceleratorNotRequested"
 
 
 def test_cpu_only_training_job_may_run_on_a_named_cpu_pool(
@@ -127,18 +131,15 @@ def test_gpu_placement_keeps_a_larger_accelerator_request(
 def test_gpu_placement_without_an_accelerator_pool_is_refused(
     serving_spec_body: dict[str, Any], pools: dict[str, ComputePoolSpec]
 ) -> None:
-    with pytest.raises(PlacementError) as raised:
-        serving_pool(_serving(serving_spec_body, placement="gpu"), {"cpu": pools["cpu"]})
-    assert raised.value.reason == "NoMatchingPool"
+    spec = _serving(serving_spec_body, placement="gpu")
+    assert _refusal(serving_pool, spec, {"cpu": pools["cpu"]}).reason == "NoMatchingPool"
 
 
 def test_auto_placement_is_left_to_profiles(
     serving_spec_body: dict[str, Any], pools: dict[str, ComputePoolSpec]
 ) -> None:
     spec = _serving(serving_spec_body, placement="auto", slo={"p99LatencyMs": 50, "targetRequestsPerSecond": 100})
-    with pytest.raises(PlacementError) as raised:
-        serving_pool(spec, pools)
-    assert raised.value.reason == "NeedsProfile"
+    assert _refusal(serving_pool, spec, pools).reason == "NeedsProfile"
 
 
 def test_explicit_serving_pool_overrides_placement(
@@ -152,9 +153,7 @@ def test_explicit_serving_pool_overrides_placement(
 def test_explicit_unknown_serving_pool_is_pool_not_found(
     serving_spec_body: dict[str, Any], pools: dict[str, ComputePoolSpec]
 ) -> None:
-    with pytest.raises(PlacementError) as raised:
-        serving_pool(_serving(serving_spec_body, pool="nope"), pools)
-    assert raised.value.reason == "PoolNotFound"
+    assert _refusal(serving_pool, _serving(serving_spec_body, pool="nope"), pools).reason == "PoolNotFound"
 
 
 def test_serving_on_a_cpu_pool_requests_no_accelerators(

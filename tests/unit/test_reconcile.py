@@ -405,13 +405,24 @@ class ServingLoop:
         self.body["status"] = outcome.status
         return outcome
 
-    def ready(self) -> None:
-        self.kube.set_status(
-            "apps/v1",
-            "Deployment",
-            "digits",
-            {"replicas": 1, "readyReplicas": 1, "updatedReplicas": 1, "availableReplicas": 1},
-        )
+    def ready(self, replicas: int = 1) -> None:
+        """The Deployment controller's report once `replicas` pods of the current template serve."""
+        counts = ("replicas", "readyReplicas", "updatedReplicas", "availableReplicas")
+        self.kube.set_status("apps/v1", "Deployment", "digits", dict.fromkeys(counts, replicas))
+
+    def up(self) -> Outcome:
+        """The reconcile that finds the children it applied ready: the state every later change starts from."""
+        self.reconcile()
+        self.ready()
+        return self.reconcile()
+
+    def writes_after(self, idle: timedelta) -> list[tuple[str, ...]]:
+        """The calls of a reconcile once nothing has changed for `idle`, as a resync makes it: each one a write
+        to the API server, which a fleet of services at rest must not pay for."""
+        writes = len(self.kube.calls)
+        CLOCK[0] += idle
+        self.reconcile()
+        return self.kube.calls[writes:]
 
 
 @pytest.fixture
@@ -430,35 +441,20 @@ def serving(
 CLOCK = [datetime(2024, 5, 1, 12, 0, tzinfo=UTC)]
 
 
-def test_an_idle_ready_service_reconciled_again_costs_no_write(kube: FakeKube, serving: ServingLoop) -> None:
-    serving.reconcile()
-    serving.ready()
-    assert serving.reconcile().status["phase"] == "Ready"
-    writes = len(kube.calls)
-    CLOCK[0] += timedelta(seconds=30)
-    serving.reconcile()
-    assert kube.calls[writes:] == []
+def test_an_idle_ready_service_reconciled_again_costs_no_write(serving: ServingLoop) -> None:
+    assert serving.up().status["phase"] == "Ready"
+    assert serving.writes_after(timedelta(seconds=30)) == []
 
 
-def test_a_ready_service_at_rest_writes_no_usage_however_long_it_serves(kube: FakeKube, serving: ServingLoop) -> None:
-    serving.reconcile()
-    serving.ready()
-    serving.reconcile()
-    writes = len(kube.calls)
-    CLOCK[0] += timedelta(days=3)
-    serving.reconcile()
-    assert kube.calls[writes:] == []
+def test_a_ready_service_at_rest_writes_no_usage_however_long_it_serves(serving: ServingLoop) -> None:
+    serving.up()
+    assert serving.writes_after(timedelta(days=3)) == []
 
 
 def test_the_usage_ledger_catches_up_with_the_next_change(kube: FakeKube, serving: ServingLoop) -> None:
-    serving.reconcile()
-    serving.ready()
-    serving.reconcile()
+    serving.up()
     CLOCK[0] += timedelta(hours=1)
-    kube.set_status(
-        "apps/v1", "Deployment", "digits",
-        {"replicas": 2, "readyReplicas": 2, "updatedReplicas": 2, "availableReplicas": 2},
-    )
+    serving.ready(replicas=2)
     serving.reconcile()
     assert serving.body["status"]["readyReplicas"] == 2
     assert serving.body["status"]["usage"]["coreSeconds"] == 7200.0  # the hour of the one 2-core replica before
@@ -466,9 +462,7 @@ def test_the_usage_ledger_catches_up_with_the_next_change(kube: FakeKube, servin
 
 
 def test_a_new_model_without_a_spec_change_applies_the_children_again(kube: FakeKube, serving: ServingLoop) -> None:
-    serving.reconcile()
-    serving.ready()
-    serving.reconcile()
+    serving.up()
     serving.body["spec"]["model"] = {"uri": "s3://models/digits/v2/model.onnx", "sha256": "b" * 64}
     serving.reconcile()
     applied = [call for call in kube.writes("apply") if call[1] == "Deployment"]

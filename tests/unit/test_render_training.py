@@ -41,6 +41,23 @@ def _env(job: dict[str, Any]) -> dict[str, Any]:
     return {item["name"]: item.get("value", item.get("valueFrom")) for item in _container(job)["env"]}
 
 
+def _pod(job: dict[str, Any]) -> dict[str, Any]:
+    pod: dict[str, Any] = job["spec"]["template"]["spec"]
+    return pod
+
+
+def _claim_volumes(job: dict[str, Any]) -> list[dict[str, Any]]:
+    return [volume for volume in _pod(job)["volumes"] if "persistentVolumeClaim" in volume]
+
+
+def _claim_and_mount(job: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pod's one claim volume and the container's one mount of it: unpacked, so that a test reading them
+    also fails where the claim is missing, duplicated or mounted other than once."""
+    [volume] = _claim_volumes(job)
+    [mount] = [mount for mount in _container(job)["volumeMounts"] if mount["name"] == volume["name"]]
+    return volume, mount
+
+
 @pytest.fixture
 def single(training_spec_body: dict[str, Any], pools: dict[str, ComputePoolSpec], config: OperatorConfig) -> Any:
     return _job(_run(training_spec_body), pools, config)
@@ -205,10 +222,8 @@ def test_pvc_output_mounts_the_claim(
     training_spec_body: dict[str, Any], pools: dict[str, ComputePoolSpec], config: OperatorConfig
 ) -> None:
     job = _job(_run(training_spec_body, model={"output": "pvc://models/digits"}), pools, config)
-    pod = job["spec"]["template"]["spec"]
-    [volume] = [volume for volume in pod["volumes"] if "persistentVolumeClaim" in volume]
+    volume, mount = _claim_and_mount(job)
     assert volume["persistentVolumeClaim"] == {"claimName": "models"}
-    [mount] = [mount for mount in _container(job)["volumeMounts"] if mount["name"] == volume["name"]]
     assert mount["mountPath"] == "/mnt/pvc/models"
 
 
@@ -217,13 +232,12 @@ def test_output_and_checkpoint_on_the_same_claim_mount_it_once(
 ) -> None:
     run = _run(training_spec_body, model={"output": "pvc://data/models"}, checkpoint={"uri": "pvc://data/ckpt"})
     job = _job(run, pools, config)
-    claims = [v for v in job["spec"]["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v]
-    assert len(claims) == 1
+    assert len(_claim_volumes(job)) == 1
     assert _env(job)["TANDEM_CHECKPOINT_URI"] == "pvc://data/ckpt/v3"
 
 
 def test_object_store_output_mounts_no_claim(single: dict[str, Any]) -> None:
-    assert not [v for v in single["spec"]["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v]
+    assert not _claim_volumes(single)
 
 
 def test_job_and_service_are_owned_by_the_training_job(multi_run: TrainingRun, single: dict[str, Any]) -> None:
@@ -284,10 +298,9 @@ def test_dotted_claim_names_give_label_volume_names(
     training_spec_body: dict[str, Any], pools: dict[str, ComputePoolSpec], config: OperatorConfig
 ) -> None:
     job = _job(_run(training_spec_body, model={"output": "pvc://team.models/digits"}), pools, config)
-    [volume] = [v for v in job["spec"]["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v]
+    volume, mount = _claim_and_mount(job)
     assert "." not in volume["name"]
     assert volume["persistentVolumeClaim"] == {"claimName": "team.models"}
-    [mount] = [m for m in _container(job)["volumeMounts"] if m["name"] == volume["name"]]
     assert mount["mountPath"] == "/mnt/pvc/team.models"
 
 
@@ -367,11 +380,6 @@ def test_extra_pod_labels_reach_the_pods_not_the_job(
     assert "team" not in job["metadata"]["labels"]
 
 
-def _pod(job: dict[str, Any]) -> dict[str, Any]:
-    pod: dict[str, Any] = job["spec"]["template"]["spec"]
-    return pod
-
-
 def test_workers_run_as_the_named_service_account_without_its_api_token(
     training_spec_body: dict[str, Any], pools: dict[str, ComputePoolSpec], config: OperatorConfig
 ) -> None:
@@ -416,9 +424,8 @@ def test_a_dataset_claim_is_mounted_read_only_and_named_in_the_env(
     training_spec_body: dict[str, Any], pools: dict[str, ComputePoolSpec], config: OperatorConfig
 ) -> None:
     job = _job(_run(training_spec_body, dataset={"uri": "pvc://datasets/digits.csv"}), pools, config)
-    [volume] = [v for v in _pod(job)["volumes"] if "persistentVolumeClaim" in v]
+    volume, mount = _claim_and_mount(job)
     assert volume["persistentVolumeClaim"] == {"claimName": "datasets", "readOnly": True}
-    [mount] = [m for m in _container(job)["volumeMounts"] if m["name"] == volume["name"]]
     assert (mount["mountPath"], mount["readOnly"]) == ("/mnt/pvc/datasets", True)
     assert _env(job)["TANDEM_DATASET_URI"] == "pvc://datasets/digits.csv"
 
@@ -428,9 +435,8 @@ def test_a_dataset_on_the_output_claim_shares_its_writable_mount(
 ) -> None:
     run = _run(training_spec_body, model={"output": "pvc://models/digits"}, dataset={"uri": "pvc://models/data.csv"})
     job = _job(run, pools, config)
-    [volume] = [v for v in _pod(job)["volumes"] if "persistentVolumeClaim" in v]
+    volume, mount = _claim_and_mount(job)
     assert volume["persistentVolumeClaim"] == {"claimName": "models"}
-    [mount] = [m for m in _container(job)["volumeMounts"] if m["name"] == volume["name"]]
     assert "readOnly" not in mount
 
 
@@ -438,7 +444,7 @@ def test_an_object_store_dataset_mounts_nothing(
     training_spec_body: dict[str, Any], pools: dict[str, ComputePoolSpec], config: OperatorConfig
 ) -> None:
     job = _job(_run(training_spec_body, dataset={"uri": "s3://data/digits.csv"}), pools, config)
-    assert not [v for v in _pod(job)["volumes"] if "persistentVolumeClaim" in v]
+    assert not _claim_volumes(job)
     assert _env(job)["TANDEM_DATASET_URI"] == "s3://data/digits.csv"
 
 

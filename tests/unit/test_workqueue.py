@@ -52,6 +52,13 @@ def queue(recorder: Recorder) -> Iterator[WorkQueue]:
     work.stop()
 
 
+def busy_with(work: WorkQueue, recorder: Recorder, key: str) -> None:
+    """Make a worker hold `key` until recorder.hold[key] is set: it is inside process() once this returns."""
+    recorder.hold[key] = threading.Event()
+    work.add(key)
+    assert recorder.entered.setdefault(key, threading.Event()).wait(5)
+
+
 def test_a_key_added_many_times_before_a_worker_takes_it_is_processed_once(
     queue: WorkQueue, recorder: Recorder
 ) -> None:
@@ -65,10 +72,8 @@ def test_a_key_added_many_times_before_a_worker_takes_it_is_processed_once(
 
 
 def test_a_key_added_while_processed_runs_again_after_never_beside(queue: WorkQueue, recorder: Recorder) -> None:
-    recorder.hold["a"] = threading.Event()
     queue.start()
-    queue.add("a")
-    assert recorder.entered.setdefault("a", threading.Event()).wait(5)
+    busy_with(queue, recorder, "a")
     queue.add("a")
     queue.add("a")
     recorder.hold["a"].set()
@@ -115,10 +120,8 @@ def test_a_key_delayed_many_times_waits_once_for_the_earliest_time(queue: WorkQu
 
 
 def test_other_keys_go_on_while_one_is_held(queue: WorkQueue, recorder: Recorder) -> None:
-    recorder.hold["slow"] = threading.Event()
     queue.start()
-    queue.add("slow")
-    assert recorder.entered.setdefault("slow", threading.Event()).wait(5)
+    busy_with(queue, recorder, "slow")
     queue.add("fast")
     wait_until(lambda: ("fast", 0) in recorder.seen, timeout=5, what="the other key processed")
     recorder.hold["slow"].set()
@@ -131,13 +134,6 @@ def one_worker(recorder: Recorder) -> Iterator[WorkQueue]:
     work.start()
     yield work
     work.stop()
-
-
-def busy_with(work: WorkQueue, recorder: Recorder, key: str) -> None:
-    """Make the worker hold `key` until recorder.hold[key] is set."""
-    recorder.hold[key] = threading.Event()
-    work.add(key)
-    assert recorder.entered.setdefault(key, threading.Event()).wait(5)
 
 
 def test_urgent_keys_are_taken_before_every_other_waiting_key_and_each_once(
