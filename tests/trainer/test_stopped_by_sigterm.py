@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,33 @@ def test_a_run_stopped_by_sigterm_reports_its_newest_checkpoint_and_the_next_sta
     assert resumed.termination is not None
     assert resumed.termination["metrics"]["resumed_from_step"] == saved
     assert resumed.termination["metrics"]["steps"] == SMALL_RUN_STEPS
+
+
+HELD_STOP = """
+import os, signal
+from tandem.trainer.failures import note_checkpoint, reported_failures, stops_held
+
+with reported_failures():
+    note_checkpoint(1, "file:///ckpt/step-000000001.pt")
+    with stops_held():  # as a save holds it: the pointer moves to step 2, SIGTERM arrives, the note follows
+        os.kill(os.getpid(), signal.SIGTERM)
+        note_checkpoint(2, "file:///ckpt/step-000000002.pt")
+    raise SystemExit("still running after the held stop")
+"""
+
+
+def test_a_sigterm_between_a_saves_pointer_and_its_note_names_the_checkpoint_the_pointer_names(
+    tmp_path: Path,
+) -> None:
+    stopped_message = tmp_path / "stopped-termination"
+    held = subprocess.run(
+        [sys.executable, "-c", HELD_STOP], env=trainer_env(stopped_message), capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert held.returncode == EXIT_STOPPED, held.stderr
+    message = read_termination(stopped_message)
+    assert message is not None
+    assert message["checkpoint"] == {"step": 2, "uri": "file:///ckpt/step-000000002.pt"}
 
 
 @pytest.mark.slow

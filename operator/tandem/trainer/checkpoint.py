@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from tandem import storage
-from tandem.trainer.failures import CheckpointUnreadable, OutputUnwritable, note_checkpoint
+from tandem.trainer.failures import CheckpointUnreadable, OutputUnwritable, note_checkpoint, stops_held
 
 POINTER_FILE = "latest.json"
 log = logging.getLogger(__name__)
@@ -69,7 +69,9 @@ class CheckpointStore:
         try:
             storage.write_bytes_atomic(file_uri, buffer.getvalue())
             pointer = {"step": step, "file": name, "files": retained}
-            storage.write_bytes_atomic(storage.join(self.uri, POINTER_FILE), json.dumps(pointer).encode())
+            with stops_held():
+                storage.write_bytes_atomic(storage.join(self.uri, POINTER_FILE), json.dumps(pointer).encode())
+                note_checkpoint(step, file_uri)
         except storage.StorageError as exc:
             raise OutputUnwritable(f"cannot write checkpoint {file_uri}: {exc}") from exc
         for old in dropped:
@@ -77,7 +79,6 @@ class CheckpointStore:
                 storage.remove(storage.join(self.uri, old))
             except storage.StorageError as exc:
                 log.warning("could not delete old checkpoint %s: %s", old, exc)
-        note_checkpoint(step, file_uri)
         log.info("checkpoint saved at step %d: %s", step, file_uri)
         return file_uri
 

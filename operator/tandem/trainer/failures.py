@@ -201,15 +201,38 @@ def newest_checkpoint() -> CheckpointReport | None:
     return _newest_checkpoint
 
 
+_holding_stops = False
+_held_stop: int | None = None
+
+
+@contextmanager
+def stops_held() -> Iterator[None]:
+    """Hold a SIGTERM stop until the block ends, then stop. A save moves the checkpoint pointer and then notes
+    the checkpoint: a stop between the two would name the previous checkpoint while the run resumes from the
+    new one. The hold lasts one pointer write, well inside a pod's termination grace period."""
+    global _holding_stops, _held_stop
+    _holding_stops = True
+    try:
+        yield
+    finally:
+        _holding_stops = False
+        if _held_stop is not None:
+            stop_on_sigterm(_held_stop, None)
+
+
 def stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
     """Write a WorkerStopped message naming the newest checkpoint, then exit EXIT_STOPPED at once.
 
     No exception is raised: one could land inside another failure's reporting, or be swallowed by the
     script; nor is a checkpoint saved here, since the peers are being stopped too and a collective save
     would wait for them. A save the signal interrupts leaves the previous checkpoint in force (CheckpointStore
-    writes atomically), and that is the one named; a signal in the instant between a save's pointer write and
-    its note here names the one before it, and the run then resumes a checkpoint later than it said.
+    writes atomically), and that is the one named. Inside `stops_held` (a save's pointer write and its note) the
+    stop waits for the block to end, so the checkpoint it names is the one the pointer names.
     """
+    global _held_stop
+    if _holding_stops:
+        _held_stop = signum
+        return
     checkpoint = _newest_checkpoint
     where = (
         f"the run resumes from checkpoint step {checkpoint.step}"
