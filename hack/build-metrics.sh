@@ -5,7 +5,8 @@
 # prometheus-adapter (serves those as custom.metrics.k8s.io, the path request-driven autoscaling takes).
 # Kept apart from hack/build-tools.sh, as hack/build-kueue.sh is: only clusters that autoscale need it
 # (TANDEM_METRICS=1), and adding it to the control plane's directory name would rebuild Kubernetes.
-# Prints the directory as its last line: metrics-server, prometheus, prometheus-adapter.
+# Prints the directory as its last line: metrics-server, prometheus (and promtool, which tests the chart's
+# alerts), prometheus-adapter.
 set -euo pipefail
 
 METRICS_SERVER_VERSION="${TANDEM_METRICS_SERVER_VERSION:-v0.9.0}"
@@ -33,6 +34,14 @@ build_prometheus() {
   GOBIN="$OUT" go install -p 2 -ldflags "-s -w" "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION"
 }
 
+build_promtool() {
+  [ -x "$OUT/promtool" ] && return 0
+  # Prometheus' rule tester, for the chart's alerts (tests/packaging/test_alerts.py); most of its packages are
+  # Prometheus' own, already in the build cache.
+  say "building promtool $PROMETHEUS_VERSION (cold: ~2 min on 2 cores after prometheus)"
+  GOBIN="$OUT" go install -p 2 -ldflags "-s -w" "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION"
+}
+
 build_adapter() {
   [ -x "$OUT/prometheus-adapter" ] && return 0
   # `go install ...@version` fails: the module proxy refuses the module's version list ("403 ... not
@@ -55,4 +64,5 @@ build_begin
 build_metrics_server
 build_adapter
 build_prometheus
+build_promtool
 build_done "metrics pipeline" "$OUT"

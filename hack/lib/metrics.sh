@@ -4,7 +4,8 @@
 #
 #   metrics-server       resource metrics (metrics.k8s.io) from the real kubelets: what a CPU HPA reads
 #   prometheus           scrapes the Tandem servers' /metrics (pods labelled app.kubernetes.io/name=tandem-server,
-#                        port `metrics`), labelling each series with its namespace and pod
+#                        port `metrics`), labelling each series with its namespace and pod, and the operator's
+#                        (as the chart's ServiceMonitor does); evaluates the chart's PrometheusRule groups
 #   prometheus-adapter   serves those series as per-pod custom metrics (custom.metrics.k8s.io), with the rules
 #                        of the chart's autoscaling.prometheusAdapter option: what a request-driven HPA reads
 #
@@ -106,7 +107,20 @@ global:
   scrape_interval: $PROMETHEUS_SCRAPE_INTERVAL
   scrape_timeout: 4s
   evaluation_interval: $PROMETHEUS_SCRAPE_INTERVAL
+rule_files: [$DIR/metrics/tandem-rules.yaml]
 scrape_configs:
+  # The operator's pods, as the chart's ServiceMonitor scrapes them: honor_labels keeps the namespace of the
+  # resource each series is about.
+  - job_name: tandem-operator
+    honor_labels: true
+    kubernetes_sd_configs:
+      - role: pod
+        kubeconfig_file: $DIR/kubeconfig
+    relabel_configs:
+      - {source_labels: [__meta_kubernetes_pod_label_app_kubernetes_io_name], regex: tandem, action: keep}
+      - {source_labels: [__meta_kubernetes_pod_label_app_kubernetes_io_component], regex: operator, action: keep}
+      - {source_labels: [__meta_kubernetes_pod_container_port_name], regex: metrics, action: keep}
+      - {source_labels: [__meta_kubernetes_pod_phase], regex: Running, action: keep}
   # Every running Tandem server pod, on its container port named metrics; the labels namespace and pod are
   # what the adapter's rules map to Kubernetes objects.
   - job_name: tandem-servers
@@ -120,6 +134,13 @@ scrape_configs:
       - {source_labels: [__meta_kubernetes_namespace], target_label: namespace}
       - {source_labels: [__meta_kubernetes_pod_name], target_label: pod}
 EOF
+}
+
+# The chart's alerting and recording rules (the PrometheusRule's groups), as Prometheus loads a rule file.
+metrics_tandem_rules() {
+  "$BIN/helm" template tandem "$ROOT/charts/tandem" --set metrics.prometheusRule.enabled=true \
+    --set metrics.prometheusRule.operatorJob=tandem-operator --show-only templates/prometheusrule.yaml \
+    | sed -n '/^spec:$/,$p' | tail -n +2 | sed 's/^  //'
 }
 
 # The adapter's rules, exactly as the chart renders them for users (charts/tandem, autoscaling.prometheusAdapter).
@@ -165,8 +186,10 @@ metrics_up() {
   metrics_endpoint metrics-server "$MS_PORT"
   metrics_apiservice metrics.k8s.io v1beta1 metrics-server
 
-  say "prometheus on http://127.0.0.1:$PROMETHEUS_PORT (scrapes the Tandem servers every $PROMETHEUS_SCRAPE_INTERVAL)"
+  say "prometheus on http://127.0.0.1:$PROMETHEUS_PORT (scrapes the operator and the Tandem servers every $PROMETHEUS_SCRAPE_INTERVAL; the chart's rules)"
   metrics_prometheus_config > "$m/prometheus.yml"
+  metrics_tandem_rules > "$m/tandem-rules.yaml"
+  grep -q TandemOperatorDown "$m/tandem-rules.yaml" || die "no alerting rules rendered from the chart"
   start prometheus "$METRICS_DIR/prometheus" --config.file "$m/prometheus.yml" \
     --storage.tsdb.path "$m/prometheus-data" --storage.tsdb.retention.time 2h \
     --web.listen-address "127.0.0.1:$PROMETHEUS_PORT"

@@ -10,7 +10,10 @@ few seconds, so coming back in takes well under a minute instead of the default 
 from __future__ import annotations
 
 import hashlib
+import json
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,10 +24,11 @@ from kubernetes.client.exceptions import ApiException
 
 from e2e.conftest import CHART, Load, ModelVolume, Release, helm, service_address
 from support.cluster import ExternalCluster, LocalCluster, wait_until
-from support.digits import CPU_POOL
+from support.dashboards import panel_queries
+from support.digits import CPU_POOL, training_spec
 from support.models import tiny_model
 from support.tandem import body, condition, create, wait_for
-from tandem.api.resources import INFERENCE_SERVICE
+from tandem.api.resources import INFERENCE_SERVICE, TRAINING_JOB
 from tandem.render.serving import REQUESTS_IN_FLIGHT_METRIC, REQUESTS_PER_SECOND_METRIC
 
 pytestmark = pytest.mark.timeout(600)
@@ -46,7 +50,12 @@ def metrics_pipeline(cluster: LocalCluster | ExternalCluster, kube: k8s.ApiClien
 
 
 def serve_tiny_model(
-    kube: k8s.ApiClient, namespace: str, models: ModelVolume, name: str, autoscaling: dict[str, Any]
+    kube: k8s.ApiClient,
+    namespace: str,
+    models: ModelVolume,
+    name: str,
+    autoscaling: dict[str, Any],
+    extra: dict[str, Any] | None = None,
 ) -> str:
     """An InferenceService of one to three replicas of a quarter core each on the real CPU node, Ready; returns
     its Service's ClusterIP:port once that answers (reached from this machine through kube-proxy)."""
@@ -58,6 +67,7 @@ def serve_tiny_model(
         "replicas": {"min": 1, "max": 3},
         "resources": {"cpu": "250m", "memory": "512Mi"},
         "autoscaling": {**autoscaling, "scaleDownStabilizationSeconds": SCALE_DOWN_WINDOW_S},
+        **(extra or {}),
     }
     create(kube, INFERENCE_SERVICE, namespace, body(INFERENCE_SERVICE, name, spec))
     wait_for(
@@ -226,6 +236,59 @@ def test_the_charts_adapter_rules_serve_the_metrics_the_autoscaler_asks_for() ->
         assert "[2m]" in rule["metricsQuery"]
     default = yaml.safe_load_all(helm("template", "tandem", str(CHART), "--namespace", "tandem-system"))
     assert "tandem-adapter-rules" not in {doc["metadata"]["name"] for doc in default if doc}, "off by default"
+
+
+def test_every_dashboard_query_returns_series_from_the_clusters_prometheus(
+    cluster: LocalCluster | ExternalCluster,
+    kube: k8s.ApiClient,
+    namespace: str,
+    release: Release,
+    models: ModelVolume,
+    metrics_pipeline: None,
+) -> None:
+    """The chart's dashboards against the local cluster's Prometheus, which scrapes the operator and the
+    servers as the chart's ServiceMonitor and PodMonitor do: with a service under load and a TrainingJob, every
+    panel's query has series to draw."""
+    if not isinstance(cluster, LocalCluster):
+        pytest.skip("reads the local cluster's Prometheus")
+    state = dict(line.split("=", 1) for line in (cluster.state_dir / "metrics" / "state.env").read_text().split())
+    prometheus = f"http://127.0.0.1:{state['PROMETHEUS_PORT']}"
+    slo = {"slo": {"p99LatencyMs": 500, "targetRequestsPerSecond": 5}}
+    address = serve_tiny_model(kube, namespace, models, "dashboard", {}, slo)
+    create(kube, TRAINING_JOB, namespace, body(TRAINING_JOB, "held", {**training_spec(workers=1), "suspend": True}))
+    queries = panel_queries()
+    missing: list[tuple[str, str, str]] = []
+
+    def every_query_answered() -> bool:
+        missing[:] = [query for query in queries if not prometheus_series(prometheus, query[2])]
+        return not missing
+
+    with Load(address, "dashboard", workers=1):
+        try:
+            wait_until(every_query_answered, timeout=180, interval=5, what="series for every dashboard query")
+        except TimeoutError:
+            pytest.fail("no series for: " + "; ".join(f"{board} / {panel}: {expr}" for board, panel, expr in missing))
+    rules = wait_until(lambda: evaluated_rules(prometheus), timeout=60, what="the chart's rules evaluated, no error")
+    assert {rule["name"] for rule in rules} >= {"TandemOperatorDown", "tandem:inference_server_errors:ratio"}
+
+
+def evaluated_rules(prometheus: str) -> list[dict[str, Any]] | None:
+    """The rules Prometheus loaded (the chart's PrometheusRule groups, hack/lib/metrics.sh) once every one has
+    been evaluated without error; None before."""
+    with urllib.request.urlopen(f"{prometheus}/api/v1/rules", timeout=10) as reply:
+        answer = json.load(reply)
+    rules: list[dict[str, Any]] = [rule for group in answer["data"]["groups"] for rule in group["rules"]]
+    return rules if rules and all(rule["health"] == "ok" for rule in rules) else None
+
+
+def prometheus_series(prometheus: str, query: str) -> list[Any]:
+    """The instant vector Prometheus answers for `query` now."""
+    url = f"{prometheus}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        answer = json.load(reply)
+    assert answer["status"] == "success", answer
+    result: list[Any] = answer["data"]["result"]
+    return result
 
 
 def k8s_quantity(value: str) -> float:

@@ -11,6 +11,7 @@ from typing import Any
 
 from kopf.testing import KopfRunner
 from kubernetes import client as k8s
+from prometheus_client import REGISTRY
 
 from integration.test_operator import SHA_1, SHA_2, phase_is, training_spec
 from support.cluster import wait_until
@@ -98,3 +99,8 @@ def test_a_model_below_the_bar_is_never_deployed_and_a_good_one_goes_on_trial_be
     assert deployed_sha(tandem_api, namespace, "digits") == SHA_1
     reasons = [e.reason for e in events_for(tandem_api, namespace, "digits")]
     assert "CanaryStarted" in reasons and "RolledBack" in reasons and "Promoted" not in reasons
+    rollbacks = {"namespace": namespace, "inferenceservice": "digits"}  # what the TandemCanaryRolledBack alert reads
+    wait_until(
+        lambda: (REGISTRY.get_sample_value("tandem_canary_rollbacks_total", rollbacks) or 0) >= 1,
+        what="the rollback counted",
+    )

@@ -1,4 +1,5 @@
-"""tandem_resources counts each live resource once, forgets deleted ones and drops empty phase series."""
+"""tandem_resources counts each live resource once, forgets deleted ones and drops empty phase series; the
+per-resource series that alerts name (phase, SLO bound, canary rollbacks) follow each resource and go with it."""
 
 from __future__ import annotations
 
@@ -42,6 +43,54 @@ def test_forgetting_an_unknown_resource_changes_nothing() -> None:
     metrics.forget("MetricsKindD", "ml", "never-seen")
     assert _count("MetricsKindD", "Ready") == 1
 
+
+
+
+def _phase_of(kind: str, name: str, phase: str) -> float | None:
+    labels = {"kind": kind, "namespace": "ml", "name": name, "phase": phase}
+    return REGISTRY.get_sample_value("tandem_resource_phase", labels)
+
+
+def test_each_resource_has_one_phase_series_which_moves_with_it_and_goes_when_it_is_deleted() -> None:
+    metrics.record_phase("MetricsKindF", "ml", "a", "Queued")
+    metrics.record_phase("MetricsKindF", "ml", "a", "Queued")
+    assert _phase_of("MetricsKindF", "a", "Queued") == 1
+    metrics.record_phase("MetricsKindF", "ml", "a", "Failed")
+    assert _phase_of("MetricsKindF", "a", "Queued") is None
+    assert _phase_of("MetricsKindF", "a", "Failed") == 1
+    metrics.forget("MetricsKindF", "ml", "a")
+    assert _phase_of("MetricsKindF", "a", "Failed") is None
+
+
+def _service_sample(metric: str, name: str) -> float | None:
+    return REGISTRY.get_sample_value(metric, {"namespace": "ml", "inferenceservice": name})
+
+
+def test_a_service_reports_its_slo_bound_in_seconds_until_the_slo_is_removed() -> None:
+    metrics.record_service("ml", "slo", {"slo": {"p99LatencyMs": 250, "targetRequestsPerSecond": 10}}, 0)
+    assert _service_sample("tandem_inferenceservice_slo_p99_seconds", "slo") == 0.25
+    metrics.record_service("ml", "slo", {}, 0)
+    assert _service_sample("tandem_inferenceservice_slo_p99_seconds", "slo") is None
+
+
+def test_canary_rollbacks_start_at_zero_count_each_rollback_and_go_with_the_service() -> None:
+    metrics.record_service("ml", "canary", {}, 0)
+    assert _service_sample("tandem_canary_rollbacks_total", "canary") == 0
+    metrics.record_service("ml", "canary", {}, 1)
+    assert _service_sample("tandem_canary_rollbacks_total", "canary") == 1
+    metrics.forget("InferenceService", "ml", "canary")
+    assert _service_sample("tandem_canary_rollbacks_total", "canary") is None
+
+
+
+def test_a_workloads_usage_counters_exist_from_its_first_ledger_even_where_nothing_grew() -> None:
+    ledger = {"gpuSeconds": 0, "coreSeconds": 12.5, "estimatedCost": 0.01, "energyWh": 0.2}
+    metrics.record_usage("MetricsKindG", "ml", "cpu", {}, ledger)
+    labels = {"namespace": "ml", "pool": "cpu", "kind": "MetricsKindG"}
+    assert REGISTRY.get_sample_value("tandem_gpu_seconds_total", labels) == 0
+    assert REGISTRY.get_sample_value("tandem_core_seconds_total", labels) == 12.5
+    metrics.record_usage("MetricsKindH", "", "", {}, {})  # no ledger (a ComputePool): no series
+    assert REGISTRY.get_sample_value("tandem_gpu_seconds_total", {**labels, "kind": "MetricsKindH", "pool": ""}) is None
 
 
 class _HeldRemoval:

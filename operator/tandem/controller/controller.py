@@ -349,6 +349,9 @@ class Controller:
         for event in outcome.events:
             self.post_event(body, event.type, event.reason, event.message)
         metrics.record_phase(kind, meta.get("namespace", ""), meta.get("name", ""), outcome.status.get("phase"))
+        if kind == "InferenceService":
+            rolled_back = sum(event.reason == "RolledBack" for event in outcome.events)
+            metrics.record_service(meta.get("namespace", ""), meta.get("name", ""), body.get("spec") or {}, rolled_back)
         before = ((body.get("status") or {}).get("usage")) or {}
         pool = outcome.status.get("pool") or ((outcome.status.get("placement") or {}).get("pool")) or ""
         metrics.record_usage(kind, meta.get("namespace", ""), pool, before, outcome.status.get("usage") or {})
