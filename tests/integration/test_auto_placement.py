@@ -104,8 +104,9 @@ def test_auto_service_is_profiled_on_both_pools_decided_and_deployed_with_its_re
     cpu, gpu = placement["candidates"]
     assert cpu == {
         "pool": "cpu", "measured": True, "p99LatencyMs": 4.2, "throughputPerReplica": 322.0, "replicas": 1,
-        "costPerHour": 0.48, "meetsSlo": True,
-    }
+        "costPerHour": 0.48, "costPerMillionInferences": 2.666667, "joulesPerInference": 1.92, "meetsSlo": True,
+    }  # at the SLO's 50 req/s: 0.48 for 180,000 requests an hour, 96 W over 50 requests a second
+    assert (placement["costPerMillionInferences"], placement["joulesPerInference"]) == (2.666667, 1.92)
     # No GPU here: the GPU pool's profile ran on CPU, and the status says so instead of pricing those numbers.
     assert not gpu["measured"] and gpu.get("p99LatencyMs") is None and gpu.get("costPerHour") is None
     assert gpu["note"].startswith("profile ran on CPU, not on the pool's accelerator")

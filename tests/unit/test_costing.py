@@ -110,6 +110,20 @@ def test_the_reason_states_both_pools_numbers() -> None:
     assert "against gpu: 1 x 5/h = 5/h, p99 2.4 ms, 18000 req/s per replica" in decision.reason
 
 
+def test_each_pool_is_priced_per_million_requests_and_per_request_in_joules_at_the_target_load() -> None:
+    """50 req/s on one CPU replica (1.0/h, 128 W): 180,000 requests an hour cost 1.0, so a million cost 1/0.18;
+    128 W spread over 50 requests a second is 2.56 J each. The GPU replica: five times the price, 828 W."""
+    decision = decide(slo(20, 50), [cpu(RESNET_CPU), gpu(RESNET_GPU)])
+    cpu_estimate, gpu_estimate = decision.estimates
+    assert cpu_estimate.cost_per_million_inferences == round(1.0 / 0.18, 6)
+    assert cpu_estimate.joules_per_inference == 2.56
+    assert gpu_estimate.cost_per_million_inferences == round(5.0 / 0.18, 6)
+    assert gpu_estimate.joules_per_inference == 16.56
+    status = decision.status()
+    assert (status.cost_per_million_inferences, status.joules_per_inference) == (round(1.0 / 0.18, 6), 2.56)
+    assert "5.55556 per million requests, 2.56 J per request" in decision.reason
+
+
 def test_unattainable_slo_names_what_misses() -> None:
     decision = decide(slo(1, 50), [cpu(RESNET_CPU), gpu(RESNET_GPU)])
     assert decision.reason.startswith("no pool meets p99 < 1 ms at 50 req/s; serving on the fastest: gpu")

@@ -323,6 +323,11 @@ class PoolEstimate(ApiModel):
     """Replicas needed for the SLO's target load."""
     cost_per_hour: float | None = None
     """Hourly cost of those replicas."""
+    cost_per_million_inferences: float | None = None
+    """Cost of a million requests at the SLO's target load: the hourly cost over the requests of an hour."""
+    joules_per_inference: float | None = None
+    """Energy per request at the SLO's target load, modelled from the pool's spec.power (its replicas at full
+    draw), not measured."""
     meets_slo: bool = False
     """Whether the pool meets the SLO."""
     note: str | None = None
@@ -338,6 +343,10 @@ class PlacementStatus(ApiModel):
     """Why this pool: the rule or the numbers that decided."""
     cost_per_hour: float | None = None
     """Hourly cost at the current replica count."""
+    cost_per_million_inferences: float | None = None
+    """placement auto: the chosen pool's cost of a million requests at the SLO's target load."""
+    joules_per_inference: float | None = None
+    """placement auto: the chosen pool's energy per request at that load, modelled from its spec.power."""
     candidates: list[PoolEstimate] = Field(default_factory=list)
     """Every pool considered by placement: auto, with its figures."""
 

@@ -114,6 +114,8 @@ INFERENCE_SERVICE = Resource(
         {"name": "Model", "type": "string", "jsonPath": ".status.model.version"},
         {"name": "URL", "type": "string", "jsonPath": ".status.url", "priority": 1},
         {"name": "Cost/h", "type": "number", "jsonPath": ".status.placement.costPerHour", "priority": 1},
+        {"name": "Cost/1M", "type": "number", "jsonPath": ".status.placement.costPerMillionInferences", "priority": 1},
+        {"name": "J/Req", "type": "number", "jsonPath": ".status.placement.joulesPerInference", "priority": 1},
         {"name": "Cost", "type": "number", "jsonPath": ".status.usage.estimatedCost", "priority": 1},
         {"name": "Energy-Wh", "type": "number", "jsonPath": ".status.usage.energyWh", "priority": 1},
         _age(),

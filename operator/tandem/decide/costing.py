@@ -79,8 +79,14 @@ class Decision:
     estimates: list[PoolEstimate]
 
     def status(self) -> PlacementStatus:
+        chosen = next(estimate for estimate in self.estimates if estimate.pool == self.pool)
         return PlacementStatus(
-            pool=self.pool, reason=self.reason, cost_per_hour=self.cost_per_hour, candidates=list(self.estimates)
+            pool=self.pool,
+            reason=self.reason,
+            cost_per_hour=self.cost_per_hour,
+            cost_per_million_inferences=chosen.cost_per_million_inferences,
+            joules_per_inference=chosen.joules_per_inference,
+            candidates=list(self.estimates),
         )
 
 
@@ -139,6 +145,9 @@ def _plan(
         replicas = max_replicas
     cost = _money(replicas * candidate.cost_per_replica_hour)
     watts = round(replicas * candidate.watts_per_replica, 3)
+    # Per request at the load the replicas are planned for: the unit in which pools compare across models.
+    per_million = _money(cost / (slo.target_requests_per_second * 3600) * 1_000_000)
+    joules = round(watts / slo.target_requests_per_second, 6)
     if candidate.note:
         notes.append(candidate.note)
     estimate = PoolEstimate(
@@ -148,6 +157,8 @@ def _plan(
         throughput_per_replica=profile.throughput_per_replica,
         replicas=replicas,
         cost_per_hour=cost,
+        cost_per_million_inferences=per_million,
+        joules_per_inference=joules,
         meets_slo=meets,
         note="; ".join(notes) or None,
     )
@@ -158,7 +169,8 @@ def _summary(plan: _Plan) -> str:
     return (
         f"{plan.candidate.pool}: {plan.replicas} x {plan.candidate.cost_per_replica_hour:g}/h = {plan.cost:g}/h, "
         f"p99 {plan.profile.p99_latency_ms:g} ms, {plan.profile.throughput_per_replica:g} req/s per replica, "
-        f"{plan.watts:g} W"
+        f"{plan.watts:g} W, {plan.estimate.cost_per_million_inferences:g} per million requests, "
+        f"{plan.estimate.joules_per_inference:g} J per request"
     )
 
 
