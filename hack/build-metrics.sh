@@ -27,19 +27,14 @@ build_metrics_server() {
 }
 
 build_prometheus() {
-  [ -x "$OUT/prometheus" ] && return 0
+  [ -x "$OUT/prometheus" ] && [ -x "$OUT/promtool" ] && return 0
   # Without -tags builtinassets the web UI is absent (its page answers 500); scraping, /-/ready and the HTTP
-  # query API, all that the adapter and the tests use, are there.
-  say "building prometheus $PROMETHEUS_VERSION (cold: ~6 min on 2 cores; no web UI assets)"
-  GOBIN="$OUT" go install -p 2 -ldflags "-s -w" "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION"
-}
-
-build_promtool() {
-  [ -x "$OUT/promtool" ] && return 0
-  # Prometheus' rule tester, for the chart's alerts (tests/packaging/test_alerts.py); most of its packages are
-  # Prometheus' own, already in the build cache.
-  say "building promtool $PROMETHEUS_VERSION (cold: ~2 min on 2 cores after prometheus)"
-  GOBIN="$OUT" go install -p 2 -ldflags "-s -w" "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION"
+  # query API, all that the adapter and the tests use, are there. promtool tests the chart's alerts
+  # (tests/packaging/test_alerts.py).
+  say "building prometheus and promtool $PROMETHEUS_VERSION (cold: ~6 min on 2 cores; no web UI assets)"
+  GOBIN="$OUT" go install -p 2 -ldflags "-s -w" \
+    "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION" \
+    "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION"
 }
 
 build_adapter() {
@@ -64,5 +59,4 @@ build_begin
 build_metrics_server
 build_adapter
 build_prometheus
-build_promtool
 build_done "metrics pipeline" "$OUT"
