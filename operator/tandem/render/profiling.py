@@ -30,17 +30,8 @@ from tandem.cgroup import sized_runtime
 from tandem.config import OperatorConfig
 from tandem.decide.placement import PodPlacement, serving_accelerators
 from tandem.quantity import parse_quantity
+from tandem.render import meta
 from tandem.render import serving as serving_build
-from tandem.render.meta import (
-    MANAGED_BY,
-    dns_name,
-    env_list,
-    object_meta,
-    owner_reference,
-    pod_identity,
-    pod_security_context,
-    restricted_security_context,
-)
 
 KIND = "InferenceService"
 CONTAINER = "profiler"
@@ -115,7 +106,7 @@ class ProfileTarget:
     @property
     def job_name(self) -> str:
         model = (self.replica.model.sha256 or self.key)[:10]
-        return dns_name(self.replica.name, "profile", self.pool_name, model, self.settings[:6])
+        return meta.dns_name(self.replica.name, "profile", self.pool_name, model, self.settings[:6])
 
 
 def target(
@@ -188,11 +179,11 @@ def profile_job(profile: ProfileTarget, config: OperatorConfig) -> dict[str, Any
         "name": CONTAINER,
         "image": profile.image,
         "command": ["tandem", "profile"],
-        "env": env_list(_profiler_env(profile)) + [variable.to_wire() for variable in spec.env],
+        "env": meta.env_list(_profiler_env(profile)) + [variable.to_wire() for variable in spec.env],
         "resources": PROFILER_RESOURCES,
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": restricted_security_context(),
+        "securityContext": meta.restricted_security_context(),
         "volumeMounts": [mount for mount in mounts if mount["name"] == "tmp"],
     }
     pod_spec = replica.placement.apply(
@@ -201,28 +192,31 @@ def profile_job(profile: ProfileTarget, config: OperatorConfig) -> dict[str, Any
             "initContainers": [server],
             "containers": [profiler],
             "volumes": volumes,
-            "securityContext": pod_security_context(),
+            "securityContext": meta.pod_security_context(),
             # The profiler pulls the same image and reads the same model as the service's replicas.
-            **pod_identity(spec.service_account_name, spec.image_pull_secrets),
+            **meta.pod_identity(spec.service_account_name, spec.image_pull_secrets),
         }
     )
     pod_labels = {
         **spec.pod_metadata.labels,
         **config.extra_pod_labels,
-        **MANAGED_BY,
+        **meta.MANAGED_BY,
         "app.kubernetes.io/name": "tandem-profiler",
         FOR_LABEL: replica.name,
         "tandem.dev/pool": profile.pool_name,
     }
-    job_labels = {**MANAGED_BY, "app.kubernetes.io/name": "tandem-profiler", FOR_LABEL: replica.name}
+    job_labels = {**meta.MANAGED_BY, "app.kubernetes.io/name": "tandem-profiler", FOR_LABEL: replica.name}
     job_labels.update(profile.cache_labels)
-    owner = owner_reference(KIND, replica.name, replica.uid)
-    meta = object_meta(profile.job_name, replica.namespace, job_labels, owner)
-    meta["annotations"] = {MODEL_SHA_ANNOTATION: replica.model.sha256 or "", MODEL_URI_ANNOTATION: replica.model.uri}
+    owner = meta.owner_reference(KIND, replica.name, replica.uid)
+    job_meta = meta.object_meta(profile.job_name, replica.namespace, job_labels, owner)
+    job_meta["annotations"] = {
+        MODEL_SHA_ANNOTATION: replica.model.sha256 or "",
+        MODEL_URI_ANNOTATION: replica.model.uri,
+    }
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": meta,
+        "metadata": job_meta,
         "spec": {
             "backoffLimit": 1,
             "activeDeadlineSeconds": ACTIVE_DEADLINE_SECONDS,

@@ -14,17 +14,7 @@ from tandem.api.computepool import ComputePoolSpec
 from tandem.api.inferenceservice import Autoscaling, AutoscalingMetric, InferenceServiceSpec, Replicas, ServedModel
 from tandem.config import OperatorConfig
 from tandem.decide.placement import PodPlacement, resource_requirements
-from tandem.render.meta import (
-    MANAGED_BY,
-    PVC_MOUNT_ROOT,
-    env_list,
-    object_meta,
-    owner_reference,
-    pod_identity,
-    pod_security_context,
-    pvc_volumes,
-    restricted_security_context,
-)
+from tandem.render import meta
 from tandem.storage import pvc_claim
 
 KIND = "InferenceService"
@@ -56,7 +46,7 @@ class Serving:
 
     @property
     def labels(self) -> dict[str, str]:
-        return {**MANAGED_BY, "app.kubernetes.io/name": "tandem-server", "tandem.dev/inferenceservice": self.name}
+        return {**meta.MANAGED_BY, "app.kubernetes.io/name": "tandem-server", "tandem.dev/inferenceservice": self.name}
 
     @property
     def selector(self) -> dict[str, str]:
@@ -67,8 +57,8 @@ class Serving:
         return self.replicas.max > self.replicas.min
 
     def meta(self) -> dict[str, Any]:
-        owner = owner_reference(KIND, self.name, self.uid)
-        return object_meta(self.name, self.namespace, self.labels, owner)
+        owner = meta.owner_reference(KIND, self.name, self.uid)
+        return meta.object_meta(self.name, self.namespace, self.labels, owner)
 
 
 def service_url(name: str, namespace: str, cluster_domain: str) -> str:
@@ -127,7 +117,7 @@ def _server_env(serving: Serving) -> dict[str, str]:
         "TANDEM_HTTP_PORT": str(HTTP_PORT),
         "TANDEM_GRPC_PORT": str(GRPC_PORT),
         "TANDEM_METRICS_PORT": str(METRICS_PORT),
-        "TANDEM_PVC_ROOT": PVC_MOUNT_ROOT,
+        "TANDEM_PVC_ROOT": meta.PVC_MOUNT_ROOT,
         "TANDEM_MAX_BATCH_SIZE": str(runtime.max_batch_size),
         "TANDEM_MAX_BATCH_DELAY_MS": str(runtime.max_batch_delay_ms),
         "TANDEM_EXECUTION_PROVIDER": runtime.execution_provider,
@@ -153,7 +143,7 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
 def server_volumes(serving: Serving) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(pod volumes, server mounts): the model's claim, if any, and a writable /tmp on a read-only root."""
     claim = pvc_claim(serving.model.uri)
-    volumes, mounts = pvc_volumes([claim] if claim else [])
+    volumes, mounts = meta.pvc_volumes([claim] if claim else [])
     volumes.append({"name": "tmp", "emptyDir": {}})
     mounts.append({"name": "tmp", "mountPath": "/tmp"})
     return volumes, mounts
@@ -167,7 +157,7 @@ def server_container(serving: Serving, config: OperatorConfig, mounts: list[dict
         "name": CONTAINER,
         "image": server_image(spec, serving.accelerators, config),
         "command": ["tandem", "serve"],
-        "env": env_list(_server_env(serving)) + [variable.to_wire() for variable in spec.env],
+        "env": meta.env_list(_server_env(serving)) + [variable.to_wire() for variable in spec.env],
         "ports": [
             {"name": "http", "containerPort": HTTP_PORT},
             {"name": "grpc", "containerPort": GRPC_PORT},
@@ -181,7 +171,7 @@ def server_container(serving: Serving, config: OperatorConfig, mounts: list[dict
         "startupProbe": _probe("/v2/health/live", 2, 60),
         # Endpoints lag behind pod deletion: keep serving a few seconds so a rollout drops no requests.
         "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
-        "securityContext": restricted_security_context(),
+        "securityContext": meta.restricted_security_context(),
         "volumeMounts": mounts,
         # A model that cannot load ends the server with its reason in the log's last lines: the pod status
         # (and a profile that waited for it) can then say why.
@@ -197,8 +187,8 @@ def deployment(serving: Serving, config: OperatorConfig) -> dict[str, Any]:
         {
             "containers": [container],
             "volumes": volumes,
-            "securityContext": pod_security_context(),
-            **pod_identity(spec.service_account_name, spec.image_pull_secrets),
+            "securityContext": meta.pod_security_context(),
+            **meta.pod_identity(spec.service_account_name, spec.image_pull_secrets),
             "terminationGracePeriodSeconds": 30,
         }
     )
@@ -244,11 +234,11 @@ def replicas_handover(desired: dict[str, Any], stored: dict[str, Any] | None, ma
     count = ((stored or {}).get("spec") or {}).get("replicas")
     if "replicas" in desired["spec"] or count is None or not _applies_replicas(stored or {}, manager):
         return None
-    meta = desired["metadata"]
+    desired_meta = desired["metadata"]
     return {
         "apiVersion": desired["apiVersion"],
         "kind": desired["kind"],
-        "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+        "metadata": {"name": desired_meta["name"], "namespace": desired_meta["namespace"]},
         "spec": {"replicas": count},
     }
 

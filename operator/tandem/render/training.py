@@ -16,18 +16,7 @@ from tandem.api.computepool import ComputePoolSpec
 from tandem.api.trainingjob import TrainingJobSpec
 from tandem.config import OperatorConfig
 from tandem.decide.placement import PodPlacement, resource_requirements
-from tandem.render.meta import (
-    MANAGED_BY,
-    PVC_MOUNT_ROOT,
-    dns_name,
-    env_list,
-    object_meta,
-    owner_reference,
-    pod_identity,
-    pod_security_context,
-    pvc_volumes,
-    restricted_security_context,
-)
+from tandem.render import meta
 from tandem.storage import pvc_claim
 
 KIND = "TrainingJob"
@@ -57,12 +46,12 @@ class TrainingRun:
 
     @property
     def job_name(self) -> str:
-        return dns_name(self.name, f"g{self.generation}", limit=JOB_NAME_LIMIT)
+        return meta.dns_name(self.name, f"g{self.generation}", limit=JOB_NAME_LIMIT)
 
     @property
     def labels(self) -> dict[str, str]:
         return {
-            **MANAGED_BY,
+            **meta.MANAGED_BY,
             "app.kubernetes.io/name": "tandem-trainer",
             "tandem.dev/trainingjob": self.name,
             "tandem.dev/generation": str(self.generation),
@@ -126,7 +115,7 @@ def _tandem_env(run: TrainingRun) -> dict[str, str]:
         "TANDEM_GENERATION": str(run.generation),
         "TANDEM_RUN": f"{run.uid}/{run.generation}",
         "TANDEM_MODEL_OUTPUT": run.model_output,
-        "TANDEM_PVC_ROOT": PVC_MOUNT_ROOT,
+        "TANDEM_PVC_ROOT": meta.PVC_MOUNT_ROOT,
         "TANDEM_TERMINATION_MESSAGE_PATH": TERMINATION_MESSAGE_PATH,
     }
     if run.checkpoint_uri is not None and spec.checkpoint is not None:
@@ -149,7 +138,7 @@ def _volumes(spec: TrainingJobSpec, checkpoint_uri: str | None) -> tuple[list[di
     written = {claim for uri in (spec.model.output, checkpoint_uri) if uri and (claim := pvc_claim(uri))}
     dataset = pvc_claim(spec.dataset.uri) if spec.dataset is not None else None
     read = {dataset} - written if dataset else set()
-    volumes, mounts = pvc_volumes(sorted(written | read), read_only=frozenset(read))
+    volumes, mounts = meta.pvc_volumes(sorted(written | read), read_only=frozenset(read))
     volumes += [{"name": "tmp", "emptyDir": {}}, {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
     mounts += [{"name": "tmp", "mountPath": "/tmp"}, {"name": "dshm", "mountPath": "/dev/shm"}]
     volumes += [volume.to_wire() for volume in spec.volumes]
@@ -203,22 +192,22 @@ def training_job(
         "image": spec.image or config.trainer_image,
         "command": _command(run),
         "args": list(spec.args),
-        "env": env_list(_tandem_env(run))
+        "env": meta.env_list(_tandem_env(run))
         + _distributed_env(run)
         + [variable.to_wire() for variable in spec.env],
         "resources": resource_requirements(spec.resources.cpu, spec.resources.memory, spec.resources.gpus, pool),
         "ports": [{"name": "rendezvous", "containerPort": MASTER_PORT}],
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": restricted_security_context(),
+        "securityContext": meta.restricted_security_context(),
         "volumeMounts": mounts,
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "containers": [container],
         "volumes": volumes,
-        "securityContext": pod_security_context(),
-        **pod_identity(spec.service_account_name, spec.image_pull_secrets),
+        "securityContext": meta.pod_security_context(),
+        **meta.pod_identity(spec.service_account_name, spec.image_pull_secrets),
     }
     if spec.workers > 1:
         pod_spec["subdomain"] = run.job_name
@@ -245,11 +234,11 @@ def training_job(
     }
     if spec.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
-    owner = owner_reference(KIND, run.name, run.uid)
+    owner = meta.owner_reference(KIND, run.name, run.uid)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": object_meta(run.job_name, run.namespace, job_labels, owner),
+        "metadata": meta.object_meta(run.job_name, run.namespace, job_labels, owner),
         "spec": job_spec,
     }
 
@@ -258,11 +247,11 @@ def worker_service(run: TrainingRun) -> dict[str, Any] | None:
     """The headless Service that gives multi-worker pods DNS names; None for a single worker."""
     if run.spec.workers <= 1:
         return None
-    owner = owner_reference(KIND, run.name, run.uid)
+    owner = meta.owner_reference(KIND, run.name, run.uid)
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": object_meta(run.job_name, run.namespace, run.labels, owner),
+        "metadata": meta.object_meta(run.job_name, run.namespace, run.labels, owner),
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
