@@ -227,6 +227,20 @@ def test_ttl_deleted_job_keeps_the_terminal_status(run: TrainingRun, gpu: Comput
     assert after_ttl.model == finished.model
 
 
+def test_a_finished_runs_job_under_foreground_deletion_without_its_pods_keeps_the_terminal_status(
+    run: TrainingRun, gpu: ComputePoolSpec, now: datetime
+) -> None:
+    """The TTL controller deletes the Job in the foreground: its pods (and the artifact they carried) go first,
+    and a Complete Job without them must not read as a run that published no model."""
+    pods = [_pod("Succeeded", message=json.dumps(ARTIFACT), started=now, finished=now)]
+    finished = _status(run, gpu, ObservedRun(_job("Complete"), pods), now)
+    deleting = _job("Complete")
+    deleting["metadata"]["deletionTimestamp"] = _iso(now)
+    during_ttl = _status(run, gpu, ObservedRun(deleting, []), now + timedelta(seconds=1), previous=finished)
+    assert during_ttl.phase == TrainingPhase.SUCCEEDED
+    assert during_ttl.model == finished.model
+
+
 def test_usage_is_seconds_times_gpus_priced_by_pool(run: TrainingRun, gpu: ComputePoolSpec, now: datetime) -> None:
     pods = [_pod("Running", started=now - timedelta(hours=1), gpus=2, cpu="4")]
     status = _status(run, gpu, ObservedRun(_job(), pods), now)

@@ -341,9 +341,12 @@ def training_status(
     )
     job = observed.job
     events: list[Event] = []
+    # The TTL controller deletes a finished Job in the foreground: its pods, and with them the artifact in
+    # their termination messages, go before the Job does. A finished run's Job being deleted is read as gone.
+    gone = job is None or bool((job.get("metadata") or {}).get("deletionTimestamp"))
+    if gone and same_run and status.phase in (TrainingPhase.SUCCEEDED, TrainingPhase.FAILED):
+        return status, events  # the Job was deleted after it finished (ttlSecondsAfterFinished)
     if job is None:
-        if same_run and status.phase in (TrainingPhase.SUCCEEDED, TrainingPhase.FAILED):
-            return status, events  # the Job was deleted after it finished (ttlSecondsAfterFinished)
         return status.model_copy(update={"phase": TrainingPhase.PENDING}), events
 
     artifact = read_artifact(observed.pods)
