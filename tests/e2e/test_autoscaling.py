@@ -251,8 +251,7 @@ def test_every_dashboard_query_returns_series_from_the_clusters_prometheus(
     panel's query has series to draw."""
     if not isinstance(cluster, LocalCluster):
         pytest.skip("reads the local cluster's Prometheus")
-    state = dict(line.split("=", 1) for line in (cluster.state_dir / "metrics" / "state.env").read_text().split())
-    prometheus = f"http://127.0.0.1:{state['PROMETHEUS_PORT']}"
+    prometheus = f"http://127.0.0.1:{cluster.ports('metrics/state.env')['prometheus']}"
     slo = {"slo": {"p99LatencyMs": 500, "targetRequestsPerSecond": 5}}
     address = serve_tiny_model(kube, namespace, models, "dashboard", {}, slo)
     create(kube, TRAINING_JOB, namespace, body(TRAINING_JOB, "held", {**training_spec(workers=1), "suspend": True}))

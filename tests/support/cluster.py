@@ -196,9 +196,9 @@ class LocalCluster:
                 pids[name] = int(path.read_text().strip())
         return pids
 
-    def ports(self) -> dict[str, int]:
-        """Ports the components listen on, from state.env."""
-        state = self.state_dir / "state.env"
+    def ports(self, state_file: str = "state.env") -> dict[str, int]:
+        """Ports the components listen on, from state.env (or the metrics pipeline's, metrics/state.env)."""
+        state = self.state_dir / state_file
         ports = {}
         for line in state.read_text().splitlines():
             key, _, value = line.partition("=")
